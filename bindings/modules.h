@@ -1,0 +1,17 @@
+/*
+ * modules.h - the native modules the host preloads, each opened by one binding file.
+ * Lua sees them as require "bkr.<name>".
+ */
+#ifndef BKR_MODULES_H
+#define BKR_MODULES_H
+
+#include <lua.h>
+
+int luaopen_bkr_stream(lua_State *L); /* stream.c: pipeline core, file/string/null stages */
+int luaopen_bkr_gzip(lua_State *L);   /* gzip.c: gzip filters and whole-string helpers */
+int luaopen_bkr_hash(lua_State *L);   /* hash.c: SHA-256 filter and helpers */
+int luaopen_bkr_proc(lua_State *L);   /* proc.c: child processes from argv lists */
+int luaopen_bkr_pg(lua_State *L);     /* pg.c: libpq connections, queries, COPY */
+int luaopen_bkr_fs(lua_State *L);     /* fs.c: fsync, atomic rename, locks, free space */
+
+#endif

@@ -1,0 +1,40 @@
+/*
+ * bkr.h - what the host offers to every binding.
+ *
+ * The host owns the process: signal handling, error reporting and the Lua state.
+ * Bindings use these few helpers so that environmental failures and interrupts
+ * are reported the same way everywhere.
+ */
+#ifndef BKR_H
+#define BKR_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#define BKR_VERSION "0.1.0"
+
+/* Exit codes, documented in docs/EXIT_CODES.md. */
+#define BKR_EXIT_OK 0
+#define BKR_EXIT_FAILED 1
+#define BKR_EXIT_USAGE 2
+#define BKR_EXIT_INTEGRITY 3
+
+/*
+ * Nonzero once SIGINT or SIGTERM has arrived. Long-running C loops (pipelines,
+ * waits, polls) check it between blocking calls and give up cleanly; the host
+ * turns the resulting error into exit status 128+signal.
+ */
+int bkr_interrupted(void);
+
+/*
+ * Push the conventional failure triple for environmental errors (file missing,
+ * server down, child failed): nil, "prefix: message"[, code]. Returns the number
+ * of values pushed, so a binding can `return bkr_pushfail(L, NULL, "...")`.
+ * `code` may be NULL (then only nil and the message are pushed).
+ */
+int bkr_pushfail(lua_State *L, const char *code, const char *fmt, ...);
+
+/* Same, with strerror(saved_errno) appended: "prefix: what: No such file". */
+int bkr_pusherrno(lua_State *L, int saved_errno, const char *fmt, ...);
+
+#endif

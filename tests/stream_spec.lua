@@ -1,0 +1,214 @@
+-- bkr.stream, bkr.gzip, bkr.hash: the pipeline core and its POSIX stages, checked against
+-- gzip, gunzip and sha256sum.
+local stream = require "bkr.stream"
+local gzip = require "bkr.gzip"
+local hash = require "bkr.hash"
+local util = require "support.util"
+
+local function sample(n)
+  local lines = {}
+  for i = 1, n do
+    lines[i] = string.format("%d\tinvoice-%d\t%.2f\tünïcødé\t%s\n", i, i * 7, i / 3, string.rep("x", i % 50))
+  end
+  return table.concat(lines)
+end
+
+describe("stream.run", function()
+  it("writes a gzip file that gzip -t accepts and whose SHA-256 equals sha256sum's", function()
+    local dir = util.scratch("stream")
+    local data = sample(50000)
+    local path = dir .. "/out.gz"
+    local r = stream.run{
+      stream.from_string(data),
+      hash.sha256{ name = "raw" },
+      gzip.compress{ level = 6 },
+      hash.sha256{ name = "stored" },
+      stream.to_file(path),
+    }
+    assert.is_true(util.gzip_ok(path))
+    assert.are.equal(util.sha256sum(path), r.stored)
+    assert.are.equal(util.sh("gunzip -c " .. path .. " | sha256sum"):match("^%x+"), r.raw)
+    assert.are.equal(#data, r.bytes_in)
+    assert.are.equal(util.sh("stat -c %s " .. path):match("%d+"), tostring(r.bytes_out))
+    assert.are.equal(path, r.file)
+  end)
+
+  it("reports bytes in and out for every stage, in order", function()
+    local r = stream.run{ stream.from_string(string.rep("a", 100000)), gzip.compress(), stream.count(), stream.to_null() }
+    assert.are.same({ "string", "gzip", "count", "null" },
+      { r.stages[1].name, r.stages[2].name, r.stages[3].name, r.stages[4].name })
+    assert.are.equal(100000, r.stages[2].bytes_in)
+    assert.is_true(r.stages[2].bytes_out < 1000)
+    assert.are.equal(r.stages[2].bytes_out, r.count)
+    assert.are.equal(r.count, r.stages[4].bytes_in)
+    assert.is_true(r.elapsed >= 0)
+  end)
+
+  it("round-trips bytes of every value through gzip", function()
+    local bytes = {}
+    for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+    local data = string.rep(table.concat(bytes), 3000)
+    local r = stream.run{ stream.from_string(data), gzip.compress{ level = 1 }, gzip.decompress(), stream.to_string() }
+    assert.are.equal(data, r.string)
+  end)
+
+  it("decompresses a file gzip made, and concatenated members", function()
+    local dir = util.scratch("stream")
+    util.write(dir .. "/a", "first part\n")
+    util.write(dir .. "/b", sample(1000))
+    util.sh("gzip -c " .. dir .. "/a > " .. dir .. "/ab.gz; gzip -9 -c " .. dir .. "/b >> " .. dir .. "/ab.gz")
+    local r = stream.run{ stream.from_file(dir .. "/ab.gz"), gzip.decompress(), hash.sha256(), stream.to_null() }
+    assert.are.equal(util.sh("cat " .. dir .. "/a " .. dir .. "/b | sha256sum"):match("^%x+"), r.sha256)
+  end)
+
+  it("fails on corrupt gzip and leaves no file under the final name or a temporary one", function()
+    local dir = util.scratch("stream")
+    local good = gzip.compress_string(sample(20000))
+    local corrupt = good:sub(1, 2000) .. string.char((good:byte(2001) + 1) % 256) .. good:sub(2002)
+    local ok, err = pcall(stream.run, { stream.from_string(corrupt), gzip.decompress(), stream.to_file(dir .. "/out") })
+    assert.is_false(ok)
+    assert.matches("gunzip: ", err)
+    assert.are.same({}, util.listdir(dir))
+  end)
+
+  it("fails on truncated gzip", function()
+    local good = gzip.compress_string(sample(20000))
+    local ok, err = pcall(stream.run, { stream.from_string(good:sub(1, #good - 10)), gzip.decompress(), stream.to_null() })
+    assert.is_false(ok)
+    assert.matches("truncated", err)
+  end)
+
+  it("fails on data after the last gzip member", function()
+    local ok, err = pcall(stream.run, { stream.from_string(gzip.compress_string("x") .. "junk!"), gzip.decompress(), stream.to_null() })
+    assert.is_false(ok)
+    assert.matches("trailing data", err)
+  end)
+
+  it("fails when the disk is full and leaves nothing behind", function()
+    local dir = util.scratch("full")
+    local _, rc = util.sh("mount -t tmpfs -o size=256k tmpfs " .. dir .. " 2>&1")
+    assert.are.equal(0, rc, "these tests run as root and mount a small tmpfs")
+    finally(function() util.sh("umount " .. dir) end)
+    local random = util.sh("head -c 1000000 /dev/urandom | base64 -w0")
+    local ok, err = pcall(stream.run, { stream.from_string(random), gzip.compress{ level = 0 }, stream.to_file(dir .. "/big.gz") })
+    assert.is_false(ok)
+    assert.matches("No space left on device", err)
+    assert.are.same({}, util.listdir(dir))
+  end)
+
+  it("never replaces an existing file unless asked to", function()
+    local dir = util.scratch("stream")
+    util.write(dir .. "/f", "precious")
+    local ok, err = pcall(stream.run, { stream.from_string("new"), stream.to_file(dir .. "/f") })
+    assert.is_false(ok)
+    assert.matches("File exists", err)
+    assert.are.equal("precious", util.read(dir .. "/f"))
+    assert.are.same({ "f" }, util.listdir(dir))
+    stream.run{ stream.from_string("new"), stream.to_file(dir .. "/f", { overwrite = true }) }
+    assert.are.equal("new", util.read(dir .. "/f"))
+  end)
+
+  it("creates files with mode 0600 unless told otherwise", function()
+    local dir = util.scratch("stream")
+    stream.run{ stream.from_string("secret"), stream.to_file(dir .. "/a") }
+    stream.run{ stream.from_string("public"), stream.to_file(dir .. "/b", { mode = tonumber("644", 8) }) }
+    assert.are.equal("600", util.sh("stat -c %a " .. dir .. "/a"):match("%d+"))
+    assert.are.equal("644", util.sh("stat -c %a " .. dir .. "/b"):match("%d+"))
+  end)
+
+  it("reports an unwritable directory when the sink is created", function()
+    local dir = util.scratch("stream")
+    util.write(dir .. "/file", "")
+    local sink, err = stream.to_file(dir .. "/file/sub/out.gz")
+    assert.is_nil(sink)
+    assert.matches("stream.to_file: .*file/sub/out.gz: Not a directory", err)
+    assert.is_nil((stream.to_file("/nonexistent-dir/x")))
+  end)
+
+  it("reports a missing source file", function()
+    local src, err = stream.from_file("/nonexistent/file.gz")
+    assert.is_nil(src)
+    assert.are.equal("stream.from_file: /nonexistent/file.gz: No such file or directory", err)
+  end)
+
+  it("removes the temporary file of a sink that never ran once it is closed or collected", function()
+    local dir = util.scratch("stream")
+    local sink = stream.to_file(dir .. "/never")
+    assert.are.equal(1, #util.listdir(dir))
+    sink:close()
+    sink:close()
+    assert.are.same({}, util.listdir(dir))
+    do local _ = stream.to_file(dir .. "/never2") end
+    collectgarbage(); collectgarbage()
+    assert.are.same({}, util.listdir(dir))
+  end)
+
+  it("refuses misuse: wrong order, reuse, closed stages", function()
+    assert.has_error(function() stream.run{ stream.to_null(), stream.from_string("x") } end)
+    assert.has_error(function() stream.run{ stream.from_string("x") } end)
+    local src = stream.from_string("x")
+    stream.run{ src, stream.to_null() }
+    assert.has_error(function() stream.run{ src, stream.to_null() } end, "stream.run: stage 1 (string) is already used; a stage runs once")
+    local closed = gzip.compress()
+    closed:close()
+    assert.has_error(function() stream.run{ stream.from_string("x"), closed, stream.to_null() } end)
+    assert.has_error(function() gzip.compress{ level = 10 } end)
+  end)
+
+  it("limits what a string sink collects", function()
+    local ok, err = pcall(stream.run, { stream.from_string(string.rep("x", 5000)), stream.to_string{ max = 4096 } })
+    assert.is_false(ok)
+    assert.matches("exceeds 4096 bytes", err)
+  end)
+
+  it("leaks no descriptors over many runs, failed ones included", function()
+    local dir = util.scratch("stream")
+    local before = util.fd_count()
+    for i = 1, 50 do
+      stream.run{ stream.from_string("abc"), gzip.compress(), stream.to_file(dir .. "/f" .. i) }
+      stream.run{ stream.from_file(dir .. "/f" .. i), gzip.decompress(), stream.to_null() }
+      pcall(stream.run, { stream.from_file(dir .. "/f" .. i), stream.to_file(dir .. "/f" .. i) })
+    end
+    collectgarbage(); collectgarbage()
+    assert.are.equal(before, util.fd_count())
+    assert.are.equal(50, #util.listdir(dir))
+  end)
+end)
+
+describe("bkr.hash", function()
+  it("hashes strings and files like sha256sum", function()
+    local dir = util.scratch("hash")
+    local data = sample(3000)
+    util.write(dir .. "/f", data)
+    local digest, size = hash.sha256_file(dir .. "/f")
+    assert.are.equal(util.sha256sum(dir .. "/f"), digest)
+    assert.are.equal(#data, size)
+    assert.are.equal(digest, hash.sha256_string(data))
+    assert.are.equal("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", hash.sha256_string(""))
+  end)
+
+  it("returns nil and a message for a missing file", function()
+    local digest, err = hash.sha256_file("/nonexistent")
+    assert.is_nil(digest)
+    assert.are.equal("hash.sha256_file: /nonexistent: No such file or directory", err)
+  end)
+end)
+
+describe("bkr.gzip strings", function()
+  it("compresses what gunzip reads and reads what gzip writes", function()
+    local dir = util.scratch("gz")
+    local data = sample(2000)
+    util.write(dir .. "/f.gz", gzip.compress_string(data, 9))
+    assert.are.equal(util.sha256sum(dir .. "/f.gz"):len(), 64)
+    assert.are.equal(hash.sha256_string(data), util.sh("gunzip -c " .. dir .. "/f.gz | sha256sum"):match("^%x+"))
+    util.write(dir .. "/g", data)
+    util.sh("gzip -k " .. dir .. "/g")
+    assert.are.equal(data, gzip.decompress_string(util.read(dir .. "/g.gz")))
+  end)
+
+  it("returns nil and a message for corrupt input", function()
+    local out, err = gzip.decompress_string("not gzip at all")
+    assert.is_nil(out)
+    assert.matches("^gzip.decompress_string: ", err)
+  end)
+end)

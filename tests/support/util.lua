@@ -1,0 +1,96 @@
+-- Small helpers shared by the specs: shell out to independent tools, scratch directories,
+-- descriptor counts. Independent tools (sha256sum, gzip, psql) check what bkr wrote.
+local util = {}
+
+local function quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+util.quote = quote
+
+-- Run a shell command (tests only: bkr itself never uses a shell); return stdout, exit code.
+function util.sh(cmd)
+  local p = assert(io.popen(cmd .. "; echo \"__rc=$?\"", "r"))
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("__rc=(%d+)\n?$"))
+  return out:gsub("__rc=%d+\n?$", ""), rc
+end
+
+function util.sha256sum(path)
+  local out = util.sh("sha256sum " .. quote(path))
+  return out:match("^(%x+)")
+end
+
+function util.gzip_ok(path)
+  local _, rc = util.sh("gzip -t " .. quote(path) .. " 2>/dev/null")
+  return rc == 0
+end
+
+function util.psql(sql, db)
+  local out, rc = util.sh("psql -X -q -A -t -v ON_ERROR_STOP=1 -d " .. quote(db or "postgres")
+    .. " -c " .. quote(sql) .. " 2>&1")
+  assert(rc == 0, "psql failed: " .. out)
+  return (out:gsub("\n$", ""))
+end
+
+function util.read(path)
+  local f = assert(io.open(path, "rb"))
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+function util.write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- A fresh scratch directory under the test run's directory (removed with the run).
+local counter = 0
+function util.scratch(label)
+  counter = counter + 1
+  local base = os.getenv("BKR_TEST_TMP") or "/tmp"
+  local dir = string.format("%s/%s-%d-%d", base, label or "t", counter, math.random(1e9))
+  assert(os.execute("mkdir -p " .. quote(dir)))
+  return dir
+end
+
+function util.listdir(dir)
+  local names = {}
+  local out = util.sh("ls -A " .. quote(dir))
+  for name in out:gmatch("[^\n]+") do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+-- Open descriptors of this process (the directory handle lfs opens is counted every time).
+function util.fd_count()
+  local n = 0
+  for _ in require("lfs").dir("/proc/self/fd") do n = n + 1 end
+  return n
+end
+
+-- This process's pid (the bkr running the tests), read from /proc.
+function util.pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = f:read("l"):match("^(%d+)")
+  f:close()
+  return pid
+end
+
+-- Children of the test process that are zombies (exited but not reaped).
+function util.zombies()
+  local out = util.sh("ps -o pid=,stat= --ppid " .. util.pid())
+  local z = {}
+  for pid, stat in out:gmatch("(%d+)%s+(%S+)") do
+    if stat:sub(1, 1) == "Z" then z[#z + 1] = pid end
+  end
+  return z
+end
+
+function util.bkr_bin()
+  return os.getenv("BKR_BIN") or "./bkr"
+end
+
+return util
