@@ -19,6 +19,8 @@
  *   stream.to_string([opts])              sink; result: the bytes (opts.max, default 256 MiB)
  *   stream.to_null([opts])                sink that discards
  *   stream.count([opts])                  pass-through filter; result: byte count
+ *   stream.tail([{bytes = 256}])          pass-through filter; result: the last bytes seen
+ *                                         (a dump's completion marker is at its very end)
  *   stage:close()                         release a stage that will not run (also __gc, __close)
  * Every opts table may carry `name`, the key of the stage's result.
  *
@@ -765,6 +767,60 @@ static int stream_count(lua_State *L)
     return new_counter_stage(L, &count_ops, 1);
 }
 
+/* ================================================================ tail */
+
+typedef struct tail {
+    size_t cap, len;
+    unsigned char data[];
+} tail;
+
+static int tail_observe(void *self, const unsigned char *data, size_t len, bkr_error *err)
+{
+    tail *t = self;
+    if (data == NULL)
+        return 0;
+    if (len >= t->cap) {
+        memcpy(t->data, data + len - t->cap, t->cap);
+        t->len = t->cap;
+        return 0;
+    }
+    size_t keep = t->len + len > t->cap ? t->cap - len : t->len;
+    memmove(t->data, t->data + t->len - keep, keep);
+    memcpy(t->data + keep, data, len);
+    t->len = keep + len;
+    return 0;
+}
+
+static int tail_result(void *self, lua_State *L)
+{
+    tail *t = self;
+    lua_pushlstring(L, (const char *)t->data, t->len);
+    return 1;
+}
+
+static const bkr_stage_ops tail_ops = {
+    .type = "tail", .kind = BKR_FILTER, .observe = tail_observe, .result = tail_result, .free = free,
+};
+
+static int stream_tail(lua_State *L)
+{
+    const char *name = bkr_stage_optname(L, 1);
+    lua_Integer bytes = 256;
+    if (lua_istable(L, 1)) {
+        lua_getfield(L, 1, "bytes");
+        bytes = luaL_optinteger(L, -1, 256);
+        lua_pop(L, 1);
+    }
+    luaL_argcheck(L, bytes > 0 && bytes <= 1024 * 1024, 1, "tail bytes must be 1 to 1048576");
+    bkr_stage *st = bkr_stage_new(L, &tail_ops);
+    tail *t = calloc(1, sizeof *t + (size_t)bytes);
+    if (t == NULL)
+        return luaL_error(L, "stream.tail: out of memory");
+    t->cap = (size_t)bytes;
+    bkr_stage_open(st, t, name);
+    return 1;
+}
+
 /* ================================================================ module */
 
 static const luaL_Reg stage_methods[] = {
@@ -788,6 +844,7 @@ static const luaL_Reg stream_functions[] = {
     {"to_string", stream_to_string},
     {"to_null", stream_to_null},
     {"count", stream_count},
+    {"tail", stream_tail},
     {NULL, NULL},
 };
 

@@ -155,6 +155,19 @@ describe("stream.run", function()
     assert.has_error(function() gzip.compress{ level = 10 } end)
   end)
 
+  it("keeps the last bytes of a stream, across chunk boundaries", function()
+    local data = sample(40000) .. "-- PostgreSQL database dump complete\n"
+    local r = stream.run{ stream.from_string(data), stream.tail{ bytes = 100 }, stream.to_null() }
+    assert.are.equal(data:sub(-100), r.tail)
+    r = stream.run{ stream.from_string("short"), stream.tail{ bytes = 100 }, stream.to_null() }
+    assert.are.equal("short", r.tail)
+    for _, size in ipairs({ 131071, 131072, 131073, 262100 }) do
+      local s = string.rep("ab", size // 2 + 1):sub(1, size)
+      r = stream.run{ stream.from_string(s), gzip.compress(), gzip.decompress(), stream.tail{ bytes = 7 }, stream.to_null() }
+      assert.are.equal(s:sub(-7), r.tail)
+    end
+  end)
+
   it("limits what a string sink collects", function()
     local ok, err = pcall(stream.run, { stream.from_string(string.rep("x", 5000)), stream.to_string{ max = 4096 } })
     assert.is_false(ok)
