@@ -48,14 +48,16 @@ build/asan/%.o: %.c $(HDRS) Makefile
 deps:
 	scripts/install-deps.sh
 
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+# The whole suite twice: the release build, and the ASan/UBSan build.
 test: deps
-	$(MAKE) bkr
-	scripts/run-tests.sh ./bkr
+	$(MAKE) bkr bkr-asan
+	$(SAN_ENV) scripts/run-tests.sh -b ./bkr -b ./bkr-asan
 
 check-asan: deps
 	$(MAKE) bkr bkr-asan
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-		scripts/run-tests.sh ./bkr-asan
+	$(SAN_ENV) scripts/run-tests.sh -b ./bkr-asan
 
 demo: deps
 	$(MAKE) bkr

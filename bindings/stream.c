@@ -19,6 +19,10 @@
  *   stream.to_string([opts])              sink; result: the bytes (opts.max, default 256 MiB)
  *   stream.to_null([opts])                sink that discards
  *   stream.count([opts])                  pass-through filter; result: byte count
+ *   stream.progress{label = "db", total = bytes_or_nil, interval = 0.5}
+ *                                         pass-through filter: a progress line on stderr when
+ *                                         stderr is a terminal (bytes, rate, share of total);
+ *                                         silent otherwise; result: none
  *   stream.tail([{bytes = 256}])          pass-through filter; result: the last bytes seen
  *                                         (a dump's completion marker is at its very end)
  *   stage:close()                         release a stage that will not run (also __gc, __close)
@@ -260,10 +264,15 @@ static int run_pipeline(run *r)
         if (len > 0 && push(r, 1, r->bufs[0], len) != 0)
             return -1;
     }
+    /* Did the producer succeed? Asked before flushing: a dump cut short by a dying
+     * pg_dump must be reported as pg_dump's failure, not as a truncated gzip or COPY. */
+    if (src->ops->finish != NULL && src->ops->finish(src->self, &r->err) != 0)
+        return stage_failed(r, 0);
+    src->state = BKR_STAGE_USED;
     if (flush_from(r, 1) != 0)
         return -1;
-    /* Source first (did the producer succeed?), the sink last: it commits. */
-    for (int i = 0; i < r->n; i++) {
+    /* The sink last: it commits. */
+    for (int i = 1; i < r->n; i++) {
         bkr_stage *st = r->stages[i];
         if (st->ops->finish != NULL && st->ops->finish(st->self, &r->err) != 0)
             return stage_failed(r, i);
@@ -821,6 +830,82 @@ static int stream_tail(lua_State *L)
     return 1;
 }
 
+/* ================================================================ progress */
+
+typedef struct progress {
+    char label[128];
+    double total, interval, start, last;
+    uint64_t bytes;
+    int shown;
+} progress;
+
+static void progress_print(progress *p, int final)
+{
+    double elapsed = now_seconds() - p->start;
+    double mib = (double)p->bytes / (1024.0 * 1024.0);
+    double rate = elapsed > 0 ? mib / elapsed : 0;
+    char line[256];
+    int n;
+    if (p->total > 0)
+        n = snprintf(line, sizeof line, "\r%s: %.1f MiB, %.1f MiB/s, ~%.0f%% of ~%.0f MiB", p->label, mib,
+                     rate, 100.0 * (double)p->bytes / p->total, p->total / (1024.0 * 1024.0));
+    else
+        n = snprintf(line, sizeof line, "\r%s: %.1f MiB, %.1f MiB/s", p->label, mib, rate);
+    if (n > 0 && write(STDERR_FILENO, line, strlen(line)) < 0)
+        return;
+    /* Clear what a longer previous line left, end the line at the end of the run. */
+    if (write(STDERR_FILENO, final ? "\033[K\n" : "\033[K", final ? 4 : 3) < 0)
+        return;
+    p->shown = 1;
+}
+
+static int progress_observe(void *self, const unsigned char *data, size_t len, bkr_error *err)
+{
+    progress *p = self;
+    if (p->interval < 0)
+        return 0;
+    if (data == NULL) {
+        if (p->shown)
+            progress_print(p, 1);
+        return 0;
+    }
+    p->bytes += len;
+    double now = now_seconds();
+    if (now - p->last >= p->interval) {
+        p->last = now;
+        progress_print(p, 0);
+    }
+    return 0;
+}
+
+static const bkr_stage_ops progress_ops = {
+    .type = "progress", .kind = BKR_FILTER, .observe = progress_observe, .free = free,
+};
+
+static int stream_progress(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "label");
+    const char *label = luaL_optstring(L, -1, "progress");
+    lua_getfield(L, 1, "total");
+    double total = luaL_optnumber(L, -1, 0);
+    lua_getfield(L, 1, "interval");
+    double interval = luaL_optnumber(L, -1, 0.5);
+    lua_pop(L, 3); /* the label stays reachable from the options table */
+    const char *name = bkr_stage_optname(L, 1);
+    bkr_stage *st = bkr_stage_new(L, &progress_ops);
+    progress *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return luaL_error(L, "stream.progress: out of memory");
+    snprintf(p->label, sizeof p->label, "%s", label);
+    p->total = total;
+    /* No terminal, no progress noise (cron, systemd, pipes). */
+    p->interval = isatty(STDERR_FILENO) ? interval : -1;
+    p->start = p->last = now_seconds();
+    bkr_stage_open(st, p, name);
+    return 1;
+}
+
 /* ================================================================ module */
 
 static const luaL_Reg stage_methods[] = {
@@ -845,6 +930,7 @@ static const luaL_Reg stream_functions[] = {
     {"to_null", stream_to_null},
     {"count", stream_count},
     {"tail", stream_tail},
+    {"progress", stream_progress},
     {NULL, NULL},
 };
 

@@ -56,12 +56,21 @@ int bkr_interrupted(void)
     return interrupt_signal != 0;
 }
 
+static int message_handler(lua_State *L);
+
 /* Raise once inside running Lua code, as lua.c does, then get out of the way so
- * finalizers and cleanup code run normally. */
+ * finalizers and cleanup code run normally. When a binding already failed with its
+ * own "interrupted" error, the hook fires as the message handler is called: keep the
+ * binding's message, it says what was interrupted. */
 static void interrupt_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     lua_sethook(L, NULL, 0, 0);
+    if (ar->event == LUA_HOOKCALL && lua_getinfo(L, "f", ar)) {
+        int in_handler = lua_tocfunction(L, -1) == message_handler;
+        lua_pop(L, 1);
+        if (in_handler)
+            return;
+    }
     luaL_error(L, "interrupted by %s", interrupt_signal == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
@@ -306,6 +315,8 @@ static void preload_modules(lua_State *L)
         {"bkr.proc", luaopen_bkr_proc},
         {"bkr.pg", luaopen_bkr_pg},
         {"bkr.fs", luaopen_bkr_fs},
+        {"bkr.yaml", luaopen_bkr_yaml},
+        {"bkr.dump", luaopen_bkr_dump},
         {NULL, NULL},
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

@@ -1,0 +1,263 @@
+-- Back up databases: pg_dump -> gzip -> SHA-256 -> file, with sidecar, manifest and rotation
+--
+-- The runbook, step by step:
+--   1. read the configuration and the command line
+--   2. lock the repository, connect, choose the pg_dump that matches the server
+--   3. check there is room for the backups before starting any
+--   4. per database: dump it in one pass through the per-table digests, gzip and SHA-256
+--      into the repository, then write its .sha256 sidecar and .json manifest
+--   5. dump the cluster's globals (roles, tablespaces) when allowed
+--   6. rotate, when every backup succeeded
+-- A failed database is reported and the others still run; the exit status says so.
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local postgres = require "lib.postgres"
+local rotation = require "lib.rotation"
+local stream = require "bkr.stream"
+local gzip = require "bkr.gzip"
+local hash = require "bkr.hash"
+local dump = require "bkr.dump"
+local proc = require "bkr.proc"
+local fs = require "bkr.fs"
+
+local COMPLETION_MARKER = "\n%-%- PostgreSQL database dump complete\n"
+local GLOBALS_MARKER = "\n%-%- PostgreSQL database cluster dump complete\n"
+
+local function parse_arguments(args)
+  return cli.parse(args, {
+    name = "backup",
+    usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--no-rotate]",
+    summary = "Dump each database with pg_dump into REPO/<type>/backup_<UTC time>_<db>.sql.gz\n"
+      .. "with a .sha256 sidecar and a .json manifest, in one pass; then rotate.",
+    options = {
+      { "--config", "FILE", "configuration file (default ./bkr.yaml, then /etc/bkr/bkr.yaml)" },
+      { "--db", "NAME", "database to back up (repeatable; default: from the configuration, else all)", repeatable = true },
+      { "--type", "TYPE", "daily (default), weekly or monthly" },
+      { "--repo", "DIR", "repository directory (overrides the configuration)" },
+      { "--no-rotate", nil, "do not apply the retention policy afterwards" },
+      { "--no-globals", nil, "do not dump roles and tablespaces" },
+    },
+    exit_codes = "0 all backed up, 1 a backup failed, 2 usage or configuration error",
+    see = "docs/backup.md",
+  })
+end
+
+-- ------------------------------------------------------------------ steps
+
+local function say(fmt, ...)
+  io.stdout:write(string.format(fmt, ...), "\n")
+  io.stdout:flush()
+end
+
+local function warn(fmt, ...)
+  io.stderr:write("bkr backup: ", string.format(fmt, ...), "\n")
+end
+
+-- Refuse to start when the repository cannot hold the run: for each database, its last
+-- backup's stored size plus 20%, or, with no backup yet, its size in the cluster.
+local function check_free_space(run)
+  local needed, detail = 0, {}
+  for _, db in ipairs(run.databases) do
+    local last = repo.scan(run.repo, { db = { db } })[1]
+    local estimate
+    if last and last.stored_bytes then
+      estimate = math.ceil(last.stored_bytes * 1.2)
+    else
+      estimate = run.conn:database_size(db) or 0
+    end
+    needed = needed + estimate
+    detail[#detail + 1] = db
+  end
+  local available, err = fs.free_space(run.repo)
+  if not available then cli.fail(cli.EXIT_FAILED, "%s", err) end
+  if available < needed then
+    cli.fail(cli.EXIT_FAILED, "not enough free space in %s: %s available, about %s needed for %s",
+      run.repo, cli.size(available), cli.size(needed), table.concat(detail, ", "))
+  end
+end
+
+-- pg_dump of one database, streamed through digests and gzip into the repository.
+local function dump_database(run, db, path, size)
+  local child, err = proc.spawn{
+    argv = { run.pg_dump, "--format=plain", "--no-password" },
+    env = config.child_env(run.cfg, db),
+    stdout = "pipe", stderr = "capture",
+  }
+  if not child then error(err, 0) end
+  local result = stream.run{
+    child:source{ name = "pg_dump" },
+    dump.table_digests{ name = "tables" },
+    stream.tail{ name = "tail", bytes = 128 },
+    stream.progress{ label = db, total = size },
+    gzip.compress{ level = run.cfg.compression_level },
+    hash.sha256{ name = "sha256" },
+    stream.to_file(path),
+  }
+  child:close()
+  return result
+end
+
+local function write_sidecars(path, manifest)
+  local ok, err = repo.write_sidecar(path, manifest.sha256)
+  if ok then ok, err = repo.write_manifest(path, manifest) end
+  return ok, err
+end
+
+local function remove_partial(path)
+  for _, p in ipairs({ path, path .. ".sha256", path .. ".json" }) do os.remove(p) end
+end
+
+local function backup_database(run, db)
+  local started = os.time()
+  local relative = repo.backup_file(run.type, run.epoch, db)
+  local path = run.repo .. "/" .. relative
+  local properties, err = postgres.database_properties(run.conn, db)
+  if not properties then error(err, 0) end
+  local size = run.conn:database_size(db)
+
+  local result = dump_database(run, db, path, size)
+  if not result.tail:find(COMPLETION_MARKER) then
+    remove_partial(path)
+    error("pg_dump output lacks its completion marker (truncated dump)", 0)
+  end
+
+  local manifest = {
+    format = "bkr-backup-1",
+    kind = "database",
+    database = db,
+    type = run.type,
+    file = relative:match("[^/]+$"),
+    start_time = repo.iso_time(started),
+    end_time = repo.iso_time(os.time()),
+    seconds = result.elapsed,
+    bkr_version = bkr.version,
+    pg_dump_version = run.pg_dump_version,
+    server_version = run.server_version,
+    raw_bytes = result.bytes_in,
+    stored_bytes = result.bytes_out,
+    sha256 = result.sha256,
+    compression = { algorithm = "gzip", level = run.cfg.compression_level },
+    encrypted = false,
+    database_properties = properties,
+    tables = result.tables,
+  }
+  local ok, werr = write_sidecars(path, manifest)
+  if not ok then
+    remove_partial(path)
+    error(werr, 0)
+  end
+  run.written[#run.written + 1] = path
+  return manifest, relative
+end
+
+local function backup_globals(run)
+  if not postgres.can_read_globals(run.conn) then
+    warn("skipping roles and tablespaces: user may not read them (pg_dumpall needs a superuser)")
+    return true
+  end
+  local relative = repo.globals_file(run.type, run.epoch)
+  local path = run.repo .. "/" .. relative
+  local started = os.time()
+  local child, err = proc.spawn{
+    argv = { run.pg_dumpall, "--globals-only", "--no-password" },
+    env = config.child_env(run.cfg, run.cfg.connection.dbname),
+  }
+  if not child then return nil, err end
+  local ok, result = pcall(stream.run, {
+    child:source{ name = "pg_dumpall" },
+    stream.tail{ name = "tail", bytes = 128 },
+    gzip.compress{ level = run.cfg.compression_level },
+    hash.sha256{ name = "sha256" },
+    stream.to_file(path),
+  })
+  child:close()
+  if not ok then return nil, result end
+  if not result.tail:find(GLOBALS_MARKER) then
+    remove_partial(path)
+    return nil, "pg_dumpall output lacks its completion marker"
+  end
+  local manifest = {
+    format = "bkr-backup-1", kind = "globals", type = run.type, file = relative:match("[^/]+$"),
+    start_time = repo.iso_time(started), end_time = repo.iso_time(os.time()), seconds = result.elapsed,
+    bkr_version = bkr.version, pg_dump_version = run.pg_dump_version, server_version = run.server_version,
+    raw_bytes = result.bytes_in, stored_bytes = result.bytes_out, sha256 = result.sha256,
+    compression = { algorithm = "gzip", level = run.cfg.compression_level }, encrypted = false,
+  }
+  local wok, werr = write_sidecars(path, manifest)
+  if not wok then
+    remove_partial(path)
+    return nil, werr
+  end
+  run.written[#run.written + 1] = path
+  say("backed up globals: %s", relative)
+  return true
+end
+
+-- ------------------------------------------------------------------ the run
+
+local options = parse_arguments({ ... })
+if not options then return cli.EXIT_OK end
+
+local run = { cfg = config.load(options), written = {} }
+run.type = options.type or "daily"
+if not repo.valid_type(run.type) then
+  cli.usage_error("backup: --type must be daily, weekly or monthly, not '%s'", run.type)
+end
+run.repo = config.repository(run.cfg)
+repo.ensure(run.repo)
+local lock <close> = repo.lock(run.repo)
+
+run.conn = postgres.connect(run.cfg)
+local server_num, server_version = run.conn:server_version()
+run.server_version = server_version
+local server_major = server_num // 10000
+run.pg_dump, run.pg_dump_version = postgres.find_program("pg_dump", server_major, run.cfg)
+run.pg_dumpall = postgres.find_program("pg_dumpall", server_major, run.cfg)
+run.databases = postgres.databases(run.conn, run.cfg)
+if #run.databases == 0 then cli.fail(cli.EXIT_FAILED, "backup: no databases to back up") end
+check_free_space(run)
+run.epoch = os.time()
+
+local failed = 0
+for _, db in ipairs(run.databases) do
+  if bkr.interrupted() then break end
+  local started = os.clock()
+  local ok, manifest, relative = pcall(backup_database, run, db)
+  if ok then
+    say("backed up %s: %s, %s raw -> %s stored (%.1fx) in %.1f s", db, relative,
+      cli.size(manifest.raw_bytes), cli.size(manifest.stored_bytes),
+      manifest.raw_bytes / math.max(manifest.stored_bytes, 1), manifest.seconds)
+    repo.log(run.repo, { recipe = "backup", database = db, type = run.type, result = "ok", file = relative,
+      bytes = manifest.stored_bytes, raw_bytes = manifest.raw_bytes, seconds = manifest.seconds })
+  else
+    failed = failed + 1
+    local message = tostring(manifest):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")
+    warn('database "%s" failed: %s', db, message)
+    repo.log(run.repo, { recipe = "backup", database = db, type = run.type, result = "failed",
+      error = message, seconds = os.clock() - started })
+  end
+end
+
+if not options.no_globals and not bkr.interrupted() then
+  local ok, err = backup_globals(run)
+  if not ok then
+    failed = failed + 1
+    warn("globals failed: %s", (tostring(err):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")))
+    repo.log(run.repo, { recipe = "backup", database = "(globals)", type = run.type, result = "failed", error = err })
+  end
+end
+run.conn:close()
+
+if failed > 0 then
+  warn("%d of %d backups failed; rotation skipped", failed, #run.databases + (options.no_globals and 0 or 1))
+  return cli.EXIT_FAILED
+end
+if not options.no_rotate then
+  local _, errors = rotation.run(run.repo, run.cfg, { protect = run.written })
+  if #errors > 0 then
+    warn("rotation: %s", table.concat(errors, "; "))
+    return cli.EXIT_FAILED
+  end
+end
+return cli.EXIT_OK

@@ -1,0 +1,126 @@
+-- Command-line parsing and failures with exit codes, shared by every recipe.
+--
+--   local options = cli.parse(args, {
+--     usage = "bkr backup [options]",
+--     summary = "Back up databases ...",
+--     options = {
+--       { "--config", "FILE", "configuration file" },
+--       { "--db", "NAME", "database to back up (repeatable)", repeatable = true },
+--       { "--dry-run", nil, "show what would be done" },
+--     },
+--     positional = "PATH",          -- optional: name of positional arguments, collected in options.args
+--     exit_codes = "0 ok, 1 ...",   -- shown by --help
+--   })
+-- Returns nil after printing help for --help (the recipe then returns 0).
+-- Option values land under their name without dashes, '-' turned into '_': options.dry_run.
+local cli = {}
+
+cli.EXIT_OK = 0
+cli.EXIT_FAILED = 1
+cli.EXIT_USAGE = 2
+cli.EXIT_INTEGRITY = 3
+
+local failure_meta = { __tostring = function(e) return e.message end }
+
+-- Stop the run with an exit code and a one-line message (printed by the host as "bkr: message").
+function cli.fail(exit_code, fmt, ...)
+  local message = select("#", ...) > 0 and string.format(fmt, ...) or fmt
+  error(setmetatable({ exit_code = exit_code, message = message }, failure_meta), 0)
+end
+
+function cli.usage_error(fmt, ...)
+  cli.fail(cli.EXIT_USAGE, fmt, ...)
+end
+
+local function key_of(flag)
+  return (flag:gsub("^%-%-", ""):gsub("%-", "_"))
+end
+
+local function print_help(spec)
+  local lines = { "usage: " .. spec.usage, "" }
+  if spec.summary then
+    lines[#lines + 1] = spec.summary
+    lines[#lines + 1] = ""
+  end
+  lines[#lines + 1] = "options:"
+  for _, option in ipairs(spec.options) do
+    local left = option[1] .. (option[2] and (" " .. option[2]) or "")
+    lines[#lines + 1] = string.format("  %-22s %s", left, option[3])
+  end
+  lines[#lines + 1] = string.format("  %-22s %s", "--help", "show this help")
+  if spec.exit_codes then
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = "exit codes: " .. spec.exit_codes
+  end
+  if spec.see then
+    lines[#lines + 1] = "documentation: " .. spec.see
+  end
+  print(table.concat(lines, "\n"))
+end
+
+function cli.parse(args, spec)
+  local by_flag = {}
+  for _, option in ipairs(spec.options) do
+    by_flag[option[1]] = option
+  end
+  local options = { args = {} }
+  local i = 1
+  while i <= #args do
+    local word = args[i]
+    local flag, inline = word:match("^(%-%-[%w%-]+)=(.*)$")
+    flag = flag or word
+    if word == "--help" or word == "-h" then
+      print_help(spec)
+      return nil
+    elseif word == "--" then
+      for j = i + 1, #args do options.args[#options.args + 1] = args[j] end
+      break
+    elseif flag:sub(1, 1) == "-" and #flag > 1 then
+      local option = by_flag[flag]
+      if not option then
+        cli.usage_error("%s: unknown option %s (see --help)", spec.name or "bkr", flag)
+      end
+      local key = key_of(flag)
+      local value = true
+      if option[2] then
+        value = inline
+        if value == nil then
+          i = i + 1
+          value = args[i]
+        end
+        if value == nil then
+          cli.usage_error("%s: %s needs a value (%s)", spec.name or "bkr", flag, option[2])
+        end
+      elseif inline then
+        cli.usage_error("%s: %s takes no value", spec.name or "bkr", flag)
+      end
+      if option.repeatable then
+        options[key] = options[key] or {}
+        table.insert(options[key], value)
+      else
+        options[key] = value
+      end
+    else
+      if not spec.positional then
+        cli.usage_error("%s: unexpected argument '%s' (see --help)", spec.name or "bkr", word)
+      end
+      options.args[#options.args + 1] = word
+    end
+    i = i + 1
+  end
+  return options
+end
+
+-- Human-readable sizes for listings and progress: 1536 -> "1.5 KiB".
+function cli.size(bytes)
+  local units = { "B", "KiB", "MiB", "GiB", "TiB" }
+  local value, unit = bytes, 1
+  while value >= 1024 and unit < #units do
+    value = value / 1024
+    unit = unit + 1
+  end
+  if unit == 1 then return string.format("%d B", bytes) end
+  return string.format("%.1f %s", value, units[unit])
+end
+
+return cli

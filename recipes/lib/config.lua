@@ -1,0 +1,223 @@
+-- Configuration: one file, Lua (returns a table) or YAML (parsed by libyaml), same schema,
+-- chosen by extension. Validated once, at load, with the key's path in every message.
+-- Command-line flags (--repo, --db) override the file; with no file at all, a one-off run
+-- takes its connection from the standard PG* variables. See docs/configuration.md.
+local cli = require "lib.cli"
+
+local config = {}
+
+config.DEFAULT_FILES = { "./bkr.yaml", "/etc/bkr/bkr.yaml" }
+
+local defaults = {
+  connection = {},
+  databases = "all",
+  exclude = {},
+  repository = nil,
+  compression_level = 6,
+  retention = { daily = 7, weekly = 4, monthly = 0 },
+}
+
+-- ------------------------------------------------------------------ validators
+
+local function fail(path, fmt, ...)
+  cli.usage_error("configuration: %s: " .. fmt, path, ...)
+end
+
+local function is_null(value)
+  local ok, yaml = pcall(require, "bkr.yaml")
+  return value == nil or (ok and value == yaml.null)
+end
+
+local function string_value(value, path)
+  if type(value) ~= "string" or value == "" then fail(path, "expected a non-empty string") end
+  return value
+end
+
+local function integer_in(low, high)
+  return function(value, path)
+    if math.type(value) ~= "integer" or value < low or (high and value > high) then
+      if high then
+        fail(path, "expected an integer from %d to %d", low, high)
+      end
+      fail(path, low == 0 and "expected a non-negative integer" or "expected an integer >= %d", low)
+    end
+    return value
+  end
+end
+
+local function list_of_strings(value, path)
+  if type(value) ~= "table" then fail(path, "expected a list of names") end
+  local out = {}
+  for i, item in ipairs(value) do
+    out[i] = string_value(item, path .. "[" .. i .. "]")
+  end
+  for key in pairs(value) do
+    if math.type(key) ~= "integer" then fail(path, "expected a list of names") end
+  end
+  return out
+end
+
+local function databases_value(value, path)
+  if value == "all" then return "all" end
+  return list_of_strings(value, path)
+end
+
+-- A table with known keys: each key's validator; unknown keys are errors.
+local function section(fields)
+  return function(value, path)
+    if type(value) ~= "table" then fail(path, "expected a mapping") end
+    local out = {}
+    for key, item in pairs(value) do
+      local child = path == "" and tostring(key) or (path .. "." .. tostring(key))
+      local validate = fields[key]
+      if not validate then fail(child, "unknown key") end
+      if not is_null(item) then out[key] = validate(item, child) end
+    end
+    return out
+  end
+end
+
+config.schema = section{
+  connection = section{
+    host = string_value,
+    port = integer_in(1, 65535),
+    user = string_value,
+    dbname = string_value,
+    password_env = string_value,
+    passfile = string_value,
+    sslmode = string_value,
+  },
+  databases = databases_value,
+  exclude = list_of_strings,
+  repository = string_value,
+  compression_level = integer_in(0, 9),
+  retention = section{
+    daily = integer_in(0),
+    weekly = integer_in(0),
+    monthly = integer_in(0),
+  },
+  pg_bindir = string_value,
+}
+
+-- ------------------------------------------------------------------ loading
+
+local function file_exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function read_lua(path)
+  -- A config is data: no access to the outside world from inside it.
+  local chunk, err = loadfile(path, "t", {})
+  if not chunk then cli.usage_error("configuration: %s", err) end
+  local ok, value = pcall(chunk)
+  if not ok then cli.usage_error("configuration: %s", tostring(value)) end
+  if type(value) ~= "table" then cli.usage_error("configuration: %s must return a table", path) end
+  return value
+end
+
+local function read_yaml(path)
+  local yaml = require "bkr.yaml"
+  local value, err = yaml.decode_file(path)
+  if err then cli.usage_error("configuration: %s", err) end
+  if is_null(value) then return {} end
+  return value
+end
+
+local function merge_defaults(value)
+  local out = {}
+  for key, default in pairs(defaults) do
+    if type(default) == "table" and type(value[key]) == "table" and next(default) and not default[1] then
+      local merged = {}
+      for k, v in pairs(default) do merged[k] = v end
+      for k, v in pairs(value[key]) do merged[k] = v end
+      out[key] = merged
+    elseif value[key] ~= nil then
+      out[key] = value[key]
+    else
+      out[key] = default
+    end
+  end
+  for key, v in pairs(value) do
+    if out[key] == nil then out[key] = v end
+  end
+  return out
+end
+
+-- Find, read and validate the configuration; apply command-line overrides.
+-- options: the recipe's parsed flags (config, repo, db).
+function config.load(options)
+  options = options or {}
+  local path = options.config
+  if path then
+    if not file_exists(path) then cli.usage_error("configuration: %s: no such file", path) end
+  else
+    for _, candidate in ipairs(config.DEFAULT_FILES) do
+      if file_exists(candidate) then path = candidate break end
+    end
+  end
+  local raw = {}
+  if path then
+    if path:match("%.lua$") then
+      raw = read_lua(path)
+    elseif path:match("%.ya?ml$") then
+      raw = read_yaml(path)
+    else
+      cli.usage_error("configuration: %s: expected a .yaml, .yml or .lua file", path)
+    end
+  end
+  local cfg = merge_defaults(config.schema(raw, ""))
+  cfg.file = path
+  if options.repo then cfg.repository = options.repo end
+  if options.db then cfg.databases = options.db end
+  return cfg
+end
+
+-- The repository, or a usage error saying how to give one.
+function config.repository(cfg)
+  if not cfg.repository then
+    cli.usage_error("no repository: give --repo DIR or set repository in the configuration")
+  end
+  return cfg.repository
+end
+
+-- The password, when the configuration names an environment variable for it.
+local function password(cfg)
+  local name = cfg.connection.password_env
+  if not name then return nil end
+  local value = os.getenv(name)
+  if not value then
+    cli.usage_error("configuration: connection.password_env: environment variable %s is not set", name)
+  end
+  return value
+end
+
+-- libpq keywords for bkr's own connection to database `dbname` (default: the maintenance
+-- database). Unset keys fall back to the PG* environment inside libpq.
+function config.conninfo(cfg, dbname)
+  local c = cfg.connection
+  return {
+    host = c.host, port = c.port, user = c.user, sslmode = c.sslmode, passfile = c.passfile,
+    password = password(cfg),
+    dbname = dbname or c.dbname or os.getenv("PGDATABASE") or "postgres",
+    application_name = "bkr",
+  }
+end
+
+-- Environment for pg_dump/psql children: the password travels here, never in argv.
+function config.child_env(cfg, dbname)
+  local c = cfg.connection
+  local env = { PGAPPNAME = "bkr" }
+  if c.host then env.PGHOST = c.host end
+  if c.port then env.PGPORT = tostring(c.port) end
+  if c.user then env.PGUSER = c.user end
+  if c.sslmode then env.PGSSLMODE = c.sslmode end
+  if c.passfile then env.PGPASSFILE = c.passfile end
+  local secret = password(cfg)
+  if secret then env.PGPASSWORD = secret end
+  if dbname then env.PGDATABASE = dbname end
+  return env
+end
+
+return config

@@ -1,0 +1,137 @@
+-- PostgreSQL facts a backup needs: connections, which databases, which pg_dump, and the
+-- database-level properties that a dump without --create leaves out.
+local pg = require "bkr.pg"
+local proc = require "bkr.proc"
+local lfs = require "lfs"
+local cli = require "lib.cli"
+local config = require "lib.config"
+
+local postgres = {}
+
+function postgres.connect(cfg, dbname)
+  local conn, err = pg.connect(config.conninfo(cfg, dbname))
+  if not conn then cli.fail(cli.EXIT_FAILED, "%s", err) end
+  return conn
+end
+
+local function value(v)
+  if v == pg.null then return nil end
+  return v
+end
+
+-- The databases to back up: the configured list, or every database that accepts
+-- connections (templates excluded), less config.exclude. Unknown names are kept: their
+-- backup fails with a clear message while the others go on.
+function postgres.databases(conn, cfg)
+  if cfg.databases ~= "all" then return cfg.databases end
+  local all, err = conn:databases()
+  if not all then cli.fail(cli.EXIT_FAILED, "%s", err) end
+  local excluded = {}
+  for _, name in ipairs(cfg.exclude or {}) do excluded[name] = true end
+  local names = {}
+  for _, db in ipairs(all) do
+    if db.allow_connections and not db.is_template and not excluded[db.name] then
+      names[#names + 1] = db.name
+    end
+  end
+  return names
+end
+
+-- ------------------------------------------------------------------ client programs
+
+-- Major version of a PostgreSQL client program, from `prog --version`.
+function postgres.program_version(path)
+  local result = proc.run{ argv = { path, "--version" } }
+  if not result or not result.ok then return nil end
+  local version = result.stdout:match("%(PostgreSQL%)%s+(%S+)")
+  if not version then return nil end
+  return tonumber(version:match("^(%d+)")), version
+end
+
+-- Candidates: the configured bindir, Debian's per-version directories, then PATH.
+local function candidates(name, cfg)
+  local list = {}
+  if cfg.pg_bindir then list[#list + 1] = cfg.pg_bindir .. "/" .. name end
+  if lfs.attributes("/usr/lib/postgresql", "mode") == "directory" then
+    for entry in lfs.dir("/usr/lib/postgresql") do
+      local path = "/usr/lib/postgresql/" .. entry .. "/bin/" .. name
+      if entry:match("^%d+$") and lfs.attributes(path, "mode") == "file" then list[#list + 1] = path end
+    end
+  end
+  list[#list + 1] = name
+  return list
+end
+
+-- The client program (pg_dump, pg_dumpall, psql) to use against a server of major version
+-- server_major: the same major, else the oldest newer one. An older one is refused before
+-- any work, naming the package to install.
+function postgres.find_program(name, server_major, cfg)
+  local best, best_major, best_version, newest_old
+  for _, path in ipairs(candidates(name, cfg)) do
+    local major, version = postgres.program_version(path)
+    if major then
+      if major >= server_major and (not best_major or major < best_major) then
+        best, best_major, best_version = path, major, version
+      elseif major < server_major then
+        newest_old = math.max(newest_old or 0, major)
+      end
+    end
+  end
+  if best then return best, best_version end
+  if newest_old then
+    cli.fail(cli.EXIT_FAILED, "%s %d is older than the server (%d) and cannot dump it: install postgresql-client-%d",
+      name, newest_old, server_major, server_major)
+  end
+  cli.fail(cli.EXIT_FAILED, "%s not found: install postgresql-client-%d", name, server_major)
+end
+
+-- ------------------------------------------------------------------ database properties
+
+local PROPERTIES_SQL = [[
+select d.datname, pg_get_userbyid(d.datdba) as owner, pg_encoding_to_char(d.encoding) as encoding,
+       d.datcollate as collate, d.datctype as ctype, d.datacl::text as acl,
+       d.datconnlimit as connection_limit,
+       (select array_to_string(s.setconfig, E'\n') from pg_db_role_setting s
+         where s.setdatabase = d.oid and s.setrole = 0) as settings
+  from pg_database d where d.datname = $1
+]]
+
+local ROLE_SETTINGS_SQL = [[
+select r.rolname as role, array_to_string(s.setconfig, E'\n') as settings
+  from pg_db_role_setting s join pg_roles r on r.oid = s.setrole
+  join pg_database d on d.oid = s.setdatabase
+ where d.datname = $1 order by r.rolname
+]]
+
+local function split_lines(text)
+  local out = {}
+  for line in (text or ""):gmatch("[^\n]+") do out[#out + 1] = line end
+  return out
+end
+
+-- What `pg_dump` without --create leaves out and a restore must re-apply: owner,
+-- encoding, locale, ALTER DATABASE ... SET settings (also per role), privileges.
+function postgres.database_properties(conn, dbname)
+  local rows, err = conn:query(PROPERTIES_SQL, dbname)
+  if not rows then return nil, err end
+  if #rows == 0 then return nil, string.format('database "%s" does not exist', dbname) end
+  local row = rows[1]
+  local props = {
+    owner = value(row.owner), encoding = value(row.encoding), collate = value(row.collate),
+    ctype = value(row.ctype), acl = value(row.acl), connection_limit = value(row.connection_limit),
+    settings = split_lines(value(row.settings)), role_settings = {},
+  }
+  local role_rows = conn:query(ROLE_SETTINGS_SQL, dbname) or {}
+  for _, r in ipairs(role_rows) do
+    props.role_settings[#props.role_settings + 1] = { role = r.role, settings = split_lines(value(r.settings)) }
+  end
+  return props
+end
+
+-- May this user read the cluster's globals (pg_dumpall --globals-only reads pg_authid)?
+function postgres.can_read_globals(conn)
+  local rows = conn:query("select rolsuper from pg_roles where rolname = current_user")
+  return rows and rows[1] and rows[1].rolsuper == true
+end
+
+return postgres

@@ -1,0 +1,199 @@
+-- The backup repository: where files go, how they are named, how they are found again.
+--
+--   REPO/.lock                                   held by a run that writes or rotates
+--   REPO/bkr.log                                 one JSON line per database per run
+--   REPO/<type>/backup_YYYYMMDD_HHMMSS_<db>.sql.gz        the dump (type: daily|weekly|monthly)
+--   REPO/<type>/backup_..._<db>.sql.gz.sha256              sidecar for `sha256sum -c`
+--   REPO/<type>/backup_..._<db>.sql.gz.json                manifest (docs/manifest.md)
+--   REPO/<type>/globals_YYYYMMDD_HHMMSS.sql.gz (+ .sha256, .json)   roles and tablespaces
+--
+-- Timestamps are UTC. A database name unsafe in a file name is escaped reversibly (%XX).
+local lfs = require "lfs"
+local fs = require "bkr.fs"
+local cli = require "lib.cli"
+local json = require "lib.json"
+
+local repo = {}
+
+repo.TYPES = { "daily", "weekly", "monthly" }
+repo.BACKUP_PATTERN = "^backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)_(.+)%.sql%.gz$"
+repo.GLOBALS_PATTERN = "^globals_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)%.sql%.gz$"
+
+function repo.valid_type(t)
+  for _, known in ipairs(repo.TYPES) do
+    if t == known then return true end
+  end
+  return false
+end
+
+-- ------------------------------------------------------------------ names
+
+-- Letters, digits, '_', '-' and '.' (not leading) stay; everything else becomes %XX.
+function repo.escape_name(name)
+  local escaped = name:gsub("[^%w_%-%.]", function(c) return string.format("%%%02X", c:byte()) end)
+  return (escaped:gsub("^%.", "%%2E"))
+end
+
+function repo.unescape_name(escaped)
+  return (escaped:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
+end
+
+function repo.stamp(epoch)
+  return os.date("!%Y%m%d_%H%M%S", epoch)
+end
+
+-- Seconds since the epoch for a UTC stamp YYYYMMDD_HHMMSS (days-from-civil, no local time).
+function repo.stamp_epoch(stamp)
+  local y, m, d, H, M, S = stamp:match("^(%d%d%d%d)(%d%d)(%d%d)_(%d%d)(%d%d)(%d%d)$")
+  if not y then return nil end
+  y, m, d = tonumber(y), tonumber(m), tonumber(d)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m > 2 and m - 3 or m + 9) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + tonumber(H) * 3600 + tonumber(M) * 60 + tonumber(S)
+end
+
+function repo.iso_time(epoch)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(epoch))
+end
+
+function repo.backup_file(type_, epoch, db)
+  return string.format("%s/backup_%s_%s.sql.gz", type_, repo.stamp(epoch), repo.escape_name(db))
+end
+
+function repo.globals_file(type_, epoch)
+  return string.format("%s/globals_%s.sql.gz", type_, repo.stamp(epoch))
+end
+
+-- ------------------------------------------------------------------ scanning
+
+local function exists(path)
+  return lfs.attributes(path, "mode") ~= nil
+end
+
+-- One backup (or globals) file with what is known about it from its sidecars.
+local function describe(dir, type_, file, stamp, db, kind)
+  local path = dir .. "/" .. type_ .. "/" .. file
+  local entry = {
+    path = path, file = file, type = type_, stamp = stamp, time = repo.stamp_epoch(stamp),
+    database = db, kind = kind,
+    sidecar = path .. ".sha256", manifest_path = path .. ".json",
+    stored_bytes = lfs.attributes(path, "size"),
+  }
+  entry.has_sidecar = exists(entry.sidecar)
+  if exists(entry.manifest_path) then
+    entry.manifest, entry.manifest_error = json.read_file(entry.manifest_path)
+  else
+    entry.manifest_error = "missing manifest " .. entry.manifest_path
+  end
+  return entry
+end
+
+-- Every backup in the repository, newest first. filter: { db = {names} | nil, type = t | nil,
+-- globals = true to include globals files }.
+function repo.scan(dir, filter)
+  filter = filter or {}
+  local wanted_db
+  if filter.db then
+    wanted_db = {}
+    for _, name in ipairs(filter.db) do wanted_db[name] = true end
+  end
+  local entries = {}
+  for _, type_ in ipairs(repo.TYPES) do
+    local subdir = dir .. "/" .. type_
+    if (not filter.type or filter.type == type_) and lfs.attributes(subdir, "mode") == "directory" then
+      for file in lfs.dir(subdir) do
+        local stamp, escaped = file:match(repo.BACKUP_PATTERN)
+        if stamp then
+          local db = repo.unescape_name(escaped)
+          if not wanted_db or wanted_db[db] then
+            entries[#entries + 1] = describe(dir, type_, file, stamp, db, "database")
+          end
+        elseif filter.globals then
+          stamp = file:match(repo.GLOBALS_PATTERN)
+          if stamp then entries[#entries + 1] = describe(dir, type_, file, stamp, nil, "globals") end
+        end
+      end
+    end
+  end
+  table.sort(entries, function(a, b)
+    if a.stamp ~= b.stamp then return a.stamp > b.stamp end
+    return a.path < b.path
+  end)
+  return entries
+end
+
+-- The verdict of the last verify, from the manifest: "passed", "failed" or nil.
+function repo.verified(entry)
+  local v = entry.manifest and entry.manifest.verification
+  return v and v.result or nil
+end
+
+-- ------------------------------------------------------------------ writing
+
+function repo.ensure(dir)
+  for _, type_ in ipairs(repo.TYPES) do
+    local ok, err = fs.mkdirs(dir .. "/" .. type_, tonumber("750", 8))
+    if not ok then cli.fail(cli.EXIT_FAILED, "repository %s: %s", dir, err) end
+  end
+end
+
+-- Take the repository lock or fail fast naming the holder.
+function repo.lock(dir)
+  local lock, err = fs.lock(dir .. "/.lock")
+  if not lock then
+    cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", dir, err)
+  end
+  return lock
+end
+
+function repo.write_manifest(entry_path, manifest)
+  return fs.write_file(entry_path .. ".json", json.encode(manifest, true) .. "\n",
+    { mode = tonumber("600", 8), overwrite = true })
+end
+
+-- The sidecar `sha256sum -c` reads, run from the file's directory: "<hex>  <name>".
+function repo.write_sidecar(entry_path, digest)
+  local name = entry_path:match("([^/]+)$")
+  return fs.write_file(entry_path .. ".sha256", digest .. "  " .. name .. "\n",
+    { mode = tonumber("600", 8), overwrite = true })
+end
+
+function repo.read_sidecar(entry)
+  local f = io.open(entry.sidecar, "r")
+  if not f then return nil, "missing sidecar " .. entry.sidecar end
+  local line = f:read("l") or ""
+  f:close()
+  local digest, name = line:match("^(%x+)  %*?(.+)$")
+  if not digest or #digest ~= 64 then return nil, "unreadable sidecar " .. entry.sidecar end
+  if name ~= entry.file then return nil, "sidecar " .. entry.sidecar .. " names another file: " .. name end
+  return digest:lower()
+end
+
+-- Remove a backup and its sidecars together.
+function repo.remove(entry)
+  local errors = {}
+  for _, path in ipairs({ entry.path, entry.sidecar, entry.manifest_path }) do
+    if exists(path) then
+      local ok, err = os.remove(path)
+      if not ok then errors[#errors + 1] = err end
+    end
+  end
+  fs.fsync(entry.path:match("^(.*)/[^/]+$"))
+  if #errors > 0 then return nil, table.concat(errors, "; ") end
+  return true
+end
+
+-- One JSON line per event in REPO/bkr.log, for the admin and for monitoring.
+function repo.log(dir, record)
+  record.time = record.time or repo.iso_time(os.time())
+  local f = io.open(dir .. "/bkr.log", "a")
+  if not f then return end
+  f:write(json.encode(record), "\n")
+  f:close()
+end
+
+return repo

@@ -1,0 +1,68 @@
+-- List backups, newest first: time, type, database, size, ratio, verified, encrypted
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local json = require "lib.json"
+
+local options = cli.parse({ ... }, {
+  name = "list",
+  usage = "bkr list [--db NAME]... [--type daily|weekly|monthly] [--json] [--repo DIR] [--config FILE]",
+  summary = "Every backup in the repository, newest first, with its verification state.",
+  options = {
+    { "--db", "NAME", "only this database (repeatable)", repeatable = true },
+    { "--type", "TYPE", "only daily, weekly or monthly backups" },
+    { "--globals", nil, "include the globals (roles, tablespaces) files" },
+    { "--json", nil, "one JSON array, for scripts" },
+    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--config", "FILE", "configuration file" },
+  },
+  exit_codes = "0 listed (also when empty), 2 usage or configuration error",
+  see = "docs/list.md",
+})
+if not options then return cli.EXIT_OK end
+if options.type and not repo.valid_type(options.type) then
+  cli.usage_error("list: --type must be daily, weekly or monthly, not '%s'", options.type)
+end
+
+local cfg = config.load(options)
+local dir = config.repository(cfg)
+local backups = repo.scan(dir, { db = options.db, type = options.type, globals = options.globals })
+
+-- One row per backup, the same facts for people and for scripts.
+local function describe(entry)
+  local m = entry.manifest or {}
+  local verification = m.verification or {}
+  return {
+    time = repo.iso_time(entry.time),
+    type = entry.type,
+    database = entry.database or "(globals)",
+    file = entry.type .. "/" .. entry.file,
+    stored_bytes = entry.stored_bytes,
+    raw_bytes = m.raw_bytes,
+    ratio = m.raw_bytes and entry.stored_bytes and entry.stored_bytes > 0
+      and math.floor(m.raw_bytes / entry.stored_bytes * 10 + 0.5) / 10 or nil,
+    verified = verification.result or (entry.manifest and "never" or "incomplete"),
+    verified_time = verification.time,
+    encrypted = m.encrypted == true,
+  }
+end
+
+local rows = {}
+for _, entry in ipairs(backups) do rows[#rows + 1] = describe(entry) end
+
+if options.json then
+  print(json.encode(rows, true))
+  return cli.EXIT_OK
+end
+if #rows == 0 then
+  print("no backups in " .. dir)
+  return cli.EXIT_OK
+end
+print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-10s  %s", "TIME (UTC)", "TYPE", "DATABASE", "SIZE",
+  "RATIO", "VERIFIED", "ENCRYPTED"))
+for _, row in ipairs(rows) do
+  print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-10s  %s", row.time, row.type, row.database,
+    row.stored_bytes and cli.size(row.stored_bytes) or "?", row.ratio and (row.ratio .. "x") or "-",
+    row.verified, row.encrypted and "yes" or "no"))
+end
+return cli.EXIT_OK

@@ -1,0 +1,32 @@
+-- Apply the retention policy: keep the newest N daily, weekly, monthly backups per database
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local rotation = require "lib.rotation"
+
+local options = cli.parse({ ... }, {
+  name = "rotate",
+  usage = "bkr rotate [--dry-run] [--repo DIR] [--config FILE]",
+  summary = "Remove backups beyond the retention counts (retention.daily/weekly/monthly), each with\n"
+    .. "its sidecars. The newest backup of each database that passed verification is always kept.\n"
+    .. "The policy is lib/retention.lua; shadow it to change it (docs/rotation.md).",
+  options = {
+    { "--dry-run", nil, "print what would be removed, remove nothing" },
+    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--config", "FILE", "configuration file" },
+  },
+  exit_codes = "0 done, 1 a removal failed or the repository is busy, 2 usage or configuration error",
+  see = "docs/rotation.md",
+})
+if not options then return cli.EXIT_OK end
+
+local cfg = config.load(options)
+local dir = config.repository(cfg)
+local lock <close> = (not options.dry_run) and repo.lock(dir) or nil
+local count, errors = rotation.run(dir, cfg, { dry_run = options.dry_run })
+if count == 0 then print("nothing to remove") end
+if #errors > 0 then
+  io.stderr:write("bkr rotate: ", table.concat(errors, "; "), "\n")
+  return cli.EXIT_FAILED
+end
+return cli.EXIT_OK

@@ -1,0 +1,204 @@
+-- Verify backups: checksum, gzip integrity, size, completion marker, per-table digests
+--
+-- The runbook, per backup file:
+--   1. the .sha256 sidecar and the .json manifest exist and agree with each other
+--   2. one pass over the file: SHA-256 of the stored bytes, gunzip all of it, the raw size,
+--      the per-table row counts and digests, and the last bytes of the dump
+--   3. compare: stored SHA-256 with sidecar and manifest, raw size and tables with the
+--      manifest, and pg_dump's completion marker at the very end (a truncated dump is not
+--      a backup)
+--   4. record the verdict (time, result, reason) in the manifest
+-- Exit 0 when every file passes, 3 when any fails.
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local stream = require "bkr.stream"
+local gzip = require "bkr.gzip"
+local hash = require "bkr.hash"
+local dump = require "bkr.dump"
+
+local MARKERS = {
+  database = "\n%-%- PostgreSQL database dump complete\n",
+  globals = "\n%-%- PostgreSQL database cluster dump complete\n",
+}
+
+local function parse_arguments(args)
+  return cli.parse(args, {
+    name = "verify",
+    usage = "bkr verify [PATH | --latest | --all] [--db NAME]... [--repo DIR] [--config FILE]",
+    summary = "Check backups end to end and record the verdict in each manifest.\n"
+      .. "PATH is a backup file; --latest (the default) checks the newest backup of each database;\n"
+      .. "--all checks every backup in the repository.",
+    positional = "PATH",
+    options = {
+      { "--latest", nil, "the newest backup of each database (default)" },
+      { "--all", nil, "every backup in the repository, globals included" },
+      { "--db", "NAME", "only backups of this database (repeatable)", repeatable = true },
+      { "--repo", "DIR", "repository directory (overrides the configuration)" },
+      { "--config", "FILE", "configuration file" },
+      { "--no-record", nil, "do not write the verdict into the manifests" },
+    },
+    exit_codes = "0 all passed, 3 a backup failed verification, 1 verification could not run, 2 usage",
+    see = "docs/verify.md",
+  })
+end
+
+-- ------------------------------------------------------------------ what to verify
+
+local function describe_path(path)
+  local dir, file = path:match("^(.*)/([^/]+)$")
+  if not dir then dir, file = ".", path end
+  local type_dir, type_ = dir:match("^(.-)/?([^/]*)$")
+  local stamp, escaped = file:match(repo.BACKUP_PATTERN)
+  local kind = "database"
+  if not stamp then
+    stamp = file:match(repo.GLOBALS_PATTERN)
+    kind = "globals"
+  end
+  if not stamp then cli.usage_error("verify: %s is not a bkr backup file name", path) end
+  local parent = type_dir ~= "" and type_dir or "."
+  for _, entry in ipairs(repo.scan(parent, { type = type_, globals = true })) do
+    if entry.file == file then return entry end
+  end
+  -- Not found by scanning (a file outside a repository, or missing): describe it directly.
+  return {
+    path = path, file = file, type = type_, stamp = stamp, kind = kind,
+    database = escaped and repo.unescape_name(escaped), sidecar = path .. ".sha256",
+    manifest_path = path .. ".json", manifest_error = "missing manifest " .. path .. ".json",
+  }
+end
+
+local function select_backups(options)
+  if #options.args > 0 then
+    local list = {}
+    for _, path in ipairs(options.args) do list[#list + 1] = describe_path(path) end
+    return list
+  end
+  local cfg = config.load(options)
+  local dir = config.repository(cfg)
+  local all = repo.scan(dir, { db = options.db, globals = options.all and not options.db })
+  if options.all then return all, dir end
+  local newest, seen = {}, {}
+  for _, entry in ipairs(all) do
+    if not seen[entry.database] then
+      seen[entry.database] = true
+      newest[#newest + 1] = entry
+    end
+  end
+  return newest, dir
+end
+
+-- ------------------------------------------------------------------ the checks
+
+-- Compare the tables gathered from the file with the manifest's.
+local function compare_tables(found, recorded)
+  local by_name = {}
+  for _, t in ipairs(recorded or {}) do by_name[t.schema .. "." .. t.name] = t end
+  if #found ~= #(recorded or {}) then
+    return string.format("manifest mismatch: %d tables in the dump, %d in the manifest", #found, #(recorded or {}))
+  end
+  for _, t in ipairs(found) do
+    local r = by_name[t.schema .. "." .. t.name]
+    if not r then return "manifest mismatch: table " .. t.schema .. "." .. t.name .. " not in the manifest" end
+    if r.rows ~= t.rows or r.digest ~= t.digest then
+      return string.format("manifest mismatch: table %s.%s has %d rows (digest %s), manifest says %d (%s)",
+        t.schema, t.name, t.rows, t.digest:sub(1, 12), r.rows, tostring(r.digest):sub(1, 12))
+    end
+  end
+  return nil
+end
+
+-- Name what a failed pipeline means for the admin.
+local function classify_stream_error(message)
+  if message:find("truncated gzip") then return "truncated: " .. message end
+  if message:find("gunzip:") then return "corrupt gzip: " .. message end
+  if message:find("ends inside the COPY data") then return "truncated: " .. message end
+  return message
+end
+
+-- Returns nil when the backup is sound, else the reason.
+local function check(entry)
+  local expected, err = repo.read_sidecar(entry)
+  if not expected then return err end
+  local manifest = entry.manifest
+  if not manifest then return entry.manifest_error end
+  if manifest.sha256 ~= expected then
+    return "manifest mismatch: sidecar and manifest disagree on the SHA-256"
+  end
+
+  local source, open_err = stream.from_file(entry.path)
+  if not source then return "missing: " .. open_err end
+  local stages = { source, hash.sha256{ name = "stored" }, gzip.decompress() }
+  if entry.kind == "database" then stages[#stages + 1] = dump.table_digests{ name = "tables" } end
+  stages[#stages + 1] = stream.tail{ name = "tail", bytes = 128 }
+  stages[#stages + 1] = stream.to_null()
+
+  -- The checksum is judged first: a flipped byte is a checksum mismatch even when gunzip
+  -- notices it too, and a file cut short is "truncated".
+  local ok, result = pcall(stream.run, stages)
+  if not ok then
+    local digest = require("bkr.hash").sha256_file(entry.path)
+    local reason = classify_stream_error(tostring(result):gsub("^stream%.run: ", ""))
+    if digest ~= expected and not reason:find("^truncated") then
+      return "checksum mismatch: " .. reason
+    end
+    return reason
+  end
+  if result.stored ~= expected then
+    return string.format("checksum mismatch: file has %s, sidecar says %s", result.stored, expected)
+  end
+  if manifest.raw_bytes ~= result.stages[3].bytes_out then
+    return string.format("manifest mismatch: %d bytes after gunzip, manifest says %d",
+      result.stages[3].bytes_out, manifest.raw_bytes)
+  end
+  if not result.tail:find(MARKERS[entry.kind]) then
+    return "truncated: the dump does not end with pg_dump's completion marker"
+  end
+  if entry.kind == "database" then return compare_tables(result.tables, manifest.tables) end
+  return nil
+end
+
+local function record(entry, reason)
+  if not entry.manifest then return end
+  entry.manifest.verification = {
+    time = repo.iso_time(os.time()),
+    result = reason and "failed" or "passed",
+    reason = reason,
+  }
+  repo.write_manifest(entry.path, entry.manifest)
+end
+
+-- ------------------------------------------------------------------ the run
+
+local options = parse_arguments({ ... })
+if not options then return cli.EXIT_OK end
+if options.latest and options.all then cli.usage_error("verify: --latest and --all exclude each other") end
+
+local backups, dir = select_backups(options)
+if #backups == 0 then cli.fail(cli.EXIT_FAILED, "verify: no backups found%s", dir and (" in " .. dir) or "") end
+
+-- Recording verdicts writes manifests: not while a backup or rotation changes the repository.
+local lock <close> = (dir and not options.no_record) and repo.lock(dir) or nil
+
+local failures = 0
+for _, entry in ipairs(backups) do
+  if bkr.interrupted() then break end
+  local reason = check(entry)
+  if not options.no_record then record(entry, reason) end
+  local label = entry.type .. "/" .. entry.file
+  if reason then
+    failures = failures + 1
+    print(string.format("FAILED  %s: %s", label, reason))
+  else
+    print(string.format("ok      %s", label))
+  end
+  if dir then
+    repo.log(dir, { recipe = "verify", database = entry.database or "(globals)", file = label,
+      result = reason and "failed" or "passed", error = reason })
+  end
+end
+if failures > 0 then
+  io.stderr:write(string.format("bkr verify: %d of %d backups failed verification\n", failures, #backups))
+  return cli.EXIT_INTEGRITY
+end
+return cli.EXIT_OK
