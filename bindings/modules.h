@@ -13,5 +13,7 @@ int luaopen_bkr_hash(lua_State *L);   /* hash.c: SHA-256 filter and helpers */
 int luaopen_bkr_proc(lua_State *L);   /* proc.c: child processes from argv lists */
 int luaopen_bkr_pg(lua_State *L);     /* pg.c: libpq connections, queries, COPY */
 int luaopen_bkr_fs(lua_State *L);     /* fs.c: fsync, atomic rename, locks, free space */
+int luaopen_bkr_yaml(lua_State *L);   /* yaml.c: YAML documents through libyaml's event parser */
+int luaopen_bkr_dump(lua_State *L);   /* dump.c: per-table digests of pg_dump output */
 
 #endif

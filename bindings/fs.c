@@ -1,0 +1,632 @@
+/*
+ * fs.c - module bkr.fs: the file-system operations a backup tool needs and
+ * LuaFileSystem lacks: durability (fsync), atomic replacement, exclusive locks,
+ * free space, and temporary directories.
+ *
+ * Lua API (require "bkr.fs"):
+ *   fs.fsync(path)                      -> true            fsync a file or a directory
+ *   fs.rename(from, to)                 -> true            rename(2), then fsync the directories
+ *   fs.write_file(path, data[, opts])   -> true            atomic whole-file write;
+ *        opts = {mode = "0644", overwrite = true}; overwrite = false never replaces a file
+ *   fs.lock(path)                       -> Lock            exclusive flock, "PID\n" written inside
+ *        held elsewhere: nil, "fs.lock: PATH is held by process N", "locked"
+ *   lock:pid()                          -> integer         the pid written in the file (ours)
+ *   lock:close()                        -> true            empty the file, unlock (also __gc, __close)
+ *   fs.free_space(path)                 -> avail, total    bytes, from statvfs
+ *   fs.chmod(path, mode)                -> true            mode: "0640" or tonumber("640", 8)
+ *   fs.mode(path)                       -> integer         permission bits (st_mode & 07777)
+ *   fs.mkdirs(path[, mode])             -> true            mkdir -p, default mode "0755" (umask applies)
+ *   fs.temp_dir([prefix])               -> path            new directory under $TMPDIR or /tmp
+ *   fs.remove_tree(path)                -> true            rm -r without following symlinks
+ *
+ * Modes are permission bits 0..0777, given as an octal string ("0600") or an
+ * integer (Lua has no octal literals: 0600 in Lua is decimal 600, refused).
+ *
+ * Every failure of the environment returns nil, "fs.NAME: PATH: strerror" (plus
+ * a code where noted); only misuse (wrong argument types, bad modes, removing
+ * "/") raises.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "bkr.h"
+#include "modules.h"
+
+#define BKR_LOCK "bkr.fs.Lock"
+
+/* ===================================================================== */
+/* Helpers                                                                */
+/* ===================================================================== */
+
+/* Close fd, retrying nothing (Linux releases the fd even on EINTR). Returns 0 or errno. */
+static int close_fd(int fd)
+{
+    return close(fd) == 0 ? 0 : errno;
+}
+
+/* fsync the file or directory at path. Returns 0 or errno. */
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    int err = fsync(fd) == 0 ? 0 : errno;
+    int cerr = close_fd(fd);
+    return err ? err : cerr;
+}
+
+/* Write all of buf to fd. Returns 0 or errno. */
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR && !bkr_interrupted())
+                continue;
+            return errno;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/*
+ * Push the directory part of path onto the Lua stack ("." when there is none,
+ * "/" for a file in the root). Trailing slashes of path are ignored.
+ * Returns the pushed string, owned by Lua.
+ */
+static const char *push_dirname(lua_State *L, const char *path)
+{
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    while (len > 0 && path[len - 1] != '/')
+        len--;
+    if (len == 0)
+        return lua_pushliteral(L, ".");
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    return lua_pushlstring(L, path, len);
+}
+
+/*
+ * A permission mode at stack index idx: an integer, or a string of octal digits
+ * ("0600", "755"). Lua has no octal literals, so 0644 in Lua is decimal 644 =
+ * 01204; refusing setuid/setgid/sticky bits (anything above 0777) catches most such
+ * slips, and a backup tool never needs those bits. Returns 0, or -1 if invalid.
+ */
+static int parse_mode(lua_State *L, int idx, mode_t *out)
+{
+    lua_Integer m = -1;
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        int isint;
+        m = lua_tointegerx(L, idx, &isint);
+        if (!isint)
+            return -1;
+    } else if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (len == 0 || len > 5 || strspn(s, "01234567") != len)
+            return -1;
+        m = (lua_Integer)strtol(s, NULL, 8);
+    }
+    if (m < 0 || m > 0777)
+        return -1;
+    *out = (mode_t)m;
+    return 0;
+}
+
+#define MODE_RULE \
+    "mode must be 0..0777: an integer such as tonumber(\"644\", 8) or an octal string \"0644\""
+
+/* A mode argument, else raise. */
+static mode_t check_mode(lua_State *L, int arg)
+{
+    mode_t mode = 0;
+    if (parse_mode(L, arg, &mode) != 0)
+        luaL_argerror(L, arg, MODE_RULE);
+    return mode;
+}
+
+/* A writable copy of s, owned by Lua (a userdata left on the stack). */
+static char *push_scratch(lua_State *L, const char *s, size_t len)
+{
+    char *buf = lua_newuserdatauv(L, len + 1, 0);
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* ===================================================================== */
+/* fsync, rename                                                          */
+/* ===================================================================== */
+
+static int fs_fsync(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int err = fsync_path(path);
+    if (err)
+        return bkr_pusherrno(L, err, "fs.fsync: %s", path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int fs_rename(lua_State *L)
+{
+    const char *from = luaL_checkstring(L, 1);
+    const char *to = luaL_checkstring(L, 2);
+    const char *to_dir = push_dirname(L, to);
+    const char *from_dir = push_dirname(L, from);
+    if (rename(from, to) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.rename: %s -> %s", from, to);
+    }
+    int err = fsync_path(to_dir);
+    if (err)
+        return bkr_pusherrno(L, err, "fs.rename: %s", to_dir);
+    if (strcmp(from_dir, to_dir) != 0 && (err = fsync_path(from_dir)) != 0)
+        return bkr_pusherrno(L, err, "fs.rename: %s", from_dir);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ===================================================================== */
+/* write_file                                                             */
+/* ===================================================================== */
+
+/* Keeps ".NAME.tmp.XXXXXX" within NAME_MAX for long names. */
+#define TMP_BASE_MAX 200
+
+static int fs_write_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    mode_t mode = 0644;
+    int overwrite = 1;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        if (lua_getfield(L, 3, "mode") != LUA_TNIL && parse_mode(L, -1, &mode) != 0)
+            return luaL_error(L, "fs.write_file: opts." MODE_RULE);
+        lua_pop(L, 1);
+        int t = lua_getfield(L, 3, "overwrite");
+        if (t != LUA_TNIL) {
+            if (t != LUA_TBOOLEAN)
+                return luaL_error(L, "fs.write_file: opts.overwrite must be a boolean");
+            overwrite = lua_toboolean(L, -1);
+        }
+        lua_pop(L, 1);
+    }
+
+    /* Everything Lua must allocate is allocated before the fd exists. */
+    const char *dir = push_dirname(L, path);
+    size_t plen = strlen(path);
+    while (plen > 1 && path[plen - 1] == '/')
+        plen--;
+    size_t bstart = plen;
+    while (bstart > 0 && path[bstart - 1] != '/')
+        bstart--;
+    size_t blen = plen - bstart;
+    if (blen > TMP_BASE_MAX)
+        blen = TMP_BASE_MAX;
+    const char *tmpl = lua_pushfstring(L, "%s/.%s.tmp.XXXXXX", dir,
+                                       lua_pushlstring(L, path + bstart, blen));
+    char *tmp = push_scratch(L, tmpl, strlen(tmpl));
+
+    int err = 0;
+    int created = 0;
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        err = errno;
+        goto fail;
+    }
+    created = 1;
+    if ((err = write_all(fd, data, len)) != 0)
+        goto fail;
+    if (fchmod(fd, mode) != 0 || fsync(fd) != 0) {
+        err = errno;
+        goto fail;
+    }
+    err = close_fd(fd);
+    fd = -1;
+    if (err)
+        goto fail;
+    if (overwrite) {
+        if (rename(tmp, path) != 0) {
+            err = errno;
+            goto fail;
+        }
+    } else {
+        /* link(2) refuses an existing name, so a file created meanwhile is never replaced. */
+        if (link(tmp, path) != 0) {
+            err = errno;
+            goto fail;
+        }
+        unlink(tmp);
+    }
+    created = 0;
+    if ((err = fsync_path(dir)) != 0)
+        return bkr_pusherrno(L, err, "fs.write_file: %s", dir);
+    lua_pushboolean(L, 1);
+    return 1;
+
+fail:
+    if (fd >= 0)
+        close(fd);
+    if (created)
+        unlink(tmp);
+    return bkr_pusherrno(L, err, "fs.write_file: %s", path);
+}
+
+/* ===================================================================== */
+/* Lock                                                                   */
+/* ===================================================================== */
+
+typedef struct fs_lock {
+    int fd;       /* -1 when closed */
+    pid_t pid;
+} fs_lock;
+
+#define tolock(L, i) ((fs_lock *)luaL_checkudata(L, i, BKR_LOCK))
+
+static fs_lock *checklock(lua_State *L)
+{
+    fs_lock *lk = tolock(L, 1);
+    if (lk->fd < 0)
+        luaL_error(L, "attempt to use a closed lock");
+    return lk;
+}
+
+/* Release: empty the file (so a stale PID never misleads), unlock, close. Never fails. */
+static void lock_release(fs_lock *lk)
+{
+    int fd = lk->fd;
+    if (fd < 0)
+        return;
+    lk->fd = -1;
+    if (ftruncate(fd, 0) != 0) {
+        /* Nothing to do: the lock itself is released below all the same. */
+    }
+    flock(fd, LOCK_UN);
+    close(fd);
+}
+
+static int lock_close(lua_State *L)
+{
+    lock_release(tolock(L, 1));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lock_pid(lua_State *L)
+{
+    fs_lock *lk = checklock(L);
+    lua_pushinteger(L, (lua_Integer)lk->pid);
+    return 1;
+}
+
+static int lock_tostring(lua_State *L)
+{
+    fs_lock *lk = tolock(L, 1);
+    if (lk->fd < 0)
+        lua_pushliteral(L, "bkr.fs.Lock (closed)");
+    else
+        lua_pushfstring(L, "bkr.fs.Lock (pid %d)", (int)lk->pid);
+    return 1;
+}
+
+/* The holder's PID as written in its lock file, or 0 when there is none to read. */
+static long read_holder_pid(int fd)
+{
+    char buf[32];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *end;
+    errno = 0;
+    long pid = strtol(buf, &end, 10);
+    if (errno != 0 || end == buf || pid <= 0 || (*end != '\n' && *end != '\0'))
+        return 0;
+    return pid;
+}
+
+static int fs_lock_new(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    fs_lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
+    lk->fd = -1;
+    lk->pid = 0;
+    luaL_setmetatable(L, BKR_LOCK);
+
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.lock: %s", path);
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        long holder = err == EWOULDBLOCK ? read_holder_pid(fd) : 0;
+        close(fd);
+        if (err != EWOULDBLOCK)
+            return bkr_pusherrno(L, err, "fs.lock: %s", path);
+        if (holder > 0)
+            return bkr_pushfail(L, "locked", "fs.lock: %s is held by process %ld", path, holder);
+        return bkr_pushfail(L, "locked", "fs.lock: %s is held by another process", path);
+    }
+    lk->fd = fd;
+    lk->pid = getpid();
+
+    char line[32];
+    int n = snprintf(line, sizeof line, "%ld\n", (long)lk->pid);
+    int err = 0;
+    if (ftruncate(fd, 0) != 0 || fsync(fd) != 0)
+        err = errno;
+    else if ((err = write_all(fd, line, (size_t)n)) == 0 && fsync(fd) != 0)
+        err = errno;
+    if (err) {
+        lock_release(lk);
+        return bkr_pusherrno(L, err, "fs.lock: %s", path);
+    }
+    return 1;
+}
+
+/* ===================================================================== */
+/* free_space, chmod, mode                                                */
+/* ===================================================================== */
+
+static int fs_free_space(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct statvfs sv;
+    if (statvfs(path, &sv) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.free_space: %s", path);
+    }
+    lua_pushinteger(L, (lua_Integer)((unsigned long long)sv.f_bavail * sv.f_frsize));
+    lua_pushinteger(L, (lua_Integer)((unsigned long long)sv.f_blocks * sv.f_frsize));
+    return 2;
+}
+
+static int fs_chmod(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    mode_t mode = check_mode(L, 2);
+    if (chmod(path, mode) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.chmod: %s", path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int fs_mode(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.mode: %s", path);
+    }
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    return 1;
+}
+
+/* ===================================================================== */
+/* mkdirs, temp_dir                                                       */
+/* ===================================================================== */
+
+/* mkdir that accepts an existing directory (a symlink to one too). Returns 0 or errno. */
+static int mkdir_one(const char *path, mode_t mode)
+{
+    if (mkdir(path, mode) == 0)
+        return 0;
+    int err = errno;
+    struct stat st;
+    if (stat(path, &st) == 0)
+        return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+    return err;
+}
+
+static int fs_mkdirs(lua_State *L)
+{
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    mode_t mode = lua_isnoneornil(L, 2) ? 0755 : check_mode(L, 2);
+    char *buf = push_scratch(L, path, len);
+    int err = 0;
+    for (size_t i = 1; i < len && !err; i++) {
+        if (buf[i] != '/' || buf[i - 1] == '/')
+            continue;
+        buf[i] = '\0';
+        err = mkdir_one(buf, mode);
+        if (!err)
+            buf[i] = '/';
+    }
+    if (!err)
+        err = mkdir_one(buf, mode);
+    if (err)
+        return bkr_pusherrno(L, err, "fs.mkdirs: %s", buf);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int fs_temp_dir(lua_State *L)
+{
+    const char *prefix = luaL_optstring(L, 1, "bkr");
+    luaL_argcheck(L, strchr(prefix, '/') == NULL, 1, "prefix must not contain '/'");
+    const char *base = getenv("TMPDIR");
+    if (base == NULL || base[0] == '\0')
+        base = "/tmp";
+    const char *tmpl = lua_pushfstring(L, "%s/%s.XXXXXX", base, prefix);
+    char *buf = push_scratch(L, tmpl, strlen(tmpl));
+    if (mkdtemp(buf) == NULL) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.temp_dir: %s", tmpl);
+    }
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+/* ===================================================================== */
+/* remove_tree                                                            */
+/* ===================================================================== */
+
+/* Where remove_tree is, for error messages: path of the entry being removed. */
+typedef struct rm_state {
+    char path[PATH_MAX];
+    size_t len;
+    int err;
+} rm_state;
+
+/* Append "/name" to st->path (truncated for display if too long). Returns the old length. */
+static size_t rm_push(rm_state *st, const char *name)
+{
+    size_t old = st->len;
+    int n = snprintf(st->path + old, sizeof st->path - old, "%s%s", old ? "/" : "", name);
+    if (n > 0)
+        st->len = old + (size_t)n < sizeof st->path ? old + (size_t)n : sizeof st->path - 1;
+    return old;
+}
+
+static void rm_pop(rm_state *st, size_t old)
+{
+    st->len = old;
+    st->path[old] = '\0';
+}
+
+/* Remove name (relative to parent) and everything below it, never following a symlink. */
+static int rm_entry(int parent, const char *name, int known_nondir, rm_state *st)
+{
+    if (!known_nondir) {
+        int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0) {
+            DIR *d = fdopendir(fd);
+            if (d == NULL) {
+                st->err = errno;
+                close(fd);
+                return -1;
+            }
+            struct dirent *de;
+            int rc = 0;
+            for (;;) {
+                errno = 0;
+                de = readdir(d);
+                if (de == NULL) {
+                    if (errno != 0) {
+                        st->err = errno;
+                        rc = -1;
+                    }
+                    break;
+                }
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                    continue;
+                size_t old = rm_push(st, de->d_name);
+                int nondir = de->d_type != DT_DIR && de->d_type != DT_UNKNOWN;
+                if (rm_entry(dirfd(d), de->d_name, nondir, st) != 0) {
+                    rc = -1;
+                    break;
+                }
+                rm_pop(st, old);
+            }
+            closedir(d);
+            if (rc != 0)
+                return rc;
+            if (unlinkat(parent, name, AT_REMOVEDIR) != 0) {
+                st->err = errno;
+                return -1;
+            }
+            return 0;
+        }
+        if (errno != ENOTDIR && errno != ELOOP) {
+            st->err = errno;
+            return -1;
+        }
+    }
+    if (unlinkat(parent, name, 0) != 0) {
+        st->err = errno;
+        return -1;
+    }
+    return 0;
+}
+
+static int fs_remove_tree(lua_State *L)
+{
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    size_t i = 0;
+    while (i < len && path[i] == '/')
+        i++;
+    luaL_argcheck(L, i < len, 1, "refusing to remove \"/\" or \"\"");
+    rm_state *st = lua_newuserdatauv(L, sizeof *st, 0);
+    st->len = 0;
+    st->err = 0;
+    rm_push(st, path);
+    if (rm_entry(AT_FDCWD, path, 0, st) != 0)
+        return bkr_pusherrno(L, st->err, "fs.remove_tree: %s", st->path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ===================================================================== */
+/* Module                                                                 */
+/* ===================================================================== */
+
+static const luaL_Reg lock_methods[] = {
+    {"pid", lock_pid},
+    {"close", lock_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg lock_metamethods[] = {
+    {"__index", NULL}, /* set by createmeta */
+    {"__gc", lock_close},
+    {"__close", lock_close},
+    {"__tostring", lock_tostring},
+    {NULL, NULL},
+};
+
+static const luaL_Reg fs_funcs[] = {
+    {"fsync", fs_fsync},
+    {"rename", fs_rename},
+    {"write_file", fs_write_file},
+    {"lock", fs_lock_new},
+    {"free_space", fs_free_space},
+    {"chmod", fs_chmod},
+    {"mode", fs_mode},
+    {"mkdirs", fs_mkdirs},
+    {"temp_dir", fs_temp_dir},
+    {"remove_tree", fs_remove_tree},
+    {NULL, NULL},
+};
+
+static void createmeta(lua_State *L)
+{
+    luaL_newmetatable(L, BKR_LOCK);
+    luaL_setfuncs(L, lock_metamethods, 0);
+    luaL_newlibtable(L, lock_methods);
+    luaL_setfuncs(L, lock_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+int luaopen_bkr_fs(lua_State *L)
+{
+    luaL_newlib(L, fs_funcs);
+    createmeta(L);
+    return 1;
+}

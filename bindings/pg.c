@@ -1,0 +1,1296 @@
+/*
+ * pg.c - bkr.pg: libpq connections, queries and COPY stages.
+ *
+ * Lua API (local pg = require "bkr.pg"):
+ *
+ *   pg.connect([conninfo])          -> conn | nil, msg
+ *       conninfo: nil (PG* environment), a string (keyword=value or postgresql:// URI),
+ *       or a table of libpq keywords ({host=, port=5432, dbname=, user=, password=, ...}).
+ *       application_name defaults to "bkr". Interruptible; honours connect_timeout.
+ *   pg.null                         the value of SQL NULL in rows (light userdata NULL,
+ *                                   the same value as cjson.null)
+ *
+ *   conn:query(sql, ...)            -> rows, columns | nil, msg[, sqlstate]
+ *       $1.. parameters: nil/pg.null -> NULL, booleans, numbers, strings.
+ *   conn:exec(sql)                  -> true, cmd_status | nil, msg[, sqlstate]
+ *       one or more statements, simple query protocol, no parameters.
+ *   conn:server_version()           -> integer (150020), string ("15.20", first word of the
+ *                                      server_version parameter)
+ *   conn:databases()                -> { {name=, owner=, encoding=, size=, allow_connections=,
+ *                                        is_template=}, ... } | nil, msg[, sqlstate]
+ *   conn:database_size(name)        -> bytes | nil, msg[, sqlstate]
+ *   conn:escape_identifier(s)       -> string
+ *   conn:escape_literal(s)          -> string
+ *   conn:notices()                  -> { "NOTICE:  ...", ... }, dropped
+ *   conn:copy_out(sql[, opts])      -> source stage | nil, msg[, sqlstate]   (COPY ... TO STDOUT)
+ *   conn:copy_in(sql[, opts])       -> sink stage | nil, msg[, sqlstate]     (COPY ... FROM STDIN)
+ *       opts.name: key of the stage's result ({rows=, command=}) in stream.run's result table.
+ *   conn:close()                    also __gc and __close; a second close is harmless.
+ *
+ * Every blocking wait polls the socket and gives up with "<who>: interrupted" once
+ * bkr_interrupted() is true, cancelling the statement on the server first so that the
+ * connection stays usable.
+ */
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "bkr.h"
+#include "modules.h"
+#include "stream.h"
+
+#define BKR_PGCONN "bkr.pg.Conn"
+#define BKR_PGRESULT "bkr.pg.Result" /* internal: holds a PGresult while Lua tables are built */
+#define BKR_PGMEM "bkr.pg.Mem"       /* internal: holds a string libpq allocated */
+
+#define toconn(L, i) ((pgconn *)luaL_checkudata(L, i, BKR_PGCONN))
+
+#define PG_MAX_NOTICES 100
+#define PG_MAX_NOTICE_LEN 1024
+#define PG_MSG 2048
+
+/* Type OIDs from catalog/pg_type.h (server headers are not needed for these few). */
+#define PG_BOOLOID 16
+#define PG_INT8OID 20
+#define PG_INT2OID 21
+#define PG_INT4OID 23
+#define PG_OIDOID 26
+#define PG_FLOAT4OID 700
+#define PG_FLOAT8OID 701
+
+struct pgcopy;
+
+typedef struct pgconn {
+    PGconn *conn;           /* NULL once closed */
+    struct pgcopy *copy;    /* the COPY stage that owns the connection, or NULL */
+    char *notices[PG_MAX_NOTICES];
+    int nnotices;
+    lua_Integer dropped;    /* notices that did not fit */
+} pgconn;
+
+typedef struct pgcopy {
+    pgconn *pc;             /* kept alive by bkr_stage_keep */
+    int in;                 /* 1 for COPY FROM STDIN, 0 for COPY TO STDOUT */
+    int active;             /* the server is in COPY mode on our behalf */
+    int ok;                 /* the COPY completed with COMMAND_OK */
+    char *row;              /* copy_out: data from PQgetCopyData not yet handed over */
+    int row_len, row_off;
+    long long rows;
+    char command[64];
+} pgcopy;
+
+/* ---------------------------------------------------------------------------------------------
+ * Messages
+ * ------------------------------------------------------------------------------------------- */
+
+/* Copy src into dst (cap bytes) on one line: each line break and the indentation after it
+ * becomes one space; leading and trailing blanks go. Returns dst. */
+static char *pg_flatten(char *dst, size_t cap, const char *src)
+{
+    size_t n = 0;
+    if (cap == 0)
+        return dst;
+    while (*src == ' ' || *src == '\t' || *src == '\n' || *src == '\r')
+        src++;
+    while (*src && n + 1 < cap) {
+        if (*src == '\n' || *src == '\r') {
+            while (*src == '\n' || *src == '\r' || *src == ' ' || *src == '\t')
+                src++;
+            if (*src)
+                dst[n++] = ' ';
+            continue;
+        }
+        dst[n++] = *src == '\t' ? ' ' : *src;
+        src++;
+    }
+    while (n > 0 && dst[n - 1] == ' ')
+        n--;
+    dst[n] = '\0';
+    return dst;
+}
+
+/* The connection's last error on one line. */
+static char *pg_connmsg(PGconn *c, char *buf, size_t cap)
+{
+    const char *m = c ? PQerrorMessage(c) : "out of memory";
+    pg_flatten(buf, cap, m && *m ? m : "unknown error");
+    return buf;
+}
+
+/* An error result on one line: "ERROR:  primary DETAIL: ... [CONTEXT: ...]". */
+static char *pg_resultmsg(const PGresult *res, int with_context, char *buf, size_t cap)
+{
+    char tmp[PG_MSG];
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    const char *context = with_context ? PQresultErrorField(res, PG_DIAG_CONTEXT) : NULL;
+    if (primary) {
+        snprintf(tmp, sizeof tmp, "%s:  %s%s%s%s%s", sev ? sev : "ERROR", primary,
+                 detail ? " DETAIL: " : "", detail ? detail : "",
+                 context ? " CONTEXT: " : "", context ? context : "");
+    } else {
+        const char *m = PQresultErrorMessage(res);
+        snprintf(tmp, sizeof tmp, "%s", m && *m ? m : PQresStatus(PQresultStatus(res)));
+    }
+    return pg_flatten(buf, cap, tmp);
+}
+
+static const char *pg_sqlstate(const PGresult *res)
+{
+    return res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+}
+
+/* Collect server notices instead of letting libpq print them on stderr. Bounded. */
+static void pg_notice(void *arg, const char *message)
+{
+    pgconn *pc = arg;
+    char tmp[PG_MAX_NOTICE_LEN];
+    if (pc->nnotices >= PG_MAX_NOTICES) {
+        pc->dropped++;
+        return;
+    }
+    pg_flatten(tmp, sizeof tmp, message);
+    char *s = strdup(tmp);
+    if (!s) {
+        pc->dropped++;
+        return;
+    }
+    pc->notices[pc->nnotices++] = s;
+}
+
+static void pg_notices_free(pgconn *pc)
+{
+    for (int i = 0; i < pc->nnotices; i++)
+        free(pc->notices[i]);
+    pc->nnotices = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Waiting on the socket
+ * ------------------------------------------------------------------------------------------- */
+
+/* Poll the connection's socket: returns revents, 0 on timeout or signal, -1 on error. */
+static int pg_poll(PGconn *c, short events, int timeout_ms)
+{
+    struct pollfd p = { .fd = PQsocket(c), .events = events, .revents = 0 };
+    if (p.fd < 0)
+        return -1;
+    int r = poll(&p, 1, timeout_ms);
+    if (r < 0)
+        return errno == EINTR ? 0 : -1;
+    if (r == 0)
+        return 0;
+    return p.revents ? p.revents : 0;
+}
+
+static double pg_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Wait until PQgetResult will not block. Returns 0, or -1 when interrupted.
+ * A broken connection returns 0 too: PQgetResult then reports it. */
+static int pg_await(PGconn *c)
+{
+    while (PQisBusy(c)) {
+        if (bkr_interrupted())
+            return -1;
+        if (pg_poll(c, POLLIN, 250) < 0)
+            return 0;
+        if (!PQconsumeInput(c))
+            return 0;
+    }
+    return 0;
+}
+
+/* Flush output in nonblocking mode. Returns 0 when all is sent, -1 on a connection error,
+ * -2 when interrupted (if interruptible) or when the deadline (seconds, 0 = none) passed. */
+static int pg_flush_wait(PGconn *c, int interruptible, double deadline)
+{
+    for (;;) {
+        int r = PQflush(c);
+        if (r == 0)
+            return 0;
+        if (r < 0)
+            return -1;
+        if (interruptible && bkr_interrupted())
+            return -2;
+        if (deadline > 0 && pg_now() > deadline)
+            return -2;
+        int ev = pg_poll(c, POLLIN | POLLOUT, 250);
+        if (ev < 0)
+            return -1;
+        if ((ev & POLLIN) && !PQconsumeInput(c))
+            return -1;
+    }
+}
+
+/* Ask the server to cancel the running statement. Best effort. */
+static void pg_cancel(PGconn *c)
+{
+    char errbuf[256];
+    PGcancel *cancel = PQgetCancel(c);
+    if (cancel) {
+        PQcancel(cancel, errbuf, sizeof errbuf);
+        PQfreeCancel(cancel);
+    }
+}
+
+/* Read and discard what is left of the current command so the connection can take the next
+ * one: COPY data is skipped, a COPY FROM STDIN is failed. Blocks; call pg_cancel first when
+ * the statement may run long. */
+static void pg_drain(PGconn *c)
+{
+    int copies = 0;
+    if (PQisnonblocking(c)) {
+        pg_flush_wait(c, 0, pg_now() + 10);
+        PQsetnonblocking(c, 0);
+    }
+    for (;;) {
+        PGresult *res = PQgetResult(c);
+        if (!res)
+            break;
+        ExecStatusType st = PQresultStatus(res);
+        PQclear(res);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            /* A dead connection stays in COPY state forever: do not loop on it. */
+            if (PQstatus(c) == CONNECTION_BAD || ++copies > 8)
+                break;
+            if (st != PGRES_COPY_OUT)
+                PQputCopyEnd(c, "bkr: COPY abandoned");
+            if (st != PGRES_COPY_IN) {
+                char *buf = NULL;
+                int r;
+                while ((r = PQgetCopyData(c, &buf, 0)) > 0) {
+                    PQfreemem(buf);
+                    buf = NULL;
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Results held by a userdata, so that a memory error while building Lua tables cannot leak them
+ * ------------------------------------------------------------------------------------------- */
+
+static PGresult **pg_newholder(lua_State *L)
+{
+    PGresult **h = lua_newuserdatauv(L, sizeof *h, 0);
+    *h = NULL;
+    luaL_setmetatable(L, BKR_PGRESULT);
+    return h;
+}
+
+static int pgresult_gc(lua_State *L)
+{
+    PGresult **h = luaL_checkudata(L, 1, BKR_PGRESULT);
+    if (*h) {
+        PGresult *res = *h;
+        *h = NULL;
+        PQclear(res);
+    }
+    return 0;
+}
+
+static void pg_release(PGresult **h)
+{
+    PGresult *res = *h;
+    *h = NULL;
+    PQclear(res);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Connections
+ * ------------------------------------------------------------------------------------------- */
+
+static pgconn *pg_checkopen(lua_State *L)
+{
+    pgconn *pc = toconn(L, 1);
+    if (!pc->conn)
+        luaL_error(L, "pg: attempt to use a closed connection");
+    return pc;
+}
+
+/* An open connection that is free for a new command. */
+static pgconn *pg_checkidle(lua_State *L, const char *who)
+{
+    pgconn *pc = pg_checkopen(L);
+    if (pc->copy)
+        luaL_error(L, "%s: a COPY is in progress on this connection", who);
+    return pc;
+}
+
+static int pgconn_close(lua_State *L)
+{
+    pgconn *pc = toconn(L, 1);
+    if (pc->conn) {
+        PGconn *c = pc->conn;
+        pc->conn = NULL;
+        PQfinish(c);
+    }
+    pg_notices_free(pc);
+    return 0;
+}
+
+static int pgconn_tostring(lua_State *L)
+{
+    pgconn *pc = toconn(L, 1);
+    if (!pc->conn)
+        lua_pushliteral(L, "pg.Conn (closed)");
+    else
+        lua_pushfstring(L, "pg.Conn (%s@%s:%s/%s)", PQuser(pc->conn), PQhost(pc->conn),
+                        PQport(pc->conn), PQdb(pc->conn));
+    return 1;
+}
+
+/* Secrets of a conninfo string, pushed into the table at index t: the parsed password, and
+ * for strings libpq cannot parse, whatever looks like one (its error may quote the string). */
+static void pg_secrets_of(lua_State *L, int t, const char *s)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(s, &err);
+    if (err)
+        PQfreemem(err);
+    if (!opts && (strstr(s, "password") || strchr(s, '@'))) {
+        /* libpq's syntax errors quote pieces of the string: hide them all */
+        lua_pushboolean(L, 1);
+        lua_setfield(L, t, "quoted");
+    }
+    if (opts) {
+        for (PQconninfoOption *o = opts; o->keyword; o++)
+            if (strcmp(o->keyword, "password") == 0 && o->val && *o->val) {
+                lua_pushstring(L, o->val);
+                lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
+            }
+        PQconninfoFree(opts);
+    }
+    /* URI: postgresql://user:password@host... */
+    const char *p = strstr(s, "://");
+    if (p) {
+        p += 3;
+        size_t end = strcspn(p, "@/");
+        if (p[end] == '@') {
+            const char *colon = memchr(p, ':', end);
+            if (colon && colon + 1 < p + end) {
+                lua_pushlstring(L, colon + 1, (size_t)(p + end - colon - 1));
+                lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
+            }
+        }
+    }
+    /* password = value, password=value&..., password='quoted value' */
+    for (p = strstr(s, "password"); p; p = strstr(p + 1, "password")) {
+        const char *v = p + 8;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if (*v != '=')
+            continue;
+        v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        size_t len = *v == '\'' ? strcspn(v + 1, "'") + 1 : strcspn(v, " \t\n&");
+        if (*v == '\'')
+            v++, len--;
+        if (len > 0) {
+            lua_pushlstring(L, v, len);
+            lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
+        }
+    }
+}
+
+/* Push msg with every secret of the table at index t replaced by "***" (and, if t.quoted,
+ * everything between double quotes). */
+static void pg_redact(lua_State *L, int t, const char *msg)
+{
+    lua_getfield(L, t, "quoted");
+    int quoted = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (quoted) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (const char *p = msg; *p; p++) {
+            luaL_addchar(&b, *p);
+            if (*p == '"' && strchr(p + 1, '"')) {
+                luaL_addstring(&b, "***\"");
+                p = strchr(p + 1, '"');
+            }
+        }
+        luaL_pushresult(&b);
+    } else {
+        lua_pushstring(L, msg);
+    }
+    lua_Integer n = (lua_Integer)lua_rawlen(L, t);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, t, i);
+        size_t len;
+        const char *secret = lua_tolstring(L, -1, &len);
+        if (secret && len > 0) {
+            luaL_gsub(L, lua_tostring(L, -2), secret, "***");
+            lua_replace(L, -3);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* Value of a libpq option as libpq resolved it (explicit, environment or default). */
+static int pg_option_int(PGconn *c, const char *keyword)
+{
+    int v = 0;
+    PQconninfoOption *opts = PQconninfo(c);
+    if (!opts)
+        return 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (strcmp(o->keyword, keyword) == 0 && o->val)
+            v = atoi(o->val);
+    PQconninfoFree(opts);
+    return v;
+}
+
+/* A conninfo table value as a string pushed on the stack. */
+static const char *pg_optvalue(lua_State *L, int idx, const char *key)
+{
+    switch (lua_type(L, idx)) {
+    case LUA_TSTRING:
+        lua_pushvalue(L, idx);
+        break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, idx));
+        else
+            lua_pushfstring(L, "%f", (LUAI_UACNUMBER)lua_tonumber(L, idx));
+        break;
+    default:
+        luaL_error(L, "pg.connect: conninfo.%s must be a string or a number, not %s", key,
+                   luaL_typename(L, idx));
+    }
+    return lua_tostring(L, -1);
+}
+
+static int pg_connect(lua_State *L)
+{
+    int arg = lua_type(L, 1);
+    if (arg != LUA_TNONE && arg != LUA_TNIL && arg != LUA_TSTRING && arg != LUA_TTABLE)
+        luaL_typeerror(L, 1, "nil, string or table");
+    lua_settop(L, 1);
+
+    /* Keyword arrays live in userdata; their strings in table `strs`, secrets in `secrets`. */
+    lua_newtable(L); /* 2: strs */
+    lua_newtable(L); /* 3: secrets */
+    const char *env_pw = getenv("PGPASSWORD");
+    if (env_pw && *env_pw) {
+        lua_pushstring(L, env_pw);
+        lua_rawseti(L, 3, 1);
+    }
+    int n = 0, max = 3;
+    if (arg == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, 1)) {
+            lua_pop(L, 1);
+            max++;
+        }
+    }
+    const char **keys = lua_newuserdatauv(L, sizeof(char *) * (size_t)max, 0);   /* 4 */
+    const char **vals = lua_newuserdatauv(L, sizeof(char *) * (size_t)max, 0);   /* 5 */
+    keys[n] = "fallback_application_name";
+    vals[n++] = "bkr";
+    if (arg == LUA_TSTRING) {
+        const char *s = lua_tostring(L, 1);
+        pg_secrets_of(L, 3, s);
+        keys[n] = "dbname";
+        vals[n++] = s;
+    } else if (arg == LUA_TTABLE) {
+        /* dbname first: when it is itself a conninfo, the other keys override what it expands to */
+        lua_getfield(L, 1, "dbname");
+        if (!lua_isnil(L, -1)) {
+            keys[n] = "dbname";
+            vals[n++] = pg_optvalue(L, -1, "dbname");
+            pg_secrets_of(L, 3, vals[n - 1]);
+            lua_rawseti(L, 2, n);
+        }
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        while (lua_next(L, 1)) {
+            if (lua_type(L, -2) != LUA_TSTRING)
+                luaL_error(L, "pg.connect: conninfo keys must be strings");
+            const char *k = lua_tostring(L, -2);
+            if (strcmp(k, "dbname") != 0) {
+                keys[n] = k;
+                vals[n++] = pg_optvalue(L, -1, k);
+                if (strcmp(k, "password") == 0) {
+                    lua_pushvalue(L, -1);
+                    lua_rawseti(L, 3, (lua_Integer)lua_rawlen(L, 3) + 1);
+                }
+                lua_rawseti(L, 2, n);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    keys[n] = NULL;
+    vals[n] = NULL;
+
+    pgconn *pc = lua_newuserdatauv(L, sizeof *pc, 0);
+    memset(pc, 0, sizeof *pc);
+    luaL_setmetatable(L, BKR_PGCONN);
+    int ud = lua_gettop(L);
+
+    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    if (!c)
+        return luaL_error(L, "pg.connect: out of memory");
+    pc->conn = c; /* owned by the userdata from here: a raise cannot leak it */
+    PQsetNoticeProcessor(c, pg_notice, pc);
+
+    char msg[PG_MSG];
+    int failed = 0;
+    if (PQstatus(c) == CONNECTION_BAD) {
+        failed = 1;
+        pg_connmsg(c, msg, sizeof msg);
+    } else {
+        int timeout = pg_option_int(c, "connect_timeout");
+        double deadline = timeout > 0 ? pg_now() + (timeout < 2 ? 2 : timeout) : 0;
+        PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+        while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+            if (bkr_interrupted()) {
+                pc->conn = NULL;
+                PQfinish(c);
+                return luaL_error(L, "pg.connect: interrupted");
+            }
+            if (deadline > 0 && pg_now() > deadline) {
+                failed = 1;
+                snprintf(msg, sizeof msg, "timeout expired");
+                break;
+            }
+            int ev = pg_poll(c, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, 250);
+            if (ev == 0)
+                continue;
+            if (ev < 0) {
+                failed = 1;
+                snprintf(msg, sizeof msg, "lost the connection's socket");
+                break;
+            }
+            ps = PQconnectPoll(c);
+        }
+        if (!failed && (ps == PGRES_POLLING_FAILED || PQstatus(c) != CONNECTION_OK)) {
+            failed = 1;
+            pg_connmsg(c, msg, sizeof msg);
+        }
+    }
+    if (failed) {
+        pc->conn = NULL;
+        PQfinish(c);
+        lua_pushnil(L);
+        pg_redact(L, 3, msg);
+        lua_pushfstring(L, "pg.connect: %s", lua_tostring(L, -1));
+        lua_remove(L, -2);
+        return 2;
+    }
+    lua_pushvalue(L, ud);
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Queries
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Send sql and wait, interruptibly, for all its results. Pushes a result holder and returns the
+ * result that matters (the first error, else the last result; NULL only when nothing could be
+ * sent: the message is then in PQerrorMessage). multi: simple query protocol, several
+ * statements, no parameters. Raises (after cleaning up) on interrupt and on COPY statements.
+ */
+static PGresult *pg_run(lua_State *L, pgconn *pc, const char *who, const char *sql, int nparams,
+                        const char *const *values, int multi)
+{
+    PGconn *c = pc->conn;
+    PGresult **holder = pg_newholder(L);
+    int sent = multi ? PQsendQuery(c, sql)
+                     : PQsendQueryParams(c, sql, nparams, NULL, values, NULL, NULL, 0);
+    if (!sent)
+        return NULL;
+    PGresult *err = NULL, *last = NULL;
+    int stray_copy = 0;
+    for (;;) {
+        if (pg_await(c) < 0) {
+            pg_cancel(c);
+            pg_drain(c);
+            PQclear(err);
+            PQclear(last);
+            luaL_error(L, "%s: interrupted", who);
+        }
+        PGresult *res = PQgetResult(c);
+        if (!res)
+            break;
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            PQclear(res);
+            stray_copy = 1;
+            if (st != PGRES_COPY_IN)
+                pg_cancel(c);
+            pg_drain(c);
+            break;
+        }
+        if ((st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE) && !err) {
+            err = res;
+        } else {
+            PQclear(last);
+            last = res;
+        }
+    }
+    if (stray_copy) {
+        PQclear(err);
+        PQclear(last);
+        luaL_error(L, "%s: COPY ... STDIN/STDOUT needs conn:copy_in or conn:copy_out", who);
+    }
+    if (err) {
+        PQclear(last);
+        last = err;
+    }
+    if (!last)
+        last = PQmakeEmptyPGresult(c, PGRES_EMPTY_QUERY);
+    *holder = last;
+    return last;
+}
+
+/* Push nil, "who: message"[, sqlstate] for a failed pg_run (res NULL: not sent). */
+static int pg_fail(lua_State *L, pgconn *pc, const char *who, const PGresult *res)
+{
+    char msg[PG_MSG];
+    if (!res || PQresultStatus(res) == PGRES_EMPTY_QUERY)
+        return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(pc->conn, msg, sizeof msg));
+    return bkr_pushfail(L, pg_sqlstate(res), "%s: %s", who, pg_resultmsg(res, 0, msg, sizeof msg));
+}
+
+static int pg_failed(const PGresult *res)
+{
+    if (!res)
+        return 1;
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE;
+}
+
+/* Push field (i, j) of res as the Lua value its type suggests; NULL as pg.null. */
+static void pg_pushvalue(lua_State *L, const PGresult *res, int i, int j)
+{
+    if (PQgetisnull(res, i, j)) {
+        lua_pushlightuserdata(L, NULL);
+        return;
+    }
+    const char *v = PQgetvalue(res, i, j);
+    switch (PQftype(res, j)) {
+    case PG_INT2OID:
+    case PG_INT4OID:
+    case PG_INT8OID:
+    case PG_OIDOID:
+        lua_pushinteger(L, (lua_Integer)strtoll(v, NULL, 10));
+        break;
+    case PG_FLOAT4OID:
+    case PG_FLOAT8OID:
+        lua_pushnumber(L, (lua_Number)strtod(v, NULL));
+        break;
+    case PG_BOOLOID:
+        lua_pushboolean(L, v[0] == 't');
+        break;
+    default:
+        lua_pushlstring(L, v, (size_t)PQgetlength(res, i, j));
+        break;
+    }
+}
+
+/* A query parameter as text (pushed on the stack when converted), or NULL for SQL NULL. */
+static const char *pg_param(lua_State *L, int idx)
+{
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        return NULL;
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL)
+            return NULL; /* pg.null */
+        break;
+    case LUA_TBOOLEAN:
+        return lua_toboolean(L, idx) ? "true" : "false";
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, idx));
+        else {
+            /* the shortest text that reads back as the same double */
+            char buf[64];
+            lua_Number x = lua_tonumber(L, idx);
+            for (int prec = 15; prec <= 17; prec++) {
+                snprintf(buf, sizeof buf, "%.*g", prec, (double)x);
+                if (strtod(buf, NULL) == x)
+                    break;
+            }
+            return lua_pushstring(L, buf);
+        }
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (strlen(s) != len)
+            luaL_argerror(L, idx, "string contains a zero byte");
+        return s;
+    }
+    default:
+        break;
+    }
+    luaL_argerror(L, idx, lua_pushfstring(L, "cannot pass a %s as a query parameter",
+                                          luaL_typename(L, idx)));
+    return NULL;
+}
+
+static const char *pg_checksql(lua_State *L, int idx)
+{
+    size_t len;
+    const char *sql = luaL_checklstring(L, idx, &len);
+    if (strlen(sql) != len)
+        luaL_argerror(L, idx, "SQL contains a zero byte");
+    return sql;
+}
+
+static int pgconn_query(lua_State *L)
+{
+    pgconn *pc = pg_checkidle(L, "pg.query");
+    const char *sql = pg_checksql(L, 2);
+    int nparams = lua_gettop(L) - 2;
+    if (nparams > 65535)
+        return luaL_error(L, "pg.query: too many parameters (%d)", nparams);
+    luaL_checkstack(L, nparams + 20, "pg.query: too many parameters");
+    const char **values = NULL;
+    if (nparams > 0) {
+        values = lua_newuserdatauv(L, sizeof(char *) * (size_t)nparams, 0);
+        for (int k = 0; k < nparams; k++)
+            values[k] = pg_param(L, 3 + k);
+    }
+    PGresult *res = pg_run(L, pc, "pg.query", sql, nparams, values, 0);
+    if (pg_failed(res))
+        return pg_fail(L, pc, "pg.query", res);
+    PGresult **holder = lua_touserdata(L, -1);
+    int nrows = PQntuples(res), ncols = PQnfields(res);
+    lua_createtable(L, nrows, 0);
+    for (int i = 0; i < nrows; i++) {
+        lua_createtable(L, 0, ncols);
+        for (int j = 0; j < ncols; j++) {
+            pg_pushvalue(L, res, i, j);
+            lua_setfield(L, -2, PQfname(res, j));
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_createtable(L, ncols, 0);
+    for (int j = 0; j < ncols; j++) {
+        lua_pushstring(L, PQfname(res, j));
+        lua_rawseti(L, -2, j + 1);
+    }
+    pg_release(holder);
+    return 2;
+}
+
+static int pgconn_exec(lua_State *L)
+{
+    pgconn *pc = pg_checkidle(L, "pg.exec");
+    const char *sql = pg_checksql(L, 2);
+    PGresult *res = pg_run(L, pc, "pg.exec", sql, 0, NULL, 1);
+    if (pg_failed(res))
+        return pg_fail(L, pc, "pg.exec", res);
+    lua_pushboolean(L, 1);
+    lua_pushstring(L, PQcmdStatus(res));
+    pg_release(lua_touserdata(L, -3));
+    return 2;
+}
+
+static int pgconn_server_version(lua_State *L)
+{
+    pgconn *pc = pg_checkopen(L);
+    const char *v = PQparameterStatus(pc->conn, "server_version");
+    lua_pushinteger(L, PQserverVersion(pc->conn));
+    if (v) /* "15.20 (Debian 15.20-0+deb12u1)": the version is the first word */
+        lua_pushlstring(L, v, strcspn(v, " "));
+    else
+        lua_pushnil(L);
+    return 2;
+}
+
+static const char pg_databases_sql[] =
+    "SELECT d.datname AS name, pg_catalog.pg_get_userbyid(d.datdba) AS owner,"
+    " pg_catalog.pg_encoding_to_char(d.encoding) AS encoding,"
+    " CASE WHEN d.datconnlimit <> -2 AND (pg_catalog.has_database_privilege(d.oid, 'CONNECT')"
+    "   OR pg_catalog.pg_has_role('pg_read_all_stats', 'MEMBER'))"
+    "  THEN pg_catalog.pg_database_size(d.oid) END AS size,"
+    " d.datallowconn AND d.datconnlimit <> -2 AS allow_connections,"
+    " d.datistemplate AS is_template"
+    " FROM pg_catalog.pg_database d WHERE NOT d.datistemplate ORDER BY d.datname";
+
+static int pgconn_databases(lua_State *L)
+{
+    pgconn *pc = pg_checkidle(L, "pg.databases");
+    PGresult *res = pg_run(L, pc, "pg.databases", pg_databases_sql, 0, NULL, 0);
+    if (pg_failed(res))
+        return pg_fail(L, pc, "pg.databases", res);
+    PGresult **holder = lua_touserdata(L, -1);
+    int nrows = PQntuples(res), ncols = PQnfields(res);
+    lua_createtable(L, nrows, 0);
+    for (int i = 0; i < nrows; i++) {
+        lua_createtable(L, 0, ncols);
+        for (int j = 0; j < ncols; j++) {
+            if (PQgetisnull(res, i, j))
+                continue; /* size without the right to see it: absent */
+            pg_pushvalue(L, res, i, j);
+            lua_setfield(L, -2, PQfname(res, j));
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    pg_release(holder);
+    return 1;
+}
+
+static int pgconn_database_size(lua_State *L)
+{
+    pgconn *pc = pg_checkidle(L, "pg.database_size");
+    const char *name = pg_checksql(L, 2);
+    const char *values[1] = { name };
+    PGresult *res = pg_run(L, pc, "pg.database_size", "SELECT pg_catalog.pg_database_size($1::name)",
+                           1, values, 0);
+    if (pg_failed(res))
+        return pg_fail(L, pc, "pg.database_size", res);
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(res, 0, 0), NULL, 10));
+    pg_release(lua_touserdata(L, -2));
+    return 1;
+}
+
+static int pgmem_gc(lua_State *L)
+{
+    char **h = luaL_checkudata(L, 1, BKR_PGMEM);
+    if (*h) {
+        char *m = *h;
+        *h = NULL;
+        PQfreemem(m);
+    }
+    return 0;
+}
+
+static int pg_escape(lua_State *L, int literal)
+{
+    const char *who = literal ? "pg.escape_literal" : "pg.escape_identifier";
+    pgconn *pc = pg_checkopen(L);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    char **h = lua_newuserdatauv(L, sizeof *h, 0); /* owns libpq's string: pushing it may raise */
+    *h = NULL;
+    luaL_setmetatable(L, BKR_PGMEM);
+    *h = literal ? PQescapeLiteral(pc->conn, s, len) : PQescapeIdentifier(pc->conn, s, len);
+    if (!*h) {
+        char msg[PG_MSG];
+        return luaL_error(L, "%s: %s", who, pg_connmsg(pc->conn, msg, sizeof msg));
+    }
+    lua_pushstring(L, *h);
+    char *m = *h; /* free it now rather than at the next collection */
+    *h = NULL;
+    PQfreemem(m);
+    return 1;
+}
+
+static int pgconn_escape_identifier(lua_State *L)
+{
+    return pg_escape(L, 0);
+}
+
+static int pgconn_escape_literal(lua_State *L)
+{
+    return pg_escape(L, 1);
+}
+
+static int pgconn_notices(lua_State *L)
+{
+    pgconn *pc = pg_checkopen(L);
+    lua_createtable(L, pc->nnotices, 0);
+    for (int i = 0; i < pc->nnotices; i++) {
+        lua_pushstring(L, pc->notices[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushinteger(L, pc->dropped);
+    pg_notices_free(pc);
+    pc->dropped = 0;
+    return 2;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * COPY stages
+ * ------------------------------------------------------------------------------------------- */
+
+/* The live connection of a COPY stage, or NULL with err set. */
+static PGconn *copy_conn(pgcopy *cs, bkr_error *err)
+{
+    const char *who = cs->in ? "pg.copy_in" : "pg.copy_out";
+    if (!cs->pc->conn) {
+        bkr_error_set(err, "%s: the connection was closed", who);
+        return NULL;
+    }
+    if (cs->pc->copy != cs) {
+        bkr_error_set(err, "%s: this COPY is no longer active", who);
+        return NULL;
+    }
+    return cs->pc->conn;
+}
+
+static void copy_release(pgcopy *cs)
+{
+    if (cs->row) {
+        PQfreemem(cs->row);
+        cs->row = NULL;
+    }
+    cs->active = 0;
+    if (cs->pc->copy == cs)
+        cs->pc->copy = NULL;
+}
+
+/* The COPY data is over: read the command's result. Returns 0 or -1 with err set. */
+static int copy_end(pgcopy *cs, PGconn *c, bkr_error *err)
+{
+    const char *who = cs->in ? "pg.copy_in" : "pg.copy_out";
+    int rc = 0;
+    if (pg_await(c) < 0) {
+        pg_cancel(c);
+        pg_drain(c);
+        copy_release(cs);
+        return bkr_error_set(err, "%s: interrupted", who);
+    }
+    PGresult *res = PQgetResult(c);
+    if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        cs->ok = 1;
+        cs->rows = strtoll(PQcmdTuples(res), NULL, 10);
+        snprintf(cs->command, sizeof cs->command, "%s", PQcmdStatus(res));
+    } else {
+        char msg[PG_MSG];
+        const char *state = pg_sqlstate(res);
+        if (res)
+            pg_resultmsg(res, 1, msg, sizeof msg);
+        else
+            pg_connmsg(c, msg, sizeof msg);
+        rc = bkr_error_set(err, "%s: %s%s%s%s", who, msg, state ? " (SQLSTATE " : "",
+                           state ? state : "", state ? ")" : "");
+    }
+    PQclear(res);
+    pg_drain(c);
+    copy_release(cs);
+    return rc;
+}
+
+static int copyout_read(void *self, unsigned char *buf, size_t cap, size_t *len, int *eof,
+                        bkr_error *err)
+{
+    pgcopy *cs = self;
+    size_t n = 0;
+    *len = 0;
+    *eof = 0;
+    if (cs->ok) {
+        *eof = 1;
+        return 0;
+    }
+    PGconn *c = copy_conn(cs, err);
+    if (!c)
+        return -1;
+    if (bkr_interrupted())
+        return bkr_error_set(err, "pg.copy_out: interrupted");
+    while (n < cap) {
+        if (cs->row) {
+            size_t left = (size_t)(cs->row_len - cs->row_off);
+            size_t take = left < cap - n ? left : cap - n;
+            memcpy(buf + n, cs->row + cs->row_off, take);
+            n += take;
+            cs->row_off += (int)take;
+            if (cs->row_off == cs->row_len) {
+                PQfreemem(cs->row);
+                cs->row = NULL;
+            }
+            continue;
+        }
+        char *row = NULL;
+        int r = PQgetCopyData(c, &row, 1);
+        if (r > 0) {
+            cs->row = row;
+            cs->row_len = r;
+            cs->row_off = 0;
+        } else if (r == 0) {
+            /* nothing buffered: hand over what we have, or wait for the server */
+            if (n == 0 && bkr_interrupted())
+                return bkr_error_set(err, "pg.copy_out: interrupted");
+            int ev = pg_poll(c, POLLIN, n > 0 ? 0 : 250);
+            if (ev == 0 && n > 0)
+                break;
+            if (ev != 0 && !PQconsumeInput(c)) {
+                char msg[PG_MSG];
+                return bkr_error_set(err, "pg.copy_out: %s", pg_connmsg(c, msg, sizeof msg));
+            }
+        } else if (r == -1) {
+            if (copy_end(cs, c, err) < 0)
+                return -1;
+            *eof = 1;
+            break;
+        } else {
+            char msg[PG_MSG];
+            return bkr_error_set(err, "pg.copy_out: %s", pg_connmsg(c, msg, sizeof msg));
+        }
+    }
+    *len = n;
+    return 0;
+}
+
+static int copy_finish(void *self, bkr_error *err)
+{
+    pgcopy *cs = self;
+    if (cs->ok)
+        return 0;
+    PGconn *c = copy_conn(cs, err);
+    if (!c)
+        return -1;
+    if (!cs->in)
+        return bkr_error_set(err, "pg.copy_out: finished before the end of the COPY data");
+    int r;
+    while ((r = PQputCopyEnd(c, NULL)) == 0) {
+        if (bkr_interrupted())
+            break;
+        pg_poll(c, POLLOUT, 250);
+    }
+    if (r == 1)
+        r = pg_flush_wait(c, 1, 0);
+    else
+        r = r < 0 ? -1 : -2;
+    if (r == -2)
+        return bkr_error_set(err, "pg.copy_in: interrupted");
+    if (r < 0) {
+        char msg[PG_MSG];
+        return bkr_error_set(err, "pg.copy_in: %s", pg_connmsg(c, msg, sizeof msg));
+    }
+    return copy_end(cs, c, err);
+}
+
+static int copyin_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
+{
+    pgcopy *cs = self;
+    PGconn *c = copy_conn(cs, err);
+    if (!c)
+        return -1;
+    while (len > 0) {
+        if (bkr_interrupted())
+            return bkr_error_set(err, "pg.copy_in: interrupted");
+        int piece = len > 65536 ? 65536 : (int)len;
+        int r = PQputCopyData(c, (const char *)data, piece);
+        if (r == 1) {
+            data += piece;
+            len -= (size_t)piece;
+            r = pg_flush_wait(c, 1, 0); /* bounds libpq's output buffer to one piece */
+            if (r == -2)
+                return bkr_error_set(err, "pg.copy_in: interrupted");
+        } else if (r == 0) {
+            r = pg_poll(c, POLLOUT, 250) < 0 ? -1 : 0;
+        }
+        if (r < 0) {
+            char msg[PG_MSG];
+            return bkr_error_set(err, "pg.copy_in: %s", pg_connmsg(c, msg, sizeof msg));
+        }
+    }
+    return 0;
+}
+
+static void copy_abort(void *self)
+{
+    pgcopy *cs = self;
+    PGconn *c = cs->pc->conn;
+    if (!cs->active || !c || cs->pc->copy != cs) {
+        copy_release(cs);
+        return;
+    }
+    if (cs->in) {
+        /* The server may have stopped reading (a lock wait): cancel it if the end won't go out. */
+        if (PQputCopyEnd(c, "bkr: pipeline aborted") == 1 && pg_flush_wait(c, 0, pg_now() + 2) == -2)
+            pg_cancel(c);
+    } else {
+        pg_cancel(c);
+    }
+    pg_drain(c);
+    copy_release(cs);
+}
+
+static int copy_result(void *self, lua_State *L)
+{
+    pgcopy *cs = self;
+    if (!cs->ok)
+        return 0;
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)cs->rows);
+    lua_setfield(L, -2, "rows");
+    lua_pushstring(L, cs->command);
+    lua_setfield(L, -2, "command");
+    return 1;
+}
+
+static void copy_free(void *self)
+{
+    pgcopy *cs = self;
+    copy_abort(cs);
+    free(cs);
+}
+
+static const bkr_stage_ops copyout_ops = {
+    .type = "copy",
+    .kind = BKR_SOURCE,
+    .read = copyout_read,
+    .finish = copy_finish,
+    .abort = copy_abort,
+    .result = copy_result,
+    .free = copy_free,
+};
+
+static const bkr_stage_ops copyin_ops = {
+    .type = "copy",
+    .kind = BKR_SINK,
+    .write = copyin_write,
+    .finish = copy_finish,
+    .abort = copy_abort,
+    .result = copy_result,
+    .free = copy_free,
+};
+
+/* conn:copy_out / conn:copy_in: start the COPY now, so that a bad statement is reported here. */
+static int pg_copy(lua_State *L, int in)
+{
+    const char *who = in ? "pg.copy_in" : "pg.copy_out";
+    pgconn *pc = pg_checkidle(L, who);
+    const char *sql = pg_checksql(L, 2);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    const char *name = lua_istable(L, 3) ? bkr_stage_optname(L, 3) : NULL;
+    lua_settop(L, 3);
+
+    bkr_stage *st = bkr_stage_new(L, in ? &copyin_ops : &copyout_ops); /* 4 */
+    pgcopy *cs = calloc(1, sizeof *cs);
+    if (!cs)
+        return luaL_error(L, "%s: out of memory", who);
+    cs->pc = pc;
+    cs->in = in;
+    bkr_stage_open(st, cs, name);
+    bkr_stage_keep(L, 4, 1);
+
+    PGconn *c = pc->conn;
+    char msg[PG_MSG];
+    if (!PQsendQueryParams(c, sql, 0, NULL, NULL, NULL, NULL, 0))
+        return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(c, msg, sizeof msg));
+    if (pg_await(c) < 0) {
+        pg_cancel(c);
+        pg_drain(c);
+        return luaL_error(L, "%s: interrupted", who);
+    }
+    PGresult *res = PQgetResult(c);
+    ExecStatusType status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (status == (in ? PGRES_COPY_IN : PGRES_COPY_OUT)) {
+        PQclear(res);
+        if (in && PQsetnonblocking(c, 1) != 0) {
+            pg_drain(c);
+            return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(c, msg, sizeof msg));
+        }
+        cs->active = 1;
+        pc->copy = cs;
+        lua_settop(L, 4);
+        return 1;
+    }
+    if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE) {
+        char state[8] = "";
+        if (res) {
+            pg_resultmsg(res, 0, msg, sizeof msg);
+            snprintf(state, sizeof state, "%s", pg_sqlstate(res) ? pg_sqlstate(res) : "");
+        } else {
+            pg_connmsg(c, msg, sizeof msg);
+        }
+        PQclear(res);
+        pg_drain(c);
+        return bkr_pushfail(L, *state ? state : NULL, "%s: %s", who, msg);
+    }
+    PQclear(res);
+    if (status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH)
+        pg_cancel(c);
+    pg_drain(c);
+    return luaL_error(L, "%s: not a COPY ... %s statement", who, in ? "FROM STDIN" : "TO STDOUT");
+}
+
+static int pgconn_copy_out(lua_State *L)
+{
+    return pg_copy(L, 0);
+}
+
+static int pgconn_copy_in(lua_State *L)
+{
+    return pg_copy(L, 1);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Module
+ * ------------------------------------------------------------------------------------------- */
+
+static const luaL_Reg pgconn_methods[] = {
+    { "query", pgconn_query },
+    { "exec", pgconn_exec },
+    { "server_version", pgconn_server_version },
+    { "databases", pgconn_databases },
+    { "database_size", pgconn_database_size },
+    { "escape_identifier", pgconn_escape_identifier },
+    { "escape_literal", pgconn_escape_literal },
+    { "notices", pgconn_notices },
+    { "copy_out", pgconn_copy_out },
+    { "copy_in", pgconn_copy_in },
+    { "close", pgconn_close },
+    { NULL, NULL },
+};
+
+static const luaL_Reg pgconn_metamethods[] = {
+    { "__index", NULL }, /* set to the methods table by createmeta */
+    { "__gc", pgconn_close },
+    { "__close", pgconn_close },
+    { "__tostring", pgconn_tostring },
+    { NULL, NULL },
+};
+
+static const luaL_Reg pg_functions[] = {
+    { "connect", pg_connect },
+    { NULL, NULL },
+};
+
+static void createmeta(lua_State *L)
+{
+    luaL_newmetatable(L, BKR_PGCONN);
+    luaL_setfuncs(L, pgconn_metamethods, 0);
+    luaL_newlibtable(L, pgconn_methods);
+    luaL_setfuncs(L, pgconn_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, BKR_PGRESULT);
+    lua_pushcfunction(L, pgresult_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, BKR_PGMEM);
+    lua_pushcfunction(L, pgmem_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+}
+
+int luaopen_bkr_pg(lua_State *L)
+{
+    createmeta(L);
+    luaL_newlib(L, pg_functions);
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+    return 1;
+}

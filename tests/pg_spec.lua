@@ -1,0 +1,524 @@
+-- pg_spec.lua - bkr.pg: connections, queries and COPY stages against a real PostgreSQL.
+-- Needs the throwaway cluster of scripts/run-tests.sh (PGHOST, PGPORT, PGUSER, PGDATABASE).
+-- What bkr.pg wrote or read is checked with psql, gzip and wc, not with bkr.pg itself.
+
+local pg = require "bkr.pg"
+local stream = require "bkr.stream"
+local gzip = require "bkr.gzip"
+local util = require "support.util"
+
+local q, psql = util.quote, util.psql
+local BKR = util.bkr_bin()
+local PGHOST, PGPORT = os.getenv("PGHOST"), os.getenv("PGPORT")
+
+local function connect()
+  return assert(pg.connect())
+end
+
+-- psql's COPY output of a query (the independent reference for copy_out).
+local function psql_copy(sql)
+  return (util.sh("psql -X -q -d postgres -c " .. q("\\copy (" .. sql .. ") to stdout")))
+end
+
+-- Run a Lua script in a child bkr in the background; returns the files that will hold its
+-- output and its exit code. The child writes its pid to dir/pid first.
+local function spawn_script(dir, code)
+  local script = dir .. "/child.lua"
+  util.write(script, string.format([[
+    local f = assert(io.open(%q, "w"))
+    f:write(io.open("/proc/self/stat"):read("l"):match("^%%d+")); f:close()
+  ]], dir .. "/pid") .. code)
+  local out, rcfile = dir .. "/out", dir .. "/rc"
+  os.execute(string.format("(%s run %s >%s 2>&1; echo $? >%s) &", q(BKR), q(script), q(out), q(rcfile)))
+  return out, rcfile
+end
+
+local function wait_file(path, seconds)
+  for _ = 1, seconds * 20 do
+    local f = io.open(path)
+    if f then
+      local s = f:read("a")
+      f:close()
+      if s ~= "" then return s end
+    end
+    os.execute("sleep 0.05")
+  end
+  return nil
+end
+
+-- Backends (other than psql's own) running a statement that contains `text`.
+local function backends_running(text)
+  return tonumber(psql("select count(*) from pg_stat_activity where pid <> pg_backend_pid()"
+    .. " and query like " .. "'%" .. text .. "%'"))
+end
+
+local function eventually_zero(f)
+  for _ = 1, 100 do
+    if f() == 0 then return true end
+    os.execute("sleep 0.05")
+  end
+  return false
+end
+
+describe("pg.connect", function()
+  it("connects with the PG* environment and names itself bkr", function()
+    local conn <close> = connect()
+    local rows = conn:query("select current_database() as db, current_user as u,"
+      .. " current_setting('application_name') as app")
+    assert.are.same({ db = "postgres", u = "postgres", app = "bkr" }, rows[1])
+  end)
+
+  it("connects with a keyword=value string and with a postgresql:// URI", function()
+    local conn <close> = assert(pg.connect(string.format(
+      "host=%s port=%s dbname=template1 user=postgres application_name=spec_kv", PGHOST, PGPORT)))
+    assert.are.same({ db = "template1", app = "spec_kv" },
+      conn:query("select current_database() as db, current_setting('application_name') as app")[1])
+    local uri <close> = assert(pg.connect(string.format("postgresql://postgres@/template1?host=%s&port=%s",
+      PGHOST:gsub("/", "%%2F"), PGPORT)))
+    assert.are.equal("template1", uri:query("select current_database() as db")[1].db)
+  end)
+
+  it("connects with a table of libpq keywords, numbers allowed, dbname itself a conninfo", function()
+    local conn <close> = assert(pg.connect{ host = PGHOST, port = tonumber(PGPORT), dbname = "template1",
+      user = "postgres", application_name = "spec_table" })
+    assert.are.same({ db = "template1", app = "spec_table" },
+      conn:query("select current_database() as db, current_setting('application_name') as app")[1])
+    -- keys next to an expanded dbname conninfo override it
+    local expanded <close> = assert(pg.connect{ dbname = "dbname=template1 application_name=inner",
+      application_name = "outer" })
+    assert.are.same({ db = "template1", app = "outer" },
+      expanded:query("select current_database() as db, current_setting('application_name') as app")[1])
+  end)
+
+  it("returns nil and a one-line message for an unreachable server, a bad conninfo, a wrong database",
+    function()
+    local cases = {
+      { "host=/nonexistent-dir", "No such file or directory" },
+      { "host=" .. PGHOST .. " frobnicate=1", 'invalid connection option "frobnicate"' },
+      { { dbname = "no_such_database_xyz" }, 'database "no_such_database_xyz" does not exist' },
+      { "postgresql://[::1/x", "IPv6" },
+    }
+    for _, case in ipairs(cases) do
+      local conn, msg = pg.connect(case[1])
+      assert.is_nil(conn)
+      assert.is_truthy(msg:find("^pg%.connect: "), msg)
+      assert.is_truthy(msg:find(case[2], 1, true), msg)
+      assert.is_falsy(msg:find("\n"), msg)
+    end
+  end)
+
+  it("never puts the password in an error message", function()
+    local secret = "Sekr1tPw"
+    local cases = {
+      "host=/nonexistent-dir password=" .. secret,
+      "host=/nonexistent-dir password='" .. secret .. " with spaces'",
+      "host=/nonexistent-dir password=" .. secret .. " Sekr1tTail",  -- a space-broken password
+      "postgresql://postgres:" .. secret .. "@[::1/x",                 -- libpq quotes the whole URI
+      "postgresql://postgres:" .. secret .. "@/db?host=/nonexistent-dir",
+      { host = "/nonexistent-dir", password = secret },
+      { password = secret, bogus_option = "1" },
+      { password = secret, port = secret },                             -- libpq quotes a bad port
+      "host=/nonexistent-dir password=" .. secret .. " sslmode=" .. secret,
+      { dbname = "host=/nonexistent-dir password=" .. secret },
+    }
+    for i, case in ipairs(cases) do
+      local conn, msg = pg.connect(case)
+      assert.is_nil(conn, "case " .. i)
+      assert.is_falsy(msg:find("Sekr1t", 1, true), "case " .. i .. ": " .. msg)
+    end
+  end)
+
+  it("raises for a conninfo of the wrong type", function()
+    assert.has_error(function() pg.connect(42) end)
+    assert.has_error(function() pg.connect{ host = {} } end)
+  end)
+
+  it("collects server notices for conn:notices() instead of printing them", function()
+    local dir = util.scratch("pg-notice")
+    local out, rcfile = spawn_script(dir, [[
+      local pg = require "bkr.pg"
+      local conn = assert(pg.connect())
+      assert(conn:exec("do $$ begin raise notice 'hello %', 42; end $$"))
+      local n = conn:notices()
+      io.write(#n, "|", n[1], "|", #conn:notices(), "\n")
+      assert(conn:exec("do $$ begin for i in 1..150 loop raise notice 'n%', i; end loop; end $$"))
+      local many, dropped = conn:notices()
+      io.write(#many, "|", dropped, "|", many[100], "\n")
+    ]])
+    assert.are.equal("0\n", wait_file(rcfile, 20))
+    assert.are.equal("1|NOTICE:  hello 42|0\n100|50|NOTICE:  n100\n", util.read(out))
+  end)
+end)
+
+describe("conn:query", function()
+  local conn
+  before_each(function() conn = connect() end)
+  after_each(function() conn:close() end)
+
+  it("passes parameters: nil as NULL, unicode text, bytea as text, numbers, booleans", function()
+    local rows = conn:query("select $1::text is null as isnull, $2::text as u, length($2::text) as chars,"
+      .. " $3::bytea as b, length($3::bytea) as blen, $4::int + 1 as i, $5::float8 as f,"
+      .. " $6::boolean as bo, $7::text as whole, $8::text as frac, $9::text as int_float",
+      nil, "ünïcødé ✓", "\\x00ff10", 41, 0.1, true, 7, 1.25, 3.0)
+    assert.are.same({ isnull = true, u = "ünïcødé ✓", chars = 9, b = "\\x00ff10", blen = 3, i = 42,
+      f = 0.1, bo = true, whole = "7", frac = "1.25", int_float = "3" }, rows[1])
+    local r2 = conn:query("select $1::text as a, $2::text as b", pg.null, false)
+    assert.are.equal(pg.null, r2[1].a)
+    assert.are.equal("false", r2[1].b)
+  end)
+
+  it("converts integers, floats, booleans; keeps numeric and others as text; NULL is pg.null", function()
+    local rows, columns = conn:query([[select 1::int2 as i2, 2147483647::int4 as i4,
+      9223372036854775807::int8 as i8, 4294967295::oid as o, 1.5::float4 as f4, 'Infinity'::float8 as inf,
+      12345678901234567890.123::numeric as num, false as b, '2024-01-02'::date as d, null::int as n,
+      '{1,2}'::int[] as arr]])
+    local r = rows[1]
+    assert.are.same({ "i2", "i4", "i8", "o", "f4", "inf", "num", "b", "d", "n", "arr" }, columns)
+    assert.are.equal(1, r.i2); assert.are.equal("integer", math.type(r.i2))
+    assert.are.equal(2147483647, r.i4)
+    assert.are.equal(math.maxinteger, r.i8); assert.are.equal("integer", math.type(r.i8))
+    assert.are.equal(4294967295, r.o)
+    assert.are.equal(1.5, r.f4); assert.are.equal("float", math.type(r.f4))
+    assert.are.equal(math.huge, r.inf)
+    assert.are.equal("12345678901234567890.123", r.num)
+    assert.are.equal(false, r.b)
+    assert.are.equal("2024-01-02", r.d)
+    assert.are.equal(pg.null, r.n)
+    assert.are.equal("{1,2}", r.arr)
+    assert.are.equal(require("cjson").null, pg.null)
+  end)
+
+  it("returns every row, in order, with columns for an empty result too", function()
+    local rows = conn:query("select g as n from generate_series(1, 1000) g order by g")
+    assert.are.equal(1000, #rows)
+    assert.are.equal(1000, rows[1000].n)
+    local none, columns = conn:query("select 1 as a, 2 as b where false")
+    assert.are.same({}, none)
+    assert.are.same({ "a", "b" }, columns)
+  end)
+
+  it("returns nil, the server's message and the SQLSTATE on an SQL error", function()
+    local rows, msg, state = conn:query("select * from no_such_table")
+    assert.is_nil(rows)
+    assert.are.equal('pg.query: ERROR:  relation "no_such_table" does not exist', msg)
+    assert.are.equal("42P01", state)
+    local _, msg2, state2 = conn:query("select $1::int", "abc")
+    assert.are.equal("22P02", state2)
+    assert.is_truthy(msg2:find('invalid input syntax for type integer: "abc"', 1, true))
+    -- the connection carries on
+    assert.are.equal(1, conn:query("select 1 as x")[1].x)
+  end)
+
+  it("raises for parameters it cannot pass and for a COPY, and the connection carries on", function()
+    assert.has_error(function() conn:query("select $1", {}) end)
+    assert.has_error(function() conn:query("select $1", "a\0b") end)
+    assert.has_error(function() conn:query("copy (select 1) to stdout") end)
+    assert.has_error(function() conn:exec("create temp table c(a int); copy c from stdin") end)
+    assert.are.equal(2, conn:query("select 2 as x")[1].x)
+  end)
+
+  it("gives up on a long query when interrupted and cancels it on the server", function()
+    local dir = util.scratch("pg-int")
+    local out, rcfile = spawn_script(dir, [[
+      local conn = assert(require("bkr.pg").connect())
+      io.stderr:write("ready\n")
+      conn:query("select pg_sleep(60) as spec_interrupt_marker")
+    ]])
+    assert.are.equal("ready\n", wait_file(out, 10))
+    os.execute("sleep 0.5")
+    local t0 = os.time()
+    os.execute("kill -TERM " .. util.read(dir .. "/pid"))
+    assert.are.equal("143\n", wait_file(rcfile, 10))
+    assert.is_true(os.time() - t0 < 5)
+    assert.is_truthy(util.read(out):find("interrupted", 1, true))
+    -- a disconnect alone leaves pg_sleep running; the cancel stops it
+    assert.is_true(eventually_zero(function() return backends_running("spec_interrupt_marker") end))
+  end)
+end)
+
+describe("conn:exec", function()
+  local conn
+  before_each(function() conn = connect() end)
+  after_each(function() conn:close() end)
+
+  it("runs several statements and returns the last command's status", function()
+    assert.are.same({ true, "INSERT 0 3" }, { conn:exec(
+      "create table exec_multi(a int); insert into exec_multi values (1), (2), (3)") })
+    assert.are.equal("6", psql("select sum(a) from exec_multi"))
+    assert.are.same({ true, "DROP TABLE" }, { conn:exec("drop table exec_multi") })
+  end)
+
+  it("runs a multi-statement string as one transaction: an error undoes the earlier statements", function()
+    local ok, msg, state = conn:exec("create table exec_atomic(a int); select 1/0")
+    assert.is_nil(ok)
+    assert.are.equal("pg.exec: ERROR:  division by zero", msg)
+    assert.are.equal("22012", state)
+    assert.are.equal("", psql("select to_regclass('exec_atomic')"))
+  end)
+end)
+
+describe("conn information", function()
+  local conn
+  before_each(function() conn = connect() end)
+  after_each(function() conn:close() end)
+
+  it("reports the server version as a number and as text", function()
+    local num, text = conn:server_version()
+    assert.are.equal(tonumber(psql("show server_version_num")), num)
+    assert.are.equal(psql("show server_version"):match("^%S+"), text)
+    assert.is_truthy(text:match("^%d+%.%d+$"))
+  end)
+
+  it("lists databases with owner, encoding and size, templates excluded, ordered by name", function()
+    psql("create database bkr_spec_b"); psql("create database bkr_spec_a")
+    local ok, err = pcall(function()
+      local dbs = conn:databases()
+      local names, byname = {}, {}
+      for _, d in ipairs(dbs) do names[#names + 1] = d.name; byname[d.name] = d end
+      local sorted = { table.unpack(names) }
+      table.sort(sorted)
+      assert.are.same(sorted, names)
+      assert.is_nil(byname.template0); assert.is_nil(byname.template1)
+      local a = byname.bkr_spec_a
+      assert.are.same({ name = "bkr_spec_a", owner = "postgres", encoding = "UTF8",
+        size = tonumber(psql("select pg_database_size('bkr_spec_a')")), allow_connections = true,
+        is_template = false }, a)
+      assert.is_truthy(byname.bkr_spec_b)
+      assert.are.equal(a.size, conn:database_size("bkr_spec_a"))
+    end)
+    psql("drop database bkr_spec_a"); psql("drop database bkr_spec_b")
+    assert(ok, err)
+    local size, msg, state = conn:database_size("bkr_spec_a")
+    assert.is_nil(size)
+    assert.are.equal("3D000", state)
+    assert.is_truthy(msg:find('database "bkr_spec_a" does not exist', 1, true))
+  end)
+
+  it("escapes identifiers and literals so the server reads them back unchanged", function()
+    local weird = "it's a \"name\" \\ ünï"
+    local name = conn:escape_identifier(weird)
+    assert(conn:exec("create temp table " .. name .. "(v text)"))
+    assert(conn:exec("insert into " .. name .. " values (" .. conn:escape_literal(weird) .. ")"))
+    local rows = conn:query("select v from " .. name)
+    assert.are.equal(weird, rows[1].v)
+    assert.has_error(function() conn:escape_literal("bad \xff utf-8") end)
+  end)
+end)
+
+describe("conn:copy_out", function()
+  local conn
+  setup(function()
+    psql([[create table copy_src(id int, label text, amount numeric, note text);
+      insert into copy_src select g, 'ünï ' || g, g / 7.0, case when g % 3 = 0 then null
+        else E'tab\there back\\slash' end from generate_series(1, 2000) g]])
+  end)
+  teardown(function() psql("drop table copy_src") end)
+  before_each(function() conn = connect() end)
+  after_each(function() conn:close() end)
+
+  it("streams a table exactly as psql's \\copy writes it", function()
+    local r = stream.run{ assert(conn:copy_out("copy copy_src to stdout")), stream.to_string() }
+    local expected = psql_copy("select * from copy_src")
+    assert.are.equal(#expected, #r.string)
+    assert.are.equal(expected, r.string)
+    assert.are.same({ rows = 2000, command = "COPY 2000" }, r.copy)
+  end)
+
+  it("streams 100k rows through gzip into a file that gzip -t and wc -l accept", function()
+    local dir = util.scratch("pg-copy")
+    local path = dir .. "/big.tsv.gz"
+    local r = stream.run{
+      assert(conn:copy_out("copy (select g, md5(g::text) from generate_series(1, 100000) g) to stdout",
+        { name = "dump" })),
+      gzip.compress{ level = 6 },
+      stream.to_file(path),
+    }
+    assert.is_true(util.gzip_ok(path))
+    assert.are.equal("100000", util.sh("gunzip -c " .. q(path) .. " | wc -l"):match("%d+"))
+    local reference = "\\copy (select g, md5(g::text) from generate_series(1, 100000) g) to stdout"
+    assert.are.equal(util.sh("gunzip -c " .. q(path) .. " | sha256sum"),
+      util.sh("psql -X -q -d postgres -c " .. q(reference) .. " | sha256sum"))
+    assert.are.equal(100000, r.dump.rows)
+  end)
+
+  it("returns nil, message and SQLSTATE for a failing statement; raises for a non-COPY", function()
+    local st, msg, state = conn:copy_out("copy no_such_table to stdout")
+    assert.is_nil(st)
+    assert.are.equal('pg.copy_out: ERROR:  relation "no_such_table" does not exist', msg)
+    assert.are.equal("42P01", state)
+    assert.has_error(function() conn:copy_out("select 1") end,
+      "pg.copy_out: not a COPY ... TO STDOUT statement")
+    assert.has_error(function() conn:copy_out("copy copy_src from stdin") end)
+    assert.are.equal(1, conn:query("select 1 as x")[1].x)
+  end)
+
+  it("fails the run with the server's message when the COPY fails midway", function()
+    local st = assert(conn:copy_out(
+      "copy (select 1 / (1000 - g) from generate_series(1, 2000) g) to stdout"))
+    local ok, err = pcall(stream.run, { st, stream.to_null() })
+    assert.is_false(ok)
+    assert.is_truthy(err:find("division by zero", 1, true), err)
+    assert.is_truthy(err:find("22012", 1, true), err)
+    assert.are.equal(1, conn:query("select 1 as x")[1].x)
+  end)
+
+  it("leaves the connection usable when the pipeline aborts (a sink that fails)", function()
+    -- 10 GB of rows: only a cancel on the server ends this quickly
+    local st = assert(conn:copy_out("copy (select g, repeat('x', 100) as spec_abort_marker"
+      .. " from generate_series(1, 100000000) g) to stdout"))
+    local t0 = os.time()
+    local ok, err = pcall(stream.run, { st, stream.to_string{ max = 100000 } })
+    assert.is_false(ok, err)
+    assert.is_truthy(err:find("string", 1, true), err)
+    assert.are.same({ { x = 1 } }, conn:query("select 1 as x"))
+    assert.is_true(os.time() - t0 < 10)
+    assert.is_true(eventually_zero(function() return backends_running("spec_abort_marker") end))
+  end)
+
+  it("owns the connection while active: queries and a second COPY raise until it ends", function()
+    local st = assert(conn:copy_out("copy copy_src to stdout"))
+    assert.has_error(function() conn:query("select 1") end,
+      "pg.query: a COPY is in progress on this connection")
+    assert.has_error(function() conn:copy_out("copy copy_src to stdout") end)
+    st:close() -- never run: closing it ends the COPY
+    assert.are.equal(1, conn:query("select 1 as x")[1].x)
+  end)
+
+  it("fails cleanly when its connection was closed", function()
+    local st = assert(conn:copy_out("copy copy_src to stdout"))
+    conn:close()
+    local ok, err = pcall(stream.run, { st, stream.to_string() })
+    assert.is_false(ok)
+    assert.is_truthy(err:find("the connection was closed", 1, true), err)
+  end)
+
+  it("gives up promptly when interrupted and cancels the COPY on the server", function()
+    local dir = util.scratch("pg-copy-int")
+    local out, rcfile = spawn_script(dir, [[
+      local stream = require "bkr.stream"
+      local conn = assert(require("bkr.pg").connect())
+      -- rows first (the server sends them once its 8 kB buffer fills), then a long wait
+      local st = assert(conn:copy_out("copy (select g, repeat('x', 100), case when g = 1000 then"
+        .. " pg_sleep(60) end as spec_copy_marker from generate_series(1, 1000) g) to stdout"))
+      io.stderr:write("ready\n")
+      stream.run{ st, stream.to_null() }
+    ]])
+    assert.are.equal("ready\n", wait_file(out, 10))
+    os.execute("sleep 0.5")
+    os.execute("kill -TERM " .. util.read(dir .. "/pid"))
+    assert.are.equal("143\n", wait_file(rcfile, 10))
+    assert.is_truthy(util.read(out):find("interrupted", 1, true))
+    assert.is_true(eventually_zero(function() return backends_running("spec_copy_marker") end))
+  end)
+end)
+
+describe("conn:copy_in", function()
+  local conn
+  before_each(function()
+    psql("create table copy_dst(id int, label text)")
+    conn = connect()
+  end)
+  after_each(function()
+    conn:close()
+    psql("drop table copy_dst")
+  end)
+
+  local function rows_text(n)
+    local t = {}
+    for i = 1, n do t[i] = i .. "\tünï " .. i .. "\n" end
+    return table.concat(t)
+  end
+
+  it("loads rows from a string source", function()
+    local r = stream.run{ stream.from_string(rows_text(5000)),
+      assert(conn:copy_in("copy copy_dst from stdin")) }
+    assert.are.same({ rows = 5000, command = "COPY 5000" }, r.copy)
+    assert.are.equal("5000|12502500", psql("select count(*), sum(id) from copy_dst"))
+    assert.are.equal("ünï 77", psql("select label from copy_dst where id = 77"))
+  end)
+
+  it("loads 100k rows from a gzip file, as a restore does", function()
+    local dir = util.scratch("pg-copy-in")
+    local path = dir .. "/rows.tsv"
+    util.write(path, rows_text(100000))
+    os.execute("gzip " .. q(path))
+    local r = stream.run{ assert(stream.from_file(path .. ".gz")), gzip.decompress(),
+      assert(conn:copy_in("copy copy_dst from stdin", { name = "load" })) }
+    assert.are.equal(100000, r.load.rows)
+    assert.are.equal("100000|5000050000", psql("select count(*), sum(id) from copy_dst"))
+  end)
+
+  it("fails with the SQLSTATE on a bad row and leaves the table unchanged", function()
+    psql("insert into copy_dst values (1, 'kept')")
+    local data = rows_text(1000) .. "oops\tbad\n" .. rows_text(10)
+    local ok, err = pcall(stream.run, { stream.from_string(data),
+      assert(conn:copy_in("copy copy_dst from stdin")) })
+    assert.is_false(ok)
+    assert.is_truthy(err:find("22P02", 1, true), err)
+    assert.is_truthy(err:find("line 1001", 1, true), err)
+    assert.are.equal("1|kept", psql("select count(*), max(label) from copy_dst"))
+    assert.are.equal(1, conn:query("select 1 as x")[1].x)
+  end)
+
+  it("rolls back what it sent when the source fails midway, and the connection carries on", function()
+    local gz = gzip.compress_string(rows_text(50000))
+    local truncated = gz:sub(1, #gz // 2)
+    local ok, err = pcall(stream.run, { stream.from_string(truncated), gzip.decompress(),
+      assert(conn:copy_in("copy copy_dst from stdin")) })
+    assert.is_false(ok)
+    assert.is_falsy(err:find("copy:", 1, true), err) -- the failing stage is gzip, not the COPY
+    assert.are.equal("0", psql("select count(*) from copy_dst"))
+    assert.are.equal(1, conn:query("select 1 as x")[1].x)
+    assert.are.same({}, conn:notices())
+  end)
+
+  it("returns nil, message and SQLSTATE for a bad statement; raises for a non-COPY", function()
+    local st, msg, state = conn:copy_in("copy no_such_table from stdin")
+    assert.is_nil(st)
+    assert.are.equal("42P01", state)
+    assert.is_truthy(msg:find("^pg%.copy_in: ERROR:  relation"), msg)
+    assert.has_error(function() conn:copy_in("copy copy_dst to stdout") end)
+    assert.has_error(function() conn:copy_in("select 1") end)
+    assert.are.equal(1, conn:query("select 1 as x")[1].x)
+  end)
+end)
+
+describe("conn:close", function()
+  it("is harmless twice; methods on a closed connection raise", function()
+    local conn = connect()
+    conn:close()
+    conn:close()
+    assert.has_error(function() conn:query("select 1") end, "pg: attempt to use a closed connection")
+    assert.has_error(function() conn:exec("select 1") end, "pg: attempt to use a closed connection")
+    assert.has_error(function() conn:copy_out("copy x to stdout") end,
+      "pg: attempt to use a closed connection")
+    assert.are.equal("pg.Conn (closed)", tostring(conn))
+  end)
+
+  it("closes the server session", function()
+    local conn = connect()
+    assert(conn:exec("set application_name = 'spec_close_session'"))
+    local sessions = "select count(*) from pg_stat_activity where application_name = 'spec_close_session'"
+    assert.are.equal("1", psql(sessions))
+    conn:close()
+    assert.is_true(eventually_zero(function() return tonumber(psql(sessions)) end))
+  end)
+
+  it("leaks no descriptors over many connects, failed connects, queries and COPYs", function()
+    collectgarbage()
+    local before = util.fd_count()
+    for i = 1, 60 do
+      local conn = connect()
+      conn:query("select $1::int as i", i)
+      if i % 10 == 0 then
+        stream.run{ assert(conn:copy_out("copy (select 1) to stdout")), stream.to_null() }
+        assert(conn:copy_out("copy (select 1) to stdout")) -- left to the collector
+      end
+      if i % 2 == 0 then conn:close() end                 -- the others by __gc
+      assert.is_nil(pg.connect("host=/nonexistent-dir"))
+      assert.is_nil(pg.connect{ dbname = "no_such_database_xyz" })
+    end
+    collectgarbage(); collectgarbage()
+    assert.are.equal(before, util.fd_count())
+  end)
+end)
