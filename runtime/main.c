@@ -14,7 +14,8 @@
  * The host knows nothing about PostgreSQL or gzip: it preloads the native modules
  * listed in bindings/modules.h and gives the script a global table `bkr`:
  *   bkr.version, bkr.debug, bkr.recipe_path (array), bkr.script (path),
- *   bkr.interrupted() -> signal name or nil, bkr.exit_codes {ok, failed, usage, integrity}
+ *   bkr.interrupted() -> signal name or nil, bkr.monotonic() -> seconds (for durations),
+ *   bkr.exit_codes {ok, failed, usage, integrity}
  *
  * Exit status: the integer the main chunk returns (default 0); 1 for an error; an
  * error object `{exit_code = n, message = "..."}` chooses its own; 128+signal after
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -155,7 +157,9 @@ static void path_add(recipe_path *rp, const char *dir, size_t len)
     rp->dirs[rp->count++] = copy;
 }
 
-/* The built-in recipes: beside the executable in a source tree, else installed. */
+/* The built-in recipes: beside the executable in a source tree, else installed relative to
+ * it (PREFIX/bin/bkr -> PREFIX/share/bkr/recipes, so a staged or moved install works),
+ * else where the build said they would be installed. */
 static void path_add_builtin(recipe_path *rp)
 {
     char exe[PATH_MAX];
@@ -164,12 +168,16 @@ static void path_add_builtin(recipe_path *rp)
         exe[n] = '\0';
         char *slash = strrchr(exe, '/');
         if (slash != NULL) {
-            char dir[PATH_MAX + 16];
+            static const char *relative[] = {"recipes", "../share/bkr/recipes"};
             *slash = '\0';
-            snprintf(dir, sizeof dir, "%s/recipes", exe);
-            if (is_directory(dir)) {
-                path_add(rp, dir, strlen(dir));
-                return;
+            for (size_t i = 0; i < sizeof relative / sizeof relative[0]; i++) {
+                char dir[PATH_MAX + 32];
+                snprintf(dir, sizeof dir, "%s/%s", exe, relative[i]);
+                char resolved[PATH_MAX];
+                if (is_directory(dir) && realpath(dir, resolved) != NULL) {
+                    path_add(rp, resolved, strlen(resolved));
+                    return;
+                }
             }
         }
     }
@@ -306,6 +314,15 @@ static int l_interrupted(lua_State *L)
     return 1;
 }
 
+/* Seconds on a clock that never jumps: durations (RTO, step times) survive NTP corrections. */
+static int l_monotonic(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
 static void preload_modules(lua_State *L)
 {
     static const luaL_Reg modules[] = {
@@ -317,6 +334,7 @@ static void preload_modules(lua_State *L)
         {"bkr.fs", luaopen_bkr_fs},
         {"bkr.yaml", luaopen_bkr_yaml},
         {"bkr.dump", luaopen_bkr_dump},
+        {"bkr.crypto", luaopen_bkr_crypto},
         {NULL, NULL},
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -361,6 +379,8 @@ static void set_bkr_global(lua_State *L, const recipe_path *rp, const char *scri
     lua_setfield(L, -2, "recipe_path");
     lua_pushcfunction(L, l_interrupted);
     lua_setfield(L, -2, "interrupted");
+    lua_pushcfunction(L, l_monotonic);
+    lua_setfield(L, -2, "monotonic");
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, BKR_EXIT_OK);
     lua_setfield(L, -2, "ok");

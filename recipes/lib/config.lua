@@ -97,6 +97,21 @@ config.schema = section{
     monthly = integer_in(0),
   },
   pg_bindir = string_value,
+  -- encrypted backups and configuration backups (docs/encryption.md)
+  encryption = section{
+    key_file = string_value,
+    key_env = string_value,
+  },
+  config_backup = section{
+    sensitive_keys = list_of_strings,
+  },
+  -- recovery drills (docs/drill.md)
+  drill = section{
+    rto_seconds = integer_in(1),
+    rpo_seconds = integer_in(1),
+    smoke_queries = list_of_strings,
+    steps = list_of_strings,
+  },
 }
 
 -- ------------------------------------------------------------------ loading

@@ -1,0 +1,191 @@
+-- Recovery drill: restore the newest backups into scratch databases and prove them, table by table
+--
+-- For each database, the steps of lib/drill_steps.lua (or the configured drill.steps):
+--   pick_backup -> verify_backup -> restore_scratch -> compare_tables -> smoke_queries -> measure
+-- then cleanup (the scratch database is dropped even when a step failed), and a report in
+-- JSON (for machines) and Markdown (for the admin and auditors). Exit 0 only when every
+-- database passed every step and met its RTO and RPO targets.
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local restore = require "lib.restore"
+local steps = require "lib.drill_steps"
+local json = require "lib.json"
+local fs = require "bkr.fs"
+
+local options = cli.parse({ ... }, {
+  name = "drill",
+  usage = "bkr drill [--db NAME]... [--report PATH] [--repo DIR] [--config FILE] [--key-file K]",
+  summary = "Restore the newest backup of each database into a scratch database, compare every table\n"
+    .. "with the manifest, run the smoke queries, measure RTO and RPO against the targets\n"
+    .. "(drill.rto_seconds, default 3600; drill.rpo_seconds, default 86400), drop the scratch\n"
+    .. "database and write PATH.json and PATH.md (default REPO/drills/drill_<UTC time>).",
+  options = {
+    { "--db", "NAME", "database to drill (repeatable; default: the configured ones, else every database with backups)", repeatable = true },
+    { "--report", "PATH", "report path without extension (.json and .md are written)" },
+    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--config", "FILE", "configuration file" },
+    { "--key-file", "FILE", "key for encrypted backups" },
+  },
+  exit_codes = "0 every database passed and met its targets, 1 a step failed or a target was missed,\n"
+    .. "            2 usage or configuration error, 3 a backup failed verification or a table differs",
+  see = "docs/drill.md",
+})
+if not options then return cli.EXIT_OK end
+
+-- ------------------------------------------------------------------ set-up
+
+local cfg = config.load(options)
+local drill = { cfg = cfg, repo = config.repository(cfg), stamp = repo.stamp(os.time()), started = os.time() }
+local settings = cfg.drill or {}
+drill.targets = { rto_seconds = settings.rto_seconds or 3600, rpo_seconds = settings.rpo_seconds or 86400 }
+local order = settings.steps or steps.order
+for _, name in ipairs(order) do
+  if type(steps[name]) ~= "function" then
+    cli.usage_error("configuration: drill.steps: no step named '%s' in lib/drill_steps.lua", name)
+  end
+end
+
+-- Which databases: --db, else the configured list, else every database with a backup.
+local function databases()
+  if options.db then return options.db end
+  if cfg.databases ~= "all" then return cfg.databases end
+  local names, seen = {}, {}
+  for _, entry in ipairs(repo.scan(drill.repo)) do
+    if not seen[entry.database] then
+      seen[entry.database] = true
+      names[#names + 1] = entry.database
+    end
+  end
+  table.sort(names)
+  return names
+end
+
+local function load_key()
+  local ok, keys = pcall(require, "lib.keys")
+  if not ok then return nil end
+  return keys.load(cfg, options)
+end
+
+-- ------------------------------------------------------------------ running the steps
+
+local function run_step(name, db)
+  local t0 = bkr.monotonic()
+  local ok, passed, detail = pcall(steps[name], drill, db)
+  local record = { name = name, seconds = math.floor((bkr.monotonic() - t0) * 1000 + 0.5) / 1000 }
+  if not ok then
+    record.result, record.detail = "failed", tostring(passed):gsub("^[^:]*:%d+: ", "")
+  elseif passed then
+    record.result, record.detail = "passed", detail
+  else
+    record.result, record.detail = "failed", detail or "failed"
+  end
+  return record
+end
+
+local function drill_database(name)
+  local db = { name = name, started = bkr.monotonic(), steps = {} }
+  local failed = false
+  for _, step in ipairs(order) do
+    if failed or bkr.interrupted() then
+      db.steps[#db.steps + 1] = { name = step, result = "skipped" }
+    else
+      local record = run_step(step, db)
+      db.steps[#db.steps + 1] = record
+      failed = record.result ~= "passed"
+      io.stdout:write(string.format("%-8s %-16s %-16s %s\n", record.result, name, step, record.detail or ""))
+      io.stdout:flush()
+    end
+  end
+  local cleanup = run_step("cleanup", db)
+  db.steps[#db.steps + 1] = cleanup
+  if cleanup.result ~= "passed" then failed = true end
+  db.result = failed and "failed" or "passed"
+  return db
+end
+
+-- ------------------------------------------------------------------ the report
+
+local function report_markdown(report)
+  local lines = {
+    "# Recovery drill " .. report.time, "",
+    string.format("Repository `%s`, host %s, targets: RTO < %d s, RPO < %d s. **Result: %s.**",
+      report.repository, report.host, report.targets.rto_seconds, report.targets.rpo_seconds, report.result:upper()),
+    "",
+  }
+  for _, db in ipairs(report.databases) do
+    lines[#lines + 1] = string.format("## %s: %s", db.database, db.result)
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = string.format("Backup: `%s` · RTO: %s s · RPO: %s s", db.backup or "-",
+      db.rto_seconds or "-", db.rpo_seconds or "-")
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = "| step | result | seconds | detail |"
+    lines[#lines + 1] = "|------|--------|---------|--------|"
+    for _, s in ipairs(db.steps) do
+      lines[#lines + 1] = string.format("| %s | %s | %s | %s |", s.name, s.result, s.seconds or "",
+        tostring(s.detail or ""):gsub("|", "\\|"):gsub("\n", " "))
+    end
+    if db.tables and #db.tables > 0 then
+      lines[#lines + 1] = ""
+      lines[#lines + 1] = "| table | rows | matches |"
+      lines[#lines + 1] = "|-------|------|---------|"
+      for _, t in ipairs(db.tables) do
+        lines[#lines + 1] = string.format("| %s | %s | %s |", t.table, t.rows or "-", t.ok and "yes" or ("NO: " .. (t.reason or "")))
+      end
+    end
+    lines[#lines + 1] = ""
+  end
+  return table.concat(lines, "\n")
+end
+
+local function write_report(report)
+  local base = options.report and options.report:gsub("%.json$", ""):gsub("%.md$", "")
+    or (drill.repo .. "/drills/drill_" .. drill.stamp)
+  local dir = base:match("^(.*)/[^/]+$")
+  if dir then fs.mkdirs(dir) end
+  local ok, err = fs.write_file(base .. ".json", json.encode(report, true) .. "\n", { mode = "0644", overwrite = true })
+  if ok then ok, err = fs.write_file(base .. ".md", report_markdown(report), { mode = "0644", overwrite = true }) end
+  if not ok then cli.fail(cli.EXIT_FAILED, "drill: cannot write the report: %s", err) end
+  return base
+end
+
+-- ------------------------------------------------------------------ the run
+
+local function hostname()
+  local f = io.open("/etc/hostname")
+  if not f then return "unknown" end
+  local name = f:read("l")
+  f:close()
+  return name or "unknown"
+end
+
+local names = databases()
+if #names == 0 then cli.fail(cli.EXIT_FAILED, "drill: no databases with backups in %s", drill.repo) end
+drill.run = restore.prepare(cfg, load_key())
+
+local report = {
+  format = "bkr-drill-1", time = repo.iso_time(drill.started), repository = drill.repo,
+  host = hostname(),
+  targets = drill.targets, steps = order, databases = {},
+}
+local integrity, failed = false, false
+for _, name in ipairs(names) do
+  local db = drill_database(name)
+  failed = failed or db.result ~= "passed"
+  integrity = integrity or db.integrity_failed
+  report.databases[#report.databases + 1] = {
+    database = name, result = db.result, steps = db.steps,
+    backup = db.backup and (db.backup.type .. "/" .. db.backup.file),
+    backup_time = db.backup and repo.iso_time(db.backup.time),
+    rto_seconds = db.rto_seconds, rpo_seconds = db.rpo_seconds,
+    tables = db.tables, warnings = db.warnings,
+  }
+end
+report.seconds = os.time() - drill.started
+report.result = failed and "failed" or "passed"
+drill.run.conn:close()
+local base = write_report(report)
+repo.log(drill.repo, { recipe = "drill", result = report.result, seconds = report.seconds, report = base .. ".json" })
+print(string.format("drill %s: %d database(s), report %s.json and %s.md", report.result, #names, base, base))
+if integrity then return cli.EXIT_INTEGRITY end
+return failed and cli.EXIT_FAILED or cli.EXIT_OK

@@ -1,0 +1,117 @@
+-- The steps of a recovery drill, each a named function, run in `steps.order` for every
+-- database. An integrator changes the drill per customer by listing other names in the
+-- configuration (drill.steps), or by shadowing this file (BKR_RECIPE_PATH/lib/drill_steps.lua)
+-- to add steps, e.g. an application check. docs/drill.md has an example.
+--
+-- A step is function(drill, db) -> true [, detail] | nil, reason. `drill` holds the run
+-- (cfg, run, stamp, targets); `db` holds this database's state (name, backup, scratch,
+-- started, ...). A failed step stops the database's drill; the scratch database is dropped
+-- whatever happens (steps.cleanup).
+local repo = require "lib.repo"
+local restore = require "lib.restore"
+
+local steps = {}
+
+steps.order = { "pick_backup", "verify_backup", "restore_scratch", "compare_tables", "smoke_queries", "measure" }
+
+-- The newest backup of the database.
+function steps.pick_backup(drill, db)
+  local backups = repo.scan(drill.repo, { db = { db.name } })
+  if #backups == 0 then return nil, "no backup of " .. db.name .. " in " .. drill.repo end
+  db.backup = backups[1]
+  return true, db.backup.type .. "/" .. db.backup.file
+end
+
+-- Checksum against the sidecar and the manifest, before anything is restored.
+function steps.verify_backup(drill, db)
+  local problem = restore.check_backup(db.backup)
+  if problem then
+    db.integrity_failed = true
+    return nil, problem
+  end
+  return true, "SHA-256 matches the sidecar and the manifest"
+end
+
+local function scratch_name(drill, name)
+  local safe = name:lower():gsub("[^%w_]", "_"):sub(1, 30)
+  return string.format("bkr_drill_%s_%s", safe, drill.stamp)
+end
+
+-- A scratch database with the backup's encoding and locale, the dump streamed into it in one
+-- transaction, the recorded database properties re-applied.
+function steps.restore_scratch(drill, db)
+  db.scratch = scratch_name(drill, db.name)
+  local ok, err = restore.create_database(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
+  if not ok then
+    db.scratch = nil
+    return nil, err
+  end
+  local done, result = pcall(restore.stream_into, drill.run, db.backup, db.scratch)
+  if not done then
+    return nil, (tostring(result):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", ""))
+  end
+  local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
+  db.warnings = warnings
+  return true, string.format("%d bytes of SQL into %s in %.1f s", result.bytes_out, db.scratch, result.elapsed)
+end
+
+-- Every table's row count and digest against the manifest.
+function steps.compare_tables(drill, db)
+  local results = restore.compare_tables(drill.run, db.scratch, db.backup.manifest)
+  db.tables = results
+  local bad = {}
+  for _, item in ipairs(results) do
+    if not item.ok then bad[#bad + 1] = item.table .. ": " .. item.reason end
+  end
+  if #bad > 0 then
+    db.integrity_failed = true
+    return nil, table.concat(bad, "; ")
+  end
+  return true, string.format("%d tables match", #results)
+end
+
+-- The configured smoke queries (drill.smoke_queries): each must run and return a row whose
+-- first value is not false or NULL.
+function steps.smoke_queries(drill, db)
+  local queries = drill.cfg.drill and drill.cfg.drill.smoke_queries or {}
+  if #queries == 0 then return true, "none configured" end
+  local postgres = require "lib.postgres"
+  local conn <close> = postgres.connect(drill.cfg, db.scratch)
+  for _, sql in ipairs(queries) do
+    local rows, columns = conn:query(sql)
+    if not rows then return nil, sql .. ": " .. columns end
+    local first = rows[1] and rows[1][columns[1]]
+    if not rows[1] or first == false or first == restore.null then
+      return nil, sql .. ": returned no true value"
+    end
+  end
+  return true, string.format("%d queries passed", #queries)
+end
+
+-- RTO: from the start of this database's drill to a usable, checked database.
+-- RPO: the age of the backup. Both against the configured targets.
+function steps.measure(drill, db)
+  db.rto_seconds = math.floor((bkr.monotonic() - db.started) * 10 + 0.5) / 10
+  db.rpo_seconds = os.time() - db.backup.time
+  local problems = {}
+  if db.rto_seconds > drill.targets.rto_seconds then
+    problems[#problems + 1] = string.format("RTO %.1f s exceeds the target %d s", db.rto_seconds, drill.targets.rto_seconds)
+  end
+  if db.rpo_seconds > drill.targets.rpo_seconds then
+    problems[#problems + 1] = string.format("RPO %d s exceeds the target %d s (the newest backup is too old)",
+      db.rpo_seconds, drill.targets.rpo_seconds)
+  end
+  if #problems > 0 then return nil, table.concat(problems, "; ") end
+  return true, string.format("RTO %.1f s (target %d s), RPO %d s (target %d s)", db.rto_seconds,
+    drill.targets.rto_seconds, db.rpo_seconds, drill.targets.rpo_seconds)
+end
+
+-- Always run last, whatever failed: no scratch database is left behind.
+function steps.cleanup(drill, db)
+  if not db.scratch then return true, "nothing to drop" end
+  local ok, err = restore.drop_database(drill.run.conn, db.scratch)
+  if not ok then return nil, err end
+  return true, "dropped " .. db.scratch
+end
+
+return steps

@@ -1,0 +1,354 @@
+-- Restoring: choosing a restore point, checking it before anything is touched, streaming it
+-- into a database in one transaction, re-applying database properties, and comparing every
+-- table with the manifest. Shared by `bkr restore` and `bkr drill`.
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local postgres = require "lib.postgres"
+local stream = require "bkr.stream"
+local gzip = require "bkr.gzip"
+local hash = require "bkr.hash"
+local dump = require "bkr.dump"
+local proc = require "bkr.proc"
+local pg = require "bkr.pg"
+
+local restore = {}
+
+-- ------------------------------------------------------------------ restore points
+
+-- A time given by the admin: YYYYMMDD_HHMMSS, or ISO 8601 (2026-11-29, 2026-11-29T02:00,
+-- 2026-11-29 02:00:00Z, ...+01:00). UTC unless an offset is given. Returns epoch seconds.
+function restore.parse_time(text)
+  local stamp = text:match("^%d%d%d%d%d%d%d%d_%d%d%d%d%d%d$")
+  if stamp then return repo.stamp_epoch(text) end
+  local y, m, d, rest = text:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
+  if not y then return nil end
+  local H, M, S, zone = "00", "00", "00", ""
+  if rest ~= "" then
+    local h, mi, tail = rest:match("^[T ](%d%d):(%d%d)(.*)$")
+    if not h then return nil end
+    H, M = h, mi
+    local s, z = tail:match("^:(%d%d)(.*)$")
+    if s then S, tail = s, z end
+    zone = tail:gsub("^%.%d+", "")
+  end
+  local epoch = repo.stamp_epoch(y .. m .. d .. "_" .. H .. M .. S)
+  if not epoch then return nil end
+  if zone == "" or zone == "Z" then return epoch end
+  local sign, zh, zm = zone:match("^([%+%-])(%d%d):?(%d%d)$")
+  if not sign then return nil end
+  local offset = tonumber(zh) * 3600 + tonumber(zm) * 60
+  return sign == "+" and epoch - offset or epoch + offset
+end
+
+local function parse_time_or_fail(flag, text)
+  local epoch = restore.parse_time(text)
+  if not epoch then
+    cli.usage_error("%s: cannot read time '%s' (use YYYYMMDD_HHMMSS or ISO 8601, UTC unless an offset is given)",
+      flag, text)
+  end
+  return epoch
+end
+
+-- The backup of `db` to restore, from the repository: how = { latest = true } |
+-- { at = "TIME" } | { before = "TIME" } | { file = "PATH" }.
+function restore.choose(dir, db, how)
+  if how.file then
+    local path = how.file:sub(1, 1) == "/" and how.file or (require("lfs").currentdir() .. "/" .. how.file)
+    local type_dir = path:match("^(.*)/[^/]+$")
+    local type_ = type_dir:match("([^/]+)$")
+    local name = path:match("[^/]+$")
+    for _, entry in ipairs(repo.scan(type_dir:match("^(.*)/[^/]+$") or "/", { type = type_ })) do
+      if entry.file == name then return entry end
+    end
+    cli.usage_error("restore: %s is not a backup in a bkr repository (REPO/daily|weekly|monthly/backup_*.sql.gz)",
+      how.file)
+  end
+  local backups = repo.scan(dir, { db = { db } })
+  if #backups == 0 then cli.fail(cli.EXIT_FAILED, "restore: no backups of %s in %s", db, dir) end
+  if how.at then
+    local wanted = parse_time_or_fail("--at", how.at)
+    for _, entry in ipairs(backups) do
+      if entry.time == wanted then return entry end
+    end
+    cli.fail(cli.EXIT_FAILED, "restore: no backup of %s taken at %s (newest: %s)", db, repo.iso_time(wanted),
+      repo.iso_time(backups[1].time))
+  end
+  if how.before then
+    local limit = parse_time_or_fail("--before", how.before)
+    for _, entry in ipairs(backups) do
+      if entry.time < limit then return entry end
+    end
+    cli.fail(cli.EXIT_FAILED, "restore: no backup of %s before %s (oldest: %s)", db, repo.iso_time(limit),
+      repo.iso_time(backups[#backups].time))
+  end
+  return backups[1]
+end
+
+-- ------------------------------------------------------------------ checks before
+
+-- The file is what the sidecar and the manifest say it is. Returns nil or the reason.
+function restore.check_backup(entry)
+  local expected, err = repo.read_sidecar(entry)
+  if not expected then return err end
+  if not entry.manifest then return entry.manifest_error end
+  if entry.manifest.sha256 ~= expected then return "sidecar and manifest disagree on the SHA-256" end
+  local actual, herr = hash.sha256_file(entry.path)
+  if not actual then return herr end
+  if actual ~= expected then
+    return string.format("checksum mismatch: file has %s, sidecar says %s", actual, expected)
+  end
+  return nil
+end
+
+-- ------------------------------------------------------------------ databases
+
+function restore.database_exists(conn, name)
+  local rows = assert(conn:query("select 1 from pg_database where datname = $1", name))
+  return #rows > 0
+end
+
+function restore.active_connections(conn, name)
+  local rows = assert(conn:query(
+    "select count(*) as n from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()", name))
+  return rows[1].n
+end
+
+local function role_exists(conn, name)
+  local rows = conn:query("select 1 from pg_roles where rolname = $1", name)
+  return rows and #rows > 0
+end
+
+-- CREATE DATABASE with the encoding and locale the backup was taken with (template0, so any
+-- locale works), owned by the recorded owner when that role exists.
+function restore.create_database(conn, name, properties)
+  local p = properties or {}
+  local sql = { "create database " .. conn:escape_identifier(name), "template template0" }
+  if p.encoding then sql[#sql + 1] = "encoding " .. conn:escape_literal(p.encoding) end
+  if p.collate then sql[#sql + 1] = "lc_collate " .. conn:escape_literal(p.collate) end
+  if p.ctype then sql[#sql + 1] = "lc_ctype " .. conn:escape_literal(p.ctype) end
+  local ok, err = conn:exec(table.concat(sql, " "))
+  if not ok then return nil, err end
+  return true
+end
+
+function restore.drop_database(conn, name)
+  return conn:exec("drop database if exists " .. conn:escape_identifier(name) .. " with (force)")
+end
+
+-- ------------------------------------------------------------------ the stream
+
+-- psql reading the dump: one transaction, stop at the first error.
+local function spawn_psql(run, target)
+  return proc.spawn{
+    argv = { run.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password" },
+    env = config.child_env(run.cfg, target),
+    stdin = "pipe", stdout = "null", stderr = "capture",
+  }
+end
+
+-- One pass: file -> (decrypt) -> gunzip -> psql. Raises on any failure (nothing committed:
+-- psql's single transaction is rolled back when its input stops short).
+function restore.stream_into(run, entry, target)
+  local stages = { assert(stream.from_file(entry.path)) }
+  if entry.encrypted then
+    local crypto = require "bkr.crypto"
+    if not run.key then
+      cli.usage_error("restore: %s is encrypted: give --key-file FILE or set encryption.key_file", entry.file)
+    end
+    stages[#stages + 1] = crypto.decrypt{ key = run.key }
+  end
+  stages[#stages + 1] = gzip.decompress()
+  stages[#stages + 1] = stream.progress{ label = "restore " .. target, total = entry.manifest.raw_bytes }
+  local psql, err = spawn_psql(run, target)
+  if not psql then error(err, 0) end
+  stages[#stages + 1] = psql:sink{ name = "psql" }
+  local result = stream.run(stages)
+  psql:close()
+  return result
+end
+
+-- The globals file of the same run (roles first, so owners and grants resolve). Existing
+-- roles are reported, not an error.
+function restore.globals(run, entry)
+  local globals_name = string.format("globals_%s.sql.gz%s", entry.stamp, entry.encrypted and ".enc" or "")
+  local path = entry.path:match("^(.*)/[^/]+$") .. "/" .. globals_name
+  local source, err = stream.from_file(path)
+  if not source then return nil, "no globals file from the same run: " .. err end
+  local stages = { source }
+  if entry.encrypted then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = run.key } end
+  stages[#stages + 1] = gzip.decompress()
+  local psql = assert(proc.spawn{
+    argv = { run.psql, "-X", "-q", "--no-password" },
+    env = config.child_env(run.cfg, run.cfg.connection.dbname or "postgres"),
+    stdin = "pipe", stdout = "null", stderr = "capture",
+  })
+  stages[#stages + 1] = psql:sink{ name = "psql" }
+  local ok, result = pcall(stream.run, stages)
+  local messages = psql:stderr()
+  psql:close()
+  if not ok then return nil, result end
+  local existing, other = {}, {}
+  for line in messages:gmatch("[^\n]+") do
+    local role = line:match('role "([^"]+)" already exists')
+    if role then existing[#existing + 1] = role
+    elseif line:match("ERROR") then other[#other + 1] = line end
+  end
+  return { existing = existing, errors = other }
+end
+
+-- ------------------------------------------------------------------ properties
+
+-- GUCs whose values are lists (pg_dump quotes each element separately, as here).
+local LIST_SETTINGS = {
+  search_path = true, temp_tablespaces = true, session_preload_libraries = true,
+  local_preload_libraries = true, shared_preload_libraries = true,
+}
+
+-- "a, \"b c\"" -> { "a", "b c" }: the stored form of a list setting.
+local function split_setting_list(value)
+  local items, current, quoted, i = {}, {}, false, 1
+  while i <= #value do
+    local c = value:sub(i, i)
+    if c == '"' then
+      if quoted and value:sub(i + 1, i + 1) == '"' then
+        current[#current + 1] = '"'
+        i = i + 1
+      else
+        quoted = not quoted
+      end
+    elseif c == "," and not quoted then
+      items[#items + 1] = table.concat(current):match("^%s*(.-)%s*$")
+      current = {}
+    else
+      current[#current + 1] = c
+    end
+    i = i + 1
+  end
+  items[#items + 1] = table.concat(current):match("^%s*(.-)%s*$")
+  return items
+end
+
+local function set_clause(conn, setting)
+  local name, value = setting:match("^([^=]+)=(.*)$")
+  if not name then return nil end
+  if LIST_SETTINGS[name:lower()] then
+    local quoted = {}
+    for _, item in ipairs(split_setting_list(value)) do quoted[#quoted + 1] = conn:escape_literal(item) end
+    return conn:escape_identifier(name) .. " to " .. table.concat(quoted, ", ")
+  end
+  return conn:escape_identifier(name) .. " to " .. conn:escape_literal(value)
+end
+
+-- Re-apply what a dump without --create leaves out: owner, ALTER DATABASE ... SET, per-role
+-- settings in this database, and database privileges. Returns a list of warnings.
+function restore.apply_properties(conn, target, properties)
+  local warnings = {}
+  local db = conn:escape_identifier(target)
+  local function exec(sql)
+    local ok, err = conn:exec(sql)
+    if not ok then warnings[#warnings + 1] = err end
+  end
+  local p = properties or {}
+  if p.owner then
+    if role_exists(conn, p.owner) then
+      exec("alter database " .. db .. " owner to " .. conn:escape_identifier(p.owner))
+    else
+      warnings[#warnings + 1] = string.format('owner role "%s" does not exist (restore with --globals)', p.owner)
+    end
+  end
+  for _, setting in ipairs(p.settings or {}) do
+    local clause = set_clause(conn, setting)
+    if clause then exec("alter database " .. db .. " set " .. clause) end
+  end
+  for _, entry in ipairs(p.role_settings or {}) do
+    if role_exists(conn, entry.role) then
+      for _, setting in ipairs(entry.settings or {}) do
+        local clause = set_clause(conn, setting)
+        if clause then
+          exec("alter role " .. conn:escape_identifier(entry.role) .. " in database " .. db .. " set " .. clause)
+        end
+      end
+    else
+      warnings[#warnings + 1] = string.format('role "%s" does not exist: its settings were not re-applied', entry.role)
+    end
+  end
+  if p.acl then
+    -- The server reads its own aclitem text; every grantee must exist.
+    local rows, err = conn:query([[
+      select case when a.grantee = 0 then 'public' else quote_ident(pg_get_userbyid(a.grantee)) end as grantee,
+             a.privilege_type, a.is_grantable
+        from aclexplode($1::aclitem[]) a]], p.acl)
+    if not rows then
+      warnings[#warnings + 1] = "database privileges not re-applied: " .. err
+    else
+      exec("revoke all on database " .. db .. " from public")
+      for _, r in ipairs(rows) do
+        exec(string.format("grant %s on database %s to %s%s", r.privilege_type, db, r.grantee,
+          r.is_grantable and " with grant option" or ""))
+      end
+    end
+  end
+  if p.connection_limit and p.connection_limit ~= -1 then
+    exec(string.format("alter database %s connection limit %d", db, p.connection_limit))
+  end
+  return warnings
+end
+
+-- ------------------------------------------------------------------ checks after
+
+-- pg_dump's session settings, so COPY writes rows exactly as in the dump.
+local function dump_session(conn, properties)
+  local encoding = properties and properties.encoding or "UTF8"
+  assert(conn:exec("set client_encoding = " .. conn:escape_literal(encoding)
+    .. "; set datestyle = iso; set intervalstyle = postgres; set extra_float_digits = 3"))
+end
+
+-- Every table of the manifest, read back with COPY through the native digest sink.
+-- Returns a list of { table = "schema.name", rows =, digest =, ok =, reason = }.
+function restore.compare_tables(run, target, manifest)
+  local conn <close> = postgres.connect(run.cfg, target)
+  dump_session(conn, manifest.database_properties)
+  local results = {}
+  for _, t in ipairs(manifest.tables or {}) do
+    local qualified = conn:escape_identifier(t.schema) .. "." .. conn:escape_identifier(t.name)
+    local columns = {}
+    for i, c in ipairs(t.columns or {}) do columns[i] = conn:escape_identifier(c) end
+    local sql = "copy " .. qualified .. (#columns > 0 and (" (" .. table.concat(columns, ", ") .. ")") or "")
+      .. " to stdout"
+    local item = { table = t.schema .. "." .. t.name, expected_rows = t.rows }
+    local source, err = conn:copy_out(sql)
+    if not source then
+      item.reason = err
+    else
+      local ok, result = pcall(stream.run, { source, dump.row_digest{ name = "rows" } })
+      if not ok then
+        item.reason = tostring(result)
+      else
+        item.rows, item.digest = result.rows.rows, result.rows.digest
+        if item.rows ~= t.rows then
+          item.reason = string.format("%d rows, the backup has %d", item.rows, t.rows)
+        elseif item.digest ~= t.digest then
+          item.reason = string.format("same %d rows but different contents (digest %s, backup %s)", item.rows,
+            item.digest:sub(1, 12), t.digest:sub(1, 12))
+        end
+      end
+    end
+    item.ok = item.reason == nil
+    results[#results + 1] = item
+  end
+  return results
+end
+
+-- The programs and connection a restore needs.
+function restore.prepare(cfg, key)
+  local run = { cfg = cfg, key = key }
+  run.conn = postgres.connect(cfg)
+  local server_num = run.conn:server_version()
+  run.psql = postgres.find_program("psql", server_num // 10000, cfg)
+  return run
+end
+
+restore.null = pg.null
+
+return restore

@@ -1,0 +1,333 @@
+-- bkr restore and bkr drill against the real cluster, checked with psql.
+local util = require "support.util"
+local json = require "dkjson"
+local q = util.quote
+local bkr = util.bkr_bin()
+
+local function run(args, env)
+  return util.sh((env or "") .. " " .. q(bkr) .. " " .. args .. " 2>&1")
+end
+
+local counter = 0
+local function new_database(sql)
+  counter = counter + 1
+  local name = string.format("rs_%d_%d", counter, math.random(1e6))
+  util.psql("create database " .. name)
+  if sql then
+    local file = util.scratch("sql") .. "/setup.sql"
+    util.write(file, sql)
+    local out, rc = util.sh("psql -X -q -v ON_ERROR_STOP=1 -d " .. name .. " -f " .. q(file) .. " 2>&1")
+    assert(rc == 0, out)
+  end
+  return name
+end
+
+local function exists(db)
+  return util.psql("select count(*) from pg_database where datname = '" .. db .. "'") == "1"
+end
+
+local function backup(repo, db, extra)
+  local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db .. " " .. (extra or ""))
+  assert(rc == 0, out)
+  return util.sh("ls " .. q(repo .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", "")
+end
+
+local function stamp_of(file)
+  return file:match("^backup_(%d+_%d+)_")
+end
+
+-- A database with one row per backup generation, backed up after each, one second apart.
+local function generations(n)
+  local db = new_database("create table marks (generation int primary key, note text);")
+  local repo = util.scratch("repo")
+  local files = {}
+  for i = 1, n do
+    util.psql("insert into marks values (" .. i .. ", 'generation " .. i .. "')", db)
+    files[i] = backup(repo, db)
+    if i < n then util.sh("sleep 1.1") end
+  end
+  return db, repo, files
+end
+
+local function generation(db)
+  return tonumber(util.psql("select max(generation) from marks", db))
+end
+
+describe("bkr restore", function()
+  local db, repo, files
+  setup(function()
+    db, repo, files = generations(4)
+  end)
+
+  it("picks the newest backup with --latest", function()
+    local target = db .. "_latest"
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target .. " --create")
+    assert.are.equal(0, rc, out)
+    assert.are.equal(4, generation(target))
+    assert.matches("compare: 1 of 1 tables match", out)
+    assert.matches("RTO", out)
+  end)
+
+  it("picks the backup taken at a time, given as YYYYMMDD_HHMMSS or ISO 8601", function()
+    local s = stamp_of(files[2])
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --at " .. s .. " --into " .. db .. "_at --create")
+    assert.are.equal(0, rc, out)
+    assert.are.equal(2, generation(db .. "_at"))
+    local iso = string.format("%s-%s-%sT%s:%s:%sZ", s:sub(1, 4), s:sub(5, 6), s:sub(7, 8), s:sub(10, 11), s:sub(12, 13), s:sub(14, 15))
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --at " .. iso .. " --dry-run")
+    assert.are.equal(0, rc, out)
+    assert.matches(files[2], out, 1, true)
+  end)
+
+  it("picks the newest backup before a time", function()
+    local s = stamp_of(files[3])
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --before " .. s .. " --into " .. db .. "_before --create")
+    assert.are.equal(0, rc, out)
+    assert.are.equal(2, generation(db .. "_before"))
+  end)
+
+  it("restores an explicit file", function()
+    local out, rc = run("restore " .. q(repo .. "/daily/" .. files[1]) .. " --into " .. db .. "_file --create")
+    assert.are.equal(0, rc, out)
+    assert.are.equal(1, generation(db .. "_file"))
+  end)
+
+  it("prints the chosen backup and its verification state with --dry-run, touching nothing", function()
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_dry --create --dry-run")
+    assert.are.equal(0, rc, out)
+    assert.matches(files[4], out, 1, true)
+    assert.matches("verified: never verified", out)
+    assert.is_false(exists(db .. "_dry"))
+  end)
+
+  it("names the nearest backups when none matches", function()
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --before 2001-01-01 --into x --create")
+    assert.are.equal(1, rc)
+    assert.matches("no backup of " .. db .. " before 2001%-01%-01T00:00:00Z", out)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --at yesterday --into x --create")
+    assert.are.equal(2, rc)
+    assert.matches("cannot read time 'yesterday'", out)
+  end)
+end)
+
+describe("bkr restore safety", function()
+  it("aborts with exit 3 before touching the target when the backup is corrupt", function()
+    local db = new_database("create table t (x int); insert into t select generate_series(1, 1000);")
+    local repo = util.scratch("repo")
+    local file = backup(repo, db)
+    util.sh("printf 'Z' | dd of=" .. q(repo .. "/daily/" .. file) .. " bs=1 seek=300 conv=notrunc 2>/dev/null")
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_c --create")
+    assert.are.equal(3, rc)
+    assert.matches("failed verification, " .. db .. "_c left untouched: checksum mismatch", out)
+    assert.is_false(exists(db .. "_c"))
+    -- and --replace of an existing database leaves it as it was
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --replace")
+    assert.are.equal(3, rc)
+    assert.are.equal("1000", util.psql("select count(*) from t", db))
+  end)
+
+  it("--replace swaps in the restored database and keeps the old one", function()
+    local db = new_database("create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    util.psql("insert into t values (2)", db) -- a later change the restore rolls back
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --replace")
+    assert.are.equal(0, rc, out)
+    assert.are.equal("1", util.psql("select count(*) from t", db))
+    local old = out:match("kept as (%S+)")
+    assert.is_truthy(old)
+    assert.are.equal("2", util.psql("select count(*) from t", old))
+  end)
+
+  it("--replace keeps the old database untouched when the restore fails", function()
+    local role = "rs_owner_" .. math.random(1e6)
+    util.psql("create role " .. role)
+    local db = new_database("create table t (x int); insert into t values (1);")
+    util.psql("alter table t owner to " .. role, db)
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    -- the dump says ALTER TABLE t OWNER TO role: without the role, the SQL fails midway
+    util.psql("alter table t owner to postgres", db)
+    util.psql("insert into t values (2)", db)
+    util.psql("drop role " .. role)
+    local before = util.psql("select string_agg(datname, ',' order by datname) from pg_database")
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --replace")
+    assert.are.equal(1, rc)
+    assert.matches("nothing was committed", out)
+    assert.matches("role \"" .. role .. "\" does not exist", out)
+    assert.are.equal("2", util.psql("select count(*) from t", db))
+    assert.are.equal(before, util.psql("select string_agg(datname, ',' order by datname) from pg_database"))
+  end)
+
+  it("leaves no partial database when the SQL fails midway with --create", function()
+    local role = "rs_owner_" .. math.random(1e6)
+    util.psql("create role " .. role)
+    local db = new_database("create table a (x int); insert into a values (1); create table t (x int);")
+    util.psql("alter table t owner to " .. role, db)
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    util.psql("drop table t", db)
+    util.psql("drop role " .. role)
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_p --create")
+    assert.are.equal(1, rc)
+    assert.matches("was dropped", out)
+    assert.is_false(exists(db .. "_p"))
+  end)
+
+  it("refuses to restore over a database with active connections unless --force", function()
+    local db = new_database("create table t (x int);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    local holder = util.scratch("hold")
+    os.execute("psql -X -q -d " .. db .. " -c 'select pg_sleep(30)' >/dev/null 2>&1 & echo $! > " .. q(holder .. "/pid"))
+    for _ = 1, 100 do
+      if util.psql("select count(*) from pg_stat_activity where datname = '" .. db .. "'") ~= "0" then break end
+      util.sh("sleep 0.05")
+    end
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --replace")
+    assert.are.equal(1, rc)
+    assert.matches("active connection", out)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --replace --force")
+    assert.are.equal(0, rc, out)
+    util.sh("kill " .. util.read(holder .. "/pid"):match("%d+") .. " 2>/dev/null")
+  end)
+
+  it("re-applies the database's settings, owner and privileges", function()
+    local role = "rs_app_" .. math.random(1e6)
+    util.psql("create role " .. role .. " login")
+    local db = new_database("create schema app; create table app.t (x int);")
+    util.psql("alter database " .. db .. " owner to " .. role)
+    util.psql("alter database " .. db .. " set search_path = app, public")
+    util.psql("alter database " .. db .. " set work_mem = '12MB'")
+    util.psql("alter role " .. role .. " in database " .. db .. " set statement_timeout = '5s'")
+    util.psql("revoke connect on database " .. db .. " from public")
+    util.psql("grant connect on database " .. db .. " to " .. role)
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    local target = db .. "_props"
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target .. " --create")
+    assert.are.equal(0, rc, out)
+    -- owner and privileges (a set: compared in a stable order)
+    local function props(name)
+      return util.psql("select pg_get_userbyid(datdba) || ' ' || (select string_agg(a::text, ',' order by a::text) "
+        .. "from unnest(datacl) a) from pg_database where datname = '" .. name .. "'")
+    end
+    assert.are.equal(props(db), props(target))
+    assert.are.equal("app, public", util.psql("show search_path", target))
+    assert.are.equal("12MB", util.psql("show work_mem", target))
+    assert.are.equal("5s", util.sh("psql -X -A -t -U " .. role .. " -d " .. target .. " -c 'show statement_timeout'"):gsub("%s+$", ""))
+  end)
+
+  it("restores the roles of the same run first with --globals, reporting existing ones", function()
+    local role = "rs_glob_" .. math.random(1e6)
+    util.psql("create role " .. role .. " login")
+    local db = new_database("create table t (x int);")
+    util.psql("alter table t owner to " .. role, db)
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    util.psql("drop database " .. db)
+    util.psql("drop role " .. role)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --create --globals")
+    assert.are.equal(0, rc, out)
+    assert.matches("existing roles kept: .*postgres", out)
+    assert.are.equal(role, util.psql("select tableowner from pg_tables where tablename = 't'", db))
+  end)
+end)
+
+describe("bkr drill", function()
+  local function scratch_databases()
+    return util.psql("select count(*) from pg_database where datname like 'bkr_drill_%'")
+  end
+
+  it("passes for two databases and writes a JSON and a Markdown report", function()
+    local a = new_database("create table t (x int); insert into t select generate_series(1, 500);")
+    local b = new_database("create schema s; create table s.u (y text); insert into s.u values ('ü'), ('x');")
+    local repo = util.scratch("repo")
+    backup(repo, a)
+    backup(repo, b)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    - select count(*) > 0 from pg_class\n")
+    local report = util.scratch("report") .. "/drill"
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --db " .. b .. " --report " .. q(report))
+    assert.are.equal(0, rc, out)
+    local data = json.decode(util.read(report .. ".json"))
+    assert.are.equal("passed", data.result)
+    assert.are.equal(2, #data.databases)
+    for _, db in ipairs(data.databases) do
+      assert.are.equal("passed", db.result)
+      assert.is_true(db.rto_seconds >= 0 and db.rto_seconds < 3600)
+      assert.is_true(db.rpo_seconds >= 0 and db.rpo_seconds < 86400)
+      local names = {}
+      for _, s in ipairs(db.steps) do names[#names + 1] = s.name .. "=" .. s.result end
+      assert.are.same({ "pick_backup=passed", "verify_backup=passed", "restore_scratch=passed", "compare_tables=passed",
+        "smoke_queries=passed", "measure=passed", "cleanup=passed" }, names)
+    end
+    local md = util.read(report .. ".md")
+    assert.matches("Result: PASSED", md)
+    assert.matches("| s.u | 2 | yes |", md, 1, true)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("fails for a corrupted latest backup, exit 3, and leaves no scratch database", function()
+    local a = new_database("create table t (x int); insert into t select generate_series(1, 500);")
+    local repo = util.scratch("repo")
+    local file = backup(repo, a)
+    util.sh("printf 'Z' | dd of=" .. q(repo .. "/daily/" .. file) .. " bs=1 seek=200 conv=notrunc 2>/dev/null")
+    local report = util.scratch("report") .. "/drill"
+    local out, rc = run("drill --repo " .. q(repo) .. " --db " .. a .. " --report " .. q(report))
+    assert.are.equal(3, rc, out)
+    local data = json.decode(util.read(report .. ".json"))
+    assert.are.equal("failed", data.result)
+    assert.are.equal("failed", data.databases[1].steps[2].result)
+    assert.matches("checksum mismatch", data.databases[1].steps[2].detail)
+    assert.are.equal("skipped", data.databases[1].steps[3].result)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("catches a row altered in the restored database, with a step added by the integrator", function()
+    local a = new_database("create table t (id int, v text); insert into t select i, 'v' || i from generate_series(1, 100) i;")
+    local repo = util.scratch("repo")
+    backup(repo, a)
+    local custom = util.scratch("custom")
+    util.sh("mkdir -p " .. q(custom .. "/lib"))
+    util.write(custom .. "/lib/drill_steps.lua", [[
+local steps = dofile(bkr.recipe_path[#bkr.recipe_path] .. "/lib/drill_steps.lua")
+-- an integrator's step: here it alters one row, to prove the comparison notices
+function steps.tamper(drill, db)
+  local conn <close> = require("lib.postgres").connect(drill.cfg, db.scratch)
+  assert(conn:exec("update t set v = 'changed' where id = 42"))
+  return true, "altered row 42"
+end
+return steps
+]])
+    local cfg = custom .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  steps: [pick_backup, verify_backup, restore_scratch, tamper, compare_tables, measure]\n")
+    local report = custom .. "/report"
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --report " .. q(report), "BKR_RECIPE_PATH=" .. q(custom))
+    assert.are.equal(3, rc, out)
+    assert.matches("public.t: same 100 rows but different contents", out)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("fails when the newest backup is older than the RPO target", function()
+    local a = new_database("create table t (x int);")
+    local repo = util.scratch("repo")
+    backup(repo, a)
+    util.sh("sleep 2")
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  rpo_seconds: 1\n")
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --report " .. q(util.scratch("r") .. "/d"))
+    assert.are.equal(1, rc, out)
+    assert.matches("RPO %d+ s exceeds the target 1 s", out)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("refuses an unknown step name in the configuration, exit 2", function()
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: /tmp\ndrill:\n  steps: [pick_backup, no_such_step]\n")
+    local out, rc = run("drill --config " .. q(cfg))
+    assert.are.equal(2, rc)
+    assert.matches("no step named 'no_such_step'", out)
+  end)
+end)
