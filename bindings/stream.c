@@ -18,6 +18,8 @@
  *                                         nil, msg if the temporary file cannot be created
  *   stream.to_string([opts])              sink; result: the bytes (opts.max, default 256 MiB)
  *   stream.to_null([opts])                sink that discards
+ *   stream.to_stdout([opts])              sink writing to standard output (restores by hand:
+ *                                         `bkr decrypt FILE | psql`); a closed pipe fails the run
  *   stream.count([opts])                  pass-through filter; result: byte count
  *   stream.progress{label = "db", total = bytes_or_nil, interval = 0.5}
  *                                         pass-through filter: a progress line on stderr when
@@ -734,6 +736,17 @@ static int null_write(void *self, const unsigned char *data, size_t len, bkr_err
     return 0;
 }
 
+static int stdout_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
+{
+    if (write_all(STDOUT_FILENO, data, len) != 0)
+        return errno == EINTR ? bkr_error_set(err, "interrupted") : bkr_error_errno(err, errno, "write to stdout");
+    return 0;
+}
+
+static const bkr_stage_ops stdout_sink_ops = {
+    .type = "stdout", .kind = BKR_SINK, .write = stdout_write, .free = free,
+};
+
 static const bkr_stage_ops null_sink_ops = {
     .type = "null", .kind = BKR_SINK, .write = null_write, .free = free,
 };
@@ -769,6 +782,13 @@ static int new_counter_stage(lua_State *L, const bkr_stage_ops *ops, int opts)
 static int stream_to_null(lua_State *L)
 {
     return new_counter_stage(L, &null_sink_ops, 1);
+}
+
+static int stream_to_stdout(lua_State *L)
+{
+    /* Lua's io.stdout buffers: what a recipe printed must come before the stream's bytes. */
+    fflush(stdout);
+    return new_counter_stage(L, &stdout_sink_ops, 1);
 }
 
 static int stream_count(lua_State *L)
@@ -928,6 +948,7 @@ static const luaL_Reg stream_functions[] = {
     {"to_file", stream_to_file},
     {"to_string", stream_to_string},
     {"to_null", stream_to_null},
+    {"to_stdout", stream_to_stdout},
     {"count", stream_count},
     {"tail", stream_tail},
     {"progress", stream_progress},

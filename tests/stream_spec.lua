@@ -168,6 +168,21 @@ describe("stream.run", function()
     end
   end)
 
+  it("writes to standard output for restores by hand, and fails when the reader goes away", function()
+    local dir = util.scratch("stdout")
+    util.write(dir .. "/s.lua", [[
+local stream, gzip = require "bkr.stream", require "bkr.gzip"
+io.write("first\n")
+stream.run{ stream.from_string(gzip.compress_string(("line\n"):rep(...))), gzip.decompress(), stream.to_stdout() }
+]])
+    local out, rc = util.sh(util.quote(util.bkr_bin()) .. " run " .. dir .. "/s.lua 3")
+    assert.are.equal(0, rc)
+    assert.are.equal("first\nline\nline\nline\n", out)
+    out, rc = util.sh("bash -c " .. util.quote(util.quote(util.bkr_bin()) .. " run " .. dir .. "/s.lua 2000000 2>" .. dir .. "/err | head -c 10 >/dev/null; exit ${PIPESTATUS[0]}"))
+    assert.are.equal(1, rc)
+    assert.matches("stdout: write to stdout: Broken pipe", util.read(dir .. "/err"))
+  end)
+
   it("limits what a string sink collects", function()
     local ok, err = pcall(stream.run, { stream.from_string(string.rep("x", 5000)), stream.to_string{ max = 4096 } })
     assert.is_false(ok)
