@@ -3,6 +3,8 @@
 #   make test         install missing packages, start a throwaway PostgreSQL, run every spec
 #   make demo         install missing packages, start a throwaway PostgreSQL, run the main job end to end
 #   make check-asan   build with AddressSanitizer + UndefinedBehaviorSanitizer and run the suite with it
+#   make fuzz         run every libFuzzer target in tests/fuzz/ (FUZZ_SECONDS each)
+#   make bench        throughput and peak memory against pg_dump | gzip
 #   make install PREFIX=/usr/local [DESTDIR=...] / make uninstall
 
 PREFIX ?= /usr/local
@@ -27,7 +29,7 @@ OBJS = $(SRCS:%.c=build/%.o)
 ASAN_OBJS = $(SRCS:%.c=build/asan/%.o)
 SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all test demo check-asan bench install uninstall clean deps
+.PHONY: all test demo check-asan bench fuzz install uninstall clean deps
 
 all: bkr
 
@@ -66,6 +68,12 @@ demo: deps
 bench: deps
 	$(MAKE) bkr
 	scripts/bench.sh ./bkr
+
+# Every libFuzzer target in tests/fuzz/ for FUZZ_SECONDS each (clang needed).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@for f in tests/fuzz/fuzz_*.c; do n=$${f#tests/fuzz/fuzz_}; n=$${n%.c}; \
+		echo "== fuzz $$n ($(FUZZ_SECONDS) s)"; scripts/fuzz.sh $$n $(FUZZ_SECONDS) || exit 1; done
 
 install: bkr
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/recipes/lib $(DESTDIR)$(DOCDIR)

@@ -25,8 +25,8 @@ extra=$(sed -n 's|.*fuzz-sources:\([^*]*\)\*/.*|\1|p' "$src" | head -n 1)
 # shellcheck disable=SC2046,SC2086
 clang -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Wno-unused-parameter \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
-    -Iruntime -Ibindings $(pkg-config --cflags lua5.4 openssl) \
-    -o "$bin" "$src" $extra $(pkg-config --libs lua5.4 openssl) -lm
+    -Iruntime -Ibindings $(pkg-config --cflags lua5.4 openssl yaml-0.1) \
+    -o "$bin" "$src" $extra $(pkg-config --libs lua5.4 openssl yaml-0.1) -lm
 
 for seed in tests/fuzz/seeds/"$name"-*; do
     [ -f "$seed" ] && cp "$seed" "$corpus/"

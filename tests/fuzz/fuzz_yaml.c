@@ -1,11 +1,9 @@
 /*
  * fuzz_yaml.c - libFuzzer target for bkr.yaml: yaml.decode and yaml.scalars on arbitrary bytes.
  *
- * Build and run (from the repository root):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
- *       -std=c11 -D_GNU_SOURCE $(pkg-config --cflags lua5.4) -Iruntime -Ibindings \
- *       tests/fuzz/fuzz_yaml.c bindings/yaml.c -o /tmp/fuzz_yaml -llua5.4 -lyaml -lm
- *   mkdir -p /tmp/fuzz_yaml_corpus && /tmp/fuzz_yaml -max_total_time=60 /tmp/fuzz_yaml_corpus
+ * Build and run: scripts/fuzz.sh yaml [SECONDS] (or make fuzz for every target).
+ * fuzz-sources: bindings/yaml.c */
+/*
  *
  * Beyond the sanitizers, it checks what callers rely on: a call never raises for a string; a
  * failure is nil plus "yaml: line L, column C: ..."; decode and scalars agree on success; every
