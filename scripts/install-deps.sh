@@ -4,7 +4,7 @@
 set -eu
 packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted
     libpq-dev zlib1g-dev libssl-dev libyaml-dev postgresql postgresql-client
-    gzip coreutils util-linux procps iproute2 python3 python3-cryptography python3-yaml"
+    gzip coreutils util-linux procps iproute2 python3 python3-cryptography python3-yaml time"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
