@@ -4,8 +4,9 @@
 --   1. read the configuration and the command line
 --   2. lock the repository, connect, choose the pg_dump that matches the server
 --   3. check there is room for the backups before starting any
---   4. per database: dump it in one pass through the per-table digests, gzip and SHA-256
---      into the repository, then write its .sha256 sidecar and .json manifest
+--   4. per database: dump it in one pass through the per-table digests, gzip, encryption
+--      (when a key is configured: docs/encryption.md) and SHA-256 into the repository, then
+--      write its .sha256 sidecar and .json manifest
 --   5. dump the cluster's globals (roles, tablespaces) when allowed
 --   6. rotate, when every backup succeeded
 -- A failed database is reported and the others still run; the exit status says so.
@@ -14,12 +15,14 @@ local config = require "lib.config"
 local repo = require "lib.repo"
 local postgres = require "lib.postgres"
 local rotation = require "lib.rotation"
+local keys = require "lib.keys"
 local stream = require "bkr.stream"
 local gzip = require "bkr.gzip"
 local hash = require "bkr.hash"
 local dump = require "bkr.dump"
 local proc = require "bkr.proc"
 local fs = require "bkr.fs"
+local crypto = require "bkr.crypto"
 
 local COMPLETION_MARKER = "\n%-%- PostgreSQL database dump complete\n"
 local GLOBALS_MARKER = "\n%-%- PostgreSQL database cluster dump complete\n"
@@ -27,9 +30,10 @@ local GLOBALS_MARKER = "\n%-%- PostgreSQL database cluster dump complete\n"
 local function parse_arguments(args)
   return cli.parse(args, {
     name = "backup",
-    usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--no-rotate]",
+    usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--key-file FILE] [--no-rotate]",
     summary = "Dump each database with pg_dump into REPO/<type>/backup_<UTC time>_<db>.sql.gz\n"
-      .. "with a .sha256 sidecar and a .json manifest, in one pass; then rotate.",
+      .. "with a .sha256 sidecar and a .json manifest, in one pass; then rotate.\n"
+      .. "With a key (--key-file or encryption.key_file), the dump is encrypted: .sql.gz.enc.",
     options = {
       { "--config", "FILE", "configuration file (default ./bkr.yaml, then /etc/bkr/bkr.yaml)" },
       { "--db", "NAME", "database to back up (repeatable; default: from the configuration, else all)", repeatable = true },
@@ -37,6 +41,7 @@ local function parse_arguments(args)
       { "--repo", "DIR", "repository directory (overrides the configuration)" },
       { "--no-rotate", nil, "do not apply the retention policy afterwards" },
       { "--no-globals", nil, "do not dump roles and tablespaces" },
+      { "--key-file", "FILE", "encrypt with this key (bkr keygen; overrides encryption.key_file)" },
     },
     exit_codes = "0 all backed up, 1 a backup failed, 2 usage or configuration error",
     see = "docs/backup.md",
@@ -77,7 +82,19 @@ local function check_free_space(run)
   end
 end
 
--- pg_dump of one database, streamed through digests and gzip into the repository.
+-- With a key, the compressed stream is encrypted before it is hashed and stored.
+local function add_encryption(run, stages)
+  if run.key then stages[#stages + 1] = crypto.encrypt{ key = run.key, chunk_size = run.chunk_size } end
+end
+
+-- What the manifest says about encryption: the key id, never the key.
+local function encryption_facts(run)
+  if not run.key then return false, nil end
+  return true, { algorithm = "AES-256-GCM", format = "bkr-chunked-1", chunk_size = run.chunk_size,
+    key_id = run.key_id }
+end
+
+-- pg_dump of one database, streamed through digests, gzip and encryption into the repository.
 local function dump_database(run, db, path, size)
   local child, err = proc.spawn{
     argv = { run.pg_dump, "--format=plain", "--no-password" },
@@ -85,15 +102,17 @@ local function dump_database(run, db, path, size)
     stdout = "pipe", stderr = "capture",
   }
   if not child then error(err, 0) end
-  local result = stream.run{
+  local stages = {
     child:source{ name = "pg_dump" },
     dump.table_digests{ name = "tables" },
     stream.tail{ name = "tail", bytes = 128 },
     stream.progress{ label = db, total = size },
     gzip.compress{ level = run.cfg.compression_level },
-    hash.sha256{ name = "sha256" },
-    stream.to_file(path),
   }
+  add_encryption(run, stages)
+  stages[#stages + 1] = hash.sha256{ name = "sha256" }
+  stages[#stages + 1] = stream.to_file(path)
+  local result = stream.run(stages)
   child:close()
   return result
 end
@@ -110,7 +129,7 @@ end
 
 local function backup_database(run, db)
   local started = os.time()
-  local relative = repo.backup_file(run.type, run.epoch, db)
+  local relative = repo.backup_file(run.type, run.epoch, db, run.key ~= nil)
   local path = run.repo .. "/" .. relative
   local properties, err = postgres.database_properties(run.conn, db)
   if not properties then error(err, 0) end
@@ -122,6 +141,7 @@ local function backup_database(run, db)
     error("pg_dump output lacks its completion marker (truncated dump)", 0)
   end
 
+  local encrypted, encryption = encryption_facts(run)
   local manifest = {
     format = "bkr-backup-1",
     kind = "database",
@@ -138,7 +158,8 @@ local function backup_database(run, db)
     stored_bytes = result.bytes_out,
     sha256 = result.sha256,
     compression = { algorithm = "gzip", level = run.cfg.compression_level },
-    encrypted = false,
+    encrypted = encrypted,
+    encryption = encryption,
     database_properties = properties,
     tables = result.tables,
   }
@@ -156,7 +177,7 @@ local function backup_globals(run)
     warn("skipping roles and tablespaces: user may not read them (pg_dumpall needs a superuser)")
     return true
   end
-  local relative = repo.globals_file(run.type, run.epoch)
+  local relative = repo.globals_file(run.type, run.epoch, run.key ~= nil)
   local path = run.repo .. "/" .. relative
   local started = os.time()
   local child, err = proc.spawn{
@@ -164,13 +185,15 @@ local function backup_globals(run)
     env = config.child_env(run.cfg, run.cfg.connection.dbname),
   }
   if not child then return nil, err end
-  local ok, result = pcall(stream.run, {
+  local stages = {
     child:source{ name = "pg_dumpall" },
     stream.tail{ name = "tail", bytes = 128 },
     gzip.compress{ level = run.cfg.compression_level },
-    hash.sha256{ name = "sha256" },
-    stream.to_file(path),
-  })
+  }
+  add_encryption(run, stages)
+  stages[#stages + 1] = hash.sha256{ name = "sha256" }
+  stages[#stages + 1] = stream.to_file(path)
+  local ok, result = pcall(stream.run, stages)
   child:close()
   if not ok then return nil, result end
   if not result.tail:find(GLOBALS_MARKER) then
@@ -182,8 +205,9 @@ local function backup_globals(run)
     start_time = repo.iso_time(started), end_time = repo.iso_time(os.time()), seconds = result.elapsed,
     bkr_version = bkr.version, pg_dump_version = run.pg_dump_version, server_version = run.server_version,
     raw_bytes = result.bytes_in, stored_bytes = result.bytes_out, sha256 = result.sha256,
-    compression = { algorithm = "gzip", level = run.cfg.compression_level }, encrypted = false,
+    compression = { algorithm = "gzip", level = run.cfg.compression_level },
   }
+  manifest.encrypted, manifest.encryption = encryption_facts(run)
   local wok, werr = write_sidecars(path, manifest)
   if not wok then
     remove_partial(path)
@@ -205,6 +229,8 @@ if not repo.valid_type(run.type) then
   cli.usage_error("backup: --type must be daily, weekly or monthly, not '%s'", run.type)
 end
 run.repo = config.repository(run.cfg)
+run.key, run.key_id = keys.load(run.cfg, options)
+run.chunk_size = 65536
 repo.ensure(run.repo)
 local lock <close> = repo.lock(run.repo)
 

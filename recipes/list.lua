@@ -43,7 +43,7 @@ local function describe(entry)
       and math.floor(m.raw_bytes / entry.stored_bytes * 10 + 0.5) / 10 or nil,
     verified = verification.result or (entry.manifest and "never" or "incomplete"),
     verified_time = verification.time,
-    encrypted = m.encrypted == true,
+    encrypted = m.encrypted == true or entry.encrypted == true,
   }
 end
 
@@ -58,10 +58,10 @@ if #rows == 0 then
   print("no backups in " .. dir)
   return cli.EXIT_OK
 end
-print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-10s  %s", "TIME (UTC)", "TYPE", "DATABASE", "SIZE",
+print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-13s  %s", "TIME (UTC)", "TYPE", "DATABASE", "SIZE",
   "RATIO", "VERIFIED", "ENCRYPTED"))
 for _, row in ipairs(rows) do
-  print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-10s  %s", row.time, row.type, row.database,
+  print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-13s  %s", row.time, row.type, row.database,
     row.stored_bytes and cli.size(row.stored_bytes) or "?", row.ratio and (row.ratio .. "x") or "-",
     row.verified, row.encrypted and "yes" or "no"))
 end

@@ -2,8 +2,10 @@
 --
 -- The runbook, per backup file:
 --   1. the .sha256 sidecar and the .json manifest exist and agree with each other
---   2. one pass over the file: SHA-256 of the stored bytes, gunzip all of it, the raw size,
---      the per-table row counts and digests, and the last bytes of the dump
+--   2. one pass over the file: SHA-256 of the stored bytes, (an encrypted backup: decrypt,
+--      authenticating every chunk), gunzip all of it, the raw size, the per-table row
+--      counts and digests, and the last bytes of the dump. An encrypted backup without a
+--      key gets the SHA-256 check only, and its verdict says so ("checksum-only")
 --   3. compare: stored SHA-256 with sidecar and manifest, raw size and tables with the
 --      manifest, and pg_dump's completion marker at the very end (a truncated dump is not
 --      a backup)
@@ -16,6 +18,8 @@ local stream = require "bkr.stream"
 local gzip = require "bkr.gzip"
 local hash = require "bkr.hash"
 local dump = require "bkr.dump"
+local crypto = require "bkr.crypto"
+local keys = require "lib.keys"
 
 local MARKERS = {
   database = "\n%-%- PostgreSQL database dump complete\n",
@@ -25,10 +29,12 @@ local MARKERS = {
 local function parse_arguments(args)
   return cli.parse(args, {
     name = "verify",
-    usage = "bkr verify [PATH | --latest | --all] [--db NAME]... [--repo DIR] [--config FILE]",
+    usage = "bkr verify [PATH | --latest | --all] [--db NAME]... [--repo DIR] [--config FILE] [--key-file FILE]",
     summary = "Check backups end to end and record the verdict in each manifest.\n"
       .. "PATH is a backup file; --latest (the default) checks the newest backup of each database;\n"
-      .. "--all checks every backup in the repository.",
+      .. "--all checks every backup in the repository.\n"
+      .. "Encrypted backups are authenticated chunk by chunk with the key (--key-file or\n"
+      .. "encryption.key_file); without a key only their SHA-256 is checked.",
     positional = "PATH",
     options = {
       { "--latest", nil, "the newest backup of each database (default)" },
@@ -36,6 +42,7 @@ local function parse_arguments(args)
       { "--db", "NAME", "only backups of this database (repeatable)", repeatable = true },
       { "--repo", "DIR", "repository directory (overrides the configuration)" },
       { "--config", "FILE", "configuration file" },
+      { "--key-file", "FILE", "key of encrypted backups (overrides encryption.key_file)" },
       { "--no-record", nil, "do not write the verdict into the manifests" },
     },
     exit_codes = "0 all passed, 3 a backup failed verification, 1 verification could not run, 2 usage",
@@ -49,10 +56,10 @@ local function describe_path(path)
   local dir, file = path:match("^(.*)/([^/]+)$")
   if not dir then dir, file = ".", path end
   local type_dir, type_ = dir:match("^(.-)/?([^/]*)$")
-  local stamp, escaped = file:match(repo.BACKUP_PATTERN)
+  local stamp, escaped, encrypted = repo.match_backup(file)
   local kind = "database"
   if not stamp then
-    stamp = file:match(repo.GLOBALS_PATTERN)
+    stamp, encrypted = repo.match_globals(file)
     kind = "globals"
   end
   if not stamp then cli.usage_error("verify: %s is not a bkr backup file name", path) end
@@ -62,19 +69,18 @@ local function describe_path(path)
   end
   -- Not found by scanning (a file outside a repository, or missing): describe it directly.
   return {
-    path = path, file = file, type = type_, stamp = stamp, kind = kind,
+    path = path, file = file, type = type_, stamp = stamp, kind = kind, encrypted = encrypted,
     database = escaped and repo.unescape_name(escaped), sidecar = path .. ".sha256",
     manifest_path = path .. ".json", manifest_error = "missing manifest " .. path .. ".json",
   }
 end
 
-local function select_backups(options)
+local function select_backups(options, cfg)
   if #options.args > 0 then
     local list = {}
     for _, path in ipairs(options.args) do list[#list + 1] = describe_path(path) end
     return list
   end
-  local cfg = config.load(options)
   local dir = config.repository(cfg)
   local all = repo.scan(dir, { db = options.db, globals = options.all and not options.db })
   if options.all then return all, dir end
@@ -111,13 +117,26 @@ end
 -- Name what a failed pipeline means for the admin.
 local function classify_stream_error(message)
   if message:find("truncated gzip") then return "truncated: " .. message end
+  if message:find("^decrypt: truncated") then return "truncated: " .. message end
+  if message:find("^decrypt: encrypted with key") then return "wrong key: " .. message:gsub("^decrypt: ", "") end
   if message:find("gunzip:") then return "corrupt gzip: " .. message end
   if message:find("ends inside the COPY data") then return "truncated: " .. message end
   return message
 end
 
--- Returns nil when the backup is sound, else the reason.
-local function check(entry)
+-- Only the SHA-256 of the stored bytes: an encrypted backup when no key was given.
+local function check_checksum_only(entry, expected)
+  local digest, err = hash.sha256_file(entry.path)
+  if not digest then return "missing: " .. err end
+  if digest ~= expected then
+    return string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected)
+  end
+  return nil, "checksum-only"
+end
+
+-- Returns nil when the backup is sound, else the reason; and, for a sound backup that could
+-- only be partly checked, its verdict ("checksum-only").
+local function check(entry, key)
   local expected, err = repo.read_sidecar(entry)
   if not expected then return err end
   local manifest = entry.manifest
@@ -126,9 +145,13 @@ local function check(entry)
     return "manifest mismatch: sidecar and manifest disagree on the SHA-256"
   end
 
+  if entry.encrypted and not key then return check_checksum_only(entry, expected) end
+
   local source, open_err = stream.from_file(entry.path)
   if not source then return "missing: " .. open_err end
-  local stages = { source, hash.sha256{ name = "stored" }, gzip.decompress() }
+  local stages = { source, hash.sha256{ name = "stored" } }
+  if entry.encrypted then stages[#stages + 1] = crypto.decrypt{ key = key } end
+  stages[#stages + 1] = gzip.decompress{ name = "gunzip" }
   if entry.kind == "database" then stages[#stages + 1] = dump.table_digests{ name = "tables" } end
   stages[#stages + 1] = stream.tail{ name = "tail", bytes = 128 }
   stages[#stages + 1] = stream.to_null()
@@ -147,9 +170,13 @@ local function check(entry)
   if result.stored ~= expected then
     return string.format("checksum mismatch: file has %s, sidecar says %s", result.stored, expected)
   end
-  if manifest.raw_bytes ~= result.stages[3].bytes_out then
+  local raw_bytes = 0
+  for _, stage in ipairs(result.stages) do
+    if stage.name == "gunzip" then raw_bytes = stage.bytes_out end
+  end
+  if manifest.raw_bytes ~= raw_bytes then
     return string.format("manifest mismatch: %d bytes after gunzip, manifest says %d",
-      result.stages[3].bytes_out, manifest.raw_bytes)
+      raw_bytes, manifest.raw_bytes)
   end
   if not result.tail:find(MARKERS[entry.kind]) then
     return "truncated: the dump does not end with pg_dump's completion marker"
@@ -158,11 +185,17 @@ local function check(entry)
   return nil
 end
 
-local function record(entry, reason)
+local function verdict(reason, partial)
+  return reason and "failed" or partial or "passed"
+end
+
+local function record(entry, reason, partial)
   if not entry.manifest then return end
+  -- The wrong key says nothing about the backup: keep its last verdict.
+  if reason and reason:find("^wrong key: ") then return end
   entry.manifest.verification = {
     time = repo.iso_time(os.time()),
-    result = reason and "failed" or "passed",
+    result = verdict(reason, partial),
     reason = reason,
   }
   repo.write_manifest(entry.path, entry.manifest)
@@ -174,28 +207,45 @@ local options = parse_arguments({ ... })
 if not options then return cli.EXIT_OK end
 if options.latest and options.all then cli.usage_error("verify: --latest and --all exclude each other") end
 
-local backups, dir = select_backups(options)
+local cfg = config.load(options)
+local backups, dir = select_backups(options, cfg)
 if #backups == 0 then cli.fail(cli.EXIT_FAILED, "verify: no backups found%s", dir and (" in " .. dir) or "") end
 
 -- Recording verdicts writes manifests: not while a backup or rotation changes the repository.
 local lock <close> = (dir and not options.no_record) and repo.lock(dir) or nil
 
-local failures = 0
+-- The key, read once, and only when an encrypted backup is to be checked.
+local key
+for _, entry in ipairs(backups) do
+  if entry.encrypted then
+    key = keys.load(cfg, options)
+    break
+  end
+end
+
+local failures, partial_count = 0, 0
 for _, entry in ipairs(backups) do
   if bkr.interrupted() then break end
-  local reason = check(entry)
-  if not options.no_record then record(entry, reason) end
+  local reason, partial = check(entry, key)
+  if not options.no_record then record(entry, reason, partial) end
   local label = entry.type .. "/" .. entry.file
   if reason then
     failures = failures + 1
     print(string.format("FAILED  %s: %s", label, reason))
+  elseif partial then
+    partial_count = partial_count + 1
+    print(string.format("ok      %s (checksum only: no key to authenticate the chunks)", label))
   else
     print(string.format("ok      %s", label))
   end
   if dir then
     repo.log(dir, { recipe = "verify", database = entry.database or "(globals)", file = label,
-      result = reason and "failed" or "passed", error = reason })
+      result = verdict(reason, partial), error = reason })
   end
+end
+if partial_count > 0 then
+  io.stderr:write(string.format("bkr verify: %d encrypted backup(s) not decrypted: no key given "
+    .. "(--key-file FILE or encryption.key_file)\n", partial_count))
 end
 if failures > 0 then
   io.stderr:write(string.format("bkr verify: %d of %d backups failed verification\n", failures, #backups))

@@ -6,6 +6,8 @@
 --   REPO/<type>/backup_..._<db>.sql.gz.sha256              sidecar for `sha256sum -c`
 --   REPO/<type>/backup_..._<db>.sql.gz.json                manifest (docs/manifest.md)
 --   REPO/<type>/globals_YYYYMMDD_HHMMSS.sql.gz (+ .sha256, .json)   roles and tablespaces
+--   REPO/<type>/backup_..._<db>.sql.gz.enc, globals_....sql.gz.enc   the same, encrypted
+--       (docs/encryption.md); sidecars are named after the stored file: FILE.enc.sha256, FILE.enc.json
 --
 -- Timestamps are UTC. A database name unsafe in a file name is escaped reversibly (%XX).
 local lfs = require "lfs"
@@ -18,6 +20,27 @@ local repo = {}
 repo.TYPES = { "daily", "weekly", "monthly" }
 repo.BACKUP_PATTERN = "^backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)_(.+)%.sql%.gz$"
 repo.GLOBALS_PATTERN = "^globals_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)%.sql%.gz$"
+-- Encrypted backups: the same names with ".enc" appended.
+repo.ENCRYPTED_BACKUP_PATTERN = "^backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)_(.+)%.sql%.gz%.enc$"
+repo.ENCRYPTED_GLOBALS_PATTERN = "^globals_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)%.sql%.gz%.enc$"
+
+-- A database backup's file name: stamp, escaped database name, encrypted (boolean); or nil.
+function repo.match_backup(file)
+  local stamp, escaped = file:match(repo.BACKUP_PATTERN)
+  if stamp then return stamp, escaped, false end
+  stamp, escaped = file:match(repo.ENCRYPTED_BACKUP_PATTERN)
+  if stamp then return stamp, escaped, true end
+  return nil
+end
+
+-- A globals file's name: stamp, encrypted (boolean); or nil.
+function repo.match_globals(file)
+  local stamp = file:match(repo.GLOBALS_PATTERN)
+  if stamp then return stamp, false end
+  stamp = file:match(repo.ENCRYPTED_GLOBALS_PATTERN)
+  if stamp then return stamp, true end
+  return nil
+end
 
 function repo.valid_type(t)
   for _, known in ipairs(repo.TYPES) do
@@ -60,12 +83,14 @@ function repo.iso_time(epoch)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(epoch))
 end
 
-function repo.backup_file(type_, epoch, db)
-  return string.format("%s/backup_%s_%s.sql.gz", type_, repo.stamp(epoch), repo.escape_name(db))
+-- encrypted: true for the name of an encrypted backup (".enc" appended).
+function repo.backup_file(type_, epoch, db, encrypted)
+  return string.format("%s/backup_%s_%s.sql.gz%s", type_, repo.stamp(epoch), repo.escape_name(db),
+    encrypted and ".enc" or "")
 end
 
-function repo.globals_file(type_, epoch)
-  return string.format("%s/globals_%s.sql.gz", type_, repo.stamp(epoch))
+function repo.globals_file(type_, epoch, encrypted)
+  return string.format("%s/globals_%s.sql.gz%s", type_, repo.stamp(epoch), encrypted and ".enc" or "")
 end
 
 -- ------------------------------------------------------------------ scanning
@@ -75,11 +100,11 @@ local function exists(path)
 end
 
 -- One backup (or globals) file with what is known about it from its sidecars.
-local function describe(dir, type_, file, stamp, db, kind)
+local function describe(dir, type_, file, stamp, db, kind, encrypted)
   local path = dir .. "/" .. type_ .. "/" .. file
   local entry = {
     path = path, file = file, type = type_, stamp = stamp, time = repo.stamp_epoch(stamp),
-    database = db, kind = kind,
+    database = db, kind = kind, encrypted = encrypted,
     sidecar = path .. ".sha256", manifest_path = path .. ".json",
     stored_bytes = lfs.attributes(path, "size"),
   }
@@ -106,15 +131,15 @@ function repo.scan(dir, filter)
     local subdir = dir .. "/" .. type_
     if (not filter.type or filter.type == type_) and lfs.attributes(subdir, "mode") == "directory" then
       for file in lfs.dir(subdir) do
-        local stamp, escaped = file:match(repo.BACKUP_PATTERN)
+        local stamp, escaped, encrypted = repo.match_backup(file)
         if stamp then
           local db = repo.unescape_name(escaped)
           if not wanted_db or wanted_db[db] then
-            entries[#entries + 1] = describe(dir, type_, file, stamp, db, "database")
+            entries[#entries + 1] = describe(dir, type_, file, stamp, db, "database", encrypted)
           end
         elseif filter.globals then
-          stamp = file:match(repo.GLOBALS_PATTERN)
-          if stamp then entries[#entries + 1] = describe(dir, type_, file, stamp, nil, "globals") end
+          stamp, encrypted = repo.match_globals(file)
+          if stamp then entries[#entries + 1] = describe(dir, type_, file, stamp, nil, "globals", encrypted) end
         end
       end
     end

@@ -1,0 +1,72 @@
+-- Decrypt an encrypted backup to a file or stdout, emitting only authenticated bytes
+--
+-- The runbook:
+--   1. find the key (--key-file, encryption.key_file or encryption.key_env)
+--   2. to a file: one pass file -> decrypt [-> gunzip] -> temporary file, renamed into place
+--      only when every chunk authenticated (a damaged backup leaves no OUT behind)
+--   3. to stdout: a first pass authenticates every chunk [and the gzip stream] writing
+--      nothing; only then a second pass writes the plaintext
+-- Exit 3 for a foreign file, a wrong key or any damage, with no plaintext written.
+local cli = require "lib.cli"
+local config = require "lib.config"
+local keys = require "lib.keys"
+local stream = require "bkr.stream"
+local gzip = require "bkr.gzip"
+local crypto = require "bkr.crypto"
+
+local options = cli.parse({ ... }, {
+  name = "decrypt",
+  usage = "bkr decrypt FILE [--key-file K] [--out OUT|-] [--gunzip] [--config FILE]",
+  summary = "Write the plaintext of an encrypted backup (FILE.sql.gz.enc) to OUT or to standard output:\n"
+    .. "the gzip stream, or with --gunzip the SQL (bkr decrypt F --key-file K --gunzip | psql ...).\n"
+    .. "Nothing is written unless every chunk authenticates.",
+  positional = "FILE",
+  options = {
+    { "--key-file", "K", "the key (default: encryption.key_file or encryption.key_env of the configuration)" },
+    { "--out", "OUT", "write here (mode 0600, never replacing a file); '-' or none: standard output" },
+    { "--gunzip", nil, "also decompress: write SQL instead of gzip" },
+    { "--config", "FILE", "configuration file" },
+  },
+  exit_codes = "0 written, 3 not a bkr encrypted file, wrong key or damaged, 1 other failures, 2 usage",
+  see = "docs/encryption.md",
+})
+if not options then return cli.EXIT_OK end
+if #options.args ~= 1 then cli.usage_error("decrypt: give exactly one FILE (see --help)") end
+local file = options.args[1]
+local to_stdout = options.out == nil or options.out == "-"
+
+local cfg = config.load(options)
+local key, key_id = keys.require(cfg, options)
+
+-- source -> decrypt [-> gunzip] -> sink
+local function pipeline(sink)
+  local source, err = stream.from_file(file)
+  if not source then cli.fail(cli.EXIT_FAILED, "decrypt: %s", (tostring(err):gsub("^stream%.from_file: ", ""))) end
+  local stages = { source, crypto.decrypt{ key = key } }
+  if options.gunzip then stages[#stages + 1] = gzip.decompress() end
+  stages[#stages + 1] = sink
+  return stages
+end
+
+-- Run one pass; a damaged or foreign file, or a wrong key, is an integrity failure (exit 3).
+local function run_pass(stages)
+  local ok, result = pcall(stream.run, stages)
+  if ok then return result end
+  local message = tostring(result):gsub("^stream%.run: ", "")
+  if message:find("^decrypt: ") or message:find("^gunzip: ") then
+    cli.fail(cli.EXIT_INTEGRITY, "decrypt: %s: %s", file, (message:gsub("^decrypt: ", "")))
+  end
+  cli.fail(cli.EXIT_FAILED, "decrypt: %s: %s", file, message)
+end
+
+if to_stdout then
+  run_pass(pipeline(stream.to_null()))
+  run_pass(pipeline(stream.to_stdout()))
+else
+  local sink, err = stream.to_file(options.out, { mode = tonumber("600", 8), overwrite = false })
+  if not sink then cli.fail(cli.EXIT_FAILED, "decrypt: %s", (tostring(err):gsub("^stream%.to_file: ", ""))) end
+  local result = run_pass(pipeline(sink))
+  io.stderr:write(string.format("decrypted %s -> %s (%d chunks, key id %s)\n", file, options.out,
+    result.decrypt.chunks, key_id))
+end
+return cli.EXIT_OK
