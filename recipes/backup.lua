@@ -24,13 +24,17 @@ local proc = require "bkr.proc"
 local fs = require "bkr.fs"
 local crypto = require "bkr.crypto"
 
+-- pg_dump ends with its completion marker, then (since 15.14) a \unrestrict line: keep
+-- enough of the end to find the marker whatever short trailer follows it.
+local TAIL_BYTES = 1024
 local COMPLETION_MARKER = "\n%-%- PostgreSQL database dump complete\n"
 local GLOBALS_MARKER = "\n%-%- PostgreSQL database cluster dump complete\n"
 
 local function parse_arguments(args)
   return cli.parse(args, {
     name = "backup",
-    usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--key-file FILE] [--no-rotate]",
+    usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--key-file FILE]\n"
+      .. "                  [--no-rotate] [--no-globals]",
     summary = "Dump each database with pg_dump into REPO/<type>/backup_<UTC time>_<db>.sql.gz\n"
       .. "with a .sha256 sidecar and a .json manifest, in one pass; then rotate.\n"
       .. "With a key (--key-file or encryption.key_file), the dump is encrypted: .sql.gz.enc.",
@@ -94,18 +98,24 @@ local function encryption_facts(run)
     key_id = run.key_id }
 end
 
+-- Timestamps with time zone are dumped in UTC, so a restore check on any server (whatever
+-- its TimeZone) reads the rows back exactly as they are in the dump.
+local DUMP_TIMEZONE = "UTC"
+
 -- pg_dump of one database, streamed through digests, gzip and encryption into the repository.
 local function dump_database(run, db, path, size)
+  local env = config.child_env(run.cfg, db)
+  env.PGTZ = DUMP_TIMEZONE
   local child, err = proc.spawn{
     argv = { run.pg_dump, "--format=plain", "--no-password" },
-    env = config.child_env(run.cfg, db),
+    env = env,
     stdout = "pipe", stderr = "capture",
   }
   if not child then error(err, 0) end
   local stages = {
     child:source{ name = "pg_dump" },
     dump.table_digests{ name = "tables" },
-    stream.tail{ name = "tail", bytes = 128 },
+    stream.tail{ name = "tail", bytes = TAIL_BYTES },
     stream.progress{ label = db, total = size },
     gzip.compress{ level = run.cfg.compression_level },
   }
@@ -161,6 +171,7 @@ local function backup_database(run, db)
     encrypted = encrypted,
     encryption = encryption,
     database_properties = properties,
+    dump_timezone = DUMP_TIMEZONE,
     tables = result.tables,
   }
   local ok, werr = write_sidecars(path, manifest)
@@ -187,7 +198,7 @@ local function backup_globals(run)
   if not child then return nil, err end
   local stages = {
     child:source{ name = "pg_dumpall" },
-    stream.tail{ name = "tail", bytes = 128 },
+    stream.tail{ name = "tail", bytes = TAIL_BYTES },
     gzip.compress{ level = run.cfg.compression_level },
   }
   add_encryption(run, stages)
@@ -239,16 +250,21 @@ local server_num, server_version = run.conn:server_version()
 run.server_version = server_version
 local server_major = server_num // 10000
 run.pg_dump, run.pg_dump_version = postgres.find_program("pg_dump", server_major, run.cfg)
-run.pg_dumpall = postgres.find_program("pg_dumpall", server_major, run.cfg)
+if not options.no_globals then run.pg_dumpall = postgres.find_program("pg_dumpall", server_major, run.cfg) end
 run.databases = postgres.databases(run.conn, run.cfg)
 if #run.databases == 0 then cli.fail(cli.EXIT_FAILED, "backup: no databases to back up") end
 check_free_space(run)
 run.epoch = os.time()
 
-local failed = 0
+if (run.cfg.retention[run.type] or 0) == 0 and not options.no_rotate then
+  warn("retention.%s is 0: the next rotation removes this backup unless it is the newest verified one;"
+    .. " set retention.%s to keep %s backups", run.type, run.type, run.type)
+end
+
+local failed, attempted = 0, #run.databases
 for _, db in ipairs(run.databases) do
   if bkr.interrupted() then break end
-  local started = os.clock()
+  local started = bkr.monotonic()
   local ok, manifest, relative = pcall(backup_database, run, db)
   if ok then
     say("backed up %s: %s, %s raw -> %s stored (%.1fx) in %.1f s", db, relative,
@@ -261,11 +277,12 @@ for _, db in ipairs(run.databases) do
     local message = tostring(manifest):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")
     warn('database "%s" failed: %s', db, message)
     repo.log(run.repo, { recipe = "backup", database = db, type = run.type, result = "failed",
-      error = message, seconds = os.clock() - started })
+      error = message, seconds = bkr.monotonic() - started })
   end
 end
 
 if not options.no_globals and not bkr.interrupted() then
+  attempted = attempted + 1
   local ok, err = backup_globals(run)
   if not ok then
     failed = failed + 1
@@ -276,7 +293,7 @@ end
 run.conn:close()
 
 if failed > 0 then
-  warn("%d of %d backups failed; rotation skipped", failed, #run.databases + (options.no_globals and 0 or 1))
+  warn("%d of %d backups failed; rotation skipped", failed, attempted)
   return cli.EXIT_FAILED
 end
 if not options.no_rotate then

@@ -6,7 +6,7 @@ local json = require "lib.json"
 
 local options = cli.parse({ ... }, {
   name = "list",
-  usage = "bkr list [--db NAME]... [--type daily|weekly|monthly] [--json] [--repo DIR] [--config FILE]",
+  usage = "bkr list [--db NAME]... [--type daily|weekly|monthly] [--globals] [--json] [--repo DIR] [--config FILE]",
   summary = "Every backup in the repository, newest first, with its verification state.",
   options = {
     { "--db", "NAME", "only this database (repeatable)", repeatable = true },

@@ -14,6 +14,7 @@
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
+local json = require "lib.json"
 local stream = require "bkr.stream"
 local gzip = require "bkr.gzip"
 local hash = require "bkr.hash"
@@ -67,12 +68,15 @@ local function describe_path(path)
   for _, entry in ipairs(repo.scan(parent, { type = type_, globals = true })) do
     if entry.file == file then return entry end
   end
-  -- Not found by scanning (a file outside a repository, or missing): describe it directly.
-  return {
+  -- Outside a repository (a copy elsewhere): the sidecars beside the file still tell.
+  local entry = {
     path = path, file = file, type = type_, stamp = stamp, kind = kind, encrypted = encrypted,
     database = escaped and repo.unescape_name(escaped), sidecar = path .. ".sha256",
-    manifest_path = path .. ".json", manifest_error = "missing manifest " .. path .. ".json",
+    manifest_path = path .. ".json",
   }
+  entry.manifest, entry.manifest_error = json.read_file(entry.manifest_path)
+  if not entry.manifest then entry.manifest_error = "missing manifest " .. entry.manifest_path end
+  return entry
 end
 
 local function select_backups(options, cfg)
@@ -153,7 +157,7 @@ local function check(entry, key)
   if entry.encrypted then stages[#stages + 1] = crypto.decrypt{ key = key } end
   stages[#stages + 1] = gzip.decompress{ name = "gunzip" }
   if entry.kind == "database" then stages[#stages + 1] = dump.table_digests{ name = "tables" } end
-  stages[#stages + 1] = stream.tail{ name = "tail", bytes = 128 }
+  stages[#stages + 1] = stream.tail{ name = "tail", bytes = 1024 }
   stages[#stages + 1] = stream.to_null()
 
   -- The checksum is judged first: a flipped byte is a checksum mismatch even when gunzip

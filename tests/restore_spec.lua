@@ -218,6 +218,21 @@ describe("bkr restore safety", function()
     assert.are.equal("5s", util.sh("psql -X -A -t -U " .. role .. " -d " .. target .. " -c 'show statement_timeout'"):gsub("%s+$", ""))
   end)
 
+  it("compares timestamps correctly whatever the time zones of the backup and the restore", function()
+    local db = new_database("create table events (at timestamptz, d date); "
+      .. "insert into events select timestamptz '2026-03-29 00:30:00+00' + i * interval '17 minutes', current_date "
+      .. "from generate_series(1, 300) i;")
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db, "PGTZ=Asia/Tokyo")
+    assert.are.equal(0, rc, out)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_tz --create",
+      "PGTZ=America/New_York")
+    assert.are.equal(0, rc, out)
+    assert.matches("compare: 1 of 1 tables match", out)
+    assert.are.equal(util.psql("select sum(extract(epoch from at)) from events", db),
+      util.psql("select sum(extract(epoch from at)) from events", db .. "_tz"))
+  end)
+
   it("restores the roles of the same run first with --globals, reporting existing ones", function()
     local role = "rs_glob_" .. math.random(1e6)
     util.psql("create role " .. role .. " login")

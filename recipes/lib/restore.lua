@@ -298,17 +298,20 @@ end
 -- ------------------------------------------------------------------ checks after
 
 -- pg_dump's session settings, so COPY writes rows exactly as in the dump.
-local function dump_session(conn, properties)
+local function dump_session(conn, manifest)
+  local properties = manifest.database_properties
   local encoding = properties and properties.encoding or "UTF8"
-  assert(conn:exec("set client_encoding = " .. conn:escape_literal(encoding)
-    .. "; set datestyle = iso; set intervalstyle = postgres; set extra_float_digits = 3"))
+  local sql = "set client_encoding = " .. conn:escape_literal(encoding)
+    .. "; set datestyle = iso; set intervalstyle = postgres; set extra_float_digits = 3"
+  if manifest.dump_timezone then sql = sql .. "; set timezone = " .. conn:escape_literal(manifest.dump_timezone) end
+  assert(conn:exec(sql))
 end
 
 -- Every table of the manifest, read back with COPY through the native digest sink.
 -- Returns a list of { table = "schema.name", rows =, digest =, ok =, reason = }.
 function restore.compare_tables(run, target, manifest)
   local conn <close> = postgres.connect(run.cfg, target)
-  dump_session(conn, manifest.database_properties)
+  dump_session(conn, manifest)
   local results = {}
   for _, t in ipairs(manifest.tables or {}) do
     local qualified = conn:escape_identifier(t.schema) .. "." .. conn:escape_identifier(t.name)

@@ -15,6 +15,7 @@ local function orphan_sidecars(dir)
     if lfs.attributes(subdir, "mode") == "directory" then
       for file in lfs.dir(subdir) do
         local base = file:match("^(.+%.sql%.gz)%.sha256$") or file:match("^(.+%.sql%.gz)%.json$")
+          or file:match("^(.+%.sql%.gz%.enc)%.sha256$") or file:match("^(.+%.sql%.gz%.enc)%.json$")
         if base and not lfs.attributes(subdir .. "/" .. base, "mode") then
           orphans[#orphans + 1] = subdir .. "/" .. file
         end
@@ -48,14 +49,15 @@ function rotation.run(dir, cfg, opts)
       end
     end
   end
-  for _, path in ipairs(orphan_sidecars(dir)) do
+  local orphans = orphan_sidecars(dir)
+  for _, path in ipairs(orphans) do
     if opts.dry_run then
       say(string.format("%s orphan sidecar %s", verb, path))
     elseif os.remove(path) then
       say(string.format("%s orphan sidecar %s", verb, path))
     end
   end
-  return #remove, errors
+  return #remove + #orphans, errors
 end
 
 return rotation
