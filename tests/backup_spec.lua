@@ -7,22 +7,10 @@ local bkr = util.bkr_bin()
 
 local PG_BIN = util.sh("ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1"):gsub("%s+$", "")
 
-local function run(args, env)
-  return util.sh((env or "") .. " " .. q(bkr) .. " " .. args .. " 2>&1")
-end
+local run = util.bkr
 
-local counter = 0
 local function new_database(sql)
-  counter = counter + 1
-  local name = string.format("bk_%d_%d", counter, math.random(1e6))
-  util.psql("create database " .. name)
-  if sql then
-    local file = util.scratch("sql") .. "/setup.sql"
-    util.write(file, sql)
-    local out, rc = util.sh("psql -X -q -v ON_ERROR_STOP=1 -d " .. name .. " -f " .. q(file) .. " 2>&1")
-    assert(rc == 0, out)
-  end
-  return name
+  return util.new_database("bk", sql)
 end
 
 -- Every file under dir (relative), sorted: the repository's state, to compare before/after.

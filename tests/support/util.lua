@@ -93,4 +93,26 @@ function util.bkr_bin()
   return os.getenv("BKR_BIN") or "./bkr"
 end
 
+-- Run the bkr under test with arguments (already quoted as needed) and an optional shell
+-- prefix such as "PGUSER=x"; return stdout and stderr together, and the exit code.
+function util.bkr(args, env)
+  return util.sh((env or "") .. " " .. quote(util.bkr_bin()) .. " " .. args .. " 2>&1")
+end
+
+-- A new database in the test cluster, named PREFIX_<n>_<random>, set up with `sql` (run by
+-- psql from a file, so it may hold several statements).
+local databases = 0
+function util.new_database(prefix, sql)
+  databases = databases + 1
+  local name = string.format("%s_%d_%d", prefix, databases, math.random(1e6))
+  util.psql("create database " .. name)
+  if sql then
+    local file = util.scratch("sql") .. "/setup.sql"
+    util.write(file, sql)
+    local out, rc = util.sh("psql -X -q -v ON_ERROR_STOP=1 -d " .. name .. " -f " .. quote(file) .. " 2>&1")
+    assert(rc == 0, out)
+  end
+  return name
+end
+
 return util

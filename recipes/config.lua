@@ -1,0 +1,777 @@
+-- Configuration backups with secrets encrypted field by field: backup, restore, verify, list
+--
+-- The runbook (docs/config-backup.md):
+--   backup   1. read the configuration, the key, the files to save
+--            2. lock the repository; build the backup under a temporary name in REPO/config:
+--               YAML and .env files with each secret sealed in place, other files copied
+--               (or sealed whole with --encrypt-all), then manifest.json and SHA256SUMS
+--            3. verify the staged backup end to end (every value opened, every file's SHA-256)
+--            4. publish it under config_backup_<UTC time> in one rename; rotate
+--   restore  verify everything first (checksums, every value, every file's SHA-256), refuse to
+--            replace existing files without --overwrite, then write each file atomically
+--   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256
+--   list     config backups, newest first
+-- Exit codes: 0 ok, 1 failed, 2 usage or configuration, 3 integrity.
+local lfs = require "lfs"
+local fs = require "bkr.fs"
+local hash = require "bkr.hash"
+local crypto = require "bkr.crypto"
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local json = require "lib.json"
+local keys = require "lib.keys"
+local retention = require "lib.retention"
+local files = require "lib.config_files"
+
+local FORMAT = "bkr-config-1"
+local SUBDIR = "config"
+local NAME_PATTERN = "^config_backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)$"
+local PARTIAL_PREFIX = ".partial-"
+local PRIVATE = tonumber("700", 8)
+local PRIVATE_FILE = tonumber("600", 8)
+local SEE = "docs/config-backup.md"
+local EXIT_CODES = "0 ok, 1 failed, 2 usage or configuration error, 3 integrity check failed"
+
+-- ------------------------------------------------------------------ small helpers
+
+local command = "config"
+
+local function say(fmt, ...)
+  io.stdout:write(string.format(fmt, ...), "\n")
+  io.stdout:flush()
+end
+
+local function warn(fmt, ...)
+  io.stderr:write("bkr ", command, ": ", string.format(fmt, ...), "\n")
+end
+
+local function octal(mode)
+  return string.format("%04o", mode)
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function clean_message(err)
+  return (tostring(err):gsub("^[^:]*%.lua:%d+: ", ""):gsub("^crypto%.[%w_]+: ", ""))
+end
+
+-- An absolute path with '.' and '..' resolved lexically, as `realpath -s` does.
+local function absolute(path)
+  if path:sub(1, 1) ~= "/" then path = lfs.currentdir() .. "/" .. path end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then
+      parts[#parts] = nil
+    elseif part ~= "." then
+      parts[#parts + 1] = part
+    end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+-- A relative path that stays below its base: no empty, '.' or '..' component.
+local function safe_relative(path)
+  if type(path) ~= "string" or path == "" or path:sub(1, 1) == "/" then return false end
+  for part in (path .. "/"):gmatch("([^/]*)/") do
+    if part == "" or part == "." or part == ".." then return false end
+  end
+  return true
+end
+
+local function repository(cfg)
+  return config.repository(cfg) .. "/" .. SUBDIR
+end
+
+-- ------------------------------------------------------------------ finding backups
+
+-- Every config backup in REPO/config, newest first.
+local function scan(dir)
+  local backups = {}
+  if lfs.attributes(dir, "mode") ~= "directory" then return backups end
+  for name in lfs.dir(dir) do
+    local stamp = name:match(NAME_PATTERN)
+    if stamp and lfs.attributes(dir .. "/" .. name, "mode") == "directory" then
+      backups[#backups + 1] = { name = name, path = dir .. "/" .. name, stamp = stamp,
+        time = repo.stamp_epoch(stamp), type = "daily" }
+    end
+  end
+  table.sort(backups, function(a, b) return a.stamp > b.stamp end)
+  return backups
+end
+
+-- BACKUP as given on the command line: a directory, or a backup's name in REPO/config.
+local function resolve(options, word)
+  if word:find("/") or lfs.attributes(word, "mode") == "directory" then
+    if lfs.attributes(word, "mode") ~= "directory" then
+      cli.usage_error("%s: no such backup directory %s", command, word)
+    end
+    return (word:gsub("(.)/+$", "%1"))
+  end
+  if not word:match(NAME_PATTERN) then
+    cli.usage_error("%s: %s is neither a directory nor a config backup name (config_backup_YYYYMMDD_HHMMSS)",
+      command, word)
+  end
+  local path = repository(config.load(options)) .. "/" .. word
+  if lfs.attributes(path, "mode") ~= "directory" then cli.usage_error("%s: no config backup %s", command, path) end
+  return path
+end
+
+local function latest(options)
+  local dir = repository(config.load(options))
+  local newest = scan(dir)[1]
+  if not newest then cli.fail(cli.EXIT_FAILED, "%s: no config backups in %s", command, dir) end
+  return newest.path
+end
+
+-- ------------------------------------------------------------------ checking a backup
+
+local function has_secrets(file)
+  return file.whole_file_encrypted == true or #(file.encrypted_fields or {}) > 0
+end
+
+-- The shape of one manifest entry, before anything is read or written through it.
+local function entry_problem(file)
+  if type(file) ~= "table" then return "an entry is not an object" end
+  if type(file.path) ~= "string" or file.path:sub(1, 1) ~= "/" or not safe_relative(file.path:sub(2)) then
+    return "an entry has an unsafe original path: " .. tostring(file.path)
+  end
+  if not safe_relative(file.stored) or not file.stored:match("^files/") then
+    return file.path .. ": unsafe stored path " .. tostring(file.stored)
+  end
+  if file.kind ~= "yaml" and file.kind ~= "env" and file.kind ~= "other" then
+    return file.path .. ": unknown kind " .. tostring(file.kind)
+  end
+  for _, field in ipairs({ "sha256", "stored_sha256" }) do
+    if type(file[field]) ~= "string" or not file[field]:match("^%x+$") or #file[field] ~= 64 then
+      return file.path .. ": manifest lacks a valid " .. field
+    end
+  end
+  if type(file.mode) ~= "string" or not tonumber(file.mode, 8) or tonumber(file.mode, 8) > tonumber("777", 8) then
+    return file.path .. ": invalid mode " .. tostring(file.mode)
+  end
+  if type(file.encrypted_fields or {}) ~= "table" then return file.path .. ": invalid encrypted_fields" end
+  return nil
+end
+
+-- Files under files/ that the manifest does not name.
+local function unexpected_files(dir, expected)
+  local found = {}
+  local function walk(relative)
+    local path = dir .. "/" .. relative
+    for name in lfs.dir(path) do
+      if name ~= "." and name ~= ".." then
+        local child = relative .. "/" .. name
+        local mode = lfs.symlinkattributes(dir .. "/" .. child, "mode")
+        if mode == "directory" then
+          walk(child)
+        elseif not expected[child] then
+          found[#found + 1] = child
+        end
+      end
+    end
+  end
+  if lfs.attributes(dir .. "/files", "mode") == "directory" then walk("files") end
+  return found
+end
+
+-- Check a backup directory. Without a key, only what needs none: SHA256SUMS, the manifest,
+-- and the files that hold no secret. With the key, also every sealed value and every file's
+-- SHA-256 after opening. Returns a report:
+--   { manifest, problems = {...}, plain = { [file entry] = original text }, unchecked = n }
+local function inspect(dir, key)
+  local report = { problems = {}, plain = {}, unchecked = 0 }
+  local function problem(fmt, ...) report.problems[#report.problems + 1] = string.format(fmt, ...) end
+
+  -- 1. the manifest
+  local manifest, merr = json.read_file(dir .. "/manifest.json")
+  if not manifest then
+    problem("manifest: %s", clean_message(merr))
+    return report
+  end
+  if manifest.format ~= FORMAT or type(manifest.files) ~= "table" then
+    problem("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
+    return report
+  end
+  for _, file in ipairs(manifest.files) do
+    local bad = entry_problem(file)
+    if bad then
+      problem("manifest: %s", bad)
+      return report
+    end
+  end
+  report.manifest = manifest
+
+  -- 2. SHA256SUMS, and the stored copies against it and against the manifest
+  local actual = {}
+  local function digest_of(relative)
+    if actual[relative] == nil then
+      actual[relative] = hash.sha256_file(dir .. "/" .. relative) or false
+    end
+    return actual[relative]
+  end
+  local listed = {}
+  local sums_text, serr = read_file(dir .. "/SHA256SUMS")
+  local sums, perr
+  if sums_text then sums, perr = files.parse_sums(sums_text) else perr = "missing SHA256SUMS (" .. serr .. ")" end
+  if not sums then
+    problem("%s", perr)
+    sums = {}
+  end
+  for _, line in ipairs(sums) do
+    if not safe_relative(line.name) then
+      problem("SHA256SUMS names an unsafe path %s", line.name)
+    else
+      listed[line.name] = line.digest
+      local digest = digest_of(line.name)
+      if not digest then
+        problem("%s: missing", line.name)
+      elseif digest ~= line.digest then
+        problem("%s: SHA-256 mismatch (SHA256SUMS says %s, the file is %s)", line.name, line.digest, digest)
+      end
+    end
+  end
+  if sums_text and not listed["manifest.json"] then problem("SHA256SUMS does not cover manifest.json") end
+  local expected, intact = {}, {}
+  for _, file in ipairs(manifest.files) do
+    expected[file.stored] = true
+    local digest = digest_of(file.stored)
+    if not digest then
+      if not listed[file.stored] then problem("%s: stored copy %s is missing", file.path, file.stored) end
+    elseif digest ~= file.stored_sha256 then
+      -- (a mismatch with SHA256SUMS was reported above)
+      if not listed[file.stored] or listed[file.stored] == digest then
+        problem("%s: manifest says the stored copy's SHA-256 is %s, the file is %s", file.path,
+          file.stored_sha256, digest)
+      end
+    elseif sums_text and not listed[file.stored] then
+      problem("%s: stored copy %s is not listed in SHA256SUMS", file.path, file.stored)
+    else
+      intact[file] = true
+    end
+  end
+  for _, relative in ipairs(unexpected_files(dir, expected)) do
+    problem("%s: not part of the backup (not in the manifest)", relative)
+  end
+
+  -- 3. the content: what the original was, from what is stored
+  local cipher
+  if key then
+    local given = crypto.key_id(key)
+    if manifest.key_id and manifest.key_id ~= given then
+      problem("backup was encrypted with key %s, the key given is %s", manifest.key_id, given)
+      return report
+    end
+    cipher = files.cipher(key)
+  end
+  for _, file in ipairs(manifest.files) do
+    if intact[file] then
+      local secret = has_secrets(file)
+      local stored_path = dir .. "/" .. file.stored
+      if secret and not cipher then
+        report.unchecked = report.unchecked + 1
+      elseif file.whole_file_encrypted or file.kind == "other" then
+        local digest, err = files.read_whole(stored_path, { key = file.whole_file_encrypted and key or nil })
+        if not digest then
+          problem("%s: %s", file.path, clean_message(err))
+        elseif digest ~= file.sha256 then
+          problem("%s: content does not match the original's SHA-256", file.path)
+        end
+      else
+        local stored, rerr = read_file(stored_path)
+        local plain, err = stored, nil
+        if not stored then
+          err = rerr
+        elseif secret then
+          plain, err = files.reveal(file.kind, stored, file.encrypted_fields, cipher)
+        end
+        if not plain then
+          problem("%s: %s", file.path, clean_message(err))
+        elseif hash.sha256_string(plain) ~= file.sha256 then
+          problem("%s: the restored content does not match the original's SHA-256%s", file.path,
+            secret and " (a legacy value opened with the wrong key?)" or "")
+        else
+          report.plain[file] = plain
+        end
+      end
+    end
+  end
+  return report
+end
+
+local function count_fields(manifest)
+  local fields, whole = 0, 0
+  for _, file in ipairs(manifest.files or {}) do
+    fields = fields + #(file.encrypted_fields or {})
+    if file.whole_file_encrypted then whole = whole + 1 end
+  end
+  return fields, whole
+end
+
+-- ------------------------------------------------------------------ backup
+
+local function parse_backup(args)
+  return cli.parse(args, {
+    name = "config backup",
+    usage = "bkr config backup FILE... [--repo DIR] [--config FILE] [--key-file KEY] [--encrypt-all] "
+      .. "[--legacy-xor] [--no-rotate]",
+    summary = "Save configuration files into REPO/config/config_backup_<UTC time>/: YAML and .env files\n"
+      .. "with every value under a sensitive key encrypted in place (AES-256-GCM), other files copied\n"
+      .. "as they are (or encrypted whole with --encrypt-all), a manifest.json and a SHA256SUMS.\n"
+      .. "The backup is verified before it is published; then the oldest beyond retention.daily go.",
+    positional = "FILE",
+    options = {
+      { "--repo", "DIR", "repository directory (overrides the configuration)" },
+      { "--config", "FILE", "configuration file" },
+      { "--key-file", "KEY", "key file (bkr keygen); else encryption.key_file or encryption.key_env" },
+      { "--encrypt-all", nil, "store non-YAML, non-.env files (and unparsable YAML) encrypted whole" },
+      { "--legacy-xor", nil, "write the previous tool's XOR values (NOT encryption; compatibility only)" },
+      { "--no-rotate", nil, "keep every older config backup" },
+    },
+    exit_codes = EXIT_CODES,
+    see = SEE,
+  })
+end
+
+-- What will be saved: each FILE as an absolute path, its kind and mode.
+local function describe_sources(args)
+  if #args == 0 then cli.usage_error("config backup: name at least one FILE (see --help)") end
+  local sources, seen = {}, {}
+  for _, word in ipairs(args) do
+    local path = absolute(word)
+    local mode = lfs.attributes(path, "mode")
+    if not mode then cli.usage_error("config backup: %s: no such file", word) end
+    if mode ~= "file" then cli.usage_error("config backup: %s is a %s, not a regular file", word, mode) end
+    if path:find("[\\\n]") then cli.usage_error("config backup: %s: unsupported character in the path", word) end
+    if not seen[path] then
+      seen[path] = true
+      sources[#sources + 1] = { path = path, kind = files.kind(path), mode = fs.mode(path) & tonumber("777", 8) }
+    end
+  end
+  return sources
+end
+
+local function make_dirs(run, relative_dir)
+  local path = run.staging
+  for part in relative_dir:gmatch("[^/]+") do
+    path = path .. "/" .. part
+    if not run.dirs[path] then
+      local ok, err = fs.mkdirs(path, PRIVATE)
+      if not ok then error(err, 0) end
+      run.dirs[path] = true
+      run.dir_order[#run.dir_order + 1] = path
+    end
+  end
+end
+
+-- One file into the staging directory; returns its manifest entry.
+local function store_file(run, source)
+  local entry = { path = source.path, kind = source.kind, mode = octal(source.mode),
+    encrypted_fields = {}, whole_file_encrypted = false }
+  local stored = "files" .. source.path
+  make_dirs(run, dirname(stored))
+
+  if source.kind ~= "other" then
+    local text, rerr = read_file(source.path)
+    if not text then error(source.path .. ": " .. rerr, 0) end
+    local sealed, fields = files.protect(source.kind, text, run.cipher, run.sensitive)
+    if sealed then
+      local ok, err = fs.write_file(run.staging .. "/" .. stored, sealed,
+        { mode = source.mode, overwrite = false })
+      if not ok then error(err, 0) end
+      entry.size, entry.sha256 = #text, hash.sha256_string(text)
+      entry.stored, entry.stored_sha256 = stored, hash.sha256_string(sealed)
+      entry.encrypted_fields = fields
+      return entry
+    end
+    if not run.encrypt_all then
+      error(string.format("%s: %s; its secrets cannot be sealed field by field (--encrypt-all stores such "
+        .. "a file encrypted whole)", source.path, clean_message(fields)), 0)
+    end
+    entry.note = "encrypted whole: " .. clean_message(fields)
+  end
+
+  local whole = run.encrypt_all
+  if whole then stored = stored .. ".enc" end
+  local result, err = files.store_whole(source.path, run.staging .. "/" .. stored,
+    { mode = source.mode, key = whole and run.key or nil })
+  if not result then error(source.path .. ": " .. clean_message(err), 0) end
+  entry.size, entry.sha256 = result.size, result.sha256
+  entry.stored, entry.stored_sha256 = stored, result.stored_sha256
+  entry.whole_file_encrypted = whole == true
+  return entry
+end
+
+local function write_manifest_and_sums(run, entries)
+  local manifest = {
+    format = FORMAT, name = run.name, time = repo.iso_time(run.epoch), bkr_version = bkr.version,
+    key_id = run.key_id, cipher = run.legacy_xor and "xor-legacy" or "aes-256-gcm",
+    sensitive_keys = run.patterns, files = entries,
+  }
+  local text = json.encode(manifest, true) .. "\n"
+  local ok, err = fs.write_file(run.staging .. "/manifest.json", text, { mode = PRIVATE_FILE, overwrite = false })
+  if not ok then error(err, 0) end
+  local lines = {}
+  for _, entry in ipairs(entries) do lines[#lines + 1] = files.sums_line(entry.stored_sha256, entry.stored) end
+  lines[#lines + 1] = files.sums_line(hash.sha256_string(text), "manifest.json")
+  ok, err = fs.write_file(run.staging .. "/SHA256SUMS", table.concat(lines),
+    { mode = PRIVATE_FILE, overwrite = false })
+  if not ok then error(err, 0) end
+  return manifest
+end
+
+-- Every directory of the staged backup reaches the disk before the rename publishes it.
+local function sync_dirs(run)
+  for i = #run.dir_order, 1, -1 do
+    local ok, err = fs.fsync(run.dir_order[i])
+    if not ok then error(err, 0) end
+  end
+  local ok, err = fs.fsync(run.staging)
+  if not ok then error(err, 0) end
+end
+
+-- Leftovers of a run that crashed before publishing (we hold the lock: nobody else writes).
+local function remove_stale_partials(dir)
+  for name in lfs.dir(dir) do
+    if name:sub(1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
+      fs.remove_tree(dir .. "/" .. name)
+      warn("removed %s/%s, left by an interrupted run", dir, name)
+    end
+  end
+end
+
+-- Keep what lib/retention.lua keeps of the config backups (as daily backups: retention.daily
+-- newest) and always the newest one. Every config backup was verified before it was published.
+local function rotate(run)
+  local backups = scan(run.dir)
+  for _, backup in ipairs(backups) do backup.verified = "passed" end
+  local keep = retention.keep(backups, run.cfg.retention, os.time())
+  if backups[1] then keep[backups[1]] = keep[backups[1]] or "newest config backup" end
+  local errors = {}
+  for _, backup in ipairs(backups) do
+    if not keep[backup] and backup.path ~= run.final then
+      local ok, err = fs.remove_tree(backup.path)
+      if ok then
+        say("removed %s (beyond retention)", backup.path)
+        repo.log(run.repo, { recipe = "config backup", file = SUBDIR .. "/" .. backup.name, result = "removed",
+          reason = "beyond retention" })
+      else
+        errors[#errors + 1] = err
+      end
+    end
+  end
+  return errors
+end
+
+local function backup(args)
+  local options = parse_backup(args)
+  if not options then return cli.EXIT_OK end
+  local sources = describe_sources(options.args)
+  local cfg = config.load(options)
+  local run = { cfg = cfg, encrypt_all = options.encrypt_all, legacy_xor = options.legacy_xor,
+    dirs = {}, dir_order = {} }
+  run.key, run.key_id = keys.require(cfg, options)
+  run.patterns = (cfg.config_backup and cfg.config_backup.sensitive_keys) or files.DEFAULT_SENSITIVE_KEYS
+  run.sensitive = files.sensitive_matcher(run.patterns)
+  run.cipher = files.cipher(run.key, { legacy_xor = run.legacy_xor })
+  if run.legacy_xor then
+    warn("WARNING: --legacy-xor writes secrets XOR-ed with a repeating key: that is NOT encryption. "
+      .. "Anyone who knows or guesses one value can recover the key and read every other value. "
+      .. "Use it only for a tool that cannot read ENCRYPTED:v2 values.")
+  end
+
+  run.repo = config.repository(cfg)
+  run.dir = run.repo .. "/" .. SUBDIR
+  local ok, err = fs.mkdirs(run.dir, PRIVATE)
+  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
+  local lock <close> = repo.lock(run.repo)
+  remove_stale_partials(run.dir)
+
+  run.epoch = os.time()
+  run.name = "config_backup_" .. repo.stamp(run.epoch)
+  run.final = run.dir .. "/" .. run.name
+  if lfs.attributes(run.final) then
+    cli.fail(cli.EXIT_FAILED, "config backup: %s already exists (one config backup per second)", run.final)
+  end
+  run.staging = run.dir .. "/" .. PARTIAL_PREFIX .. run.name
+  ok, err = fs.mkdirs(run.staging, PRIVATE)
+  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
+
+  local built, failure = pcall(function()
+    local entries = {}
+    for _, source in ipairs(sources) do
+      if bkr.interrupted() then error("interrupted", 0) end
+      entries[#entries + 1] = store_file(run, source)
+    end
+    run.manifest = write_manifest_and_sums(run, entries)
+    local report = inspect(run.staging, run.key)
+    if #report.problems > 0 then
+      error("the new backup failed its own verification: " .. table.concat(report.problems, "; "), 0)
+    end
+    sync_dirs(run)
+    local renamed, rerr = fs.rename(run.staging, run.final)
+    if not renamed then error(rerr, 0) end
+  end)
+  if not built then
+    fs.remove_tree(run.staging)
+    local message = clean_message(failure)
+    repo.log(run.repo, { recipe = "config backup", result = "failed", error = message })
+    cli.fail(cli.EXIT_FAILED, "config backup failed, nothing written: %s", message)
+  end
+
+  local fields, whole = count_fields(run.manifest)
+  for _, entry in ipairs(run.manifest.files) do
+    local detail = #entry.encrypted_fields > 0 and (#entry.encrypted_fields .. " fields encrypted")
+      or entry.whole_file_encrypted and "encrypted whole" or "copied"
+    say("  %s (%s): %s", entry.path, entry.kind, detail)
+  end
+  say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
+    run.final, #run.manifest.files, fields, whole, run.key_id)
+  repo.log(run.repo, { recipe = "config backup", result = "ok", file = SUBDIR .. "/" .. run.name,
+    files = #run.manifest.files, encrypted_fields = fields })
+
+  if not options.no_rotate then
+    local errors = rotate(run)
+    if #errors > 0 then
+      warn("rotation: %s", table.concat(errors, "; "))
+      return cli.EXIT_FAILED
+    end
+  end
+  return cli.EXIT_OK
+end
+
+-- ------------------------------------------------------------------ restore
+
+local function parse_restore(args)
+  return cli.parse(args, {
+    name = "config restore",
+    usage = "bkr config restore (BACKUP | --latest) --to DIR [--key-file KEY] [--overwrite] "
+      .. "[--repo DIR] [--config FILE]",
+    summary = "Restore every file of a config backup to DIR/<original path>, with its mode and its\n"
+      .. "secrets decrypted (ENCRYPTED:v2 values, and the previous tool's XOR values with that key).\n"
+      .. "BACKUP is a backup directory or its name (config_backup_YYYYMMDD_HHMMSS in REPO/config).\n"
+      .. "All or nothing: every file is checked (each value authenticated, each file's SHA-256 equal\n"
+      .. "to the original's) before any is written; existing files are kept unless --overwrite.",
+    positional = "BACKUP",
+    options = {
+      { "--to", "DIR", "where to restore (required; / restores in place, with --overwrite)" },
+      { "--latest", nil, "the newest config backup in the repository" },
+      { "--key-file", "KEY", "key file; else encryption.key_file or encryption.key_env" },
+      { "--overwrite", nil, "replace files that already exist" },
+      { "--repo", "DIR", "repository directory (for --latest or a backup name)" },
+      { "--config", "FILE", "configuration file" },
+    },
+    exit_codes = EXIT_CODES .. " (nothing written)",
+    see = SEE,
+  })
+end
+
+local function one_backup(options, what)
+  if options.latest and #options.args > 0 then cli.usage_error("%s: give BACKUP or --latest, not both", what) end
+  if options.latest then return latest(options) end
+  if #options.args ~= 1 then cli.usage_error("%s: give one BACKUP (or --latest); see --help", what) end
+  return resolve(options, options.args[1])
+end
+
+local function restore(args)
+  local options = parse_restore(args)
+  if not options then return cli.EXIT_OK end
+  if not options.to then cli.usage_error("config restore: --to DIR is required") end
+  local dir = one_backup(options, "config restore")
+  local cfg = config.load(options)
+  local key = keys.load(cfg, options)
+
+  -- 1. check everything first (a backup with secrets needs the key)
+  local report = inspect(dir, key)
+  if report.unchecked > 0 then keys.require(cfg, options) end
+  if #report.problems > 0 then
+    for _, p in ipairs(report.problems) do warn("%s", p) end
+    cli.fail(cli.EXIT_INTEGRITY, "config restore: %s failed its checks; nothing was restored", dir)
+  end
+  local manifest = report.manifest
+
+  -- 2. where each file goes; never over an existing one without --overwrite
+  local to = options.to:gsub("/+$", "")
+  local targets, existing = {}, {}
+  for _, file in ipairs(manifest.files) do
+    local target = to .. file.path
+    targets[file] = target
+    if lfs.symlinkattributes(target) and not options.overwrite then existing[#existing + 1] = target end
+  end
+  if #existing > 0 then
+    cli.fail(cli.EXIT_FAILED, "config restore: refusing to replace existing files (use --overwrite): %s; "
+      .. "nothing was restored", table.concat(existing, ", "))
+  end
+
+  -- 3. write each file atomically, with its mode
+  for _, file in ipairs(manifest.files) do
+    local target, mode = targets[file], tonumber(file.mode, 8)
+    local ok, err = fs.mkdirs(dirname(target), PRIVATE)
+    if ok then
+      if report.plain[file] then
+        ok, err = fs.write_file(target, report.plain[file], { mode = mode, overwrite = options.overwrite == true })
+      else
+        local digest, werr = files.read_whole(dir .. "/" .. file.stored, {
+          key = file.whole_file_encrypted and key or nil,
+          target = target, mode = mode, overwrite = options.overwrite == true,
+        })
+        if digest and digest ~= file.sha256 then
+          os.remove(target)
+          cli.fail(cli.EXIT_INTEGRITY, "config restore: %s changed while restoring (SHA-256 mismatch)",
+            file.stored)
+        end
+        ok, err = digest, werr
+      end
+    end
+    if not ok then cli.fail(cli.EXIT_FAILED, "config restore: %s: %s", file.path, clean_message(err)) end
+    say("restored %s -> %s (mode %s)", file.path, target, file.mode)
+  end
+  say("restored %d files from %s", #manifest.files, dir)
+  return cli.EXIT_OK
+end
+
+-- ------------------------------------------------------------------ verify
+
+local function parse_verify(args)
+  return cli.parse(args, {
+    name = "config verify",
+    usage = "bkr config verify [BACKUP... | --latest | --all] [--key-file KEY] [--repo DIR] [--config FILE]",
+    summary = "Check config backups: SHA256SUMS, the manifest against every stored file, and, when a key\n"
+      .. "is given or configured, that every encrypted value authenticates and every file opens to\n"
+      .. "its original's SHA-256. Without a key, encrypted files are reported as not checked.\n"
+      .. "Default: --latest.",
+    positional = "BACKUP",
+    options = {
+      { "--latest", nil, "the newest config backup (default)" },
+      { "--all", nil, "every config backup in the repository" },
+      { "--key-file", "KEY", "key file; else encryption.key_file or encryption.key_env" },
+      { "--repo", "DIR", "repository directory" },
+      { "--config", "FILE", "configuration file" },
+    },
+    exit_codes = "0 all passed, 3 a backup failed, 1 could not run, 2 usage or configuration error",
+    see = SEE,
+  })
+end
+
+local function verify(args)
+  local options = parse_verify(args)
+  if not options then return cli.EXIT_OK end
+  local dirs = {}
+  if options.all then
+    for _, b in ipairs(scan(repository(config.load(options)))) do dirs[#dirs + 1] = b.path end
+  elseif #options.args > 0 then
+    for _, word in ipairs(options.args) do dirs[#dirs + 1] = resolve(options, word) end
+  else
+    dirs[1] = latest(options)
+  end
+  local key = keys.load(config.load(options), options)
+  local failed = 0
+  for _, dir in ipairs(dirs) do
+    local report = inspect(dir, key)
+    if #report.problems > 0 then
+      failed = failed + 1
+      say("%s: FAILED", dir)
+      for _, p in ipairs(report.problems) do say("  %s", p) end
+    else
+      local fields = count_fields(report.manifest)
+      local note = report.unchecked > 0
+        and string.format("; %d files with secrets not checked: no key", report.unchecked) or ""
+      say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files,
+        fields, note)
+    end
+  end
+  if #dirs == 0 then say("no config backups") end
+  return failed > 0 and cli.EXIT_INTEGRITY or cli.EXIT_OK
+end
+
+-- ------------------------------------------------------------------ list
+
+local function list(args)
+  local options = cli.parse(args, {
+    name = "config list",
+    usage = "bkr config list [--json] [--repo DIR] [--config FILE]",
+    summary = "Config backups, newest first: time, name, files, encrypted fields, key id.",
+    options = {
+      { "--json", nil, "one JSON array, for scripts" },
+      { "--repo", "DIR", "repository directory" },
+      { "--config", "FILE", "configuration file" },
+    },
+    exit_codes = "0 listed (also when empty), 2 usage or configuration error",
+    see = SEE,
+  })
+  if not options then return cli.EXIT_OK end
+  local dir = repository(config.load(options))
+  local rows = {}
+  for _, b in ipairs(scan(dir)) do
+    local manifest, err = json.read_file(b.path .. "/manifest.json")
+    local row = { name = b.name, time = repo.iso_time(b.time), path = b.path }
+    if manifest then
+      row.files = #(manifest.files or {})
+      row.encrypted_fields, row.whole_files_encrypted = count_fields(manifest)
+      row.key_id, row.cipher = manifest.key_id, manifest.cipher
+    else
+      row.error = clean_message(err)
+    end
+    rows[#rows + 1] = row
+  end
+  if options.json then
+    print(json.encode(rows, true))
+    return cli.EXIT_OK
+  end
+  if #rows == 0 then
+    print("no config backups in " .. dir)
+    return cli.EXIT_OK
+  end
+  print(string.format("%-20s  %-30s  %5s  %9s  %s", "time", "name", "files", "encrypted", "key"))
+  for _, row in ipairs(rows) do
+    if row.error then
+      print(string.format("%-20s  %-30s  %s", row.time, row.name, "unreadable manifest: " .. row.error))
+    else
+      print(string.format("%-20s  %-30s  %5d  %9d  %s%s", row.time, row.name, row.files, row.encrypted_fields,
+        row.key_id or "-", row.cipher == "xor-legacy" and " (legacy XOR)" or ""))
+    end
+  end
+  return cli.EXIT_OK
+end
+
+-- ------------------------------------------------------------------ dispatch
+
+local SUBCOMMANDS = { backup = backup, restore = restore, verify = verify, list = list }
+
+local OVERVIEW = [[
+usage: bkr config SUBCOMMAND [options]
+
+Configuration backups with field-level encryption of secrets.
+
+subcommands:
+  backup FILE...         save files into REPO/config/config_backup_<UTC time>/
+  restore BACKUP --to D  restore every file of a backup under D, secrets decrypted
+  verify [BACKUP]        check checksums, manifest and (with the key) every encrypted value
+  list [--json]          config backups, newest first
+
+`bkr config SUBCOMMAND --help` describes each.
+exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 integrity check failed
+documentation: docs/config-backup.md]]
+
+local args = { ... }
+local name = args[1]
+if name == "--help" or name == "-h" then
+  print(OVERVIEW)
+  return cli.EXIT_OK
+end
+if not name or not SUBCOMMANDS[name] then
+  io.stderr:write(OVERVIEW, "\n")
+  cli.usage_error("config: %s", name and ("unknown subcommand '" .. name .. "'") or "name a subcommand")
+end
+command = "config " .. name
+return SUBCOMMANDS[name]({ table.unpack(args, 2) })

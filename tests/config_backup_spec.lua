@@ -1,0 +1,751 @@
+-- bkr config backup|restore|verify|list: configuration files with their secrets encrypted field
+-- by field. Checked with independent tools: sha256sum, cmp, stat, grep, base64, python3's yaml.
+local util = require "support.util"
+local json = require "dkjson"
+local q = util.quote
+local bkr = util.bkr_bin()
+
+local function run(args)
+  return util.sh(q(bkr) .. " " .. args .. " 2>&1")
+end
+
+local function new_key(dir, name)
+  local path = dir .. "/" .. (name or "key")
+  util.sh("head -c 32 /dev/urandom | base64 -w0 > " .. q(path) .. " && chmod 600 " .. q(path))
+  return path
+end
+
+local function mode_of(path)
+  return (util.sh("stat -c %a " .. q(path)):gsub("%s+$", ""))
+end
+
+local function same_bytes(a, b)
+  local _, rc = util.sh("cmp -s " .. q(a) .. " " .. q(b))
+  return rc == 0
+end
+
+-- Every file under dir, relative, sorted (lock and log excluded).
+local function tree(dir)
+  return (util.sh("cd " .. q(dir) .. " 2>/dev/null && find . ! -name .lock ! -name bkr.log ! -name . | sort"))
+end
+
+local function backups(repo)
+  local list = {}
+  for name in util.sh("ls " .. q(repo .. "/config") .. " 2>/dev/null"):gmatch("[^\n]+") do
+    if name:match("^config_backup_%d+_%d+$") then list[#list + 1] = repo .. "/config/" .. name end
+  end
+  return list
+end
+
+local function newest(repo)
+  local list = backups(repo)
+  return list[#list]
+end
+
+local function manifest_of(dir)
+  return json.decode(util.read(dir .. "/manifest.json"))
+end
+
+local function entry_for(manifest, path)
+  for _, f in ipairs(manifest.files) do
+    if f.path == path then return f end
+  end
+end
+
+-- After a deliberate edit of a stored file: make the manifest and SHA256SUMS agree with it
+-- again, as someone who can write the repository could; only the encryption can object then.
+local function reseal_checksums(dir)
+  local manifest = manifest_of(dir)
+  local names = {}
+  for _, f in ipairs(manifest.files) do
+    f.stored_sha256 = util.sha256sum(dir .. "/" .. f.stored)
+    names[#names + 1] = q(f.stored)
+  end
+  util.write(dir .. "/manifest.json", json.encode(manifest, { indent = true }))
+  util.sh("cd " .. q(dir) .. " && sha256sum " .. table.concat(names, " ") .. " manifest.json > SHA256SUMS")
+end
+
+local YAML = [==[
+# Application settings: comments, order and formatting stay as they are
+app:
+  name: shop            # not a secret
+  listen: [0.0.0.0, 8080]
+defaults: {pw: &shared hunter2-anchor}
+database:
+  primary:
+    host: db1.internal
+    password: "pa:ss \"w0rd\""     # double quoted, with escapes
+    admin_password: *shared
+    replicas:
+      - host: db2.internal
+        db_password: 'single ''quoted'' secret'
+api_tokens:
+  - tok-live-aaaa
+  - tok-live-bbbb
+credentials: &creds cred-value-1
+backup_credentials: *creds
+tls:
+  private_key: |
+    -----BEGIN PRIVATE KEY-----
+    MIIEvQIBADANBgkqhkiG9w0BAQEFAASC
+    -----END PRIVATE KEY-----
+  cert_file: /etc/ssl/app.pem
+keep_token: |+
+  kept-trailing-lines
+
+folded_secret: >-
+  folded
+  secret value
+flow: {api_key: flowkey-123, user: bob}
+vault:
+  secrets:
+    smtp: smtp-hidden-value
+    ports: [2525]
+session_token: ENCRYPTED:v2:bm90LWEtcmVhbC10b2tlbg==
+empty_password:
+port: 5432
+]==]
+
+local YAML_SECRETS = { "hunter2-anchor", "pa:ss", "w0rd", "quoted'' secret", "tok-live", "cred-value-1",
+  "MIIEvQ", "kept-trailing", "secret value", "flowkey-123", "smtp-hidden-value", "2525" }
+
+local ENV = table.concat({
+  "# database settings",
+  'export DB_PASSWORD="p@ss w0rd # not a comment"   # trailing comment',
+  "DB_HOST=db.internal",
+  "API_KEY=plain-api-key-123",
+  "  SECRET_KEY = 'spaced-secret'",
+  "EMPTY_TOKEN=",
+  'PRIVATE_KEY="-----BEGIN KEY-----',
+  "multi-line-key-body",
+  '-----END KEY-----"',
+  "",
+  "NOT_SENSITIVE=hello",
+  "windows_token=crlf-secret\r",
+  "export AUTH_TOKEN=last-line-no-newline",
+}, "\n")
+
+local ENV_SECRETS = { "p@ss", "plain-api-key", "spaced-secret", "multi-line-key-body", "crlf-secret", "last-line-no" }
+
+-- A source tree with a YAML file, a .env file and a binary file, a repository and a key.
+local function fixture()
+  local base = util.scratch("cfg")
+  local f = { base = base, src = base .. "/etc/app", repo = base .. "/repo", out = base .. "/out" }
+  util.sh("mkdir -p " .. q(f.src))
+  f.key = new_key(base)
+  f.yaml, f.env, f.bin = f.src .. "/app.yaml", f.src .. "/.env", f.src .. "/data.bin"
+  util.write(f.yaml, YAML)
+  util.write(f.env, ENV)
+  util.sh("head -c 700000 /dev/urandom > " .. q(f.bin) .. " && printf 'PLAINTEXT-MARKER' >> " .. q(f.bin)
+    .. " && head -c 1000 /dev/urandom >> " .. q(f.bin))
+  util.sh("chmod 640 " .. q(f.yaml) .. " && chmod 600 " .. q(f.env) .. " && chmod 755 " .. q(f.bin))
+  f.files = q(f.yaml) .. " " .. q(f.env) .. " " .. q(f.bin)
+  return f
+end
+
+local function backup(f, extra)
+  return run("config backup " .. f.files .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key) .. " " .. (extra or ""))
+end
+
+local function restore(f, dir, extra)
+  return run("config restore " .. q(dir) .. " --to " .. q(f.out) .. " --key-file " .. q(f.key) .. " " .. (extra or ""))
+end
+
+describe("bkr config backup and restore", function()
+  it("restores YAML, .env and binary files byte for byte, with their modes", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    assert.matches("^" .. f.repo:gsub("%p", "%%%0") .. "/config/config_backup_%d%d%d%d%d%d%d%d_%d%d%d%d%d%d$", dir)
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    for _, path in ipairs({ f.yaml, f.env, f.bin }) do
+      local restored = f.out .. path
+      assert.are.equal(util.sha256sum(path), util.sha256sum(restored), path)
+      assert.are.equal(mode_of(path), mode_of(restored), path)
+    end
+  end)
+
+  it("stores YAML with every secret replaced in place, nothing else changed, and the result still parses", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local stored_path = dir .. "/files" .. f.yaml
+    local stored = util.read(stored_path)
+    for _, secret in ipairs(YAML_SECRETS) do
+      assert.is_nil(stored:find(secret, 1, true), "plaintext secret in the stored file: " .. secret)
+    end
+    local _, grc = util.sh("grep -q -e hunter2 -e tok-live -e MIIEvQ " .. q(stored_path))
+    assert.are.equal(1, grc)
+    -- every line without a secret is unchanged, comments included
+    assert.matches("# Application settings: comments, order and formatting stay as they are\n", stored, 1, true)
+    assert.matches("  name: shop            # not a secret\n", stored, 1, true)
+    assert.matches("\n    password: ENCRYPTED:v2:[%w+/=]+     # double quoted, with escapes\n", stored)
+    assert.matches("\n  cert_file: /etc/ssl/app.pem\n", stored, 1, true)
+    assert.matches("\nsession_token: ENCRYPTED:v2:bm90LWEtcmVhbC10b2tlbg==\n", stored, 1, true)
+    assert.matches("\nempty_password:\nport: 5432\n$", stored)
+
+    -- an independent parser reads it, with tokens exactly where the secrets were
+    local py = "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"
+    local parsed_text, prc = util.sh("python3 -c " .. q(py) .. " " .. q(stored_path))
+    assert.are.equal(0, prc, parsed_text)
+    local doc = json.decode(parsed_text)
+    local token = "^ENCRYPTED:v2:[%w+/]+=*$"
+    assert.matches(token, doc.database.primary.password)
+    assert.matches(token, doc.database.primary.admin_password)
+    assert.matches(token, doc.defaults.pw)
+    assert.matches(token, doc.database.primary.replicas[1].db_password)
+    assert.matches(token, doc.api_tokens[1])
+    assert.matches(token, doc.api_tokens[2])
+    assert.matches(token, doc.credentials)
+    assert.are.equal(doc.credentials, doc.backup_credentials)
+    assert.matches(token, doc.tls.private_key)
+    assert.matches(token, doc.keep_token)
+    assert.matches(token, doc.folded_secret)
+    assert.matches(token, doc.flow.api_key)
+    assert.are.equal("bob", doc.flow.user)
+    assert.matches(token, doc.vault.secrets.smtp)
+    assert.matches(token, doc.vault.secrets.ports[1])
+    assert.are.equal("shop", doc.app.name)
+    assert.are.same({ "0.0.0.0", 8080 }, doc.app.listen)
+    assert.are.equal("db1.internal", doc.database.primary.host)
+    assert.are.equal(5432, doc.port)
+
+    local entry = entry_for(manifest_of(dir), f.yaml)
+    assert.are.same({ "defaults.pw", "database.primary.password", "database.primary.replicas[0].db_password",
+      "api_tokens[0]", "api_tokens[1]", "credentials", "tls.private_key", "keep_token", "folded_secret",
+      "flow.api_key", "vault.secrets.smtp", "vault.secrets.ports[0]" }, entry.encrypted_fields)
+    assert.are.equal("yaml", entry.kind)
+  end)
+
+  it("stores .env files with sensitive values encrypted and export, quoting, comments and blank lines kept", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local stored = util.read(dir .. "/files" .. f.env)
+    for _, secret in ipairs(ENV_SECRETS) do
+      assert.is_nil(stored:find(secret, 1, true), "plaintext secret in the stored file: " .. secret)
+    end
+    local lines = {}
+    for line in (stored .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+    assert.are.equal("# database settings", lines[1])
+    assert.matches("^export DB_PASSWORD=ENCRYPTED:v2:[%w+/]+=*$", lines[2])
+    assert.are.equal("DB_HOST=db.internal", lines[3])
+    assert.matches("^API_KEY=ENCRYPTED:v2:", lines[4])
+    assert.matches("^  SECRET_KEY = ENCRYPTED:v2:", lines[5])
+    assert.are.equal("EMPTY_TOKEN=", lines[6])
+    assert.matches("^PRIVATE_KEY=ENCRYPTED:v2:[%w+/]+=*$", lines[7])
+    assert.are.equal("", lines[8])
+    assert.are.equal("NOT_SENSITIVE=hello", lines[9])
+    assert.matches("^windows_token=ENCRYPTED:v2:[%w+/]+=*\r$", lines[10])
+    assert.matches("^export AUTH_TOKEN=ENCRYPTED:v2:[%w+/]+=*$", lines[11])
+    assert.are.same({ "DB_PASSWORD", "API_KEY", "SECRET_KEY", "PRIVATE_KEY", "windows_token", "AUTH_TOKEN" },
+      entry_for(manifest_of(dir), f.env).encrypted_fields)
+  end)
+
+  it("copies other files as they are, or with --encrypt-all stores them encrypted whole", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local plain_dir = newest(f.repo)
+    assert.is_true(same_bytes(f.bin, plain_dir .. "/files" .. f.bin))
+    util.sh("sleep 1.1")
+    out, rc = backup(f, "--encrypt-all")
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    assert.are_not.equal(plain_dir, dir)
+    local stored = dir .. "/files" .. f.bin .. ".enc"
+    local _, grc = util.sh("grep -c PLAINTEXT-MARKER " .. q(stored))
+    assert.are.equal(1, grc, "the marker is readable in the encrypted copy")
+    assert.is_nil(io.open(dir .. "/files" .. f.bin))
+    local entry = entry_for(manifest_of(dir), f.bin)
+    assert.is_true(entry.whole_file_encrypted)
+    assert.are.equal("files" .. f.bin .. ".enc", entry.stored)
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    assert.are.equal(util.sha256sum(f.bin), util.sha256sum(f.out .. f.bin))
+    assert.are.equal("755", mode_of(f.out .. f.bin))
+    assert.are.equal(util.sha256sum(f.yaml), util.sha256sum(f.out .. f.yaml))
+  end)
+
+  it("writes a manifest with each original's path, kind, size, mode and SHA-256, and a SHA256SUMS that sha256sum -c accepts", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local check, crc = util.sh("cd " .. q(dir) .. " && sha256sum -c --strict SHA256SUMS 2>&1")
+    assert.are.equal(0, crc, check)
+    assert.matches("manifest.json: OK", check, 1, true)
+    assert.matches("files" .. f.env:gsub("%p", "%%%0") .. ": OK", check)
+    local manifest = manifest_of(dir)
+    assert.are.equal("bkr-config-1", manifest.format)
+    assert.are.equal(dir:match("[^/]+$"), manifest.name)
+    assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", manifest.time)
+    local key_id = util.sh("base64 -d " .. q(f.key) .. " | sha256sum"):sub(1, 16)
+    assert.are.equal(key_id, manifest.key_id)
+    assert.are.equal(3, #manifest.files)
+    local kinds = { [f.yaml] = "yaml", [f.env] = "env", [f.bin] = "other" }
+    for _, entry in ipairs(manifest.files) do
+      assert.are.equal(kinds[entry.path], entry.kind)
+      assert.are.equal(util.sha256sum(entry.path), entry.sha256)
+      assert.are.equal(tonumber((util.sh("stat -c %s " .. q(entry.path)))), entry.size)
+      assert.are.equal("0" .. mode_of(entry.path), entry.mode)
+      assert.are.equal(util.sha256sum(dir .. "/" .. entry.stored), entry.stored_sha256)
+      assert.are.equal(mode_of(entry.path), mode_of(dir .. "/" .. entry.stored))
+    end
+    -- the private parts of the backup are private
+    assert.are.equal("700", mode_of(dir))
+    assert.are.equal("700", mode_of(dir .. "/files"))
+    assert.are.equal("700", mode_of(dir .. "/files" .. f.src))
+    assert.are.equal("600", mode_of(dir .. "/manifest.json"))
+    assert.are.equal("600", mode_of(dir .. "/SHA256SUMS"))
+    assert.is_nil(util.read(dir .. "/manifest.json"):find(util.read(f.key), 1, true))
+  end)
+
+  it("restores a value encrypted by the previous tool's XOR scheme, computed here independently", function()
+    local f = fixture()
+    local raw_key = util.sh("base64 -d " .. q(f.key) .. " | od -An -v -tu1")
+    local key = {}
+    for byte in raw_key:gmatch("%d+") do key[#key + 1] = tonumber(byte) end
+    assert.are.equal(32, #key)
+    local function legacy(plaintext)
+      local out = {}
+      for i = 1, #plaintext do
+        out[i] = string.char(plaintext:byte(i) ~ key[(i - 1) % 32 + 1])
+      end
+      local tmp = f.base .. "/xor.bin"
+      util.write(tmp, table.concat(out))
+      return "ENCRYPTED:" .. util.sh("base64 -w0 " .. q(tmp))
+    end
+    local secret = "an old secret that is longer than thirty-two bytes, to wrap the key"
+    local original_yaml = "# previous tool\ndb:\n  host: legacy.internal\n  password: " .. secret .. "\n"
+    local original_env = "LEGACY_TOKEN=" .. secret .. "\nPLAIN=1\n"
+    -- a backup as the previous tool left it, with a manifest and SHA256SUMS written here
+    local dir = f.repo .. "/config/config_backup_20200101_000000"
+    util.sh("mkdir -p " .. q(dir .. "/files/etc/legacy"))
+    util.write(dir .. "/files/etc/legacy/app.yaml", "# previous tool\ndb:\n  host: legacy.internal\n  password: "
+      .. legacy(secret) .. "\n")
+    util.write(dir .. "/files/etc/legacy/.env", "LEGACY_TOKEN=" .. legacy(secret) .. "\nPLAIN=1\n")
+    local function sha(s)
+      local tmp = f.base .. "/sha.txt"
+      util.write(tmp, s)
+      return util.sha256sum(tmp)
+    end
+    util.write(dir .. "/manifest.json", json.encode({
+      format = "bkr-config-1", name = "config_backup_20200101_000000", time = "2020-01-01T00:00:00Z",
+      files = {
+        { path = "/etc/legacy/app.yaml", kind = "yaml", mode = "0640", size = #original_yaml, sha256 = sha(original_yaml),
+          stored = "files/etc/legacy/app.yaml", stored_sha256 = "0", encrypted_fields = { "db.password" },
+          whole_file_encrypted = false },
+        { path = "/etc/legacy/.env", kind = "env", mode = "0600", size = #original_env, sha256 = sha(original_env),
+          stored = "files/etc/legacy/.env", stored_sha256 = "0", encrypted_fields = { "LEGACY_TOKEN" },
+          whole_file_encrypted = false },
+      },
+    }))
+    reseal_checksums(dir)
+    local out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    assert.are.equal(original_yaml, util.read(f.out .. "/etc/legacy/app.yaml"))
+    assert.are.equal(original_env, util.read(f.out .. "/etc/legacy/.env"))
+    assert.are.equal("640", mode_of(f.out .. "/etc/legacy/app.yaml"))
+    assert.are.equal("600", mode_of(f.out .. "/etc/legacy/.env"))
+    -- with another key the XOR "decrypts" to garbage: caught by the original's SHA-256
+    local other = new_key(f.base, "other")
+    out, rc = run("config restore " .. q(dir) .. " --to " .. q(f.base .. "/out2") .. " --key-file " .. q(other))
+    assert.are.equal(3, rc, out)
+    assert.matches("does not match the original's SHA%-256", out)
+    assert.are.equal("", tree(f.base .. "/out2"))
+  end)
+
+  it("writes XOR values only with --legacy-xor, warning that XOR is not encryption", function()
+    local f = fixture()
+    local stdout, rc = util.sh(q(bkr) .. " config backup " .. q(f.yaml) .. " --repo " .. q(f.repo)
+      .. " --key-file " .. q(f.key) .. " --legacy-xor 2>" .. q(f.base .. "/stderr"))
+    assert.are.equal(0, rc, stdout)
+    assert.matches("WARNING: .*XOR.*NOT encryption", util.read(f.base .. "/stderr"))
+    local dir = newest(f.repo)
+    local stored = util.read(dir .. "/files" .. f.yaml)
+    local b64 = stored:match("\n    password: ENCRYPTED:([%w+/=]+) ")
+    assert.is_truthy(b64, stored)
+    local _, v2_tokens = stored:gsub("ENCRYPTED:v2:", "")
+    assert.are.equal(1, v2_tokens) -- the value that was a token already, left as it was
+    assert.are.equal("xor-legacy", manifest_of(dir).cipher)
+    -- decode it independently: base64, then XOR with the key
+    local function bytes(cmd)
+      local t = {}
+      for b in util.sh(cmd .. " | od -An -v -tu1"):gmatch("%d+") do t[#t + 1] = tonumber(b) end
+      return t
+    end
+    local key = bytes("base64 -d " .. q(f.key))
+    local cipher = bytes("printf %s " .. q(b64) .. " | base64 -d")
+    local plain = {}
+    for i, b in ipairs(cipher) do plain[i] = string.char(b ~ key[(i - 1) % 32 + 1]) end
+    assert.are.equal('"pa:ss \\"w0rd\\""', table.concat(plain))
+    local out
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    assert.are.equal(util.sha256sum(f.yaml), util.sha256sum(f.out .. f.yaml))
+    -- without the flag, never XOR
+    util.sh("sleep 1.1")
+    out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    assert.is_nil(out:find("WARNING", 1, true))
+    local again = util.read(newest(f.repo) .. "/files" .. f.yaml)
+    assert.is_nil(again:find("ENCRYPTED:[^v]"), again)
+  end)
+
+  it("requires a key: without one, exit 2 and nothing written", function()
+    local f = fixture()
+    local out, rc = run("config backup " .. f.files .. " --repo " .. q(f.repo))
+    assert.are.equal(2, rc, out)
+    assert.matches("no key", out)
+    assert.are.equal("", tree(f.repo))
+    util.sh("chmod 644 " .. q(f.key))
+    out, rc = backup(f)
+    assert.are.equal(2, rc, out)
+    assert.matches("readable by group or others", out)
+    assert.are.equal("", tree(f.repo))
+  end)
+
+  it("leaves nothing behind when a file cannot be protected, and stores it encrypted whole with --encrypt-all", function()
+    local f = fixture()
+    local bad = f.src .. "/broken.yaml"
+    util.write(bad, "password: [unclosed, secret-in-broken\n")
+    local out, rc = run("config backup " .. q(f.yaml) .. " " .. q(bad) .. " --repo " .. q(f.repo)
+      .. " --key-file " .. q(f.key))
+    assert.are.equal(1, rc, out)
+    assert.matches("broken.yaml: yaml: line", out)
+    assert.matches("%-%-encrypt%-all", out)
+    assert.are.equal("", util.sh("ls -A " .. q(f.repo .. "/config")))
+    out, rc = run("config backup " .. q(f.yaml) .. " " .. q(bad) .. " --repo " .. q(f.repo)
+      .. " --key-file " .. q(f.key) .. " --encrypt-all")
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local entry = entry_for(manifest_of(dir), bad)
+    assert.are.equal("yaml", entry.kind)
+    assert.is_true(entry.whole_file_encrypted)
+    local _, grc = util.sh("grep -q secret-in-broken " .. q(dir .. "/" .. entry.stored))
+    assert.are.equal(1, grc)
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    assert.are.equal(util.read(bad), util.read(f.out .. bad))
+  end)
+
+  it("uses config_backup.sensitive_keys instead of the default list", function()
+    local f = fixture()
+    local yaml_file = f.src .. "/custom.yml"
+    util.write(yaml_file, "password: stays-plain\nmagic_word: abracadabra\nnested:\n  MAGIC: sesame\n")
+    local cfg = f.base .. "/bkr.yaml"
+    util.write(cfg, "config_backup:\n  sensitive_keys: [magic]\nencryption:\n  key_file: " .. f.key .. "\n")
+    local out, rc = run("config backup " .. q(yaml_file) .. " --repo " .. q(f.repo) .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local stored = util.read(dir .. "/files" .. yaml_file)
+    assert.matches("^password: stays%-plain\nmagic_word: ENCRYPTED:v2:[%w+/=]+\nnested:\n  MAGIC: ENCRYPTED:v2:[%w+/=]+\n$", stored)
+    assert.are.same({ "magic_word", "nested.MAGIC" }, entry_for(manifest_of(dir), yaml_file).encrypted_fields)
+    -- the key comes from the configuration for restore too
+    out, rc = run("config restore " .. q(dir) .. " --to " .. q(f.out) .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(util.read(yaml_file), util.read(f.out .. yaml_file))
+  end)
+end)
+
+describe("bkr config verify and restore on damaged backups", function()
+  local function tamper_token(path, field_pattern)
+    local text = util.read(path)
+    local prefix, token = text:match("(" .. field_pattern .. "ENCRYPTED:v2:)([%w+/]+)")
+    assert.is_truthy(token, "no token for " .. field_pattern)
+    local i = #token // 2
+    local c = token:sub(i, i)
+    local flipped = token:sub(1, i - 1) .. (c == "A" and "B" or "A") .. token:sub(i + 1)
+    local pattern = (prefix .. token):gsub("%p", "%%%0")
+    local replacement = (prefix .. flipped):gsub("%%", "%%%%")
+    local changed, n = text:gsub(pattern, replacement)
+    assert.are.equal(1, n)
+    util.write(path, changed)
+  end
+
+  it("reports a tampered stored value (exit 3) and restores nothing", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    tamper_token(dir .. "/files" .. f.yaml, "\n    password: ")
+    out, rc = run("config verify " .. q(dir))
+    assert.are.equal(3, rc, out)
+    assert.matches("files" .. f.yaml:gsub("%p", "%%%0") .. ": SHA%-256 mismatch", out)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.matches("nothing was restored", out)
+    assert.are.equal("", tree(f.out))
+  end)
+
+  it("catches a tampered value by its authentication even when the checksums were rewritten to match", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    tamper_token(dir .. "/files" .. f.env, "\nAPI_KEY=")
+    reseal_checksums(dir)
+    out, rc = run("config verify " .. q(dir))
+    assert.are.equal(0, rc, "without the key only checksums can be checked: " .. out)
+    assert.matches("not checked: no key", out)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches(f.env:gsub("%p", "%%%0") .. ": API_KEY: authentication failed", out)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+
+  it("refuses a value moved to another field (the field's path is authenticated)", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local path = dir .. "/files" .. f.yaml
+    local text = util.read(path)
+    local a = text:match("\n    password: (ENCRYPTED:v2:[%w+/=]+)")
+    local b = text:match("\napi_tokens:\n  %- (ENCRYPTED:v2:[%w+/=]+)")
+    assert.is_truthy(a and b)
+    text = text:gsub(a:gsub("%p", "%%%0"), "@A@"):gsub(b:gsub("%p", "%%%0"), "@B@")
+    text = text:gsub("@A@", (b:gsub("%%", "%%%%"))):gsub("@B@", (a:gsub("%%", "%%%%")))
+    util.write(path, text)
+    reseal_checksums(dir)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches("database.primary.password: authentication failed", out, 1, true)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+
+  it("names both key ids when the wrong key is given (exit 3, nothing written)", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local wrong = new_key(f.base, "wrong")
+    local right_id = util.sh("base64 -d " .. q(f.key) .. " | sha256sum"):sub(1, 16)
+    local wrong_id = util.sh("base64 -d " .. q(wrong) .. " | sha256sum"):sub(1, 16)
+    local expected = "backup was encrypted with key " .. right_id .. ", the key given is " .. wrong_id
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(wrong))
+    assert.are.equal(3, rc, out)
+    assert.matches(expected, out, 1, true)
+    out, rc = run("config restore " .. q(dir) .. " --to " .. q(f.out) .. " --key-file " .. q(wrong))
+    assert.are.equal(3, rc, out)
+    assert.matches(expected, out, 1, true)
+    assert.are.equal("", tree(f.out))
+    -- the same from the values themselves, when the manifest has no key id to compare
+    local manifest = manifest_of(dir)
+    manifest.key_id = nil
+    util.write(dir .. "/manifest.json", json.encode(manifest))
+    reseal_checksums(dir)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(wrong))
+    assert.are.equal(3, rc, out)
+    assert.matches("encrypted with key " .. right_id .. ", the key given is " .. wrong_id, out, 1, true)
+  end)
+
+  it("reports a missing stored file (exit 3) and restores nothing", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    os.remove(dir .. "/files" .. f.bin)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches("files" .. f.bin:gsub("%p", "%%%0") .. ": missing", out)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+
+  it("catches a damaged whole-file encrypted copy whose checksums were rewritten", function()
+    local f = fixture()
+    local out, rc = backup(f, "--encrypt-all")
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local stored = dir .. "/files" .. f.bin .. ".enc"
+    util.sh("printf '\\001' | dd of=" .. q(stored) .. " bs=1 seek=5000 conv=notrunc 2>/dev/null")
+    reseal_checksums(dir)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches(f.bin:gsub("%p", "%%%0") .. ": .*decrypt", out)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+
+  it("refuses a manifest whose paths would escape the restore directory", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local manifest = manifest_of(dir)
+    manifest.files[1].path = "/../../escaped.yaml"
+    util.write(dir .. "/manifest.json", json.encode(manifest))
+    reseal_checksums(dir)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.matches("unsafe original path", out)
+    assert.is_nil(io.open(f.base .. "/escaped.yaml"))
+  end)
+end)
+
+describe("bkr config restore", function()
+  it("never replaces existing files without --overwrite, and writes none of the others either", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    util.write(f.out .. f.yaml, "changed since\n")
+    os.remove(f.out .. f.env)
+    out, rc = restore(f, dir)
+    assert.are.equal(1, rc, out)
+    assert.matches("refusing to replace existing files %(use %-%-overwrite%)", out)
+    assert.are.equal("changed since\n", util.read(f.out .. f.yaml))
+    assert.is_nil(io.open(f.out .. f.env))
+    out, rc = restore(f, dir, "--overwrite")
+    assert.are.equal(0, rc, out)
+    for _, path in ipairs({ f.yaml, f.env, f.bin }) do
+      assert.are.equal(util.sha256sum(path), util.sha256sum(f.out .. path))
+      assert.are.equal(mode_of(path), mode_of(f.out .. path))
+    end
+    assert.are.equal("", util.sh("find " .. q(f.out) .. " -name '.*tmp*'"))
+  end)
+
+  it("finds a backup by name or as --latest in the repository", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    out, rc = run("config restore " .. dir:match("[^/]+$") .. " --repo " .. q(f.repo) .. " --to " .. q(f.out)
+      .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(util.sha256sum(f.env), util.sha256sum(f.out .. f.env))
+    out, rc = run("config restore --latest --repo " .. q(f.repo) .. " --to " .. q(f.base .. "/out2")
+      .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(util.sha256sum(f.yaml), util.sha256sum(f.base .. "/out2" .. f.yaml))
+    out, rc = run("config restore config_backup_19990101_000000 --repo " .. q(f.repo) .. " --to " .. q(f.out))
+    assert.are.equal(2, rc, out)
+    out, rc = run("config restore " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(2, rc, out)
+    assert.matches("%-%-to DIR is required", out)
+    out, rc = run("config restore " .. q(dir) .. " --to " .. q(f.base .. "/out3"))
+    assert.are.equal(2, rc, out)
+    assert.matches("no key", out)
+    assert.are.equal("", tree(f.base .. "/out3"))
+  end)
+end)
+
+describe("bkr config backup that does not finish", function()
+  it("on SIGTERM exits 143 and leaves nothing in the repository", function()
+    local f = fixture()
+    local big = f.base .. "/big.bin"
+    util.sh("truncate -s 3G " .. q(big))
+    local out, rc = util.sh("(" .. q(bkr) .. " config backup " .. q(f.yaml) .. " " .. q(big) .. " --encrypt-all --repo "
+      .. q(f.repo) .. " --key-file " .. q(f.key) .. " 2>&1 & pid=$!; sleep 0.5; kill -TERM $pid; wait $pid)")
+    os.remove(big)
+    assert.are.equal(143, rc, out)
+    assert.matches("nothing written", out)
+    assert.are.equal("", util.sh("ls -A " .. q(f.repo .. "/config")))
+  end)
+
+  it("removes what an earlier crashed run left under its temporary name", function()
+    local f = fixture()
+    local stale = f.repo .. "/config/.partial-config_backup_20200101_000000"
+    util.sh("mkdir -p " .. q(stale .. "/files") .. " && echo half > " .. q(stale .. "/files/x"))
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    assert.matches("removed .*%.partial%-config_backup_20200101_000000, left by an interrupted run", out)
+    assert.is_nil(io.open(stale .. "/files/x"))
+    assert.are.equal(1, #backups(f.repo))
+  end)
+end)
+
+describe("bkr config list and rotation", function()
+  it("lists config backups newest first, for people and as JSON", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    util.sh("sleep 1.1")
+    out, rc = run("config backup " .. q(f.bin) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    local all = backups(f.repo)
+    assert.are.equal(2, #all)
+    local listing
+    listing, rc = run("config list --json --repo " .. q(f.repo))
+    assert.are.equal(0, rc, listing)
+    local rows = json.decode(listing)
+    assert.are.equal(2, #rows)
+    assert.are.equal(all[2]:match("[^/]+$"), rows[1].name)
+    assert.are.equal(all[1]:match("[^/]+$"), rows[2].name)
+    assert.are.equal(1, rows[1].files)
+    assert.are.equal(0, rows[1].encrypted_fields)
+    assert.are.equal(3, rows[2].files)
+    assert.are.equal(18, rows[2].encrypted_fields)
+    assert.are.equal(manifest_of(all[1]).key_id, rows[2].key_id)
+    listing, rc = run("config list --repo " .. q(f.repo))
+    assert.are.equal(0, rc, listing)
+    local first = listing:find(rows[1].name, 1, true)
+    local second = listing:find(rows[2].name, 1, true)
+    assert.is_truthy(first and second and first < second, listing)
+    assert.matches(rows[2].key_id, listing, 1, true)
+    listing, rc = run("config list --repo " .. q(f.base .. "/empty"))
+    assert.are.equal(0, rc, listing)
+    assert.matches("no config backups", listing)
+  end)
+
+  it("keeps the newest retention.daily config backups after each backup, and all with --no-rotate", function()
+    local f = fixture()
+    local cfg = f.base .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. f.repo .. "\nretention:\n  daily: 2\nencryption:\n  key_file: " .. f.key .. "\n")
+    local names = {}
+    for i = 1, 3 do
+      if i > 1 then util.sh("sleep 1.1") end
+      local out, rc = run("config backup " .. q(f.env) .. " --config " .. q(cfg))
+      assert.are.equal(0, rc, out)
+      names[i] = newest(f.repo)
+    end
+    assert.are.same({ names[2], names[3] }, backups(f.repo))
+    util.sh("sleep 1.1")
+    local out, rc = run("config backup " .. q(f.env) .. " --config " .. q(cfg) .. " --no-rotate")
+    assert.are.equal(0, rc, out)
+    assert.are.equal(3, #backups(f.repo))
+    out, rc = run("config verify --all --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.are.equal("", util.sh("ls -A " .. q(f.repo .. "/config") .. " | grep -v '^config_backup_'"))
+  end)
+end)
+
+describe("bkr config command line", function()
+  it("has --help for every subcommand, with its exit codes", function()
+    for _, sub in ipairs({ "backup", "restore", "verify", "list" }) do
+      local out, rc = run("config " .. sub .. " --help")
+      assert.are.equal(0, rc, out)
+      assert.matches("^usage: bkr config " .. sub, out)
+      assert.matches("exit codes: 0 ", out)
+    end
+    local out, rc = run("config --help")
+    assert.are.equal(0, rc, out)
+    assert.matches("backup FILE", out, 1, true)
+    out, rc = run("config")
+    assert.are.equal(2, rc, out)
+    out, rc = run("config frobnicate")
+    assert.are.equal(2, rc, out)
+    assert.matches("unknown subcommand 'frobnicate'", out)
+    out, rc = run("--help")
+    assert.are.equal(0, rc, out)
+    assert.matches("config%s+Configuration backups", out)
+    out, rc = run("config backup --repo /nonexistent")
+    assert.are.equal(2, rc, out)
+  end)
+end)
