@@ -187,5 +187,17 @@ drill.run.conn:close()
 local base = write_report(report)
 repo.log(drill.repo, { recipe = "drill", result = report.result, seconds = report.seconds, report = base .. ".json" })
 print(string.format("drill %s: %d database(s), report %s.json and %s.md", report.result, #names, base, base))
+if failed then
+  -- On stderr too: a scheduler that throws stdout away must still see a failed drill.
+  for _, db in ipairs(report.databases) do
+    if db.result ~= "passed" then
+      for _, s in ipairs(db.steps) do
+        if s.result == "failed" then
+          io.stderr:write(string.format("bkr drill: %s failed at %s: %s\n", db.database, s.name, s.detail or ""))
+        end
+      end
+    end
+  end
+end
 if integrity then return cli.EXIT_INTEGRITY end
 return failed and cli.EXIT_FAILED or cli.EXIT_OK

@@ -108,6 +108,22 @@ say("verify:  checksum matches the sidecar and the manifest")
 
 local run = restore.prepare(cfg, load_key(cfg))
 local target = options.into
+if entry.encrypted then
+  if not run.key then
+    cli.usage_error("restore: %s is encrypted: give --key-file FILE or set encryption.key_file", entry.file)
+  end
+  local wanted = entry.manifest.encryption and entry.manifest.encryption.key_id
+  local given = require("bkr.crypto").key_id(run.key)
+  if wanted and wanted ~= given then
+    cli.fail(cli.EXIT_INTEGRITY, "restore: %s was encrypted with key %s, the key given is %s; %s left untouched",
+      entry.file, wanted, given, target)
+  end
+end
+local current = run.conn:query("select current_database() as name")[1].name
+if options.replace and target == current then
+  cli.usage_error("restore: cannot --replace %s: bkr itself is connected to it; set connection.dbname "
+    .. "(or PGDATABASE) to another database, such as template1", target)
+end
 local exists = restore.database_exists(run.conn, target)
 if options.create and exists then cli.fail(cli.EXIT_FAILED, "restore: database %s already exists (--create)", target) end
 if not options.create and not options.replace and not exists then
@@ -133,7 +149,7 @@ end
 -- 4. the stream, into the right database
 local stamp = repo.stamp(started)
 local into = target
-if options.replace and exists then into = target .. "_bkr_restore_" .. stamp end
+if options.replace and exists then into = restore.derived_name(target, "_bkr_restore_" .. stamp) end
 local created = false
 if options.create or options.replace then
   local ok, err = restore.create_database(run.conn, into, entry.manifest.database_properties)
@@ -185,7 +201,7 @@ if into ~= target then
     restore.drop_database(run.conn, into)
     cli.fail(cli.EXIT_FAILED, "restore: %s gained %d connection(s) during the restore; nothing swapped", target, active)
   end
-  local old = target .. "_before_" .. stamp
+  local old = restore.derived_name(target, "_before_" .. stamp)
   if options.force then
     run.conn:query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
       target)

@@ -97,14 +97,15 @@ describe("bkr backup", function()
   end)
 
   it("keeps the real database name in the manifest when the file name needs escaping", function()
-    local db = "Ünï db/with%chars"
+    local n = math.random(1e6)
+    local db = "Ünï db/with%chars " .. n
     util.psql('create database "' .. db .. '"')
     util.sh("psql -X -q -d " .. q("dbname='" .. db .. "'") .. " -c 'create table t (x int); insert into t values (1)'")
     local repo = util.scratch("repo")
     local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. q(db))
     assert.are.equal(0, rc, out)
     local name = util.sh("ls " .. q(repo .. "/daily") .. " | grep 'sql.gz$'"):gsub("\n", "")
-    assert.matches("^backup_%d+_%d+_%%C3%%9Cn%%C3%%AF%%20db%%2Fwith%%25chars%.sql%.gz$", name)
+    assert.matches("^backup_%d+_%d+_%%C3%%9Cn%%C3%%AF%%20db%%2Fwith%%25chars%%20" .. n .. "%.sql%.gz$", name)
     local manifest = json.decode(util.read(repo .. "/daily/" .. name .. ".json"))
     assert.are.equal(db, manifest.database)
     local listing = run("list --json --repo " .. q(repo))

@@ -71,7 +71,8 @@ function steps.compare_tables(drill, db)
 end
 
 -- The configured smoke queries (drill.smoke_queries): each must run and return a row whose
--- first value is not false or NULL.
+-- first value is true or a non-zero number (`select count(*) > 0 from invoices`,
+-- `select count(*) from invoices`). NULL, false, 0 and text fail: say what "works" means.
 function steps.smoke_queries(drill, db)
   local queries = drill.cfg.drill and drill.cfg.drill.smoke_queries or {}
   if #queries == 0 then return true, "none configured" end
@@ -81,8 +82,9 @@ function steps.smoke_queries(drill, db)
     local rows, columns = conn:query(sql)
     if not rows then return nil, sql .. ": " .. columns end
     local first = rows[1] and rows[1][columns[1]]
-    if not rows[1] or first == false or first == restore.null then
-      return nil, sql .. ": returned no true value"
+    if not (first == true or (type(first) == "number" and first ~= 0)) then
+      return nil, string.format("%s: returned %s, not true or a non-zero number", sql,
+        first == nil and "no row" or first == restore.null and "NULL" or tostring(first))
     end
   end
   return true, string.format("%d queries passed", #queries)

@@ -50,6 +50,16 @@ local function parse_time_or_fail(flag, text)
   return epoch
 end
 
+-- When the database's own dump started (its snapshot is from that moment): the manifest's
+-- start_time. The file name's time is when the run started, and a run dumps its databases
+-- one after the other, so for "before a bad change" only the dump's own time is right.
+function restore.taken(entry)
+  local start = entry.manifest and entry.manifest.start_time
+  local y, mo, d, h, mi, sec = tostring(start):match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)Z$")
+  if y then return repo.stamp_epoch(y .. mo .. d .. "_" .. h .. mi .. sec) end
+  return entry.time
+end
+
 -- The backup of `db` to restore, from the repository: how = { latest = true } |
 -- { at = "TIME" } | { before = "TIME" } | { file = "PATH" }.
 function restore.choose(dir, db, how)
@@ -69,16 +79,20 @@ function restore.choose(dir, db, how)
   if how.at then
     local wanted = parse_time_or_fail("--at", how.at)
     for _, entry in ipairs(backups) do
-      if entry.time == wanted then return entry end
+      if entry.time == wanted or restore.taken(entry) == wanted then return entry end
     end
     cli.fail(cli.EXIT_FAILED, "restore: no backup of %s taken at %s (newest: %s)", db, repo.iso_time(wanted),
       repo.iso_time(backups[1].time))
   end
   if how.before then
     local limit = parse_time_or_fail("--before", how.before)
+    local best
     for _, entry in ipairs(backups) do
-      if entry.time < limit then return entry end
+      if restore.taken(entry) < limit and (not best or restore.taken(entry) > restore.taken(best)) then
+        best = entry
+      end
     end
+    if best then return best end
     cli.fail(cli.EXIT_FAILED, "restore: no backup of %s before %s (oldest: %s)", db, repo.iso_time(limit),
       repo.iso_time(backups[#backups].time))
   end
@@ -102,6 +116,12 @@ function restore.check_backup(entry)
 end
 
 -- ------------------------------------------------------------------ databases
+
+-- NAME + suffix, cutting NAME so the whole stays within PostgreSQL's 63-byte identifiers
+-- (a longer name would be cut by the server, and the name printed would not exist).
+function restore.derived_name(name, suffix)
+  return name:sub(1, 63 - #suffix) .. suffix
+end
 
 function restore.database_exists(conn, name)
   local rows = assert(conn:query("select 1 from pg_database where datname = $1", name))
@@ -173,6 +193,9 @@ end
 function restore.globals(run, entry)
   local globals_name = string.format("globals_%s.sql.gz%s", entry.stamp, entry.encrypted and ".enc" or "")
   local path = entry.path:match("^(.*)/[^/]+$") .. "/" .. globals_name
+  local problem = restore.check_backup({ path = path, file = globals_name, sidecar = path .. ".sha256",
+    manifest = (require("lib.json").read_file(path .. ".json")), manifest_error = "missing manifest " .. path .. ".json" })
+  if problem then return nil, "globals file " .. globals_name .. " failed verification: " .. problem end
   local source, err = stream.from_file(path)
   if not source then return nil, "no globals file from the same run: " .. err end
   local stages = { source }
