@@ -299,6 +299,7 @@ describe("bkr configuration", function()
       { "connection:\n  port: '5432x'\n", "configuration: connection.port: expected an integer from 1 to 65535" },
       { "databases: [a, 3]\n", "configuration: databases%[2%]: expected a non%-empty string" },
       { "repository: [\n", "configuration: yaml: .*line" },
+      { "- a\n- b\n", "configuration: %(top level%): expected a mapping of settings" },
     }
     for _, case in ipairs(cases) do
       util.write(dir .. "/bkr.yaml", case[1])
@@ -466,6 +467,18 @@ describe("bkr rotate", function()
     assert.are.same({ table.unpack(names.weekly, 1, 4) }, weekly)
     assert.are.equal(8, weekly_sidecars)
     assert.matches("removed daily/" .. names.daily[8], out)
+  end)
+
+  it("removes temporary files left by a killed run once they are a day old", function()
+    local repo = synthetic_repo()
+    util.write(repo .. "/daily/.backup_20260101_000000_appdb.sql.gz.tmp.Ab12Cd", "partial")
+    util.sh("touch -d '2 days ago' " .. q(repo .. "/daily/.backup_20260101_000000_appdb.sql.gz.tmp.Ab12Cd"))
+    util.write(repo .. "/daily/.backup_20260102_000000_appdb.sql.gz.tmp.Xy34Zw", "a run in progress")
+    local out, rc = run("rotate --repo " .. q(repo))
+    assert.are.equal(0, rc, out)
+    assert.matches("removed stale temporary file .*Ab12Cd", out)
+    assert.is_nil(io.open(repo .. "/daily/.backup_20260101_000000_appdb.sql.gz.tmp.Ab12Cd"))
+    assert.is_truthy(io.open(repo .. "/daily/.backup_20260102_000000_appdb.sql.gz.tmp.Xy34Zw"))
   end)
 
   it("removes nothing with --dry-run but says what it would remove", function()

@@ -65,7 +65,9 @@ end
 -- A table with known keys: each key's validator; unknown keys are errors.
 local function section(fields)
   return function(value, path)
-    if type(value) ~= "table" then fail(path, "expected a mapping") end
+    if type(value) ~= "table" or (value[1] ~= nil and path == "") then
+      fail(path == "" and "(top level)" or path, "expected a mapping of settings")
+    end
     local out = {}
     for key, item in pairs(value) do
       local child = path == "" and tostring(key) or (path .. "." .. tostring(key))
@@ -116,10 +118,9 @@ config.schema = section{
 
 -- ------------------------------------------------------------------ loading
 
+-- Exists at all (readable or not: an unreadable configuration is an error, not "no file").
 local function file_exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
+  return require("lfs").attributes(path, "mode") ~= nil
 end
 
 local function read_lua(path)

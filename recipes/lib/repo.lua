@@ -168,9 +168,10 @@ end
 
 -- Take the repository lock or fail fast naming the holder.
 function repo.lock(dir)
-  local lock, err = fs.lock(dir .. "/.lock")
+  local lock, err, code = fs.lock(dir .. "/.lock")
   if not lock then
-    cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", dir, err)
+    if code == "locked" then cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", dir, err) end
+    cli.fail(cli.EXIT_FAILED, "repository %s cannot be locked: %s", dir, err)
   end
   return lock
 end
