@@ -51,6 +51,7 @@
 #include <openssl/rand.h>
 
 #include "bkr.h"
+#include "openssl_util.h"
 #include "stream.h"
 
 #define KEY_LEN 32
@@ -71,29 +72,6 @@
 #define MAX_CHUNK (8 * 1024 * 1024) /* bounds a reader's memory whatever a header claims */
 
 /* ================================================================ helpers */
-
-/* OpenSSL keeps a per-thread error queue: describe the newest entry and leave it empty.
- * Every OpenSSL failure in this file goes through here. */
-static const char *openssl_reason(char *buf, size_t len)
-{
-    unsigned long e = ERR_peek_last_error();
-    if (e == 0)
-        snprintf(buf, len, "unknown OpenSSL error");
-    else
-        ERR_error_string_n(e, buf, len);
-    ERR_clear_error();
-    return buf;
-}
-
-static void hex(const unsigned char *bytes, size_t len, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[bytes[i] >> 4];
-        out[2 * i + 1] = digits[bytes[i] & 15];
-    }
-    out[2 * len] = '\0';
-}
 
 static void put_be32(unsigned char *p, uint32_t v)
 {
@@ -189,7 +167,7 @@ static int gcm_seal(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsig
         || (len > 0 && EVP_EncryptUpdate(ctx, out, &n, in, (int)len) != 1)
         || EVP_EncryptFinal_ex(ctx, out + (len > 0 ? (size_t)n : 0), &n) != 1
         || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) != 1) {
-        openssl_reason(msg, msg_len);
+        bkr_openssl_reason(msg, msg_len);
         return -1;
     }
     return 0;
@@ -210,7 +188,7 @@ static int gcm_open(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsig
         || (aad_len > 0 && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1)
         || (len > 0 && EVP_DecryptUpdate(ctx, out, &n, in, (int)len) != 1)
         || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, (void *)tag) != 1) {
-        openssl_reason(msg, msg_len);
+        bkr_openssl_reason(msg, msg_len);
         return -1;
     }
     if (EVP_DecryptFinal_ex(ctx, out + (len > 0 ? (size_t)n : 0), &n) != 1) {
@@ -249,7 +227,7 @@ static int crypto_key_id(lua_State *L)
     char out[2 * KEY_ID_LEN + 1];
     if (compute_key_id(key, id) != 0)
         return luaL_error(L, "crypto.key_id: SHA-256 failed");
-    hex(id, KEY_ID_LEN, out);
+    bkr_hex(id, KEY_ID_LEN, out);
     lua_pushstring(L, out);
     return 1;
 }
@@ -262,7 +240,7 @@ static int crypto_random_bytes(lua_State *L)
     unsigned char *p = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)n);
     if (n > 0 && RAND_bytes(p, (int)n) != 1) {
         char reason[256];
-        openssl_reason(reason, sizeof reason);
+        bkr_openssl_reason(reason, sizeof reason);
         return luaL_error(L, "crypto.random_bytes: %s", reason);
     }
     luaL_pushresultsize(&b, (size_t)n);
@@ -330,7 +308,7 @@ static int crypto_encrypt_value(lua_State *L)
         snprintf(msg, sizeof msg, "SHA-256 failed");
     } else if (RAND_bytes(blob + KEY_ID_LEN, VALUE_NONCE_LEN) != 1) {
         failed = 1;
-        openssl_reason(msg, sizeof msg);
+        bkr_openssl_reason(msg, sizeof msg);
     } else if ((ctx = gcm_context(key, 1)) == NULL) {
         failed = 1;
         snprintf(msg, sizeof msg, "cannot set up AES-256-GCM");
@@ -371,8 +349,8 @@ static int crypto_decrypt_value(lua_State *L)
         return luaL_error(L, "crypto.decrypt_value: SHA-256 failed");
     if (memcmp(id, blob, KEY_ID_LEN) != 0) {
         char want[2 * KEY_ID_LEN + 1], have[2 * KEY_ID_LEN + 1];
-        hex(blob, KEY_ID_LEN, want);
-        hex(id, KEY_ID_LEN, have);
+        bkr_hex(blob, KEY_ID_LEN, want);
+        bkr_hex(id, KEY_ID_LEN, have);
         return bkr_pushfail(L, "key", "crypto.decrypt_value: encrypted with key %s, the key given is %s",
                             want, have);
     }
@@ -572,7 +550,7 @@ static int cipher_result(void *self, lua_State *L)
     char id[2 * KEY_ID_LEN + 1];
     if (!c->finished)
         return 0;
-    hex(c->key_id, KEY_ID_LEN, id);
+    bkr_hex(c->key_id, KEY_ID_LEN, id);
     lua_createtable(L, 0, 3);
     lua_pushstring(L, id);
     lua_setfield(L, -2, "key_id");
@@ -605,8 +583,8 @@ static int parse_header(cipher_stream *c, bkr_error *err)
     const unsigned char *file_id = h + MAGIC_LEN + 2 + 4;
     if (memcmp(file_id, c->key_id, KEY_ID_LEN) != 0) {
         char want[2 * KEY_ID_LEN + 1], have[2 * KEY_ID_LEN + 1];
-        hex(file_id, KEY_ID_LEN, want);
-        hex(c->key_id, KEY_ID_LEN, have);
+        bkr_hex(file_id, KEY_ID_LEN, want);
+        bkr_hex(c->key_id, KEY_ID_LEN, have);
         return bkr_error_set(err, "encrypted with key %s, the key given is %s", want, have);
     }
     c->chunk_size = chunk_size;

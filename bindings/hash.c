@@ -19,6 +19,7 @@
 #include <openssl/evp.h>
 
 #include "bkr.h"
+#include "openssl_util.h"
 #include "stream.h"
 
 typedef struct sha256 {
@@ -27,32 +28,10 @@ typedef struct sha256 {
     int finished;
 } sha256;
 
-/* OpenSSL keeps a per-thread error queue: read the newest reason, leave it empty. */
-static const char *openssl_reason(char *buf, size_t len)
-{
-    unsigned long e = ERR_peek_last_error();
-    if (e == 0)
-        snprintf(buf, len, "unknown OpenSSL error");
-    else
-        ERR_error_string_n(e, buf, len);
-    ERR_clear_error();
-    return buf;
-}
-
 static int sha256_init(sha256 *h)
 {
     h->ctx = EVP_MD_CTX_new();
     return h->ctx != NULL && EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) == 1 ? 0 : -1;
-}
-
-static void hex(const unsigned char *digest, size_t len, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[digest[i] >> 4];
-        out[2 * i + 1] = digits[digest[i] & 15];
-    }
-    out[2 * len] = '\0';
 }
 
 /* ================================================================ filter stage */
@@ -63,12 +42,12 @@ static int sha256_observe(void *self, const unsigned char *data, size_t len, bkr
     char reason[256];
     if (data == NULL) {
         if (EVP_DigestFinal_ex(h->ctx, h->digest, NULL) != 1)
-            return bkr_error_set(err, "digest failed: %s", openssl_reason(reason, sizeof reason));
+            return bkr_error_set(err, "digest failed: %s", bkr_openssl_reason(reason, sizeof reason));
         h->finished = 1;
         return 0;
     }
     if (EVP_DigestUpdate(h->ctx, data, len) != 1)
-        return bkr_error_set(err, "digest failed: %s", openssl_reason(reason, sizeof reason));
+        return bkr_error_set(err, "digest failed: %s", bkr_openssl_reason(reason, sizeof reason));
     return 0;
 }
 
@@ -78,7 +57,7 @@ static int sha256_result(void *self, lua_State *L)
     char out[2 * 32 + 1];
     if (!h->finished)
         return 0;
-    hex(h->digest, 32, out);
+    bkr_hex(h->digest, 32, out);
     lua_pushstring(L, out);
     return 1;
 }
@@ -121,7 +100,7 @@ static int hash_sha256_string(lua_State *L)
         ERR_clear_error();
         return luaL_error(L, "hash.sha256_string: SHA-256 failed");
     }
-    hex(digest, 32, out);
+    bkr_hex(digest, 32, out);
     lua_pushstring(L, out);
     return 1;
 }
@@ -159,7 +138,7 @@ static int hash_sha256_file(lua_State *L)
         return saved ? bkr_pusherrno(L, saved, "hash.sha256_file: %s", path)
                      : bkr_pushfail(L, NULL, "hash.sha256_file: %s: SHA-256 failed", path);
     char out[2 * 32 + 1];
-    hex(h.digest, 32, out);
+    bkr_hex(h.digest, 32, out);
     lua_pushstring(L, out);
     lua_pushinteger(L, total);
     return 2;

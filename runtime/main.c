@@ -97,41 +97,6 @@ static void install_signal_handlers(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
-/* ================================================================ fail helpers */
-
-static int pushfailv(lua_State *L, const char *code, int saved_errno, const char *fmt, va_list ap)
-{
-    char msg[2048];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    lua_pushnil(L);
-    if (saved_errno != 0)
-        lua_pushfstring(L, "%s: %s", msg, strerror(saved_errno));
-    else
-        lua_pushstring(L, msg);
-    if (code == NULL)
-        return 2;
-    lua_pushstring(L, code);
-    return 3;
-}
-
-int bkr_pushfail(lua_State *L, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = pushfailv(L, code, 0, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
-int bkr_pusherrno(lua_State *L, int saved_errno, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = pushfailv(L, NULL, saved_errno, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
 /* ================================================================ recipe path */
 
 typedef struct recipe_path {

@@ -24,7 +24,7 @@
  * Beyond the sanitizers (leaks included), each call must make progress as stream.h demands.
  * Seeds: tests/fuzz/seeds/decrypt-* (a valid file under the fixed key, and sealed-mode inputs).
  */
-/* fuzz-sources: bindings/crypto.c bindings/stream.c */
+/* fuzz-sources: bindings/crypto.c bindings/stream.c bindings/openssl_util.c runtime/fail.c */
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,37 +39,7 @@
 #include "modules.h"
 #include "stream.h"
 
-/* The host's helpers (runtime/main.c), as the bindings use them. */
-static int pushfailv(lua_State *L, int saved_errno, const char *fmt, va_list ap)
-{
-    char msg[2048];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    lua_pushnil(L);
-    if (saved_errno != 0)
-        lua_pushfstring(L, "%s: %s", msg, strerror(saved_errno));
-    else
-        lua_pushstring(L, msg);
-    return 2;
-}
-
-int bkr_pushfail(lua_State *L, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = pushfailv(L, 0, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
-int bkr_pusherrno(lua_State *L, int saved_errno, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = pushfailv(L, saved_errno, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
+/* The fuzzer is never interrupted (the host's signal flag lives in runtime/main.c). */
 int bkr_interrupted(void)
 {
     return 0;

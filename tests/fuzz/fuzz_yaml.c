@@ -2,7 +2,7 @@
  * fuzz_yaml.c - libFuzzer target for bkr.yaml: yaml.decode and yaml.scalars on arbitrary bytes.
  *
  * Build and run: scripts/fuzz.sh yaml [SECONDS] (or make fuzz for every target).
- * fuzz-sources: bindings/yaml.c */
+ * fuzz-sources: bindings/yaml.c runtime/fail.c */
 /*
  *
  * Beyond the sanitizers, it checks what callers rely on: a call never raises for a string; a
@@ -22,37 +22,7 @@
 #include "bkr.h"
 #include "modules.h"
 
-/* The host's helpers (runtime/main.c, which also holds main()), as the binding uses them. */
-static int pushfailv(lua_State *L, int saved_errno, const char *fmt, va_list ap)
-{
-    char msg[2048];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    lua_pushnil(L);
-    if (saved_errno != 0)
-        lua_pushfstring(L, "%s: %s", msg, strerror(saved_errno));
-    else
-        lua_pushstring(L, msg);
-    return 2;
-}
-
-int bkr_pushfail(lua_State *L, const char *code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = pushfailv(L, 0, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
-int bkr_pusherrno(lua_State *L, int saved_errno, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = pushfailv(L, saved_errno, fmt, ap);
-    va_end(ap);
-    return n;
-}
-
+/* The fuzzer is never interrupted (the host's signal flag lives in runtime/main.c). */
 int bkr_interrupted(void)
 {
     return 0;
