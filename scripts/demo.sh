@@ -1,7 +1,8 @@
 #!/bin/sh
 # demo.sh BKR - the main job end to end on a throwaway PostgreSQL:
 # create a sample supplier-invoice database, back it up with bkr, verify and list the
-# backup, then restore it WITHOUT bkr (sha256sum -c, gunzip | psql) and compare.
+# backup, run a recovery drill, then restore it WITHOUT bkr (sha256sum -c, gunzip | psql)
+# and compare.
 # The repository stays in ./demo-repo for a look around; the cluster is removed.
 set -eu
 cd "$(dirname "$0")/.."
@@ -35,6 +36,9 @@ step "bkr verify --latest"
 "$bkr" verify --config "$work/bkr.yaml" --latest
 step "bkr list"
 "$bkr" list --config "$work/bkr.yaml"
+
+step "bkr drill: restore the newest backup into a scratch database and prove it table by table"
+"$bkr" drill --config "$work/bkr.yaml" --report "$repo/drills/demo-drill"
 
 step "restore without bkr: sha256sum -c, then gunzip | psql into a new database"
 backup=$(ls "$repo"/daily/backup_*_invoices.sql.gz)
