@@ -571,7 +571,7 @@ describe("bkr config verify and restore on damaged backups", function()
     assert.are.equal(0, rc, out)
     local dir = newest(f.repo)
     local stored = dir .. "/files" .. f.bin .. ".enc"
-    util.sh("printf '\\001' | dd of=" .. q(stored) .. " bs=1 seek=5000 conv=notrunc 2>/dev/null")
+    util.flip_byte(stored, 5000)
     reseal_checksums(dir)
     out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
     assert.are.equal(3, rc, out)

@@ -185,7 +185,7 @@ describe("encrypted backups", function()
     assert.matches("not decrypted: no key given", out)
     assert.are.equal("checksum-only", json.decode(util.read(copy .. ".json")).verification.result)
     -- a damaged byte is still caught by the checksum
-    util.sh("printf 'Z' | dd of=" .. q(copy) .. " bs=1 seek=5000 conv=notrunc 2>/dev/null")
+    util.flip_byte(copy, 5000)
     out, rc = run("verify --repo " .. q(dir))
     assert.are.equal(3, rc)
     assert.matches("checksum mismatch", out)
@@ -211,11 +211,11 @@ describe("encrypted backups", function()
   -- Each form of damage, with the sidecar and manifest updated to match so that only the
   -- authentication can catch it: verify and decrypt both exit 3 and write no plaintext.
   local damages = {
-    { "a flipped byte in the header", function(p) util.sh("printf 'X' | dd of=" .. q(p) .. " bs=1 seek=2 conv=notrunc 2>/dev/null") end },
+    { "a flipped byte in the header", function(p) util.flip_byte(p, 2) end },
     { "a flipped byte in chunk 1", function(p)
-      util.sh("printf 'X' | dd of=" .. q(p) .. " bs=1 seek=" .. (HEADER + FULL + 1000) .. " conv=notrunc 2>/dev/null") end },
+      util.flip_byte(p, (HEADER + FULL + 1000)) end },
     { "a flipped byte in the last tag", function(p)
-      util.sh("printf 'X' | dd of=" .. q(p) .. " bs=1 seek=" .. (size_of(p) - 3) .. " conv=notrunc 2>/dev/null") end },
+      util.flip_byte(p, (size_of(p) - 3)) end },
     { "truncation at a chunk boundary", function(p) util.sh("truncate -s " .. (HEADER + 3 * FULL) .. " " .. q(p)) end },
     { "truncation inside a chunk", function(p) util.sh("truncate -s " .. (HEADER + 2 * FULL + 5000) .. " " .. q(p)) end },
     { "chunks 1 and 2 swapped", function(p)

@@ -174,7 +174,7 @@ local function backup_files(repo, db, encrypted)
 end
 
 local function corrupt(path)
-  util.sh("printf 'Z' | dd of=" .. q(path) .. " bs=1 seek=200 conv=notrunc 2>/dev/null")
+  util.flip_byte(path, 200)
 end
 
 -- A directory holding `bkr`, a link to the binary under test, to put first on the PATH.

@@ -40,6 +40,17 @@ function util.read(path)
   return data
 end
 
+-- Damage a file for a test: invert every bit of the byte at `offset` (0-based), so the byte
+-- always changes (writing a fixed value would leave it as it was once in 256 files).
+function util.flip_byte(path, offset)
+  local f = assert(io.open(path, "r+b"))
+  assert(f:seek("set", offset))
+  local byte = assert(f:read(1), "offset beyond the end of " .. path)
+  assert(f:seek("set", offset))
+  f:write(string.char(byte:byte() ~ 0xFF))
+  f:close()
+end
+
 function util.write(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
