@@ -129,6 +129,10 @@ static long b64_decoded_len(const char *s, size_t len)
     for (size_t i = 0; i < len - pad; i++)
         if (b64_value((unsigned char)s[i]) < 0)
             return -1;
+    /* Canonical: the bits the padding leaves unused are zero, so each byte string has exactly
+     * one text ("Gss=", never also "Gsv="). Found by tests/fuzz/fuzz_values.c. */
+    if (pad > 0 && (b64_value((unsigned char)s[len - pad - 1]) & (pad == 1 ? 0x03 : 0x0f)) != 0)
+        return -1;
     return (long)(len / 4 * 3 - pad);
 }
 

@@ -178,7 +178,8 @@ print("ENCRYPTED:" + base64.b64encode(bytes(b ^ key[i % 32] for i, b in enumerat
     util.write(path, data)
     assert.are.equal(util.sh("base64 -w0 " .. q(path)), crypto.base64_encode(data))
     assert.are.equal(data, crypto.base64_decode(crypto.base64_encode(data)))
-    for _, bad in ipairs({ "Zg", "Zg=", "Z===", "Zm9v\n", " Zm9v", "Zm9v!", "Zg==Zg==", "=Zm9", "Zm=v", "Zm9-" }) do
+    -- ("Zh==" and "Zm9=" leave padding bits set: they would be a second text for "f" and "fo")
+    for _, bad in ipairs({ "Zg", "Zg=", "Z===", "Zm9v\n", " Zm9v", "Zm9v!", "Zg==Zg==", "=Zm9", "Zm=v", "Zm9-", "Zh==", "Zm9=" }) do
       local value, msg = crypto.base64_decode(bad)
       assert.is_nil(value, bad)
       assert.matches("invalid base64", msg)
