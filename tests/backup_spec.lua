@@ -199,6 +199,27 @@ describe("bkr backup", function()
     assert.are.equal("", tree(repo))
   end)
 
+  it("shows a progress line on a terminal, and nothing of it without one", function()
+    local db = new_database("create table t (x text); insert into t select md5(i::text) from generate_series(1, 20000) i;")
+    local repo = util.scratch("repo")
+    -- a pg_dump that pauses midway, so the dump lasts longer than the progress interval
+    local bindir = util.scratch("fakebin")
+    util.write(bindir .. "/pg_dump", "#!/bin/sh\nif [ \"$1\" = --version ]; then exec " .. PG_BIN .. "/pg_dump --version; fi\n"
+      .. PG_BIN .. "/pg_dump \"$@\" | { head -c 100000; sleep 1.2; cat; }\n")
+    util.sh("chmod +x " .. q(bindir .. "/pg_dump"))
+    util.write(bindir .. "/bkr.lua", "return { pg_bindir = " .. string.format("%q", bindir) .. " }\n")
+    -- script(1) runs bkr on a pseudo-terminal, as an admin at a shell would
+    local cmd = q(util.bkr_bin()) .. " backup --no-globals --config " .. q(bindir .. "/bkr.lua") .. " --repo " .. q(repo)
+      .. " --db " .. db
+    local out, rc = util.sh("script -qec " .. q(cmd) .. " /dev/null")
+    assert.are.equal(0, rc, out)
+    assert.matches(db .. ": [%d.]+ MiB, [%d.]+ MiB/s", out)
+    util.sh("sleep 1.1")
+    out, rc = run("backup --no-globals --config " .. q(bindir .. "/bkr.lua") .. " --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    assert.not_matches("MiB/s", out)
+  end)
+
   it("refuses a second run on the same repository, naming the holder's PID", function()
     local db = new_database("create table t (x int);")
     local repo = util.scratch("repo")
