@@ -422,6 +422,24 @@ return steps
     assert.are.equal("0", scratch_databases())
   end)
 
+  it("runs each database's own smoke queries when they are given per database", function()
+    local a = new_database("create table invoices (x int); insert into invoices values (1);")
+    local b = new_database("create table contacts (y int);")
+    local repo = util.scratch("repo")
+    backup(repo, a)
+    backup(repo, b)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    " .. a
+      .. ":\n      - select count(*) from invoices\n    " .. b .. ":\n      - select count(*) > 0 from contacts\n")
+    local report = util.scratch("r") .. "/d"
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --db " .. b .. " --report " .. q(report))
+    assert.are.equal(1, rc, out)
+    local data = json.decode(util.read(report .. ".json"))
+    assert.are.equal("passed", data.databases[1].result)
+    assert.are.equal("failed", data.databases[2].result)
+    assert.matches("select count%(%*%) > 0 from contacts: returned false", data.databases[2].steps[5].detail)
+  end)
+
   it("refuses an unknown step name in the configuration, exit 2", function()
     local cfg = util.scratch("cfg") .. "/bkr.yaml"
     util.write(cfg, "repository: /tmp\ndrill:\n  steps: [pick_backup, no_such_step]\n")

@@ -57,6 +57,18 @@ local function list_of_strings(value, path)
   return out
 end
 
+-- A list of queries for every database, or a mapping from database name to its own list.
+local function smoke_queries_value(value, path)
+  if type(value) == "table" and value[1] == nil and next(value) ~= nil then
+    local out = {}
+    for db, queries in pairs(value) do
+      out[tostring(db)] = list_of_strings(queries, path .. "." .. tostring(db))
+    end
+    return out
+  end
+  return list_of_strings(value, path)
+end
+
 local function databases_value(value, path)
   if value == "all" then return "all" end
   return list_of_strings(value, path)
@@ -111,7 +123,7 @@ config.schema = section{
   drill = section{
     rto_seconds = integer_in(1),
     rpo_seconds = integer_in(1),
-    smoke_queries = list_of_strings,
+    smoke_queries = smoke_queries_value,
     steps = list_of_strings,
   },
 }

@@ -73,8 +73,10 @@ end
 -- The configured smoke queries (drill.smoke_queries): each must run and return a row whose
 -- first value is true or a non-zero number (`select count(*) > 0 from invoices`,
 -- `select count(*) from invoices`). NULL, false, 0 and text fail: say what "works" means.
+-- drill.smoke_queries is a list for every database, or a mapping from database name to its own.
 function steps.smoke_queries(drill, db)
-  local queries = drill.cfg.drill and drill.cfg.drill.smoke_queries or {}
+  local configured = drill.cfg.drill and drill.cfg.drill.smoke_queries or {}
+  local queries = configured[1] ~= nil and configured or configured[db.name] or {}
   if #queries == 0 then return true, "none configured" end
   local postgres = require "lib.postgres"
   local conn <close> = postgres.connect(drill.cfg, db.scratch)
