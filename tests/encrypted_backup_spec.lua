@@ -8,7 +8,6 @@ local bkr = util.bkr_bin()
 
 local SOURCE = os.getenv("BKR_SOURCE_DIR") or "."
 local INDEPENDENT = SOURCE .. "/tests/decrypt_independent.py"
-local PG_BIN = util.sh("ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1"):gsub("%s+$", "")
 local HEADER, FULL = 27, 65536 + 16
 
 local function run(args, env)
@@ -320,10 +319,7 @@ describe("encrypted backups", function()
     local text = util.read(k):gsub("\n", "")
     local raw_hex = util.sh("base64 -d " .. q(k) .. " | od -An -tx1 | tr -d ' \n'")
     assert.are.equal(64, #raw_hex)
-    local bindir = util.scratch("fakebin")
-    util.write(bindir .. "/pg_dump", "#!/bin/sh\nif [ \"$1\" = --version ]; then exec " .. PG_BIN .. "/pg_dump --version; fi\n"
-      .. "echo \"$@\" > " .. bindir .. "/argv\nenv > " .. bindir .. "/env\nexec " .. PG_BIN .. "/pg_dump \"$@\"\n")
-    util.sh("chmod +x " .. q(bindir .. "/pg_dump"))
+    local bindir = util.fake_pg_dump('echo "$@" > "$FAKEBIN/argv"\nenv > "$FAKEBIN/env"\nexec "$REAL_PG_DUMP" "$@"')
     local cfg = bindir .. "/bkr.yaml"
     util.write(cfg, "repository: " .. r .. "\npg_bindir: " .. bindir .. "\nencryption:\n  key_file: " .. k .. "\n")
     local outputs = {}

@@ -104,6 +104,21 @@ function util.bkr_bin()
   return os.getenv("BKR_BIN") or "./bkr"
 end
 
+-- A directory with a pg_dump that stands in for the real one, to make pg_dump crash, pause
+-- or report what it was given. `--version` answers as the real program does (so bkr picks
+-- it); anything else runs `script`, a shell fragment in which $REAL_PG_DUMP is the real
+-- program and $FAKEBIN this directory. Returns the directory and a Lua configuration file
+-- that points pg_bindir at it.
+function util.fake_pg_dump(script)
+  local real = util.sh("ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1"):gsub("%s+$", "") .. "/pg_dump"
+  local dir = util.scratch("fakebin")
+  util.write(dir .. "/pg_dump", "#!/bin/sh\nREAL_PG_DUMP=" .. quote(real) .. "\nFAKEBIN=" .. quote(dir) .. "\n"
+    .. 'if [ "$1" = --version ]; then exec "$REAL_PG_DUMP" --version; fi\n' .. script .. "\n")
+  util.sh("chmod +x " .. quote(dir .. "/pg_dump"))
+  util.write(dir .. "/bkr.lua", "return { pg_bindir = " .. string.format("%q", dir) .. " }\n")
+  return dir, dir .. "/bkr.lua"
+end
+
 -- Run the bkr under test with arguments (already quoted as needed) and an optional shell
 -- prefix such as "PGUSER=x"; return stdout and stderr together, and the exit code.
 function util.bkr(args, env)
