@@ -8,6 +8,7 @@
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
+local keys = require "lib.keys"
 local restore = require "lib.restore"
 local steps = require "lib.drill_steps"
 local json = require "lib.json"
@@ -59,12 +60,6 @@ local function databases()
   end
   table.sort(names)
   return names
-end
-
-local function load_key()
-  local ok, keys = pcall(require, "lib.keys")
-  if not ok then return nil end
-  return keys.load(cfg, options)
 end
 
 -- ------------------------------------------------------------------ running the steps
@@ -161,7 +156,7 @@ end
 
 local names = databases()
 if #names == 0 then cli.fail(cli.EXIT_FAILED, "drill: no databases with backups in %s", drill.repo) end
-drill.run = restore.prepare(cfg, load_key())
+drill.run = restore.prepare(cfg, (keys.load(cfg, options)))
 
 local report = {
   format = "bkr-drill-1", time = repo.iso_time(drill.started), repository = drill.repo,

@@ -15,6 +15,7 @@
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
+local keys = require "lib.keys"
 local restore = require "lib.restore"
 
 local options = cli.parse({ ... }, {
@@ -67,12 +68,6 @@ local function check_arguments()
   return { at = options.at, before = options.before, file = file, latest = options.latest }
 end
 
-local function load_key(cfg)
-  local ok, keys = pcall(require, "lib.keys")
-  if not ok then return nil end
-  return keys.load(cfg, options)
-end
-
 local function describe(entry)
   local state = repo.verified(entry) or "never verified"
   local when = entry.manifest and entry.manifest.verification and entry.manifest.verification.time
@@ -106,7 +101,7 @@ if problem then
 end
 say("verify:  checksum matches the sidecar and the manifest")
 
-local run = restore.prepare(cfg, load_key(cfg))
+local run = restore.prepare(cfg, (keys.load(cfg, options)))
 local target = options.into
 if entry.encrypted then
   if not run.key then
