@@ -7,7 +7,8 @@
  *   fs.fsync(path)                      -> true            fsync a file or a directory
  *   fs.rename(from, to)                 -> true            rename(2), then fsync the directories
  *   fs.write_file(path, data[, opts])   -> true            atomic whole-file write;
- *        opts = {mode = "0644", overwrite = true}; overwrite = false never replaces a file
+ *        opts = {mode = "0600", overwrite = false} (the defaults, as
+ *        stream.to_file's: both are atomic_file.c); overwrite = false never replaces a file
  *   fs.lock(path)                       -> Lock            exclusive flock, "PID\n" written inside
  *        held elsewhere: nil, "fs.lock: PATH is held by process N", "locked"
  *   lock:pid()                          -> integer         the pid written in the file (ours)
@@ -42,6 +43,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "atomic_file.h"
 #include "bkr.h"
 #include "modules.h"
 
@@ -50,39 +52,6 @@
 /* ===================================================================== */
 /* Helpers                                                                */
 /* ===================================================================== */
-
-/* Close fd, retrying nothing (Linux releases the fd even on EINTR). Returns 0 or errno. */
-static int close_fd(int fd)
-{
-    return close(fd) == 0 ? 0 : errno;
-}
-
-/* fsync the file or directory at path. Returns 0 or errno. */
-static int fsync_path(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno;
-    int err = fsync(fd) == 0 ? 0 : errno;
-    int cerr = close_fd(fd);
-    return err ? err : cerr;
-}
-
-/* Write all of buf to fd. Returns 0 or errno. */
-static int write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n < 0) {
-            if (errno == EINTR && !bkr_interrupted())
-                continue;
-            return errno;
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
 
 /*
  * Push the directory part of path onto the Lua stack ("." when there is none,
@@ -103,42 +72,12 @@ static const char *push_dirname(lua_State *L, const char *path)
     return lua_pushlstring(L, path, len);
 }
 
-/*
- * A permission mode at stack index idx: an integer, or a string of octal digits
- * ("0600", "755"). Lua has no octal literals, so 0644 in Lua is decimal 644 =
- * 01204; refusing setuid/setgid/sticky bits (anything above 0777) catches most such
- * slips, and a backup tool never needs those bits. Returns 0, or -1 if invalid.
- */
-static int parse_mode(lua_State *L, int idx, mode_t *out)
-{
-    lua_Integer m = -1;
-    if (lua_type(L, idx) == LUA_TNUMBER) {
-        int isint;
-        m = lua_tointegerx(L, idx, &isint);
-        if (!isint)
-            return -1;
-    } else if (lua_type(L, idx) == LUA_TSTRING) {
-        size_t len;
-        const char *s = lua_tolstring(L, idx, &len);
-        if (len == 0 || len > 5 || strspn(s, "01234567") != len)
-            return -1;
-        m = (lua_Integer)strtol(s, NULL, 8);
-    }
-    if (m < 0 || m > 0777)
-        return -1;
-    *out = (mode_t)m;
-    return 0;
-}
-
-#define MODE_RULE \
-    "mode must be 0..0777: an integer such as tonumber(\"644\", 8) or an octal string \"0644\""
-
 /* A mode argument, else raise. */
 static mode_t check_mode(lua_State *L, int arg)
 {
     mode_t mode = 0;
-    if (parse_mode(L, arg, &mode) != 0)
-        luaL_argerror(L, arg, MODE_RULE);
+    if (atomic_file_parse_mode(L, arg, &mode) != 0)
+        luaL_argerror(L, arg, ATOMIC_FILE_MODE_RULE);
     return mode;
 }
 
@@ -158,7 +97,7 @@ static char *push_scratch(lua_State *L, const char *s, size_t len)
 static int fs_fsync(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    int err = fsync_path(path);
+    int err = atomic_file_fsync_path(path);
     if (err)
         return bkr_pusherrno(L, err, "fs.fsync: %s", path);
     lua_pushboolean(L, 1);
@@ -175,10 +114,10 @@ static int fs_rename(lua_State *L)
         int err = errno;
         return bkr_pusherrno(L, err, "fs.rename: %s -> %s", from, to);
     }
-    int err = fsync_path(to_dir);
+    int err = atomic_file_fsync_path(to_dir);
     if (err)
         return bkr_pusherrno(L, err, "fs.rename: %s", to_dir);
-    if (strcmp(from_dir, to_dir) != 0 && (err = fsync_path(from_dir)) != 0)
+    if (strcmp(from_dir, to_dir) != 0 && (err = atomic_file_fsync_path(from_dir)) != 0)
         return bkr_pusherrno(L, err, "fs.rename: %s", from_dir);
     lua_pushboolean(L, 1);
     return 1;
@@ -188,88 +127,25 @@ static int fs_rename(lua_State *L)
 /* write_file                                                             */
 /* ===================================================================== */
 
-/* Keeps ".NAME.tmp.XXXXXX" within NAME_MAX for long names. */
-#define TMP_BASE_MAX 200
-
+/* The writer is atomic_file.c, shared with stream.to_file. */
 static int fs_write_file(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    mode_t mode = 0644;
-    int overwrite = 1;
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        if (lua_getfield(L, 3, "mode") != LUA_TNIL && parse_mode(L, -1, &mode) != 0)
-            return luaL_error(L, "fs.write_file: opts." MODE_RULE);
-        lua_pop(L, 1);
-        int t = lua_getfield(L, 3, "overwrite");
-        if (t != LUA_TNIL) {
-            if (t != LUA_TBOOLEAN)
-                return luaL_error(L, "fs.write_file: opts.overwrite must be a boolean");
-            overwrite = lua_toboolean(L, -1);
-        }
-        lua_pop(L, 1);
-    }
-
-    /* Everything Lua must allocate is allocated before the fd exists. */
-    const char *dir = push_dirname(L, path);
-    size_t plen = strlen(path);
-    while (plen > 1 && path[plen - 1] == '/')
-        plen--;
-    size_t bstart = plen;
-    while (bstart > 0 && path[bstart - 1] != '/')
-        bstart--;
-    size_t blen = plen - bstart;
-    if (blen > TMP_BASE_MAX)
-        blen = TMP_BASE_MAX;
-    const char *tmpl = lua_pushfstring(L, "%s/.%s.tmp.XXXXXX", dir,
-                                       lua_pushlstring(L, path + bstart, blen));
-    char *tmp = push_scratch(L, tmpl, strlen(tmpl));
-
-    int err = 0;
-    int created = 0;
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        err = errno;
-        goto fail;
-    }
-    created = 1;
-    if ((err = write_all(fd, data, len)) != 0)
-        goto fail;
-    if (fchmod(fd, mode) != 0 || fsync(fd) != 0) {
-        err = errno;
-        goto fail;
-    }
-    err = close_fd(fd);
-    fd = -1;
-    if (err)
-        goto fail;
-    if (overwrite) {
-        if (rename(tmp, path) != 0) {
-            err = errno;
-            goto fail;
-        }
-    } else {
-        /* link(2) refuses an existing name, so a file created meanwhile is never replaced. */
-        if (link(tmp, path) != 0) {
-            err = errno;
-            goto fail;
-        }
-        unlink(tmp);
-    }
-    created = 0;
-    if ((err = fsync_path(dir)) != 0)
-        return bkr_pusherrno(L, err, "fs.write_file: %s", dir);
+    mode_t mode;
+    int overwrite;
+    atomic_file_checkopts(L, 3, "fs.write_file", &mode, &overwrite);
+    atomic_file file;
+    const char *what = "";
+    int err = atomic_file_open(&file, path, mode, overwrite);
+    if (err == 0 && (err = atomic_file_write(&file, data, len)) == 0)
+        err = atomic_file_commit(&file, &what);
+    atomic_file_abort(&file);
+    if (err != 0)
+        return bkr_pusherrno(L, err, "fs.write_file: %s", path);
     lua_pushboolean(L, 1);
     return 1;
-
-fail:
-    if (fd >= 0)
-        close(fd);
-    if (created)
-        unlink(tmp);
-    return bkr_pusherrno(L, err, "fs.write_file: %s", path);
 }
 
 /* ===================================================================== */
@@ -376,7 +252,7 @@ static int fs_lock_new(lua_State *L)
     int err = 0;
     if (ftruncate(fd, 0) != 0 || fsync(fd) != 0)
         err = errno;
-    else if ((err = write_all(fd, line, (size_t)n)) == 0 && fsync(fd) != 0)
+    else if ((err = bkr_write_all(fd, line, (size_t)n)) == 0 && fsync(fd) != 0)
         err = errno;
     if (err) {
         lock_release(lk);

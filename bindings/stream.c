@@ -36,7 +36,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,6 +49,7 @@
 #include <lauxlib.h>
 
 #include "bkr.h"
+#include "atomic_file.h"
 #include "stream.h"
 
 #define tostage(L, i) ((bkr_stage *)luaL_checkudata(L, i, BKR_STAGE))
@@ -501,106 +501,58 @@ static int stream_from_string(lua_State *L)
 
 /* ================================================================ atomic file sink */
 
+/* The writer itself is atomic_file.c, shared with fs.write_file. */
 typedef struct file_sink {
-    int fd;
-    char *path;    /* final name */
-    char *tmp;     /* temporary name in the same directory; NULL once renamed or removed */
-    mode_t mode;
-    int overwrite;
+    atomic_file file;
 } file_sink;
-
-static int write_all(int fd, const unsigned char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR) {
-            if (bkr_interrupted())
-                return -1;
-            continue;
-        }
-        if (n < 0)
-            return -1;
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
 
 static int file_sink_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
 {
     file_sink *fs = self;
-    if (write_all(fs->fd, data, len) != 0)
-        return errno == EINTR ? bkr_error_set(err, "interrupted")
-                              : bkr_error_errno(err, errno, "write %s", fs->tmp);
+    int e = atomic_file_write(&fs->file, data, len);
+    if (e == EINTR)
+        return bkr_error_set(err, "interrupted");
+    if (e != 0)
+        return bkr_error_errno(err, e, "write %s", fs->file.tmp);
     return 0;
-}
-
-static int fsync_directory_of(const char *path, bkr_error *err)
-{
-    char *copy = strdup(path);
-    if (copy == NULL)
-        return bkr_error_set(err, "out of memory");
-    const char *dir = dirname(copy);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = 0;
-    if (fd < 0 || fsync(fd) != 0)
-        rc = bkr_error_errno(err, errno, "fsync directory %s", dir);
-    if (fd >= 0)
-        close(fd);
-    free(copy);
-    return rc;
 }
 
 static void file_sink_abort(void *self)
 {
     file_sink *fs = self;
-    if (fs->fd >= 0)
-        close(fs->fd);
-    fs->fd = -1;
-    if (fs->tmp != NULL)
-        unlink(fs->tmp);
-    free(fs->tmp);
-    fs->tmp = NULL;
+    if (fs->file.fd >= 0)
+        close(fs->file.fd);
+    fs->file.fd = -1;
+    if (fs->file.tmp != NULL)
+        unlink(fs->file.tmp);
+    free(fs->file.tmp);
+    fs->file.tmp = NULL;
 }
 
 /* Data on disk under the temporary name first, then the name, then the name on disk. */
 static int file_sink_finish(void *self, bkr_error *err)
 {
     file_sink *fs = self;
-    if (fchmod(fs->fd, fs->mode) != 0)
-        return bkr_error_errno(err, errno, "chmod %s", fs->tmp);
-    if (fsync(fs->fd) != 0)
-        return bkr_error_errno(err, errno, "fsync %s", fs->tmp);
-    int rc = close(fs->fd);
-    fs->fd = -1;
-    if (rc != 0)
-        return bkr_error_errno(err, errno, "close %s", fs->tmp);
-    if (fs->overwrite) {
-        if (rename(fs->tmp, fs->path) != 0)
-            return bkr_error_errno(err, errno, "rename to %s", fs->path);
-    } else {
-        /* link() fails with EEXIST instead of replacing: an existing backup is never lost. */
-        if (link(fs->tmp, fs->path) != 0)
-            return bkr_error_errno(err, errno, "%s", fs->path);
-        unlink(fs->tmp);
-    }
-    free(fs->tmp);
-    fs->tmp = NULL;
-    return fsync_directory_of(fs->path, err);
+    const char *what = "";
+    int e = atomic_file_commit(&fs->file, &what);
+    if (e == 0)
+        return 0;
+    if (e == EEXIST)
+        return bkr_error_errno(err, e, "%s", fs->file.path);
+    return bkr_error_errno(err, e, "%s %s", what, fs->file.path);
 }
 
 static int file_sink_result(void *self, lua_State *L)
 {
     file_sink *fs = self;
-    lua_pushstring(L, fs->path);
+    lua_pushstring(L, fs->file.path);
     return 1;
 }
 
 static void file_sink_free(void *self)
 {
     file_sink *fs = self;
-    file_sink_abort(fs);
-    free(fs->path);
+    atomic_file_abort(&fs->file);
     free(fs);
 }
 
@@ -613,49 +565,20 @@ static int stream_to_file(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     const char *name = bkr_stage_optname(L, 2);
-    lua_Integer mode = 0600;
-    int overwrite = 0;
-    if (lua_istable(L, 2)) {
-        lua_getfield(L, 2, "mode");
-        mode = luaL_optinteger(L, -1, 0600);
-        lua_getfield(L, 2, "overwrite");
-        overwrite = lua_toboolean(L, -1);
-        lua_pop(L, 2);
-    }
-    luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "mode must be between 0 and 07777");
+    mode_t mode;
+    int overwrite;
+    atomic_file_checkopts(L, 2, "stream.to_file", &mode, &overwrite);
     bkr_stage *st = bkr_stage_new(L, &file_sink_ops);
-
     file_sink *fs = calloc(1, sizeof *fs);
-    char *copy = strdup(path);
-    char *base_copy = strdup(path);
-    char *dir_copy = strdup(path);
-    char *tmp = NULL;
-    if (fs != NULL && copy != NULL && base_copy != NULL && dir_copy != NULL) {
-        size_t len = strlen(path) + 32;
-        tmp = malloc(len);
-        if (tmp != NULL)
-            snprintf(tmp, len, "%s/.%s.tmp.XXXXXX", dirname(dir_copy), basename(base_copy));
-    }
-    free(base_copy);
-    free(dir_copy);
-    if (tmp == NULL) {
-        free(fs);
-        free(copy);
+    if (fs == NULL)
         return luaL_error(L, "stream.to_file: out of memory");
-    }
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        int saved = errno;
+    int e = atomic_file_open(&fs->file, path, mode, overwrite);
+    if (e != 0) {
         free(fs);
-        free(copy);
-        free(tmp);
-        return bkr_pusherrno(L, saved, "stream.to_file: cannot create a file beside %s", path);
+        if (e == ENOMEM)
+            return luaL_error(L, "stream.to_file: out of memory");
+        return bkr_pusherrno(L, e, "stream.to_file: cannot create a file beside %s", path);
     }
-    fs->fd = fd;
-    fs->path = copy;
-    fs->tmp = tmp;
-    fs->mode = (mode_t)mode;
-    fs->overwrite = overwrite;
     bkr_stage_open(st, fs, name);
     return 1;
 }
@@ -738,8 +661,9 @@ static int null_write(void *self, const unsigned char *data, size_t len, bkr_err
 
 static int stdout_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
 {
-    if (write_all(STDOUT_FILENO, data, len) != 0)
-        return errno == EINTR ? bkr_error_set(err, "interrupted") : bkr_error_errno(err, errno, "write to stdout");
+    int e = bkr_write_all(STDOUT_FILENO, data, len);
+    if (e != 0)
+        return e == EINTR ? bkr_error_set(err, "interrupted") : bkr_error_errno(err, e, "write to stdout");
     return 0;
 }
 

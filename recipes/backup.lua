@@ -139,7 +139,7 @@ end
 
 local function backup_database(run, db)
   local started = os.time()
-  local relative = repo.backup_file(run.type, run.epoch, db, run.key ~= nil)
+  local relative = repo.backup_file(run.type, run.stamp, db, run.key ~= nil)
   local path = run.repo .. "/" .. relative
   local properties, err = postgres.database_properties(run.conn, db)
   if not properties then error(err, 0) end
@@ -188,7 +188,7 @@ local function backup_globals(run)
     warn("skipping roles and tablespaces: user may not read them (pg_dumpall needs a superuser)")
     return true
   end
-  local relative = repo.globals_file(run.type, run.epoch, run.key ~= nil)
+  local relative = repo.globals_file(run.type, run.stamp, run.key ~= nil)
   local path = run.repo .. "/" .. relative
   local started = os.time()
   local child, err = proc.spawn{
@@ -254,7 +254,8 @@ if not options.no_globals then run.pg_dumpall = postgres.find_program("pg_dumpal
 run.databases = postgres.databases(run.conn, run.cfg)
 if #run.databases == 0 then cli.fail(cli.EXIT_FAILED, "backup: no databases to back up") end
 check_free_space(run)
-run.epoch = os.time()
+-- One stamp for every file of this run; a run in the same second as the last one gets "-2".
+run.stamp = repo.new_stamp(os.time(), function(stamp) return repo.stamp_taken(run.repo, run.type, stamp) end)
 
 if (run.cfg.retention[run.type] or 0) == 0 and not options.no_rotate then
   warn("retention.%s is 0: the next rotation removes this backup unless it is the newest verified one;"

@@ -26,7 +26,7 @@ local files = require "lib.config_files"
 
 local FORMAT = "bkr-config-1"
 local SUBDIR = "config"
-local NAME_PATTERN = "^config_backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)$"
+local NAME_PATTERN = "^config_backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d%-?%d*)$"
 local PARTIAL_PREFIX = ".partial-"
 local PRIVATE = tonumber("700", 8)
 local PRIVATE_FILE = tonumber("600", 8)
@@ -101,12 +101,13 @@ local function scan(dir)
   if lfs.attributes(dir, "mode") ~= "directory" then return backups end
   for name in lfs.dir(dir) do
     local stamp = name:match(NAME_PATTERN)
-    if stamp and lfs.attributes(dir .. "/" .. name, "mode") == "directory" then
+    local time, sequence = repo.parse_stamp(stamp or "")
+    if time and lfs.attributes(dir .. "/" .. name, "mode") == "directory" then
       backups[#backups + 1] = { name = name, path = dir .. "/" .. name, stamp = stamp,
-        time = repo.stamp_epoch(stamp), type = "daily" }
+        time = time, sequence = sequence, type = "daily" }
     end
   end
-  table.sort(backups, function(a, b) return a.stamp > b.stamp end)
+  table.sort(backups, repo.newer)
   return backups
 end
 
@@ -119,7 +120,7 @@ local function resolve(options, word)
     return (word:gsub("(.)/+$", "%1"))
   end
   if not word:match(NAME_PATTERN) then
-    cli.usage_error("%s: %s is neither a directory nor a config backup name (config_backup_YYYYMMDD_HHMMSS)",
+    cli.usage_error("%s: %s is neither a directory nor a config backup name (config_backup_YYYYMMDD_HHMMSS[-N])",
       command, word)
   end
   local path = repository(config.load(options)) .. "/" .. word
@@ -498,11 +499,10 @@ local function backup(args)
   remove_stale_partials(run.dir)
 
   run.epoch = os.time()
-  run.name = "config_backup_" .. repo.stamp(run.epoch)
+  run.name = "config_backup_" .. repo.new_stamp(run.epoch, function(stamp)
+    return lfs.attributes(run.dir .. "/config_backup_" .. stamp, "mode") ~= nil
+  end)
   run.final = run.dir .. "/" .. run.name
-  if lfs.attributes(run.final) then
-    cli.fail(cli.EXIT_FAILED, "config backup: %s already exists (one config backup per second)", run.final)
-  end
   run.staging = run.dir .. "/" .. PARTIAL_PREFIX .. run.name
   ok, err = fs.mkdirs(run.staging, PRIVATE)
   if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end

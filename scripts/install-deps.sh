@@ -2,9 +2,17 @@
 # install-deps.sh - install the Debian 12 packages bkr needs to build, test and run its demo.
 # Installs only what is missing; needs root for that (prints the command otherwise).
 set -eu
-packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted
+# Every package the build, `make demo` and `make test` use, tests' tools included: a package
+# installed by hand on the CI machine hides a missing line here until a new machine fails.
+#   build:  gcc make pkg-config liblua5.4-dev libpq-dev zlib1g-dev libssl-dev libyaml-dev
+#   run:    lua5.4 lua-filesystem lua-dkjson postgresql postgresql-client
+#   tests:  lua-busted lua-cjson (yaml and pg specs), python3 python3-cryptography python3-yaml
+#           (independent decrypt and YAML reference), jq (the recovery guide's commands),
+#           mount util-linux (tmpfs for full-disk tests; findmnt, dmesg in the guide),
+#           faketime (three backups in one frozen second), gzip coreutils procps iproute2 time
+packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted lua-cjson
     libpq-dev zlib1g-dev libssl-dev libyaml-dev postgresql postgresql-client
-    gzip coreutils util-linux procps iproute2 python3 python3-cryptography python3-yaml time"
+    gzip coreutils util-linux mount procps iproute2 python3 python3-cryptography python3-yaml time jq faketime"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

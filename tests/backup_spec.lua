@@ -474,16 +474,27 @@ describe("bkr rotate", function()
     assert.matches("removed daily/" .. names.daily[8], out)
   end)
 
-  it("removes temporary files left by a killed run once they are a day old", function()
+  it("removes bkr's own temporary files at once, under the lock, and nobody else's", function()
     local repo = synthetic_repo()
-    util.write(repo .. "/daily/.backup_20260101_000000_appdb.sql.gz.tmp.Ab12Cd", "partial")
-    util.sh("touch -d '2 days ago' " .. q(repo .. "/daily/.backup_20260101_000000_appdb.sql.gz.tmp.Ab12Cd"))
-    util.write(repo .. "/daily/.backup_20260102_000000_appdb.sql.gz.tmp.Xy34Zw", "a run in progress")
+    local daily = repo .. "/daily/"
+    util.write(daily .. ".bkr-tmp.backup_20260101_000000_appdb.sql.gz.Ab12Cd", "partial")
+    util.write(daily .. ".backup_20260102_000000_appdb.sql.gz.tmp.Xy34Zw", "partial, named by bkr 0.1")
+    util.write(daily .. ".editor.tmp.swp", "an editor's")
+    util.write(daily .. ".my.tmp.notes", "the admin's")
+    util.sh("touch -d '2 days ago' " .. q(daily .. ".editor.tmp.swp") .. " " .. q(daily .. ".my.tmp.notes"))
+    util.sh("ln -s /etc/hostname " .. q(daily .. ".bkr-tmp.link.Qw12Er"))
     local out, rc = run("rotate --repo " .. q(repo))
     assert.are.equal(0, rc, out)
-    assert.matches("removed stale temporary file .*Ab12Cd", out)
-    assert.is_nil(io.open(repo .. "/daily/.backup_20260101_000000_appdb.sql.gz.tmp.Ab12Cd"))
-    assert.is_truthy(io.open(repo .. "/daily/.backup_20260102_000000_appdb.sql.gz.tmp.Xy34Zw"))
+    assert.matches("removed .*Ab12Cd, left by an interrupted run", out)
+    assert.matches("removed .*Xy34Zw, left by an interrupted run", out)
+    assert.are.same({ ".bkr-tmp.link.Qw12Er", ".editor.tmp.swp", ".my.tmp.notes" },
+      (function()
+        local hidden = {}
+        for _, name in ipairs(util.listdir(daily)) do
+          if name:sub(1, 1) == "." then hidden[#hidden + 1] = name end
+        end
+        return hidden
+      end)())
   end)
 
   it("removes nothing with --dry-run but says what it would remove", function()

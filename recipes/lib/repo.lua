@@ -10,6 +10,9 @@
 --       (docs/encryption.md); sidecars are named after the stored file: FILE.enc.sha256, FILE.enc.json
 --
 -- Timestamps are UTC. A database name unsafe in a file name is escaped reversibly (%XX).
+-- A run's stamp is its UTC second, YYYYMMDD_HHMMSS; when an earlier run of the same second
+-- already used that stamp in the directory, the run takes YYYYMMDD_HHMMSS-2, -3, ... instead
+-- (repo.new_stamp), so runs never collide on names and stay ordered by (time, sequence).
 local lfs = require "lfs"
 local fs = require "bkr.fs"
 local cli = require "lib.cli"
@@ -18,27 +21,48 @@ local json = require "lib.json"
 local repo = {}
 
 repo.TYPES = { "daily", "weekly", "monthly" }
-repo.BACKUP_PATTERN = "^backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)_(.+)%.sql%.gz$"
-repo.GLOBALS_PATTERN = "^globals_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)%.sql%.gz$"
+-- The stamp in a name: the UTC second, then an optional "-N" (N >= 2) sequence.
+local STAMP = "(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d%-?%d*)"
+repo.BACKUP_PATTERN = "^backup_" .. STAMP .. "_(.+)%.sql%.gz$"
+repo.GLOBALS_PATTERN = "^globals_" .. STAMP .. "%.sql%.gz$"
 -- Encrypted backups: the same names with ".enc" appended.
-repo.ENCRYPTED_BACKUP_PATTERN = "^backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)_(.+)%.sql%.gz%.enc$"
-repo.ENCRYPTED_GLOBALS_PATTERN = "^globals_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)%.sql%.gz%.enc$"
+repo.ENCRYPTED_BACKUP_PATTERN = "^backup_" .. STAMP .. "_(.+)%.sql%.gz%.enc$"
+repo.ENCRYPTED_GLOBALS_PATTERN = "^globals_" .. STAMP .. "%.sql%.gz%.enc$"
+
+-- The UTC second and the sequence (1 when there is none) of a stamp in a name; nil for
+-- anything else ("-1", "-02", "-" are not written by bkr).
+function repo.parse_stamp(token)
+  local second, suffix = token:match("^(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)(.*)$")
+  if not second then return nil end
+  local epoch = repo.stamp_epoch(second)
+  if not epoch then return nil end
+  if suffix == "" then return epoch, 1 end
+  local n = suffix:match("^%-([1-9]%d*)$")
+  if not n or tonumber(n) < 2 then return nil end
+  return epoch, tonumber(n)
+end
 
 -- A database backup's file name: stamp, escaped database name, encrypted (boolean); or nil.
 function repo.match_backup(file)
   local stamp, escaped = file:match(repo.BACKUP_PATTERN)
-  if stamp then return stamp, escaped, false end
-  stamp, escaped = file:match(repo.ENCRYPTED_BACKUP_PATTERN)
-  if stamp then return stamp, escaped, true end
+  local encrypted = false
+  if not stamp then
+    stamp, escaped = file:match(repo.ENCRYPTED_BACKUP_PATTERN)
+    encrypted = true
+  end
+  if stamp and repo.parse_stamp(stamp) then return stamp, escaped, encrypted end
   return nil
 end
 
 -- A globals file's name: stamp, encrypted (boolean); or nil.
 function repo.match_globals(file)
   local stamp = file:match(repo.GLOBALS_PATTERN)
-  if stamp then return stamp, false end
-  stamp = file:match(repo.ENCRYPTED_GLOBALS_PATTERN)
-  if stamp then return stamp, true end
+  local encrypted = false
+  if not stamp then
+    stamp = file:match(repo.ENCRYPTED_GLOBALS_PATTERN)
+    encrypted = true
+  end
+  if stamp and repo.parse_stamp(stamp) then return stamp, encrypted end
   return nil
 end
 
@@ -65,32 +89,68 @@ function repo.stamp(epoch)
   return os.date("!%Y%m%d_%H%M%S", epoch)
 end
 
--- Seconds since the epoch for a UTC stamp YYYYMMDD_HHMMSS (days-from-civil, no local time).
+-- The stamp for a new run at `epoch`: YYYYMMDD_HHMMSS, or with "-2", "-3", ... when
+-- taken(stamp) says an earlier run of that second used it. The caller holds the lock
+-- that makes the answer stay true until it has written its files.
+function repo.new_stamp(epoch, taken)
+  local second = repo.stamp(epoch)
+  local stamp, n = second, 1
+  while taken(stamp) do
+    n = n + 1
+    stamp = second .. "-" .. n
+  end
+  return stamp
+end
+
+-- Whether any backup or globals file of REPO/<type> carries this stamp.
+function repo.stamp_taken(dir, type_, stamp)
+  local subdir = dir .. "/" .. type_
+  if lfs.attributes(subdir, "mode") ~= "directory" then return false end
+  local backup_prefix, globals_prefix = "backup_" .. stamp .. "_", "globals_" .. stamp .. ".sql.gz"
+  for file in lfs.dir(subdir) do
+    if file:sub(1, #backup_prefix) == backup_prefix or file:sub(1, #globals_prefix) == globals_prefix then
+      return true
+    end
+  end
+  return false
+end
+
+local DAYS_IN_MONTH = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+
+local function days_in_month(y, m)
+  if m == 2 and (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) then return 29 end
+  return DAYS_IN_MONTH[m]
+end
+
+-- Seconds since the epoch for a UTC stamp YYYYMMDD_HHMMSS (days-from-civil, no local time);
+-- nil for anything else, impossible dates and times included (2026-02-30, 25:61).
 function repo.stamp_epoch(stamp)
   local y, m, d, H, M, S = stamp:match("^(%d%d%d%d)(%d%d)(%d%d)_(%d%d)(%d%d)(%d%d)$")
   if not y then return nil end
-  y, m, d = tonumber(y), tonumber(m), tonumber(d)
+  y, m, d, H, M, S = tonumber(y), tonumber(m), tonumber(d), tonumber(H), tonumber(M), tonumber(S)
+  if m < 1 or m > 12 or d < 1 or d > days_in_month(y, m) or H > 23 or M > 59 or S > 59 then return nil end
   y = m <= 2 and y - 1 or y
   local era = (y >= 0 and y or y - 399) // 400
   local yoe = y - era * 400
   local doy = (153 * (m > 2 and m - 3 or m + 9) + 2) // 5 + d - 1
   local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
   local days = era * 146097 + doe - 719468
-  return days * 86400 + tonumber(H) * 3600 + tonumber(M) * 60 + tonumber(S)
+  return days * 86400 + H * 3600 + M * 60 + S
 end
 
 function repo.iso_time(epoch)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(epoch))
 end
 
--- encrypted: true for the name of an encrypted backup (".enc" appended).
-function repo.backup_file(type_, epoch, db, encrypted)
-  return string.format("%s/backup_%s_%s.sql.gz%s", type_, repo.stamp(epoch), repo.escape_name(db),
+-- stamp: the run's (repo.new_stamp); encrypted: true for an encrypted backup (".enc" appended).
+function repo.backup_file(type_, stamp, db, encrypted)
+  return string.format("%s/backup_%s_%s.sql.gz%s", type_, stamp, repo.escape_name(db),
     encrypted and ".enc" or "")
 end
 
-function repo.globals_file(type_, epoch, encrypted)
-  return string.format("%s/globals_%s.sql.gz%s", type_, repo.stamp(epoch), encrypted and ".enc" or "")
+-- The globals file of the run with this stamp, as repo.backup_file.
+function repo.globals_file(type_, stamp, encrypted)
+  return string.format("%s/globals_%s.sql.gz%s", type_, stamp, encrypted and ".enc" or "")
 end
 
 -- ------------------------------------------------------------------ scanning
@@ -102,8 +162,9 @@ end
 -- One backup (or globals) file with what is known about it from its sidecars.
 local function describe(dir, type_, file, stamp, db, kind, encrypted)
   local path = dir .. "/" .. type_ .. "/" .. file
+  local time, sequence = repo.parse_stamp(stamp)
   local entry = {
-    path = path, file = file, type = type_, stamp = stamp, time = repo.stamp_epoch(stamp),
+    path = path, file = file, type = type_, stamp = stamp, time = time, sequence = sequence,
     database = db, kind = kind, encrypted = encrypted,
     sidecar = path .. ".sha256", manifest_path = path .. ".json",
     stored_bytes = lfs.attributes(path, "size"),
@@ -117,7 +178,14 @@ local function describe(dir, type_, file, stamp, db, kind, encrypted)
   return entry
 end
 
--- Every backup in the repository, newest first. filter: { db = {names} | nil, type = t | nil,
+-- Newest first: by time, then by sequence within one second, then by path.
+function repo.newer(a, b)
+  if a.time ~= b.time then return a.time > b.time end
+  if a.sequence ~= b.sequence then return a.sequence > b.sequence end
+  return a.path < b.path
+end
+
+-- Every backup in the repository, newest first (repo.newer). filter: { db = {names} | nil, type = t | nil,
 -- globals = true to include globals files }.
 function repo.scan(dir, filter)
   filter = filter or {}
@@ -144,10 +212,7 @@ function repo.scan(dir, filter)
       end
     end
   end
-  table.sort(entries, function(a, b)
-    if a.stamp ~= b.stamp then return a.stamp > b.stamp end
-    return a.path < b.path
-  end)
+  table.sort(entries, repo.newer)
   return entries
 end
 
@@ -166,12 +231,52 @@ function repo.ensure(dir)
   end
 end
 
--- Take the repository lock or fail fast naming the holder.
+-- Temporary files bkr's atomic writer (bindings/atomic_file.c) leaves when a run is killed
+-- outright (SIGKILL, power loss): ".bkr-tmp.<name>.XXXXXX", a prefix nobody else uses. Also
+-- the names of bkr before 0.2, ".backup_<stamp>_<db>.sql.gz[...].tmp.XXXXXX" and the same
+-- for globals: specific enough that no one else's file matches.
+repo.TEMPORARY_PREFIX = ".bkr-tmp."
+
+function repo.is_temporary(file)
+  if file:sub(1, #repo.TEMPORARY_PREFIX) == repo.TEMPORARY_PREFIX then return true end
+  local name = file:match("^%.(.+)%.tmp%.%w%w%w%w%w%w$")
+  if not name then return false end
+  local base = name:gsub("%.sha256$", ""):gsub("%.json$", "")
+  return repo.match_backup(base) ~= nil or repo.match_globals(base) ~= nil
+end
+
+-- Leftover temporary files in the type directories, as full paths. Only regular files:
+-- a symlink or directory with such a name is not bkr's.
+function repo.temporaries(dir)
+  local found = {}
+  for _, type_ in ipairs(repo.TYPES) do
+    local subdir = dir .. "/" .. type_
+    if lfs.attributes(subdir, "mode") == "directory" then
+      for file in lfs.dir(subdir) do
+        local path = subdir .. "/" .. file
+        if repo.is_temporary(file) and lfs.symlinkattributes(path, "mode") == "file" then
+          found[#found + 1] = path
+        end
+      end
+    end
+  end
+  table.sort(found)
+  return found
+end
+
+-- Take the repository lock or fail fast naming the holder. Holding it proves that no other
+-- run is writing, so the temporary files of killed runs are removed at once.
 function repo.lock(dir)
   local lock, err, code = fs.lock(dir .. "/.lock")
   if not lock then
     if code == "locked" then cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", dir, err) end
     cli.fail(cli.EXIT_FAILED, "repository %s cannot be locked: %s", dir, err)
+  end
+  for _, path in ipairs(repo.temporaries(dir)) do
+    if os.remove(path) then
+      io.stderr:write("bkr: removed ", path, ", left by an interrupted run\n")
+      repo.log(dir, { event = "temporary removed", file = path, result = "removed" })
+    end
   end
   return lock
 end

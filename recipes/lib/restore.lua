@@ -191,7 +191,7 @@ end
 -- The globals file of the same run (roles first, so owners and grants resolve). Existing
 -- roles are reported, not an error.
 function restore.globals(run, entry)
-  local globals_name = string.format("globals_%s.sql.gz%s", entry.stamp, entry.encrypted and ".enc" or "")
+  local globals_name = repo.globals_file(entry.type, entry.stamp, entry.encrypted):match("[^/]+$")
   local path = entry.path:match("^(.*)/[^/]+$") .. "/" .. globals_name
   local problem = restore.check_backup({ path = path, file = globals_name, sidecar = path .. ".sha256",
     manifest = (require("lib.json").read_file(path .. ".json")), manifest_error = "missing manifest " .. path .. ".json" })

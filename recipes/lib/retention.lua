@@ -3,8 +3,9 @@
 -- docs/rotation.md shows a grandfather-father-son and a keep-by-age variant.
 local retention = {}
 
--- backups: the backups of ONE database (or the globals) of ONE type, newest first, each with
---          .time (epoch, UTC), .stamp, .path, .type, .verified ("passed"/"failed"/nil)
+-- backups: the backups of ONE database (or the globals) of ONE type, newest first (two runs
+--          in one second are ordered by .sequence), each with .time (epoch, UTC), .sequence,
+--          .stamp, .path, .type, .verified ("passed"/"failed"/nil)
 -- counts:  the configured retention { daily = 7, weekly = 4, monthly = 0 }
 -- now:     epoch seconds
 -- returns: a set { [backup] = "reason kept" } of the backups to keep.

@@ -25,25 +25,6 @@ local function orphan_sidecars(dir)
   return orphans
 end
 
--- Temporary files of runs that were killed outright (SIGKILL, power loss): a finished or
--- interrupted run removes its own, so one older than a day belongs to nobody.
-local STALE_SECONDS = 86400
-local function stale_temporaries(dir)
-  local stale = {}
-  for _, type_ in ipairs(repo.TYPES) do
-    local subdir = dir .. "/" .. type_
-    if lfs.attributes(subdir, "mode") == "directory" then
-      for file in lfs.dir(subdir) do
-        local modified = lfs.attributes(subdir .. "/" .. file, "modification")
-        if file:match("^%..+%.tmp%.%w+$") and modified and os.time() - modified > STALE_SECONDS then
-          stale[#stale + 1] = subdir .. "/" .. file
-        end
-      end
-    end
-  end
-  return stale
-end
-
 -- Returns the number of backups removed (or that would be), and a list of errors.
 function rotation.run(dir, cfg, opts)
   opts = opts or {}
@@ -76,9 +57,10 @@ function rotation.run(dir, cfg, opts)
       say(string.format("%s orphan sidecar %s", verb, path))
     end
   end
-  local stale = stale_temporaries(dir)
+  -- The caller holds the lock (or removes nothing: --dry-run), so no run is writing these.
+  local stale = repo.temporaries(dir)
   for _, path in ipairs(stale) do
-    if opts.dry_run or os.remove(path) then say(string.format("%s stale temporary file %s", verb, path)) end
+    if opts.dry_run or os.remove(path) then say(string.format("%s temporary file %s of an interrupted run", verb, path)) end
   end
   return #remove + #orphans + #stale, errors
 end

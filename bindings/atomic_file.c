@@ -1,0 +1,197 @@
+/*
+ * atomic_file.c - the one atomic file writer (see atomic_file.h), shared by
+ * stream.to_file and fs.write_file.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "atomic_file.h"
+#include "bkr.h"
+
+/* Longest part of the final name kept in the temporary name: prefix + name + ".XXXXXX"
+ * stays within NAME_MAX (255), so a 250-byte final name still gets a temporary file. */
+#define TMP_NAME_MAX 200
+
+int atomic_file_parse_mode(lua_State *L, int idx, mode_t *out)
+{
+    lua_Integer m = -1;
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        int isint;
+        m = lua_tointegerx(L, idx, &isint);
+        if (!isint)
+            return -1;
+    } else if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (len == 0 || len > 5 || strspn(s, "01234567") != len)
+            return -1;
+        m = (lua_Integer)strtol(s, NULL, 8);
+    }
+    if (m < 0 || m > 0777)
+        return -1;
+    *out = (mode_t)m;
+    return 0;
+}
+
+void atomic_file_checkopts(lua_State *L, int idx, const char *fname, mode_t *mode, int *overwrite)
+{
+    *mode = ATOMIC_FILE_DEFAULT_MODE;
+    *overwrite = 0;
+    if (lua_isnoneornil(L, idx))
+        return;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    if (lua_getfield(L, idx, "mode") != LUA_TNIL && atomic_file_parse_mode(L, -1, mode) != 0)
+        luaL_error(L, "%s: opts." ATOMIC_FILE_MODE_RULE, fname);
+    lua_pop(L, 1);
+    int t = lua_getfield(L, idx, "overwrite");
+    if (t != LUA_TNIL) {
+        if (t != LUA_TBOOLEAN)
+            luaL_error(L, "%s: opts.overwrite must be a boolean", fname);
+        *overwrite = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+}
+
+int atomic_file_fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    int err = fsync(fd) == 0 ? 0 : errno;
+    if (close(fd) != 0 && err == 0)
+        err = errno;
+    return err;
+}
+
+/* The directory part of path ("." when none, "/" for a file in the root), malloc'd. */
+static char *dir_of(const char *path, size_t *base_start, size_t *base_len)
+{
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    size_t start = len;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    *base_start = start;
+    *base_len = len - start;
+    size_t dlen = start;
+    while (dlen > 1 && path[dlen - 1] == '/')
+        dlen--;
+    if (dlen == 0)
+        return strdup(".");
+    return strndup(path, dlen);
+}
+
+int atomic_file_open(atomic_file *af, const char *path, mode_t mode, int overwrite)
+{
+    af->fd = -1;
+    af->path = NULL;
+    af->tmp = NULL;
+    af->mode = mode;
+    af->overwrite = overwrite;
+    size_t bstart, blen;
+    char *dir = dir_of(path, &bstart, &blen);
+    af->path = strdup(path);
+    if (dir == NULL || af->path == NULL) {
+        free(dir);
+        atomic_file_abort(af);
+        return ENOMEM;
+    }
+    if (blen > TMP_NAME_MAX)
+        blen = TMP_NAME_MAX;
+    size_t len = strlen(dir) + 1 + sizeof ATOMIC_FILE_TMP_PREFIX + blen + sizeof ".XXXXXX";
+    af->tmp = malloc(len);
+    if (af->tmp == NULL) {
+        free(dir);
+        atomic_file_abort(af);
+        return ENOMEM;
+    }
+    snprintf(af->tmp, len, "%s/" ATOMIC_FILE_TMP_PREFIX "%.*s.XXXXXX", dir, (int)blen, path + bstart);
+    free(dir);
+    af->fd = mkostemp(af->tmp, O_CLOEXEC);
+    if (af->fd < 0) {
+        int err = errno;
+        free(af->tmp);
+        af->tmp = NULL;
+        atomic_file_abort(af);
+        return err;
+    }
+    return 0;
+}
+
+int bkr_write_all(int fd, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR && !bkr_interrupted())
+                continue;
+            return errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int atomic_file_write(atomic_file *af, const void *data, size_t len)
+{
+    return bkr_write_all(af->fd, data, len);
+}
+
+int atomic_file_commit(atomic_file *af, const char **what)
+{
+    *what = "chmod";
+    if (fchmod(af->fd, af->mode) != 0)
+        return errno;
+    *what = "fsync";
+    if (fsync(af->fd) != 0)
+        return errno;
+    *what = "close";
+    int rc = close(af->fd);
+    af->fd = -1;
+    if (rc != 0)
+        return errno;
+    if (af->overwrite) {
+        *what = "rename";
+        if (rename(af->tmp, af->path) != 0)
+            return errno;
+    } else {
+        /* link() fails with EEXIST instead of replacing: an existing file is never lost. */
+        *what = "link";
+        if (link(af->tmp, af->path) != 0)
+            return errno;
+        unlink(af->tmp);
+    }
+    free(af->tmp);
+    af->tmp = NULL;
+    size_t bstart, blen;
+    char *dir = dir_of(af->path, &bstart, &blen);
+    *what = "fsync directory";
+    int err = dir == NULL ? ENOMEM : atomic_file_fsync_path(dir);
+    free(dir);
+    return err;
+}
+
+void atomic_file_abort(atomic_file *af)
+{
+    if (af->fd >= 0)
+        close(af->fd);
+    af->fd = -1;
+    if (af->tmp != NULL)
+        unlink(af->tmp);
+    free(af->tmp);
+    af->tmp = NULL;
+    free(af->path);
+    af->path = NULL;
+}

@@ -1,0 +1,61 @@
+/*
+ * atomic_file.h - the one way bkr writes a file under its final name: a temporary file
+ * beside it, the data, fchmod, fsync, then rename (overwrite) or link (never replace),
+ * then fsync of the directory. stream.to_file and fs.write_file both use it, so they
+ * agree on modes, defaults, long names and the temporary-file name.
+ *
+ * Temporary files are named DIR/.bkr-tmp.<NAME>.XXXXXX (NAME cut to fit NAME_MAX):
+ * a prefix nobody else uses, so rotation can prove that a leftover is bkr's own
+ * (ATOMIC_FILE_TMP_PREFIX; recipes/lib/repo.lua matches the same prefix).
+ */
+#ifndef BKR_ATOMIC_FILE_H
+#define BKR_ATOMIC_FILE_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <lua.h>
+
+#define ATOMIC_FILE_TMP_PREFIX ".bkr-tmp."
+#define ATOMIC_FILE_DEFAULT_MODE 0600
+
+typedef struct atomic_file {
+    int fd;          /* -1 once closed */
+    char *path;      /* final name */
+    char *tmp;       /* temporary name; NULL once committed or removed */
+    mode_t mode;
+    int overwrite;   /* 1: rename over an existing file; 0: fail with EEXIST instead */
+} atomic_file;
+
+/* Options shared by both writers, read from the table at index idx (may be none/nil):
+ * mode (octal string "0600" or integer 0..0777, default 0600) and overwrite (boolean,
+ * default false). Raises on misuse, naming `fname`. */
+void atomic_file_checkopts(lua_State *L, int idx, const char *fname, mode_t *mode, int *overwrite);
+
+/* A permission mode at stack index idx: an integer 0..0777, or a string of octal digits.
+ * Returns 0, or -1 if invalid (Lua's 0600 is decimal 600 = 01130: refused). */
+int atomic_file_parse_mode(lua_State *L, int idx, mode_t *out);
+#define ATOMIC_FILE_MODE_RULE \
+    "mode must be 0..0777: an integer such as tonumber(\"644\", 8) or an octal string \"0644\""
+
+/* Create the temporary file for path. Returns 0, or an errno (af is then closed). */
+int atomic_file_open(atomic_file *af, const char *path, mode_t mode, int overwrite);
+
+/* Append len bytes. Returns 0, or an errno (EINTR once bkr_interrupted()). */
+int atomic_file_write(atomic_file *af, const void *data, size_t len);
+
+/* Make it final. Returns 0, or an errno with *what set to the step that failed
+ * ("fsync", "rename", ...); on failure the temporary file is still there for abort. */
+int atomic_file_commit(atomic_file *af, const char **what);
+
+/* Remove the temporary file (if any) and free everything; harmless to call twice. */
+void atomic_file_abort(atomic_file *af);
+
+/* Write all of data to fd, retrying short writes and EINTR (unless interrupted).
+ * Returns 0, or an errno (EINTR once bkr_interrupted()). */
+int bkr_write_all(int fd, const void *data, size_t len);
+
+/* fsync the file or directory at path. Returns 0 or errno. */
+int atomic_file_fsync_path(const char *path);
+
+#endif
