@@ -61,6 +61,40 @@ void atomic_file_checkopts(lua_State *L, int idx, const char *fname, mode_t *mod
     lua_pop(L, 1);
 }
 
+int bkr_open_regular(const char *path, int follow_symlinks)
+{
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (follow_symlinks ? 0 : O_NOFOLLOW));
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        errno = ELOOP;
+        return -1;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0)
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    return fd;
+}
+
+int bkr_opt_follow(lua_State *L, int idx)
+{
+    if (!lua_istable(L, idx))
+        return 0;
+    lua_getfield(L, idx, "follow");
+    int follow = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return follow;
+}
+
 int atomic_file_fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -55,6 +55,18 @@ void atomic_file_abort(atomic_file *af);
  * Returns 0, or an errno (EINTR once bkr_interrupted()). */
 int bkr_write_all(int fd, const void *data, size_t len);
 
+/*
+ * Open path for reading only if it is a regular file: never a FIFO (which would block
+ * forever), a device or a directory, and, unless follow_symlinks, never through a symlink
+ * in the last component (O_NOFOLLOW). Everything bkr reads from a repository may have been
+ * put there by someone else (docs/RELIABILITY.md). Returns the fd, or -1 with errno set;
+ * a file of another type gives ELOOP too (kind "not_regular"), whatever it is.
+ */
+int bkr_open_regular(const char *path, int follow_symlinks);
+
+/* Read option `follow` (boolean, default false) from the options table at idx, if any. */
+int bkr_opt_follow(lua_State *L, int idx);
+
 /* fsync the file or directory at path. Returns 0 or errno. */
 int atomic_file_fsync_path(const char *path);
 

@@ -6,6 +6,9 @@
  * Lua API (require "bkr.fs"):
  *   fs.fsync(path)                      -> true            fsync a file or a directory
  *   fs.rename(from, to)                 -> true            rename(2), then fsync the directories
+ *   fs.read_file(path[, opts])          -> data            a whole regular file, never through a
+ *        symlink (unless opts.follow) and at most opts.max bytes (default 64 MiB); else
+ *        nil, msg, kind ("not_regular", "too_large", or the errno's kind)
  *   fs.write_file(path, data[, opts])   -> true            atomic whole-file write;
  *        opts = {mode = "0600", overwrite = false} (the defaults, as
  *        stream.to_file's: both are atomic_file.c); overwrite = false never replaces a file
@@ -126,6 +129,65 @@ static int fs_rename(lua_State *L)
 /* ===================================================================== */
 /* write_file                                                             */
 /* ===================================================================== */
+
+/* ===================================================================== */
+/* read_file                                                              */
+/* ===================================================================== */
+
+#define READ_FILE_DEFAULT_MAX (64 * 1024 * 1024)
+
+/* A whole small file (manifest, sidecar, key) from a place someone else may have written:
+ * a regular file only (bkr_open_regular), and no more than opts.max bytes. */
+static int fs_read_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer max = READ_FILE_DEFAULT_MAX;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "max");
+        max = luaL_optinteger(L, -1, READ_FILE_DEFAULT_MAX);
+        lua_pop(L, 1);
+        luaL_argcheck(L, max >= 0, 2, "opts.max must not be negative");
+    }
+    int follow = bkr_opt_follow(L, 2);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    int fd = bkr_open_regular(path, follow);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ELOOP)
+            return bkr_pushfail(L, "not_regular", "fs.read_file: %s: not a regular file%s", path,
+                                follow ? "" : " (a symlink, FIFO or device)");
+        return bkr_pusherrno(L, e, "fs.read_file: %s", path);
+    }
+    lua_Integer total = 0;
+    int err = 0, too_large = 0;
+    for (;;) {
+        char *p = luaL_prepbuffer(&b);
+        ssize_t n = read(fd, p, LUAL_BUFFERSIZE);
+        if (n < 0 && errno == EINTR && !bkr_interrupted())
+            continue;
+        if (n < 0) {
+            err = errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        total += n;
+        if (total > max) {
+            too_large = 1;
+            break;
+        }
+        luaL_addsize(&b, (size_t)n);
+    }
+    close(fd);
+    if (too_large)
+        return bkr_pushfail(L, "too_large", "fs.read_file: %s: larger than %lld bytes", path, (long long)max);
+    if (err)
+        return bkr_pusherrno(L, err, "fs.read_file: %s", path);
+    luaL_pushresult(&b);
+    return 1;
+}
 
 /* The writer is atomic_file.c, shared with stream.to_file. */
 static int fs_write_file(lua_State *L)
@@ -479,6 +541,7 @@ static const luaL_Reg lock_metamethods[] = {
 static const luaL_Reg fs_funcs[] = {
     {"fsync", fs_fsync},
     {"rename", fs_rename},
+    {"read_file", fs_read_file},
     {"write_file", fs_write_file},
     {"lock", fs_lock_new},
     {"free_space", fs_free_space},

@@ -5,7 +5,8 @@
  *   hash.sha256([{name = ...}])   pass-through filter stage; result: lowercase hex digest of
  *                                 every byte that went through (under "sha256" by default)
  *   hash.sha256_string(s)         -> hex digest
- *   hash.sha256_file(path)        -> hex digest, bytes; or nil, msg when the file cannot be read
+ *   hash.sha256_file(path[, opts]) -> hex digest, bytes; or nil, msg, kind when it cannot be read;
+ *                                   only a regular file, as stream.from_file (opts.follow)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +19,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
+#include "atomic_file.h"
 #include "bkr.h"
 #include "openssl_util.h"
 #include "stream.h"
@@ -108,9 +110,15 @@ static int hash_sha256_string(lua_State *L)
 static int hash_sha256_file(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return bkr_pusherrno(L, errno, "hash.sha256_file: %s", path);
+    int follow = bkr_opt_follow(L, 2);
+    int fd = bkr_open_regular(path, follow);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ELOOP)
+            return bkr_pushfail(L, "not_regular", "hash.sha256_file: %s: not a regular file%s", path,
+                                follow ? "" : " (a symlink, FIFO or device)");
+        return bkr_pusherrno(L, e, "hash.sha256_file: %s", path);
+    }
     sha256 h = {0};
     unsigned char *buf = malloc(BKR_CHUNK);
     int saved = 0, ok = buf != NULL && sha256_init(&h) == 0;

@@ -11,7 +11,9 @@
  *         bytes_out  bytes the sink took
  *         stages     array of { name, type, bytes_in, bytes_out, seconds }
  *         [name]     each stage's own result under its name (sha256 -> hex digest, ...)
- *   stream.from_file(path[, opts])        source; nil, msg if it cannot be opened
+ *   stream.from_file(path[, opts])        source; nil, msg, kind if it cannot be opened. Only a
+ *                                         regular file: a symlink (unless opts.follow), FIFO,
+ *                                         device or directory gives kind "not_regular"
  *   stream.from_string(s[, opts])         source
  *   stream.to_file(path[, opts])          atomic file sink; opts.mode (default 0600),
  *                                         opts.overwrite (default false); result: path.
@@ -441,10 +443,16 @@ static int stream_from_file(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     const char *name = bkr_stage_optname(L, 2);
+    int follow = bkr_opt_follow(L, 2);
     bkr_stage *st = bkr_stage_new(L, &file_source_ops);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return bkr_pusherrno(L, errno, "stream.from_file: %s", path);
+    int fd = bkr_open_regular(path, follow);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ELOOP)
+            return bkr_pushfail(L, "not_regular", "stream.from_file: %s: not a regular file%s", path,
+                                follow ? "" : " (a symlink, FIFO or device)");
+        return bkr_pusherrno(L, e, "stream.from_file: %s", path);
+    }
     file_source *fs = malloc(sizeof *fs);
     char *copy = strdup(path);
     if (fs == NULL || copy == NULL) {

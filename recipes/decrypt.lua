@@ -40,7 +40,8 @@ local key, key_id = keys.require(cfg, options)
 
 -- source -> decrypt [-> gunzip] -> sink
 local function pipeline(sink)
-  local source, err = stream.from_file(file)
+  -- the file the admin named: a symlink to it is followed; a FIFO or device is not read
+  local source, err = stream.from_file(file, { follow = true })
   if not source then cli.fail(cli.EXIT_FAILED, "decrypt: %s", (tostring(err):gsub("^stream%.from_file: ", ""))) end
   local stages = { source, crypto.decrypt{ key = key } }
   if options.gunzip then stages[#stages + 1] = gzip.decompress() end

@@ -34,7 +34,15 @@ int bkr_interrupted(void);
  */
 int bkr_pushfail(lua_State *L, const char *code, const char *fmt, ...);
 
-/* Same, with strerror(saved_errno) appended: "prefix: what: No such file". */
+/* Same, with strerror(saved_errno) appended: "prefix: what: No such file", and the kind
+ * of the errno (bkr_errno_kind) as the third value, for code to branch on. */
 int bkr_pusherrno(lua_State *L, int saved_errno, const char *fmt, ...);
+
+/*
+ * The kind of an errno, one of a small fixed set that recipes branch on (never on the
+ * message): "exists", "no_space", "interrupted", "permission", "missing", "not_regular"
+ * (ELOOP: a symlink where a file belongs), else "io". docs/runtime.md lists every kind.
+ */
+const char *bkr_errno_kind(int e);
 
 #endif

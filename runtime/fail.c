@@ -2,6 +2,7 @@
  * fail.c - the host's helpers for environmental failures, shared by every binding (and
  * linked alone by the fuzz targets): nil, "message"[, code], as luaL_fileresult does.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +11,28 @@
 #include <lauxlib.h>
 
 #include "bkr.h"
+
+const char *bkr_errno_kind(int e)
+{
+    switch (e) {
+    case EEXIST:
+        return "exists";
+    case ENOSPC:
+    case EDQUOT:
+        return "no_space";
+    case EINTR:
+        return "interrupted";
+    case EACCES:
+    case EPERM:
+        return "permission";
+    case ENOENT:
+        return "missing";
+    case ELOOP:
+        return "not_regular";
+    default:
+        return "io";
+    }
+}
 
 static int pushfailv(lua_State *L, const char *code, int saved_errno, const char *fmt, va_list ap)
 {
@@ -39,7 +62,7 @@ int bkr_pusherrno(lua_State *L, int saved_errno, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int n = pushfailv(L, NULL, saved_errno, fmt, ap);
+    int n = pushfailv(L, bkr_errno_kind(saved_errno), saved_errno, fmt, ap);
     va_end(ap);
     return n;
 }

@@ -125,10 +125,30 @@ describe("stream.run", function()
     assert.is_nil((stream.to_file("/nonexistent-dir/x")))
   end)
 
-  it("reports a missing source file", function()
-    local src, err = stream.from_file("/nonexistent/file.gz")
+  it("reports a missing source file, with its kind", function()
+    local src, err, kind = stream.from_file("/nonexistent/file.gz")
     assert.is_nil(src)
     assert.are.equal("stream.from_file: /nonexistent/file.gz: No such file or directory", err)
+    assert.are.equal("missing", kind)
+  end)
+
+  it("reads only regular files: a symlink (unless follow), FIFO, device or directory is refused at once", function()
+    local dir = util.scratch("stream")
+    util.write(dir .. "/real", "data")
+    util.sh("ln -s real " .. dir .. "/link && mkfifo " .. dir .. "/fifo && mkdir " .. dir .. "/sub")
+    for _, path in ipairs({ dir .. "/link", dir .. "/fifo", "/dev/null", dir .. "/sub" }) do
+      local src, err, kind = stream.from_file(path)
+      assert.is_nil(src, path)
+      assert.matches("not a regular file", err)
+      assert.are.equal("not_regular", kind)
+      local digest, herr, hkind = hash.sha256_file(path)
+      assert.is_nil(digest, path)
+      assert.matches("not a regular file", herr)
+      assert.are.equal("not_regular", hkind)
+    end
+    local r = stream.run{ assert(stream.from_file(dir .. "/link", { follow = true })), stream.to_string() }
+    assert.are.equal("data", r.string)
+    assert.is_nil((stream.from_file(dir .. "/fifo", { follow = true })))
   end)
 
   it("removes the temporary file of a sink that never ran once it is closed or collected", function()

@@ -389,7 +389,8 @@ end
 -- Copy a file byte for byte into the backup, sealed whole with opts.key when given.
 -- Returns { sha256, stored_sha256, size, stored_size } or nil, message.
 function files.store_whole(source_path, stored_path, opts)
-  local source, err = stream.from_file(source_path)
+  -- the admin's own file: a symlink to it is followed (/etc/alternatives...), a FIFO is not
+  local source, err = stream.from_file(source_path, { follow = true })
   if not source then return nil, err end
   local stages = { source, hash.sha256{ name = "original" } }
   if opts.key then stages[#stages + 1] = require("bkr.crypto").encrypt{ key = opts.key } end

@@ -53,12 +53,15 @@ function json.decode(text, what)
   return value
 end
 
+-- A JSON file bkr wrote (a manifest, a report): a regular file only, never through a symlink
+-- or from a FIFO (docs/RELIABILITY.md). Returns the value, or nil, message, kind
+-- (fs.read_file's kinds, or "corrupt" for text that is not JSON).
 function json.read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local text = f:read("a")
-  f:close()
-  return json.decode(text, path)
+  local text, err, kind = require("bkr.fs").read_file(path)
+  if not text then return nil, err, kind end
+  local value, derr = json.decode(text, path)
+  if value == nil then return nil, derr, "corrupt" end
+  return value
 end
 
 return json

@@ -293,14 +293,27 @@ function repo.write_sidecar(entry_path, digest)
     { mode = tonumber("600", 8), overwrite = true })
 end
 
+-- What a kind of read failure means, in an admin's words.
+repo.REASONS = {
+  permission = "permission denied",
+  not_regular = "not a regular file (a symlink, FIFO, device or directory where a file belongs)",
+  too_large = "far larger than a sidecar or manifest can be",
+}
+
+-- The digest a sidecar names; or nil, message, kind ("missing", "permission", "not_regular",
+-- "corrupt"...).
 function repo.read_sidecar(entry)
-  local f = io.open(entry.sidecar, "r")
-  if not f then return nil, "missing sidecar " .. entry.sidecar end
-  local line = f:read("l") or ""
-  f:close()
+  local text, err, kind = fs.read_file(entry.sidecar, { max = 4096 })
+  if not text then
+    if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
+    return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, repo.REASONS[kind] or err), kind
+  end
+  local line = text:match("^[^\n]*")
   local digest, name = line:match("^(%x+)  %*?(.+)$")
-  if not digest or #digest ~= 64 then return nil, "unreadable sidecar " .. entry.sidecar end
-  if name ~= entry.file then return nil, "sidecar " .. entry.sidecar .. " names another file: " .. name end
+  if not digest or #digest ~= 64 then return nil, "unreadable sidecar " .. entry.sidecar, "corrupt" end
+  if name ~= entry.file then
+    return nil, "sidecar " .. entry.sidecar .. " names another file: " .. name, "corrupt"
+  end
   return digest:lower()
 end
 
