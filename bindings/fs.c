@@ -9,6 +9,8 @@
  *   fs.read_file(path[, opts])          -> data            a whole regular file, never through a
  *        symlink (unless opts.follow) and at most opts.max bytes (default 64 MiB); else
  *        nil, msg, kind ("not_regular", "too_large", or the errno's kind)
+ *   fs.append(path, data[, opts])       -> true            append to a log file, created with
+ *        opts.mode (default 0600); never through a symlink, never to a FIFO or device
  *   fs.write_file(path, data[, opts])   -> true            atomic whole-file write;
  *        opts = {mode = "0600", overwrite = false} (the defaults, as
  *        stream.to_file's: both are atomic_file.c); overwrite = false never replaces a file
@@ -189,6 +191,40 @@ static int fs_read_file(lua_State *L)
     return 1;
 }
 
+/* Append data to a log: created with opts.mode (default 0600) if missing, never through a
+ * symlink, never to a FIFO or device. One write(2) of the whole line with O_APPEND, so lines
+ * of concurrent writers do not interleave. */
+static int fs_append(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    mode_t mode = ATOMIC_FILE_DEFAULT_MODE;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        if (lua_getfield(L, 3, "mode") != LUA_TNIL && atomic_file_parse_mode(L, -1, &mode) != 0)
+            return luaL_error(L, "fs.append: opts." ATOMIC_FILE_MODE_RULE);
+        lua_pop(L, 1);
+    }
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, mode);
+    if (fd < 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.append: %s", path);
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return bkr_pushfail(L, "not_regular", "fs.append: %s: not a regular file", path);
+    }
+    int err = bkr_write_all(fd, data, len);
+    if (close(fd) != 0 && err == 0)
+        err = errno;
+    if (err)
+        return bkr_pusherrno(L, err, "fs.append: %s", path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* The writer is atomic_file.c, shared with stream.to_file. */
 static int fs_write_file(lua_State *L)
 {
@@ -291,7 +327,8 @@ static int fs_lock_new(lua_State *L)
     lk->pid = 0;
     luaL_setmetatable(L, BKR_LOCK);
 
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    /* O_NOFOLLOW: the file is truncated below, so never through a symlink someone planted. */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) {
         int err = errno;
         return bkr_pusherrno(L, err, "fs.lock: %s", path);
@@ -309,17 +346,13 @@ static int fs_lock_new(lua_State *L)
     lk->fd = fd;
     lk->pid = getpid();
 
+    /* The flock is the lock; the PID inside only names the holder for the "busy" message.
+     * Writing it is best effort: on a full disk the run that would free space (rotate) must
+     * still get the lock. A PID that could not be written is left out, never half-written. */
     char line[32];
     int n = snprintf(line, sizeof line, "%ld\n", (long)lk->pid);
-    int err = 0;
-    if (ftruncate(fd, 0) != 0 || fsync(fd) != 0)
-        err = errno;
-    else if ((err = bkr_write_all(fd, line, (size_t)n)) == 0 && fsync(fd) != 0)
-        err = errno;
-    if (err) {
-        lock_release(lk);
-        return bkr_pusherrno(L, err, "fs.lock: %s", path);
-    }
+    if (ftruncate(fd, 0) == 0 && (bkr_write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0))
+        (void)!ftruncate(fd, 0);
     return 1;
 }
 
@@ -542,6 +575,7 @@ static const luaL_Reg fs_funcs[] = {
     {"fsync", fs_fsync},
     {"rename", fs_rename},
     {"read_file", fs_read_file},
+    {"append", fs_append},
     {"write_file", fs_write_file},
     {"lock", fs_lock_new},
     {"free_space", fs_free_space},

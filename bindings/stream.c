@@ -346,8 +346,10 @@ static int stream_run(lua_State *L)
     int n = (int)luaL_len(L, 1);
     if (n < 2)
         return luaL_error(L, "stream.run: a pipeline needs at least a source and a sink");
-    if (bkr_interrupted())
+    if (bkr_interrupted()) {
+        bkr_interrupt_delivered(L);
         return luaL_error(L, "stream.run: interrupted");
+    }
 
     /* Lua-owned scratch: freed by the collector whatever happens. */
     run *r = (run *)lua_newuserdatauv(L, sizeof *r, 0);
@@ -394,8 +396,11 @@ static int stream_run(lua_State *L)
             free(r->bufs[i]);
     free(r->bufs);
     r->bufs = NULL;
-    if (failed)
+    if (failed) {
+        if (bkr_interrupted())
+            bkr_interrupt_delivered(L);
         return luaL_error(L, "stream.run: %s", r->err.msg);
+    }
     push_result(L, r, elapsed);
     return 1;
 }

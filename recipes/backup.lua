@@ -27,8 +27,6 @@ local crypto = require "bkr.crypto"
 -- pg_dump ends with its completion marker, then (since 15.14) a \unrestrict line: keep
 -- enough of the end to find the marker whatever short trailer follows it.
 local TAIL_BYTES = 1024
-local COMPLETION_MARKER = "\n%-%- PostgreSQL database dump complete\n"
-local GLOBALS_MARKER = "\n%-%- PostgreSQL database cluster dump complete\n"
 
 local function parse_arguments(args)
   return cli.parse(args, {
@@ -146,7 +144,7 @@ local function backup_database(run, db)
   local size = run.conn:database_size(db)
 
   local result = dump_database(run, db, path, size)
-  if not result.tail:find(COMPLETION_MARKER) then
+  if not result.tail:find(repo.COMPLETION_MARKERS.database) then
     remove_partial(path)
     error("pg_dump output lacks its completion marker (truncated dump)", 0)
   end
@@ -207,7 +205,7 @@ local function backup_globals(run)
   local ok, result = pcall(stream.run, stages)
   child:close()
   if not ok then return nil, result end
-  if not result.tail:find(GLOBALS_MARKER) then
+  if not result.tail:find(repo.COMPLETION_MARKERS.globals) then
     remove_partial(path)
     return nil, "pg_dumpall output lacks its completion marker"
   end
@@ -268,7 +266,7 @@ for _, db in ipairs(run.databases) do
   local started = bkr.monotonic()
   local ok, manifest, relative = pcall(backup_database, run, db)
   if ok then
-    say("backed up %s: %s, %s raw -> %s stored (%.1fx) in %.1f s", db, relative,
+    say("backed up %s: %s, %s raw -> %s stored (%.1fx) in %.1f s", cli.printable(db), relative,
       cli.size(manifest.raw_bytes), cli.size(manifest.stored_bytes),
       manifest.raw_bytes / math.max(manifest.stored_bytes, 1), manifest.seconds)
     repo.log(run.repo, { recipe = "backup", database = db, type = run.type, result = "ok", file = relative,
@@ -276,9 +274,9 @@ for _, db in ipairs(run.databases) do
   else
     failed = failed + 1
     local message = tostring(manifest):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")
-    warn('database "%s" failed: %s', db, message)
-    repo.log(run.repo, { recipe = "backup", database = db, type = run.type, result = "failed",
-      error = message, seconds = bkr.monotonic() - started })
+    warn('database "%s" failed: %s', cli.printable(db), cli.printable(message))
+    repo.log(run.repo, { recipe = "backup", database = db, type = run.type,
+      result = bkr.interrupted() and "interrupted" or "failed", error = message, seconds = bkr.monotonic() - started })
   end
 end
 

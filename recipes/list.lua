@@ -26,7 +26,17 @@ end
 
 local cfg = config.load(options)
 local dir = config.repository(cfg)
-local backups = repo.scan(dir, { db = options.db, type = options.type, globals = options.globals })
+local backups = repo.scan(dir, { db = options.db, type = options.type, globals = options.globals, future = true })
+
+-- The verification column: the last verdict, or why there can be none.
+local function verified(entry)
+  if not entry.regular then return "damaged" end
+  local v = entry.manifest and entry.manifest.verification
+  if v then return v.result end
+  if entry.manifest then return "never" end
+  if entry.manifest_error and entry.manifest_error:find("^missing manifest") then return "incomplete" end
+  return "damaged"
+end
 
 -- One row per backup, the same facts for people and for scripts.
 local function describe(entry)
@@ -41,8 +51,10 @@ local function describe(entry)
     raw_bytes = m.raw_bytes,
     ratio = m.raw_bytes and entry.stored_bytes and entry.stored_bytes > 0
       and math.floor(m.raw_bytes / entry.stored_bytes * 10 + 0.5) / 10 or nil,
-    verified = verification.result or (entry.manifest and "never" or "incomplete"),
+    verified = verified(entry),
     verified_time = verification.time,
+    problem = (not entry.regular and "not a regular file") or entry.manifest_error,
+    future = entry.future or nil,
     encrypted = m.encrypted == true or entry.encrypted == true,
   }
 end
@@ -61,8 +73,9 @@ end
 print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-13s  %s", "TIME (UTC)", "TYPE", "DATABASE", "SIZE",
   "RATIO", "VERIFIED", "ENCRYPTED"))
 for _, row in ipairs(rows) do
-  print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-13s  %s", row.time, row.type, row.database,
+  print(string.format("%-20s  %-7s  %-20s  %10s  %6s  %-13s  %s%s", row.time, row.type, cli.printable(row.database),
     row.stored_bytes and cli.size(row.stored_bytes) or "?", row.ratio and (row.ratio .. "x") or "-",
-    row.verified, row.encrypted and "yes" or "no"))
+    row.verified, row.encrypted and "yes" or "no",
+    row.future and "  DATED IN THE FUTURE: not counted as newest (clock skew or a copied file?)" or ""))
 end
 return cli.EXIT_OK

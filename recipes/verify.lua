@@ -14,7 +14,6 @@
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
-local json = require "lib.json"
 local stream = require "bkr.stream"
 local gzip = require "bkr.gzip"
 local hash = require "bkr.hash"
@@ -22,10 +21,7 @@ local dump = require "bkr.dump"
 local crypto = require "bkr.crypto"
 local keys = require "lib.keys"
 
-local MARKERS = {
-  database = "\n%-%- PostgreSQL database dump complete\n",
-  globals = "\n%-%- PostgreSQL database cluster dump complete\n",
-}
+local lfs = require "lfs"
 
 local function parse_arguments(args)
   return cli.parse(args, {
@@ -53,29 +49,44 @@ end
 
 -- ------------------------------------------------------------------ what to verify
 
+-- PATH as given: a backup in a repository, or a copy anywhere under any name, told apart
+-- by the manifest beside it (PATH.json, whose `file` is the original name).
 local function describe_path(path)
   local dir, file = path:match("^(.*)/([^/]+)$")
   if not dir then dir, file = ".", path end
   local type_dir, type_ = dir:match("^(.-)/?([^/]*)$")
   local stamp, escaped, encrypted = repo.match_backup(file)
-  local kind = "database"
+  local kind = stamp and "database"
   if not stamp then
     stamp, encrypted = repo.match_globals(file)
-    kind = "globals"
+    kind = stamp and "globals"
   end
-  if not stamp then cli.usage_error("verify: %s is not a bkr backup file name", path) end
-  local parent = type_dir ~= "" and type_dir or "."
-  for _, entry in ipairs(repo.scan(parent, { type = type_, globals = true })) do
-    if entry.file == file then return entry end
+  if stamp and repo.valid_type(type_) then
+    for _, entry in ipairs(repo.scan(type_dir ~= "" and type_dir or ".", { type = type_, globals = true, future = true })) do
+      if entry.file == file then return entry end
+    end
   end
-  -- Outside a repository (a copy elsewhere): the sidecars beside the file still tell.
+  if not lfs.symlinkattributes(path) then cli.usage_error("verify: %s: no such file", path) end
   local entry = {
-    path = path, file = file, type = type_, stamp = stamp, kind = kind, encrypted = encrypted,
-    database = escaped and repo.unescape_name(escaped), sidecar = path .. ".sha256",
-    manifest_path = path .. ".json",
+    path = path, file = file, type = type_ ~= "" and type_ or ".", stamp = stamp,
+    sidecar = path .. ".sha256", manifest_path = path .. ".json",
+    regular = lfs.symlinkattributes(path, "mode") == "file",
+    kind = kind or "database", encrypted = encrypted or file:match("%.enc$") ~= nil,
+    database = escaped and repo.unescape_name(escaped),
   }
-  entry.manifest, entry.manifest_error = json.read_file(entry.manifest_path)
-  if not entry.manifest then entry.manifest_error = "missing manifest " .. entry.manifest_path end
+  local manifest, err = repo.read_manifest(entry.manifest_path)
+  if manifest and not kind then
+    -- a renamed copy: what it is comes from its manifest
+    entry.kind, entry.database, entry.encrypted = manifest.kind, manifest.database, manifest.encrypted == true
+  end
+  if manifest then
+    entry.original_file = manifest.file
+    entry.manifest, entry.manifest_error = repo.load_manifest(entry)
+  else
+    entry.manifest_error = err
+  end
+  if stamp then entry.time, entry.sequence = repo.parse_stamp(stamp) end
+  entry.future = entry.time ~= nil and repo.is_future(entry)
   return entry
 end
 
@@ -86,7 +97,7 @@ local function select_backups(options, cfg)
     return list
   end
   local dir = config.repository(cfg)
-  local all = repo.scan(dir, { db = options.db, globals = options.all and not options.db })
+  local all = repo.scan(dir, { db = options.db, globals = options.all and not options.db, future = options.all })
   if options.all then return all, dir end
   local newest, seen = {}, {}
   for _, entry in ipairs(all) do
@@ -141,6 +152,9 @@ end
 -- Returns nil when the backup is sound, else the reason; and, for a sound backup that could
 -- only be partly checked, its verdict ("checksum-only").
 local function check(entry, key)
+  if not entry.regular then
+    return "damaged: not a regular file (a symlink, FIFO, device or directory has the backup's name)"
+  end
   local expected, err = repo.read_sidecar(entry)
   if not expected then return err end
   local manifest = entry.manifest
@@ -182,7 +196,7 @@ local function check(entry, key)
     return string.format("manifest mismatch: %d bytes after gunzip, manifest says %d",
       raw_bytes, manifest.raw_bytes)
   end
-  if not result.tail:find(MARKERS[entry.kind]) then
+  if not result.tail:find(repo.COMPLETION_MARKERS[entry.kind]) then
     return "truncated: the dump does not end with pg_dump's completion marker"
   end
   if entry.kind == "database" then return compare_tables(result.tables, manifest.tables) end
@@ -232,15 +246,19 @@ for _, entry in ipairs(backups) do
   if bkr.interrupted() then break end
   local reason, partial = check(entry, key)
   if not options.no_record then record(entry, reason, partial) end
-  local label = entry.type .. "/" .. entry.file
+  local label = cli.printable(entry.type .. "/" .. entry.file)
   if reason then
     failures = failures + 1
-    print(string.format("FAILED  %s: %s", label, reason))
+    print(string.format("FAILED  %s: %s", label, cli.printable(reason)))
   elseif partial then
     partial_count = partial_count + 1
     print(string.format("ok      %s (checksum only: no key to authenticate the chunks)", label))
   else
     print(string.format("ok      %s", label))
+  end
+  if entry.future then
+    print(string.format("        %s is dated in the future (clock skew or a copied file?): "
+      .. "--latest, the drill and rotation pass it by", label))
   end
   if dir then
     repo.log(dir, { recipe = "verify", database = entry.database or "(globals)", file = label,

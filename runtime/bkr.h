@@ -27,6 +27,13 @@
 int bkr_interrupted(void);
 
 /*
+ * A binding that fails because of the interrupt (its own "interrupted" error) calls this
+ * before raising: the host then does not raise a second "interrupted by SIGTERM" at the next
+ * Lua call, which would land outside the recipe's pcall and skip its cleanup and log line.
+ */
+void bkr_interrupt_delivered(lua_State *L);
+
+/*
  * Push the conventional failure triple for environmental errors (file missing,
  * server down, child failed): nil, "prefix: message"[, code]. Returns the number
  * of values pushed, so a binding can `return bkr_pushfail(L, NULL, "...")`.

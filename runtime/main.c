@@ -73,7 +73,14 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar)
         if (in_handler)
             return;
     }
-    luaL_error(L, "interrupted by %s", interrupt_signal == SIGINT ? "SIGINT" : "SIGTERM");
+    /* No "file:line:" prefix: the admin sees what happened, not where a recipe was. */
+    lua_pushfstring(L, "interrupted by %s", interrupt_signal == SIGINT ? "SIGINT" : "SIGTERM");
+    lua_error(L);
+}
+
+void bkr_interrupt_delivered(lua_State *L)
+{
+    lua_sethook(L, NULL, 0, 0);
 }
 
 static void on_signal(int sig)
@@ -383,7 +390,9 @@ static int message_handler(lua_State *L)
     const char *msg = lua_tostring(L, 1);
     if (msg == NULL)
         return 1;
-    if (!has_position(msg)) {
+    /* After SIGINT/SIGTERM the message says what was interrupted; where a recipe happened
+     * to be is noise. */
+    if (!has_position(msg) && interrupt_signal == 0) {
         lua_Debug ar;
         for (int level = 1; lua_getstack(L, level, &ar); level++) {
             lua_getinfo(L, "Sl", &ar);

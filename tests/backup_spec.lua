@@ -433,10 +433,8 @@ describe("bkr rotate", function()
     local function add(type_, epoch, db, verified)
       local name = string.format("backup_%s_%s.sql.gz", os.date("!%Y%m%d_%H%M%S", epoch), db)
       local path = repo .. "/" .. type_ .. "/" .. name
-      util.write(path, "x")
-      util.write(path .. ".sha256", util.sha256sum(path) .. "  " .. name .. "\n")
-      util.write(path .. ".json", json.encode({ database = db, type = type_,
-        verification = verified and { result = verified, time = "2026-01-01T00:00:00Z" } or nil }))
+      util.fake_backup(path, { database = db,
+        verification = verified and { result = verified, time = "2026-01-01T00:00:00Z" } or false })
       return name
     end
     local names = { daily = {}, weekly = {} }

@@ -84,6 +84,17 @@ describe("bkr host", function()
     assert.are.equal(3, rc2)
   end)
 
+  it("on SIGTERM inside Lua code says 'interrupted by SIGTERM' without a script path, exits 143", function()
+    local dir = util.scratch("sig")
+    util.write(dir .. "/spin.lua", "local f = io.open(..., 'w') f:write('started') f:close()\nwhile true do end\n")
+    local pid = util.sh(q(util.bkr_bin()) .. " run " .. q(dir .. "/spin.lua") .. " " .. q(dir .. "/started") .. " > "
+      .. q(dir .. "/out") .. " 2>&1 & echo $!"):gsub("%s", "")
+    util.sh("for i in $(seq 200); do [ -e " .. q(dir .. "/started") .. " ] && break; sleep 0.05; done")
+    util.sh("kill -TERM " .. pid)
+    util.sh("while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
+    assert.are.equal("bkr: interrupted by SIGTERM\n", util.read(dir .. "/out"))
+  end)
+
   it("exits 2 for a script that does not compile", function()
     local dir = util.scratch("err")
     util.write(dir .. "/syntax.lua", "local = 1\n")

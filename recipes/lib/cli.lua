@@ -111,6 +111,20 @@ function cli.parse(args, spec)
   return options
 end
 
+-- A name (database, table, file) as it may appear in one line of human-readable output:
+-- control characters, a newline above all, are shown escaped (\n, \x1b), so a crafted name
+-- can neither split a line nor fake a row; a backslash is doubled so the escape is
+-- unambiguous. JSON output keeps names as they are (JSON escapes them itself).
+function cli.printable(name)
+  return (tostring(name):gsub("[%c\\]", function(c)
+    if c == "\\" then return "\\\\" end
+    if c == "\n" then return "\\n" end
+    if c == "\t" then return "\\t" end
+    if c == "\r" then return "\\r" end
+    return string.format("\\x%02x", c:byte())
+  end))
+end
+
 -- Human-readable sizes for listings and progress: 1536 -> "1.5 KiB".
 function cli.size(bytes)
   local units = { "B", "KiB", "MiB", "GiB", "TiB" }

@@ -69,9 +69,22 @@ local function smoke_queries_value(value, path)
   return list_of_strings(value, path)
 end
 
+-- Each name once, in the order first given: a database listed twice is backed up once
+-- (twice would collide on its file name and fail every run).
+local function unique(names)
+  local seen, out = {}, {}
+  for _, name in ipairs(names) do
+    if not seen[name] then
+      seen[name] = true
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
+
 local function databases_value(value, path)
   if value == "all" then return "all" end
-  return list_of_strings(value, path)
+  return unique(list_of_strings(value, path))
 end
 
 -- A table with known keys: each key's validator; unknown keys are errors.
@@ -198,7 +211,7 @@ function config.load(options)
   local cfg = merge_defaults(config.schema(raw, ""))
   cfg.file = path
   if options.repo then cfg.repository = options.repo end
-  if options.db then cfg.databases = options.db end
+  if options.db then cfg.databases = unique(options.db) end
   return cfg
 end
 

@@ -17,10 +17,18 @@ local lfs = require "lfs"
 local fs = require "bkr.fs"
 local cli = require "lib.cli"
 local json = require "lib.json"
+local manifest_schema = require "lib.manifest"
 
 local repo = {}
 
 repo.TYPES = { "daily", "weekly", "monthly" }
+
+-- The last line pg_dump (pg_dumpall) writes: a dump without it was cut short, whatever its
+-- exit status. backup refuses to keep such a dump and verify fails it.
+repo.COMPLETION_MARKERS = {
+  database = "\n%-%- PostgreSQL database dump complete\n",
+  globals = "\n%-%- PostgreSQL database cluster dump complete\n",
+}
 -- The stamp in a name: the UTC second, then an optional "-N" (N >= 2) sequence.
 local STAMP = "(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d%-?%d*)"
 repo.BACKUP_PATTERN = "^backup_" .. STAMP .. "_(.+)%.sql%.gz$"
@@ -159,6 +167,32 @@ local function exists(path)
   return lfs.attributes(path, "mode") ~= nil
 end
 
+-- A backup's manifest, read as a regular file and checked against its schema (lib/manifest.lua);
+-- or nil, the reason, a kind ("missing", "permission", "not_regular", "corrupt", ...).
+function repo.read_manifest(path)
+  local text, err, kind = fs.read_file(path)
+  if not text then
+    if kind == "missing" then return nil, "missing manifest " .. path, kind end
+    return nil, string.format("unreadable manifest %s: %s", path, repo.REASONS[kind] or err), kind
+  end
+  return manifest_schema.parse(text, path)
+end
+
+-- The manifest of `entry`, when it is about that backup: the same kind and database. A
+-- renamed copy (verify PATH) keeps its manifest's file name, so the name is not compared.
+function repo.load_manifest(entry)
+  local m, err, kind = repo.read_manifest(entry.manifest_path)
+  if not m then return nil, err, kind end
+  if m.kind ~= entry.kind then
+    return nil, string.format("%s: the manifest describes a %s backup, not a %s one", entry.manifest_path,
+      m.kind, entry.kind), "corrupt"
+  end
+  if entry.kind == "database" and entry.database and m.database ~= entry.database then
+    return nil, string.format("%s: the manifest is of another database", entry.manifest_path), "corrupt"
+  end
+  return m
+end
+
 -- One backup (or globals) file with what is known about it from its sidecars.
 local function describe(dir, type_, file, stamp, db, kind, encrypted)
   local path = dir .. "/" .. type_ .. "/" .. file
@@ -167,14 +201,12 @@ local function describe(dir, type_, file, stamp, db, kind, encrypted)
     path = path, file = file, type = type_, stamp = stamp, time = time, sequence = sequence,
     database = db, kind = kind, encrypted = encrypted,
     sidecar = path .. ".sha256", manifest_path = path .. ".json",
-    stored_bytes = lfs.attributes(path, "size"),
+    -- a symlink, FIFO or directory with a backup's name is not a backup: it is damaged
+    regular = lfs.symlinkattributes(path, "mode") == "file",
   }
+  entry.stored_bytes = entry.regular and lfs.symlinkattributes(path, "size") or nil
   entry.has_sidecar = exists(entry.sidecar)
-  if exists(entry.manifest_path) then
-    entry.manifest, entry.manifest_error = json.read_file(entry.manifest_path)
-  else
-    entry.manifest_error = "missing manifest " .. entry.manifest_path
-  end
+  entry.manifest, entry.manifest_error = repo.load_manifest(entry)
   return entry
 end
 
@@ -185,7 +217,17 @@ function repo.newer(a, b)
   return a.path < b.path
 end
 
--- Every backup in the repository, newest first (repo.newer). filter: { db = {names} | nil, type = t | nil,
+-- A backup dated more than this beyond now (clock skew, a copied file, a forged name) is
+-- "future-dated": flagged by list and verify, never the newest for --latest, rotation or
+-- the drill, and never removed by rotation.
+repo.FUTURE_TOLERANCE = 3600
+
+function repo.is_future(entry, now)
+  return entry.time > (now or os.time()) + repo.FUTURE_TOLERANCE
+end
+
+-- Every backup in the repository, newest first (repo.newer). Future-dated ones are left out
+-- unless filter.future (list and verify show them, flagged). filter: { db = {names} | nil, type = t | nil,
 -- globals = true to include globals files }.
 function repo.scan(dir, filter)
   filter = filter or {}
@@ -194,20 +236,25 @@ function repo.scan(dir, filter)
     wanted_db = {}
     for _, name in ipairs(filter.db) do wanted_db[name] = true end
   end
-  local entries = {}
+  local entries, now = {}, os.time()
   for _, type_ in ipairs(repo.TYPES) do
     local subdir = dir .. "/" .. type_
     if (not filter.type or filter.type == type_) and lfs.attributes(subdir, "mode") == "directory" then
       for file in lfs.dir(subdir) do
         local stamp, escaped, encrypted = repo.match_backup(file)
+        local entry
         if stamp then
           local db = repo.unescape_name(escaped)
           if not wanted_db or wanted_db[db] then
-            entries[#entries + 1] = describe(dir, type_, file, stamp, db, "database", encrypted)
+            entry = describe(dir, type_, file, stamp, db, "database", encrypted)
           end
         elseif filter.globals then
           stamp, encrypted = repo.match_globals(file)
-          if stamp then entries[#entries + 1] = describe(dir, type_, file, stamp, nil, "globals", encrypted) end
+          if stamp then entry = describe(dir, type_, file, stamp, nil, "globals", encrypted) end
+        end
+        if entry then
+          entry.future = repo.is_future(entry, now)
+          if filter.future or not entry.future then entries[#entries + 1] = entry end
         end
       end
     end
@@ -303,6 +350,7 @@ repo.REASONS = {
 -- The digest a sidecar names; or nil, message, kind ("missing", "permission", "not_regular",
 -- "corrupt"...).
 function repo.read_sidecar(entry)
+  -- (a renamed copy's sidecar still names the original file: entry.original_file)
   local text, err, kind = fs.read_file(entry.sidecar, { max = 4096 })
   if not text then
     if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
@@ -311,17 +359,18 @@ function repo.read_sidecar(entry)
   local line = text:match("^[^\n]*")
   local digest, name = line:match("^(%x+)  %*?(.+)$")
   if not digest or #digest ~= 64 then return nil, "unreadable sidecar " .. entry.sidecar, "corrupt" end
-  if name ~= entry.file then
+  if name ~= entry.file and name ~= entry.original_file then
     return nil, "sidecar " .. entry.sidecar .. " names another file: " .. name, "corrupt"
   end
   return digest:lower()
 end
 
 -- Remove a backup and its sidecars together.
+-- Only regular files: bkr never removes a symlink or a directory, whatever its name.
 function repo.remove(entry)
   local errors = {}
   for _, path in ipairs({ entry.path, entry.sidecar, entry.manifest_path }) do
-    if exists(path) then
+    if lfs.symlinkattributes(path, "mode") == "file" then
       local ok, err = os.remove(path)
       if not ok then errors[#errors + 1] = err end
     end
@@ -331,13 +380,17 @@ function repo.remove(entry)
   return true
 end
 
--- One JSON line per event in REPO/bkr.log, for the admin and for monitoring.
+-- One JSON line per event in REPO/bkr.log, for the admin and for monitoring. The log names
+-- databases and errors, so it is private: 0600, or 0640 when the repository's group may read
+-- the repository (a backup group). A log left world-readable by bkr 0.1 is tightened.
 function repo.log(dir, record)
   record.time = record.time or repo.iso_time(os.time())
-  local f = io.open(dir .. "/bkr.log", "a")
-  if not f then return end
-  f:write(json.encode(record), "\n")
-  f:close()
+  local path = dir .. "/bkr.log"
+  local group = ((fs.mode(dir) or 0) & tonumber("040", 8)) ~= 0
+  local mode = tonumber(group and "640" or "600", 8)
+  local current = lfs.symlinkattributes(path, "mode") == "file" and fs.mode(path)
+  if current and (current & ~mode) ~= 0 then fs.chmod(path, current & mode) end
+  fs.append(path, json.encode(record) .. "\n", { mode = mode })
 end
 
 return repo

@@ -6,17 +6,31 @@ local retention = require "lib.retention"
 
 local rotation = {}
 
+-- Whether a sidecar whose backup is gone is provably bkr's: it is a regular file named after
+-- a bkr backup, and says so (the sha256sum line names that file, the manifest describes it).
+local function own_orphan(subdir, file, base, suffix)
+  local path = subdir .. "/" .. file
+  if lfs.symlinkattributes(path, "mode") ~= "file" then return false end
+  if not (repo.match_backup(base) or repo.match_globals(base)) then return false end
+  if lfs.symlinkattributes(subdir .. "/" .. base, "mode") ~= nil then return false end
+  if suffix == "sha256" then
+    return repo.read_sidecar({ sidecar = path, file = base }) ~= nil
+  end
+  local m = repo.read_manifest(path)
+  return m ~= nil and m.file == base
+end
+
 -- Sidecars whose backup is gone (a crash between two removals): remove them too, so a
--- sidecar never outlives its file.
+-- sidecar never outlives its file. Only bkr's own: an admin's notes.sql.gz.sha256 stays.
 local function orphan_sidecars(dir)
   local orphans = {}
   for _, type_ in ipairs(repo.TYPES) do
     local subdir = dir .. "/" .. type_
     if lfs.attributes(subdir, "mode") == "directory" then
       for file in lfs.dir(subdir) do
-        local base = file:match("^(.+%.sql%.gz)%.sha256$") or file:match("^(.+%.sql%.gz)%.json$")
-          or file:match("^(.+%.sql%.gz%.enc)%.sha256$") or file:match("^(.+%.sql%.gz%.enc)%.json$")
-        if base and not lfs.attributes(subdir .. "/" .. base, "mode") then
+        local base, suffix = file:match("^(.+%.sql%.gz)%.(%w+)$")
+        if not base then base, suffix = file:match("^(.+%.sql%.gz%.enc)%.(%w+)$") end
+        if base and (suffix == "sha256" or suffix == "json") and own_orphan(subdir, file, base, suffix) then
           orphans[#orphans + 1] = subdir .. "/" .. file
         end
       end
@@ -25,12 +39,29 @@ local function orphan_sidecars(dir)
   return orphans
 end
 
+-- What has a backup's name but cannot be proved to be a backup bkr wrote: a symlink, FIFO or
+-- directory, or a file whose manifest is missing or invalid. Rotation neither counts nor
+-- removes it; it says so, and the run goes on.
+local function stray_reason(backup)
+  if not backup.regular then return "not a regular file" end
+  if not backup.manifest then return backup.manifest_error end
+  return nil
+end
+
 -- Returns the number of backups removed (or that would be), and a list of errors.
 function rotation.run(dir, cfg, opts)
   opts = opts or {}
   local say = opts.say or print
-  local backups = repo.scan(dir, { globals = true })
-  for _, backup in ipairs(backups) do backup.verified = repo.verified(backup) end
+  local backups = {}
+  for _, backup in ipairs(repo.scan(dir, { globals = true })) do
+    local reason = stray_reason(backup)
+    if reason then
+      say(string.format("left alone %s/%s: %s", backup.type, backup.file, reason))
+    else
+      backup.verified = repo.verified(backup)
+      backups[#backups + 1] = backup
+    end
+  end
   local remove = retention.plan(backups, cfg.retention, os.time(), opts.protect)
   local verb = opts.dry_run and "would remove" or "removed"
   local errors = {}

@@ -45,6 +45,11 @@ int bkr_interrupted(void)
     return 0;
 }
 
+void bkr_interrupt_delivered(lua_State *L)
+{
+    (void)L;
+}
+
 static void check(int ok, const char *what)
 {
     if (!ok) {

@@ -31,6 +31,11 @@ int bkr_interrupted(void)
     return 0;
 }
 
+void bkr_interrupt_delivered(lua_State *L)
+{
+    (void)L;
+}
+
 static const char KEY[33] = "0123456789abcdef0123456789abcdef";
 
 static void check(int ok, const char *what)

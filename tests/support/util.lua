@@ -119,6 +119,25 @@ function util.fake_pg_dump(script)
   return dir, dir .. "/bkr.lua"
 end
 
+-- A stand-in backup file with its sidecar and a manifest that matches the schema of
+-- docs/manifest.md (for rotation and list tests that need many backups quickly). fields
+-- override or add manifest fields; a field set to false is left out.
+function util.fake_backup(path, fields)
+  local file = path:match("[^/]+$")
+  util.write(path, "x")
+  local digest = util.sha256sum(path)
+  util.write(path .. ".sha256", digest .. "  " .. file .. "\n")
+  local stamp = file:match("_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d)")
+  local manifest = {
+    format = "bkr-backup-1", kind = file:match("^globals_") and "globals" or "database",
+    type = path:match("([^/]+)/[^/]+$"), file = file,
+    start_time = stamp:gsub("^(%d%d%d%d)(%d%d)(%d%d)_(%d%d)(%d%d)(%d%d)$", "%1-%2-%3T%4:%5:%6Z"),
+    raw_bytes = 1, stored_bytes = 1, sha256 = digest, encrypted = false, tables = {},
+  }
+  for k, v in pairs(fields or {}) do manifest[k] = v or nil end
+  util.write(path .. ".json", require("dkjson").encode(manifest))
+end
+
 -- Run the bkr under test with arguments (already quoted as needed) and an optional shell
 -- prefix such as "PGUSER=x"; return stdout and stderr together, and the exit code.
 function util.bkr(args, env)

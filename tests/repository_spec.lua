@@ -1,0 +1,301 @@
+-- What bkr trusts in a repository (docs/RELIABILITY.md): everything in it may have been put
+-- there by someone else. Symlinks and FIFOs where backups belong, other people's files,
+-- forged and malformed manifests, future dates, names with newlines, a full disk. Driven
+-- through the binary against the real cluster; checked with ls, stat, sha256sum, psql.
+local util = require "support.util"
+local json = require "dkjson"
+local q = util.quote
+local run = util.bkr
+
+local db, template -- one real database and one repository holding one backup of it
+
+local function backup_file(repo)
+  for _, name in ipairs(util.listdir(repo .. "/daily")) do
+    if name:match("^backup_.*%.sql%.gz$") then return repo .. "/daily/" .. name, name end
+  end
+end
+
+-- A copy of the template repository, so each test damages its own.
+local function fresh_repo()
+  local repo = util.scratch("repo")
+  util.sh("cp -a " .. q(template) .. "/. " .. q(repo))
+  return repo, backup_file(repo)
+end
+
+-- Run with a timeout, so a hang is a failure and not a stuck suite.
+local function run_bounded(seconds, args)
+  return util.sh("timeout -s KILL " .. seconds .. " " .. q(util.bkr_bin()) .. " " .. args .. " 2>&1")
+end
+
+setup(function()
+  db = util.new_database("trust", "create table t (x text); insert into t select md5(i::text) from generate_series(1, 2000) i;")
+  template = util.scratch("template")
+  local out, rc = run("backup --no-globals --repo " .. q(template) .. " --db " .. db)
+  assert(rc == 0, out)
+end)
+
+describe("files that are not what their names say", function()
+  it("a FIFO in place of a backup is damaged at once: verify --all exits 3 and does not hang", function()
+    local repo, path = fresh_repo()
+    os.remove(path)
+    util.sh("mkfifo " .. q(path))
+    local out, rc = run_bounded(20, "verify --all --repo " .. q(repo))
+    assert.are.equal(3, rc, out)
+    assert.matches("FAILED .*not a regular file", out)
+    assert.matches("damaged", run("list --repo " .. q(repo)))
+  end)
+
+  it("a symlink in place of a backup is never read through, and rotation never removes it", function()
+    local repo, path = fresh_repo()
+    local target = util.scratch("elsewhere") .. "/real.sql.gz"
+    util.sh("mv " .. q(path) .. " " .. q(target) .. " && ln -s " .. q(target) .. " " .. q(path))
+    local out, rc = run("verify --all --repo " .. q(repo))
+    assert.are.equal(3, rc, out)
+    assert.matches("not a regular file", out)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "retention:\n  daily: 0\n")
+    out, rc = run("rotate --config " .. q(cfg) .. " --repo " .. q(repo))
+    assert.are.equal(0, rc, out)
+    assert.matches("left alone daily/.*not a regular file", out)
+    assert.are.equal("link", util.sh("stat -c %F " .. q(path)):match("symbolic (link)"))
+    assert.is_truthy(io.open(target), "the symlink's target is untouched")
+  end)
+
+  it("a symlinked manifest or sidecar is not read: the backup is damaged", function()
+    for _, suffix in ipairs({ ".json", ".sha256" }) do
+      local repo, path = fresh_repo()
+      util.sh("mv " .. q(path .. suffix) .. " " .. q(path .. suffix .. ".real") .. " && ln -s "
+        .. q(path .. suffix .. ".real") .. " " .. q(path .. suffix))
+      local out, rc = run("verify --all --repo " .. q(repo))
+      assert.are.equal(3, rc, out)
+      assert.matches("not a regular file", out)
+    end
+  end)
+end)
+
+describe("other people's files in the repository", function()
+  it("rotation removes none of them, and a directory with a backup's name does not make it fail", function()
+    local repo = fresh_repo()
+    local daily = repo .. "/daily/"
+    util.write(daily .. "notes.txt", "the admin's")
+    util.write(daily .. "prod.sql.gz.sha256", "0000  prod.sql.gz\n")
+    util.write(daily .. "myexport.sql.gz.json", "{}")
+    util.write(daily .. ".editor.tmp.swp", "x")
+    util.sh("touch -d '3 days ago' " .. q(daily .. ".editor.tmp.swp"))
+    util.sh("mkdir " .. q(daily .. "empty-dir") .. " " .. q(daily .. "backup_20200101_000000_x.sql.gz"))
+    util.write(daily .. "backup_20200101_000000_x.sql.gz/inside", "keep")
+    util.sh("ln -s /etc/hostname " .. q(daily .. "backup_20200102_000000_x.sql.gz"))
+    local before = util.listdir(daily)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "retention:\n  daily: 5\n")
+    local out, rc = run("rotate --config " .. q(cfg) .. " --repo " .. q(repo))
+    assert.are.equal(0, rc, out)
+    assert.matches("left alone daily/backup_20200101_000000_x.sql.gz", out)
+    assert.matches("left alone daily/backup_20200102_000000_x.sql.gz", out)
+    assert.are.same(before, util.listdir(daily))
+    -- and a backup still runs, with its rotation
+    out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+  end)
+
+  it("an orphan sidecar is removed only when it is provably bkr's", function()
+    local repo, path, name = fresh_repo()
+    util.sh("cp " .. q(path .. ".sha256") .. " " .. q(repo .. "/daily/own.keep"))
+    os.remove(path) -- the backup is gone, its sidecars remain
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "retention:\n  daily: 5\n")
+    local foreign = repo .. "/daily/backup_20200101_000000_x.sql.gz.sha256"
+    util.write(foreign, "not a sha256sum line\n")
+    local out, rc = run("rotate --config " .. q(cfg) .. " --repo " .. q(repo))
+    assert.are.equal(0, rc, out)
+    assert.is_nil(io.open(path .. ".sha256"), "bkr's own orphan sidecar goes")
+    assert.is_nil(io.open(path .. ".json"), "bkr's own orphan manifest goes")
+    assert.is_truthy(io.open(foreign), "a sidecar that does not say it is bkr's stays")
+    assert.matches(name, out)
+  end)
+end)
+
+describe("malformed and forged manifests", function()
+  local cases = {
+    { "a JSON number", function() return 5 end },
+    { "an array", function() return { 1, 2 } end },
+    { "raw_bytes missing", function(m) m.raw_bytes = nil; return m end },
+    { "raw_bytes absurd", function(m) m.raw_bytes = 1e300; return m end },
+    { "tables of numbers", function(m) m.tables = { 5 }; return m end },
+    { "a table without a name", function(m) m.tables[1].name = nil; return m end },
+    { "a table without a digest", function(m) m.tables[1].digest = nil; return m end },
+    { "database_properties a number", function(m) m.database_properties = 5; return m end },
+    { "another database's manifest", function(m) m.database = "someone_else"; return m end },
+  }
+  for _, case in ipairs(cases) do
+    it("marks the backup damaged and never crashes: " .. case[1], function()
+      local repo, path = fresh_repo()
+      local manifest = json.decode(util.read(path .. ".json"))
+      util.write(path .. ".json", json.encode(case[2](manifest)))
+      local out, rc = run("list --repo " .. q(repo))
+      assert.are.equal(0, rc, out)
+      assert.matches("damaged", out)
+      out, rc = run("verify --all --repo " .. q(repo))
+      assert.are.equal(3, rc, out)
+      assert.matches("FAILED .*manifest", out)
+      assert.is_nil(out:find("%.lua:%d+"), "no Lua error: " .. out)
+      out, rc = run("rotate --repo " .. q(repo))
+      assert.are.equal(0, rc, out)
+      local target = db .. "_m" .. math.random(1e6)
+      out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target .. " --create")
+      assert.are.equal(3, rc, out)
+      assert.are.equal("0", util.psql("select count(*) from pg_database where datname = '" .. target .. "'"))
+      -- the next backup still runs, and so does its rotation
+      out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db)
+      assert.are.equal(0, rc, out)
+    end)
+  end
+
+  it("reports invalid JSON as invalid, not as a missing manifest", function()
+    local repo, path = fresh_repo()
+    util.write(path .. ".json", "{ not json")
+    local out, rc = run("verify --all --repo " .. q(repo))
+    assert.are.equal(3, rc, out)
+    assert.matches("invalid JSON", out)
+    assert.is_nil(out:find("missing manifest"))
+  end)
+end)
+
+describe("future-dated backups", function()
+  it("are flagged, never the newest for --latest or rotation, and never removed", function()
+    local repo, path, name = fresh_repo()
+    local future_name = name:gsub("^backup_%d+_%d+_", "backup_20991231_235959_")
+    local future = repo .. "/daily/" .. future_name
+    util.sh("cp " .. q(path) .. " " .. q(future))
+    util.write(future .. ".sha256", util.sha256sum(future) .. "  " .. future_name .. "\n")
+    local manifest = json.decode(util.read(path .. ".json"))
+    manifest.file, manifest.start_time = future_name, "2099-12-31T23:59:59Z"
+    util.write(future .. ".json", json.encode(manifest))
+    local out = run("list --repo " .. q(repo))
+    assert.matches("2099%-12%-31.*FUTURE", out)
+    out = run("verify --all --repo " .. q(repo))
+    assert.matches("dated in the future", out)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "retention:\n  daily: 1\n")
+    out = run("rotate --config " .. q(cfg) .. " --repo " .. q(repo))
+    assert.is_truthy(io.open(path), "the real newest backup is kept: " .. out)
+    assert.is_truthy(io.open(future), "the future-dated file is not bkr's to remove")
+    local vout, vrc = run("verify --latest --repo " .. q(repo))
+    assert.are.equal(0, vrc, vout)
+    assert.matches(name, vout)
+    assert.is_nil(vout:find(future_name, 1, true))
+  end)
+end)
+
+describe("names and lists", function()
+  it("a database listed twice is backed up once, and the run succeeds", function()
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndatabases: [" .. db .. ", " .. db .. "]\n")
+    util.sh("sleep 1")
+    out, rc = run("backup --no-globals --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local n = 0
+    for _, f in ipairs(util.listdir(repo .. "/daily")) do if f:match("%.sql%.gz$") then n = n + 1 end end
+    assert.are.equal(2, n)
+  end)
+
+  it("a newline in a database name cannot split a line of list or backup output", function()
+    local name = "evil\n2026-01-01T00:00:00Z  daily    forged " .. math.random(1e6)
+    util.psql('create database "' .. name:gsub('"', '""') .. '"')
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. q(name))
+    assert.are.equal(0, rc, out)
+    assert.matches("backed up evil\\n2026", out, 1, true)
+    local listing = run("list --repo " .. q(repo))
+    local lines = select(2, listing:gsub("\n", ""))
+    assert.are.equal(2, lines, listing) -- the header and one row
+    assert.are.equal(name, json.decode(run("list --json --repo " .. q(repo)))[1].database)
+  end)
+end)
+
+describe("a copy elsewhere", function()
+  it("verifies under another name, by its sidecars and manifest", function()
+    local repo, path = fresh_repo()
+    local elsewhere = util.scratch("copy")
+    util.sh("cp " .. q(path) .. " " .. q(elsewhere .. "/prod.sql.gz") .. " && cp " .. q(path .. ".sha256") .. " "
+      .. q(elsewhere .. "/prod.sql.gz.sha256") .. " && cp " .. q(path .. ".json") .. " " .. q(elsewhere .. "/prod.sql.gz.json"))
+    local out, rc = run("verify " .. q(elsewhere .. "/prod.sql.gz") .. " --no-record")
+    assert.are.equal(0, rc, out)
+    assert.matches("ok .*prod%.sql%.gz", out)
+    util.flip_byte(elsewhere .. "/prod.sql.gz", 300)
+    out, rc = run("verify " .. q(elsewhere .. "/prod.sql.gz") .. " --no-record")
+    assert.are.equal(3, rc, out)
+  end)
+end)
+
+describe("a full disk", function()
+  it("rotate and verify still take the lock on a repository with no space left", function()
+    local mnt = util.scratch("full")
+    local _, mrc = util.sh("mount -t tmpfs -o size=2m tmpfs " .. q(mnt))
+    assert.are.equal(0, mrc, "these tests run as root and mount a small tmpfs")
+    finally(function() util.sh("umount " .. q(mnt)) end)
+    util.sh("cp -a " .. q(template) .. "/. " .. q(mnt))
+    util.write(mnt .. "/.lock", "")
+    util.sh("dd if=/dev/zero of=" .. q(mnt .. "/filler") .. " bs=64k 2>/dev/null")
+    assert.are.equal("0", util.sh("df --output=avail " .. q(mnt) .. " | tail -n 1"):match("%d+"))
+    local out, rc = run("rotate --repo " .. q(mnt))
+    assert.are.equal(0, rc, out)
+    out, rc = run("verify --latest --no-record --repo " .. q(mnt))
+    assert.are.equal(0, rc, out)
+  end)
+end)
+
+describe("the repository log", function()
+  it("is created private: 0600, or 0640 when a backup group may read the repository; "
+    .. "a world-readable one is tightened", function()
+    local repo = util.scratch("repo")
+    util.sh("chmod 0700 " .. q(repo))
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    assert.are.equal("600", util.sh("stat -c %a " .. q(repo .. "/bkr.log")):match("%d+"))
+    local shared = util.scratch("repo")
+    util.sh("chmod 0750 " .. q(shared))
+    out, rc = run("backup --no-globals --repo " .. q(shared) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    assert.are.equal("640", util.sh("stat -c %a " .. q(shared .. "/bkr.log")):match("%d+"))
+    util.sh("chmod 0644 " .. q(repo .. "/bkr.log"))
+    run("verify --latest --repo " .. q(repo))
+    assert.are.equal("600", util.sh("stat -c %a " .. q(repo .. "/bkr.log")):match("%d+"))
+  end)
+end)
+
+describe("a pg_dump that exits 0 with a cut-off dump", function()
+  it("fails the backup and leaves nothing under a final name", function()
+    -- everything but the marker line: complete data, and pg_dump's exit status 0
+    local _, cfg = util.fake_pg_dump('"$REAL_PG_DUMP" "$@" | grep -v "^-- PostgreSQL database dump complete"\nexit 0')
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(1, rc, out)
+    assert.matches("completion marker", out)
+    assert.are.same({}, util.listdir(repo .. "/daily"))
+  end)
+end)
+
+describe("an interrupted backup", function()
+  it("says it was interrupted, without a recipe path, and logs it", function()
+    local bindir, cfg = util.fake_pg_dump('"$REAL_PG_DUMP" "$@" | head -c 20000\necho $$ > "$FAKEBIN/pid"\nexec sleep 30')
+    local repo = util.scratch("repo")
+    local log = util.scratch("out") .. "/out"
+    local pid = util.sh(q(util.bkr_bin()) .. " backup --no-globals --config " .. q(cfg) .. " --repo " .. q(repo)
+      .. " --db " .. db .. " > " .. q(log) .. " 2>&1 & echo $!"):gsub("%s", "")
+    for _ = 1, 200 do
+      if io.open(bindir .. "/pid") then break end
+      util.sh("sleep 0.05")
+    end
+    util.sh("kill -TERM " .. pid)
+    local _, rc = util.sh("wait_for() { while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done; }; wait_for")
+    assert.are.equal(0, rc)
+    local out = util.read(log)
+    assert.matches("interrupted", out)
+    assert.is_nil(out:find("%.lua:%d+"), out)
+    assert.matches('"result":"interrupted"', util.read(repo .. "/bkr.log"))
+  end)
+end)
