@@ -573,23 +573,23 @@ static int parse_header(cipher_stream *c, bkr_error *err)
 {
     const unsigned char *h = c->header;
     if (memcmp(h, MAGIC, MAGIC_LEN) != 0)
-        return bkr_error_set(err, "not a bkr encrypted file (no BKRENC header)");
+        return bkr_error_kind(err, BKR_KIND_CORRUPT, "not a bkr encrypted file (no BKRENC header)");
     if (h[MAGIC_LEN] != FORMAT_VERSION)
-        return bkr_error_set(err, "not a bkr encrypted file: format version %d, this bkr reads %d",
+        return bkr_error_kind(err, BKR_KIND_CORRUPT, "not a bkr encrypted file: format version %d, this bkr reads %d",
                              h[MAGIC_LEN], FORMAT_VERSION);
     if (h[MAGIC_LEN + 1] != 0)
-        return bkr_error_set(err, "not a bkr encrypted file: reserved header byte is %d, not 0",
+        return bkr_error_kind(err, BKR_KIND_CORRUPT, "not a bkr encrypted file: reserved header byte is %d, not 0",
                              h[MAGIC_LEN + 1]);
     uint32_t chunk_size = get_be32(h + MAGIC_LEN + 2);
     if (chunk_size == 0 || chunk_size > MAX_CHUNK)
-        return bkr_error_set(err, "not a bkr encrypted file: chunk size %lu out of range 1..%d",
+        return bkr_error_kind(err, BKR_KIND_CORRUPT, "not a bkr encrypted file: chunk size %lu out of range 1..%d",
                              (unsigned long)chunk_size, MAX_CHUNK);
     const unsigned char *file_id = h + MAGIC_LEN + 2 + 4;
     if (memcmp(file_id, c->key_id, KEY_ID_LEN) != 0) {
         char want[2 * KEY_ID_LEN + 1], have[2 * KEY_ID_LEN + 1];
         bkr_hex(file_id, KEY_ID_LEN, want);
         bkr_hex(c->key_id, KEY_ID_LEN, have);
-        return bkr_error_set(err, "encrypted with key %s, the key given is %s", want, have);
+        return bkr_error_kind(err, BKR_KIND_KEY, "encrypted with key %s, the key given is %s", want, have);
     }
     c->chunk_size = chunk_size;
     c->in = malloc((size_t)chunk_size + TAG_LEN);
@@ -615,7 +615,7 @@ static int try_open(cipher_stream *c, int final, bkr_error *err)
 static int open_chunk(cipher_stream *c, int final, bkr_error *err)
 {
     if (c->chunks > UINT32_MAX)
-        return bkr_error_set(err, "chunk %llu: more chunks than the format allows",
+        return bkr_error_kind(err, BKR_KIND_CORRUPT, "chunk %llu: more chunks than the format allows",
                              (unsigned long long)c->chunks);
     int rc = try_open(c, final, err);
     if (rc < 0)
@@ -628,12 +628,12 @@ static int open_chunk(cipher_stream *c, int final, bkr_error *err)
         if (other == 0) {
             OPENSSL_cleanse(c->out, c->in_fill - TAG_LEN);
             if (final)
-                return bkr_error_set(err, "truncated: no final chunk (the file ends after chunk %llu)",
+                return bkr_error_kind(err, BKR_KIND_TRUNCATED, "truncated: no final chunk (the file ends after chunk %llu)",
                                      (unsigned long long)c->chunks);
-            return bkr_error_set(err, "data after the final chunk (chunk %llu)",
+            return bkr_error_kind(err, BKR_KIND_CORRUPT, "data after the final chunk (chunk %llu)",
                                  (unsigned long long)c->chunks);
         }
-        return bkr_error_set(err, "chunk %llu failed authentication (tampered, reordered or wrong key)",
+        return bkr_error_kind(err, BKR_KIND_AUTH, "chunk %llu failed authentication (tampered, reordered or wrong key)",
                              (unsigned long long)c->chunks);
     }
     c->out_pos = 0;
@@ -663,10 +663,10 @@ static int decrypt_process(void *self, const unsigned char *in, size_t in_len, s
                 return 0;
             }
             if (c->header_fill < HEADER_LEN)
-                return bkr_error_set(err, c->header_fill == 0 ? "not a bkr encrypted file (empty)"
+                return bkr_error_kind(err, BKR_KIND_TRUNCATED, c->header_fill == 0 ? "not a bkr encrypted file (empty)"
                                                               : "not a bkr encrypted file (truncated header)");
             if (c->in_fill < TAG_LEN)
-                return bkr_error_set(err, "truncated: no final chunk (the file ends after chunk %llu)",
+                return bkr_error_kind(err, BKR_KIND_TRUNCATED, "truncated: no final chunk (the file ends after chunk %llu)",
                                      (unsigned long long)c->chunks);
             if (open_chunk(c, 1, err) != 0)
                 return -1;
@@ -686,7 +686,7 @@ static int decrypt_process(void *self, const unsigned char *in, size_t in_len, s
             continue;
         }
         if (c->final_done)
-            return bkr_error_set(err, "data after the final chunk");
+            return bkr_error_kind(err, BKR_KIND_CORRUPT, "data after the final chunk");
         size_t full = (size_t)c->chunk_size + TAG_LEN;
         if (c->in_fill == full) {
             /* More bytes follow: the buffered chunk is not the last one. */

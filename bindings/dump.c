@@ -420,13 +420,13 @@ static int header_line(tables *t, bkr_error *err)
     } else if (copy_line_expected(t)) {
         table tab;
         if (t->line_state == LINE_FULL)
-            return bkr_error_set(err, "line %llu: COPY header longer than %d bytes",
+            return bkr_error_kind(err, BKR_KIND_CORRUPT, "line %llu: COPY header longer than %d bytes",
                                  (unsigned long long)t->line_first, DUMP_HEADER_MAX);
         int rc = parse_copy_header(s, len, &tab);
         if (rc == -2)
             return bkr_error_set(err, "out of memory");
         if (rc != 0)
-            return bkr_error_set(err, "line %llu: not a COPY header as pg_dump writes it: %.*s",
+            return bkr_error_kind(err, BKR_KIND_CORRUPT, "line %llu: not a COPY header as pg_dump writes it: %.*s",
                                  (unsigned long long)t->line_first, (int)(len < 200 ? len : 200), s);
         if (t->ntabs == t->tabs_cap) {
             size_t cap = t->tabs_cap ? 2 * t->tabs_cap : 16;
@@ -540,7 +540,7 @@ static int tables_observe(void *self, const unsigned char *data, size_t len, bkr
             return -1;
         t->line_state = LINE_START;
         if (t->in_copy)
-            return bkr_error_set(err, "dump ends inside the COPY data of %s (truncated dump?)",
+            return bkr_error_kind(err, BKR_KIND_TRUNCATED, "dump ends inside the COPY data of %s (truncated dump?)",
                                  current_name(t, name, sizeof name));
         t->finished = 1;
         return 0;
@@ -651,7 +651,7 @@ static int rows_finish(void *self, bkr_error *err)
 {
     rows *r = self;
     if (r->row.open)
-        return bkr_error_set(err, "input ends inside row %llu (no newline after it)",
+        return bkr_error_kind(err, BKR_KIND_TRUNCATED, "input ends inside row %llu (no newline after it)",
                              (unsigned long long)r->count + 1);
     r->finished = 1;
     return 0;

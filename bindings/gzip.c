@@ -94,9 +94,9 @@ static int inflate_process(void *self, const unsigned char *in, size_t in_len, s
     case Z_NEED_DICT:
     case Z_DATA_ERROR:
         if (g->members > 0 && was_boundary)
-            return bkr_error_set(err, "trailing data after gzip member %ld is not gzip: %s",
+            return bkr_error_kind(err, BKR_KIND_CORRUPT, "trailing data after gzip member %ld is not gzip: %s",
                                  g->members, g->z.msg ? g->z.msg : "invalid header");
-        return bkr_error_set(err, "corrupt gzip data: %s", g->z.msg ? g->z.msg : "data error");
+        return bkr_error_kind(err, BKR_KIND_CORRUPT, "corrupt gzip data: %s", g->z.msg ? g->z.msg : "data error");
     case Z_MEM_ERROR:
         return bkr_error_set(err, "out of memory");
     default:
@@ -107,9 +107,9 @@ static int inflate_process(void *self, const unsigned char *in, size_t in_len, s
         if (g->boundary && g->members > 0)
             *done = 1;
         else if (g->members == 0 && g->z.total_in == 0 && avail_in == 0)
-            return bkr_error_set(err, "no gzip data (empty input)");
+            return bkr_error_kind(err, BKR_KIND_TRUNCATED, "no gzip data (empty input)");
         else
-            return bkr_error_set(err, "truncated gzip data: unexpected end of input");
+            return bkr_error_kind(err, BKR_KIND_TRUNCATED, "truncated gzip data: unexpected end of input");
     }
     return 0;
 }

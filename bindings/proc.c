@@ -1078,14 +1078,14 @@ static int stage_wait_ok(proc *p, bkr_error *err)
 {
     int r = proc_reap(p, -1, 1);
     if (r == 2)
-        return bkr_error_set(err, "interrupted");
+        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
     if (r < 0)
         return bkr_error_errno(err, errno, "waiting for %s", p->name);
     if (proc_exited_ok(p))
         return 0;
     char msg[sizeof err->msg];
     proc_describe(p, "", msg, sizeof msg);
-    return bkr_error_set(err, "%s", msg);
+    return bkr_error_kind(err, BKR_KIND_CHILD_FAILED, "%s", msg);
 }
 
 static int source_read(void *self, unsigned char *buf, size_t cap, size_t *len, int *eof,
@@ -1102,7 +1102,7 @@ static int source_read(void *self, unsigned char *buf, size_t cap, size_t *len, 
             return 0;
         }
         if (bkr_interrupted())
-            return bkr_error_set(err, "interrupted");
+            return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
         int rev = proc_pump(p, p->fd_out, POLLIN, PROC_TICK_MS, 0);
         if (rev < 0)
             return bkr_error_errno(err, errno, "%s: poll", p->name);
@@ -1163,14 +1163,14 @@ static int sink_broken(proc *p, bkr_error *err)
     close_fd(&p->fd_in);
     int r = proc_reap(p, PROC_EPIPE_WAIT_MS, 1);
     if (r == 2)
-        return bkr_error_set(err, "interrupted");
+        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
     if (r == 1)
-        return bkr_error_set(err, "%s closed its input but is still running", p->name);
+        return bkr_error_kind(err, BKR_KIND_CHILD_FAILED, "%s closed its input but is still running", p->name);
     if (r < 0)
         return bkr_error_errno(err, errno, "waiting for %s", p->name);
     char msg[sizeof err->msg];
     proc_describe(p, " before reading all its input", msg, sizeof msg);
-    return bkr_error_set(err, "%s", msg);
+    return bkr_error_kind(err, BKR_KIND_CHILD_FAILED, "%s", msg);
 }
 
 static int sink_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
@@ -1182,7 +1182,7 @@ static int sink_write(void *self, const unsigned char *data, size_t len, bkr_err
         if (p->fd_in < 0)
             return bkr_error_set(err, "%s: its input is already closed", p->name);
         if (bkr_interrupted())
-            return bkr_error_set(err, "interrupted");
+            return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
         int rev = proc_pump(p, p->fd_in, POLLOUT, PROC_TICK_MS, 0);
         if (rev < 0)
             return bkr_error_errno(err, errno, "%s: poll", p->name);

@@ -56,28 +56,6 @@
 
 #define tostage(L, i) ((bkr_stage *)luaL_checkudata(L, i, BKR_STAGE))
 
-/* ================================================================ errors */
-
-int bkr_error_set(bkr_error *err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-int bkr_error_errno(bkr_error *err, int saved_errno, const char *fmt, ...)
-{
-    char what[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
-    va_end(ap);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", what, strerror(saved_errno));
-    return -1;
-}
-
 /* ================================================================ stage objects */
 
 static void createmeta(lua_State *L);
@@ -156,12 +134,14 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Prefix a stage's error with its name, once. */
+/* Prefix a stage's error with its name, once, and record which stage failed. */
 static int stage_failed(run *r, int i)
 {
     char msg[sizeof r->err.msg];
     snprintf(msg, sizeof msg, "%s", r->err.msg);
     snprintf(r->err.msg, sizeof r->err.msg, "%s: %.1980s", r->stages[i]->name, msg);
+    snprintf(r->err.stage, sizeof r->err.stage, "%s", r->stages[i]->name);
+    r->err.reason_at = strlen(r->stages[i]->name) + 2;
     return -1;
 }
 
@@ -206,7 +186,7 @@ static int push_filter(run *r, int i, const unsigned char *data, size_t len)
 static int push(run *r, int i, const unsigned char *data, size_t len)
 {
     if (bkr_interrupted())
-        return bkr_error_set(&r->err, "interrupted");
+        return bkr_error_kind(&r->err, BKR_KIND_INTERRUPTED, "interrupted");
     if (i < r->n - 1)
         return push_filter(r, i, data, len);
     bkr_stage *sink = r->stages[i];
@@ -257,7 +237,7 @@ static int run_pipeline(run *r)
     int eof = 0;
     while (!eof) {
         if (bkr_interrupted())
-            return bkr_error_set(&r->err, "interrupted");
+            return bkr_error_kind(&r->err, BKR_KIND_INTERRUPTED, "interrupted");
         size_t len = 0;
         double t0 = now_seconds();
         int rc = src->ops->read(src->self, r->bufs[0], BKR_CHUNK, &len, &eof, &r->err);
@@ -348,7 +328,8 @@ static int stream_run(lua_State *L)
         return luaL_error(L, "stream.run: a pipeline needs at least a source and a sink");
     if (bkr_interrupted()) {
         bkr_interrupt_delivered(L);
-        return luaL_error(L, "stream.run: interrupted");
+        bkr_push_error(L, "stream.run: interrupted", BKR_KIND_INTERRUPTED, NULL);
+        return lua_error(L);
     }
 
     /* Lua-owned scratch: freed by the collector whatever happens. */
@@ -397,9 +378,17 @@ static int stream_run(lua_State *L)
     free(r->bufs);
     r->bufs = NULL;
     if (failed) {
+        /* Everything C held is released by now: raise the error object. */
         if (bkr_interrupted())
             bkr_interrupt_delivered(L);
-        return luaL_error(L, "stream.run: %s", r->err.msg);
+        lua_pushfstring(L, "stream.run: %s", r->err.msg);
+        bkr_push_error(L, lua_tostring(L, -1), bkr_interrupted() ? BKR_KIND_INTERRUPTED : r->err.kind,
+                       r->err.stage);
+        lua_pushstring(L, r->err.msg); /* "STAGE: what went wrong", for people */
+        lua_setfield(L, -2, "detail");
+        lua_pushstring(L, r->err.msg + (r->err.reason_at < strlen(r->err.msg) ? r->err.reason_at : 0));
+        lua_setfield(L, -2, "reason");
+        return lua_error(L);
     }
     push_result(L, r, elapsed);
     return 1;
@@ -420,7 +409,7 @@ static int file_source_read(void *self, unsigned char *buf, size_t cap, size_t *
         ssize_t n = read(fs->fd, buf, cap);
         if (n < 0 && errno == EINTR) {
             if (bkr_interrupted())
-                return bkr_error_set(err, "interrupted");
+                return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
             continue;
         }
         if (n < 0)
@@ -524,7 +513,7 @@ static int file_sink_write(void *self, const unsigned char *data, size_t len, bk
     file_sink *fs = self;
     int e = atomic_file_write(&fs->file, data, len);
     if (e == EINTR)
-        return bkr_error_set(err, "interrupted");
+        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
     if (e != 0)
         return bkr_error_errno(err, e, "write %s", fs->file.tmp);
     return 0;
@@ -676,7 +665,8 @@ static int stdout_write(void *self, const unsigned char *data, size_t len, bkr_e
 {
     int e = bkr_write_all(STDOUT_FILENO, data, len);
     if (e != 0)
-        return e == EINTR ? bkr_error_set(err, "interrupted") : bkr_error_errno(err, e, "write to stdout");
+        return e == EINTR ? bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted")
+                          : bkr_error_errno(err, e, "write to stdout");
     return 0;
 }
 

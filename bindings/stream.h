@@ -33,15 +33,9 @@
 
 typedef enum { BKR_SOURCE = 1, BKR_FILTER = 2, BKR_SINK = 3 } bkr_stage_kind;
 
-/* Failures are described here by the stage and returned as -1. */
-typedef struct bkr_error {
-    char msg[2048];
-} bkr_error;
-
-/* Set err->msg (printf-style). Returns -1 so callbacks can `return bkr_error_set(...)`. */
-int bkr_error_set(bkr_error *err, const char *fmt, ...);
-/* Same with ": strerror(saved_errno)" appended. */
-int bkr_error_errno(bkr_error *err, int saved_errno, const char *fmt, ...);
+/* Failures are described by the stage in a bkr_error (runtime/error.h: message and kind)
+ * and returned as -1. */
+#include "error.h"
 
 typedef struct bkr_stage_ops {
     const char *type;    /* "gzip", "sha256", "file", ...; default result name */

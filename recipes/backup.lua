@@ -52,14 +52,8 @@ end
 
 -- ------------------------------------------------------------------ steps
 
-local function say(fmt, ...)
-  io.stdout:write(string.format(fmt, ...), "\n")
-  io.stdout:flush()
-end
-
-local function warn(fmt, ...)
-  io.stderr:write("bkr backup: ", string.format(fmt, ...), "\n")
-end
+local say = cli.say
+local function warn(fmt, ...) cli.warn("backup", fmt, ...) end
 
 -- Refuse to start when the repository cannot hold the run: for each database, its last
 -- backup's stored size plus 20%, or, with no backup yet, its size in the cluster.
@@ -273,7 +267,7 @@ for _, db in ipairs(run.databases) do
       bytes = manifest.stored_bytes, raw_bytes = manifest.raw_bytes, seconds = manifest.seconds })
   else
     failed = failed + 1
-    local message = tostring(manifest):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")
+    local message = cli.detail(manifest)
     warn('database "%s" failed: %s', cli.printable(db), cli.printable(message))
     repo.log(run.repo, { recipe = "backup", database = db, type = run.type,
       result = bkr.interrupted() and "interrupted" or "failed", error = message, seconds = bkr.monotonic() - started })
@@ -285,8 +279,9 @@ if not options.no_globals and not bkr.interrupted() then
   local ok, err = backup_globals(run)
   if not ok then
     failed = failed + 1
-    warn("globals failed: %s", (tostring(err):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")))
-    repo.log(run.repo, { recipe = "backup", database = "(globals)", type = run.type, result = "failed", error = err })
+    warn("globals failed: %s", cli.detail(err))
+    repo.log(run.repo, { recipe = "backup", database = "(globals)", type = run.type, result = "failed",
+      error = cli.detail(err) })
   end
 end
 run.conn:close()

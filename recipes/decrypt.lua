@@ -49,15 +49,18 @@ local function pipeline(sink)
   return stages
 end
 
+-- What the file's bytes can be blamed for: an integrity failure (exit 3).
+local INTEGRITY = { corrupt = true, truncated = true, auth = true, key = true }
+
 -- Run one pass; a damaged or foreign file, or a wrong key, is an integrity failure (exit 3).
 local function run_pass(stages)
   local ok, result = pcall(stream.run, stages)
   if ok then return result end
-  local message = tostring(result):gsub("^stream%.run: ", "")
-  if message:find("^decrypt: ") or message:find("^gunzip: ") then
-    cli.fail(cli.EXIT_INTEGRITY, "decrypt: %s: %s", file, (message:gsub("^decrypt: ", "")))
+  if INTEGRITY[cli.kind(result)] then
+    cli.fail(cli.EXIT_INTEGRITY, "decrypt: %s: %s", file, result.stage == "decrypt" and cli.reason(result)
+      or cli.detail(result))
   end
-  cli.fail(cli.EXIT_FAILED, "decrypt: %s: %s", file, message)
+  cli.fail(cli.EXIT_FAILED, "decrypt: %s: %s", file, cli.detail(result))
 end
 
 if to_stdout then

@@ -27,9 +27,9 @@ if not options.out or options.out == "" or options.out == "-" then
 end
 
 local key = crypto.random_bytes(keys.KEY_BYTES)
-local ok, err = fs.write_file(options.out, keys.encode(key) .. "\n", { mode = "0600", overwrite = false })
+local ok, err, kind = fs.write_file(options.out, keys.encode(key) .. "\n", { mode = "0600", overwrite = false })
 if not ok then
-  if tostring(err):find("File exists", 1, true) then
+  if kind == "exists" then
     cli.fail(cli.EXIT_FAILED, "keygen: %s already exists; a key file is never overwritten "
       .. "(backups encrypted with it need it to be restored)", options.out)
   end

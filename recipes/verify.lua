@@ -129,14 +129,13 @@ local function compare_tables(found, recorded)
   return nil
 end
 
--- Name what a failed pipeline means for the admin.
-local function classify_stream_error(message)
-  if message:find("truncated gzip") then return "truncated: " .. message end
-  if message:find("^decrypt: truncated") then return "truncated: " .. message end
-  if message:find("^decrypt: encrypted with key") then return "wrong key: " .. message:gsub("^decrypt: ", "") end
-  if message:find("gunzip:") then return "corrupt gzip: " .. message end
-  if message:find("ends inside the COPY data") then return "truncated: " .. message end
-  return message
+-- What a failed pipeline means for the admin, by the error's kind (runtime/error.h).
+local function explain(err)
+  local kind = cli.kind(err)
+  if kind == "key" then return "wrong key: " .. cli.reason(err) end
+  if kind == "truncated" then return "truncated: " .. cli.detail(err) end
+  if kind == "corrupt" then return "corrupt: " .. cli.detail(err) end
+  return cli.detail(err)
 end
 
 -- Only the SHA-256 of the stored bytes: an encrypted backup when no key was given.
@@ -178,12 +177,11 @@ local function check(entry, key)
   -- notices it too, and a file cut short is "truncated".
   local ok, result = pcall(stream.run, stages)
   if not ok then
-    local digest = require("bkr.hash").sha256_file(entry.path)
-    local reason = classify_stream_error(tostring(result):gsub("^stream%.run: ", ""))
-    if digest ~= expected and not reason:find("^truncated") then
-      return "checksum mismatch: " .. reason
-    end
-    return reason
+    local kind = cli.kind(result)
+    if kind == "interrupted" then return nil, nil, "interrupted" end
+    if kind == "key" then return explain(result), nil, "key" end
+    if kind == "truncated" or hash.sha256_file(entry.path) == expected then return explain(result), nil, kind end
+    return "checksum mismatch: " .. explain(result), nil, kind
   end
   if result.stored ~= expected then
     return string.format("checksum mismatch: file has %s, sidecar says %s", result.stored, expected)
@@ -207,10 +205,10 @@ local function verdict(reason, partial)
   return reason and "failed" or partial or "passed"
 end
 
-local function record(entry, reason, partial)
+local function record(entry, reason, partial, kind)
   if not entry.manifest then return end
   -- The wrong key says nothing about the backup: keep its last verdict.
-  if reason and reason:find("^wrong key: ") then return end
+  if kind == "key" then return end
   entry.manifest.verification = {
     time = repo.iso_time(os.time()),
     result = verdict(reason, partial),
@@ -244,8 +242,9 @@ end
 local failures, partial_count = 0, 0
 for _, entry in ipairs(backups) do
   if bkr.interrupted() then break end
-  local reason, partial = check(entry, key)
-  if not options.no_record then record(entry, reason, partial) end
+  local reason, partial, kind = check(entry, key)
+  if kind == "interrupted" then break end
+  if not options.no_record then record(entry, reason, partial, kind) end
   local label = cli.printable(entry.type .. "/" .. entry.file)
   if reason then
     failures = failures + 1

@@ -307,7 +307,9 @@ describe("crypto.encrypt and crypto.decrypt stages", function()
       assert.matches("decrypt: encrypted with key " .. crypto.key_id(key) .. ", the key given is "
         .. crypto.key_id(other), err, 1, true)
       assert.not_matches(tohex(other), err, 1, true)
-      assert.is_nil(err:find(other, 1, true))
+      assert.is_nil(tostring(err):find(other, 1, true))
+      assert.are.equal("key", err.kind)
+      assert.are.equal("decrypt", err.stage)
     end)
 
     -- What leaves the filter reaches a process that keeps everything it is given, even as

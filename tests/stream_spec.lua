@@ -125,6 +125,32 @@ describe("stream.run", function()
     assert.is_nil((stream.to_file("/nonexistent-dir/x")))
   end)
 
+  it("raises an error object: the message as before, the failed stage, and a kind to branch on", function()
+    local cases = {
+      { "corrupt", string.rep("not gzip at all ", 10) },
+      { "truncated", (function()
+        local z = gzip.compress_string(string.rep("abc", 10000))
+        return z:sub(1, #z // 2)
+      end)() },
+    }
+    for _, case in ipairs(cases) do
+      local ok, err = pcall(stream.run, { stream.from_string(case[2]), gzip.decompress{ name = "gunzip" },
+        stream.to_null() })
+      assert.is_false(ok)
+      assert.are.equal(case[1], err.kind)
+      assert.are.equal("gunzip", err.stage)
+      assert.matches("^stream%.run: gunzip: ", tostring(err))
+      assert.are.equal(tostring(err), err.message)
+      assert.are.equal("gunzip: " .. err.reason, err.detail)
+    end
+    local dir = util.scratch("stream")
+    util.write(dir .. "/f", "old")
+    local ok, err = pcall(stream.run, { stream.from_string("new"), stream.to_file(dir .. "/f") })
+    assert.is_false(ok)
+    assert.are.equal("exists", err.kind)
+    assert.are.equal("file", err.stage)
+  end)
+
   it("reports a missing source file, with its kind", function()
     local src, err, kind = stream.from_file("/nonexistent/file.gz")
     assert.is_nil(src)

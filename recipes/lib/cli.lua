@@ -15,10 +15,11 @@
 -- Option values land under their name without dashes, '-' turned into '_': options.dry_run.
 local cli = {}
 
-cli.EXIT_OK = 0
-cli.EXIT_FAILED = 1
-cli.EXIT_USAGE = 2
-cli.EXIT_INTEGRITY = 3
+-- The exit codes are the host's (runtime/bkr.h, as bkr.exit_codes): one owner.
+cli.EXIT_OK = bkr.exit_codes.ok
+cli.EXIT_FAILED = bkr.exit_codes.failed
+cli.EXIT_USAGE = bkr.exit_codes.usage
+cli.EXIT_INTEGRITY = bkr.exit_codes.integrity
 
 local failure_meta = { __tostring = function(e) return e.message end }
 
@@ -30,6 +31,18 @@ end
 
 function cli.usage_error(fmt, ...)
   cli.fail(cli.EXIT_USAGE, fmt, ...)
+end
+
+-- Progress and results for the admin: one line on stdout, flushed (a scheduler's log shows
+-- it in order with stderr).
+function cli.say(fmt, ...)
+  io.stdout:write(string.format(fmt, ...), "\n")
+  io.stdout:flush()
+end
+
+-- A warning or a failure that does not stop the run: one line on stderr, "bkr NAME: ...".
+function cli.warn(name, fmt, ...)
+  io.stderr:write("bkr ", name, ": ", string.format(fmt, ...), "\n")
 end
 
 local function key_of(flag)
@@ -109,6 +122,24 @@ function cli.parse(args, spec)
     i = i + 1
   end
   return options
+end
+
+-- What went wrong, for people, from an error object (stream.run's: "STAGE: reason"), or
+-- any other error value as it prints.
+function cli.detail(err)
+  if type(err) == "table" and err.detail then return err.detail end
+  return tostring(err)
+end
+
+-- What went wrong, without the stage's name (when the caller names the step itself).
+function cli.reason(err)
+  if type(err) == "table" and err.reason then return err.reason end
+  return tostring(err)
+end
+
+-- The kind of an error object (runtime/error.h), or nil for a plain message.
+function cli.kind(err)
+  return type(err) == "table" and err.kind or nil
 end
 
 -- A name (database, table, file) as it may appear in one line of human-readable output:

@@ -8,8 +8,8 @@
  * The results are also pushed into a Lua state, as stream.run would.
  *
  * dump.c is included whole so that its static callbacks can be called without the pipeline
- * core; the few core functions it uses are defined here.
- */
+ * core; the few core functions it uses are defined here, and the error helpers are linked.
+ * fuzz-sources: runtime/error.c runtime/fail.c */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,15 +22,6 @@
 /* A small cap on kept header lines, so that short inputs reach the overflow paths. */
 #define DUMP_HEADER_MAX 64
 #include "../../bindings/dump.c"
-
-int bkr_error_set(bkr_error *err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* Not reached: the Lua-facing constructors are not called here. */
 bkr_stage *bkr_stage_new(lua_State *L, const bkr_stage_ops *ops) { abort(); }
