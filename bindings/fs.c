@@ -564,7 +564,6 @@ static const luaL_Reg lock_methods[] = {
 };
 
 static const luaL_Reg lock_metamethods[] = {
-    {"__index", NULL}, /* set by createmeta */
     {"__gc", lock_close},
     {"__close", lock_close},
     {"__tostring", lock_tostring},
@@ -587,19 +586,9 @@ static const luaL_Reg fs_funcs[] = {
     {NULL, NULL},
 };
 
-static void createmeta(lua_State *L)
-{
-    luaL_newmetatable(L, BKR_LOCK);
-    luaL_setfuncs(L, lock_metamethods, 0);
-    luaL_newlibtable(L, lock_methods);
-    luaL_setfuncs(L, lock_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
-
 int luaopen_bkr_fs(lua_State *L)
 {
     luaL_newlib(L, fs_funcs);
-    createmeta(L);
+    bkr_createmeta(L, BKR_LOCK, lock_metamethods, lock_methods);
     return 1;
 }

@@ -1,5 +1,6 @@
 /*
- * stream.c - bkr.stream: the pipeline core, and the stages that need nothing but POSIX.
+ * stream.c - bkr.stream: the pipeline core (the run loop and the stage contract of
+ * stream.h). The built-in stages that need nothing but POSIX are in stream_stages.c.
  *
  * Lua API
  *   stream.run{ source, filter..., sink } -> result
@@ -127,12 +128,6 @@ typedef struct run {
     bkr_error err;
 } run;
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Prefix a stage's error with its name, once, and record which stage failed. */
 static int stage_failed(run *r, int i)
@@ -153,9 +148,9 @@ static int push_filter(run *r, int i, const unsigned char *data, size_t len)
     const bkr_stage_ops *ops = st->ops;
     st->bytes_in += len;
     if (ops->observe != NULL) {
-        double t0 = now_seconds();
+        double t0 = bkr_monotonic();
         int rc = ops->observe(st->self, data, len, &r->err);
-        st->seconds += now_seconds() - t0;
+        st->seconds += bkr_monotonic() - t0;
         if (rc != 0)
             return stage_failed(r, i);
         st->bytes_out += len;
@@ -164,10 +159,10 @@ static int push_filter(run *r, int i, const unsigned char *data, size_t len)
     while (len > 0) {
         size_t consumed = 0, produced = 0;
         int done = 0;
-        double t0 = now_seconds();
+        double t0 = bkr_monotonic();
         int rc = ops->process(st->self, data, len, &consumed, r->bufs[i], BKR_CHUNK, &produced, &done,
                               &r->err);
-        st->seconds += now_seconds() - t0;
+        st->seconds += bkr_monotonic() - t0;
         if (rc != 0)
             return stage_failed(r, i);
         if (consumed == 0 && produced == 0)
@@ -190,9 +185,9 @@ static int push(run *r, int i, const unsigned char *data, size_t len)
     if (i < r->n - 1)
         return push_filter(r, i, data, len);
     bkr_stage *sink = r->stages[i];
-    double t0 = now_seconds();
+    double t0 = bkr_monotonic();
     int rc = sink->ops->write(sink->self, data, len, &r->err);
-    sink->seconds += now_seconds() - t0;
+    sink->seconds += bkr_monotonic() - t0;
     if (rc != 0)
         return stage_failed(r, i);
     sink->bytes_in += len;
@@ -212,10 +207,10 @@ static int flush_from(run *r, int first)
         int done = 0;
         while (!done) {
             size_t consumed = 0, produced = 0;
-            double t0 = now_seconds();
+            double t0 = bkr_monotonic();
             int rc = st->ops->process(st->self, NULL, 0, &consumed, r->bufs[i], BKR_CHUNK, &produced,
                                       &done, &r->err);
-            st->seconds += now_seconds() - t0;
+            st->seconds += bkr_monotonic() - t0;
             if (rc != 0)
                 return stage_failed(r, i);
             if (!done && produced == 0)
@@ -239,9 +234,9 @@ static int run_pipeline(run *r)
         if (bkr_interrupted())
             return bkr_error_kind(&r->err, BKR_KIND_INTERRUPTED, "interrupted");
         size_t len = 0;
-        double t0 = now_seconds();
+        double t0 = bkr_monotonic();
         int rc = src->ops->read(src->self, r->bufs[0], BKR_CHUNK, &len, &eof, &r->err);
-        src->seconds += now_seconds() - t0;
+        src->seconds += bkr_monotonic() - t0;
         if (rc != 0)
             return stage_failed(r, 0);
         src->bytes_out += len;
@@ -366,10 +361,10 @@ static int stream_run(lua_State *L)
                 failed = bkr_error_set(&r->err, "out of memory");
         }
     }
-    double t0 = now_seconds();
+    double t0 = bkr_monotonic();
     if (!failed)
         failed = run_pipeline(r) != 0;
-    double elapsed = now_seconds() - t0;
+    double elapsed = bkr_monotonic() - t0;
     if (failed)
         abort_all(r);
     if (r->bufs != NULL)
@@ -394,465 +389,6 @@ static int stream_run(lua_State *L)
     return 1;
 }
 
-/* ================================================================ file source */
-
-typedef struct file_source {
-    int fd;
-    char *path;
-} file_source;
-
-static int file_source_read(void *self, unsigned char *buf, size_t cap, size_t *len, int *eof,
-                            bkr_error *err)
-{
-    file_source *fs = self;
-    for (;;) {
-        ssize_t n = read(fs->fd, buf, cap);
-        if (n < 0 && errno == EINTR) {
-            if (bkr_interrupted())
-                return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
-            continue;
-        }
-        if (n < 0)
-            return bkr_error_errno(err, errno, "read %s", fs->path);
-        *len = (size_t)n;
-        *eof = n == 0;
-        return 0;
-    }
-}
-
-static void file_source_free(void *self)
-{
-    file_source *fs = self;
-    if (fs->fd >= 0)
-        close(fs->fd);
-    free(fs->path);
-    free(fs);
-}
-
-static const bkr_stage_ops file_source_ops = {
-    .type = "file", .kind = BKR_SOURCE, .read = file_source_read, .free = file_source_free,
-};
-
-static int stream_from_file(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    const char *name = bkr_stage_optname(L, 2);
-    int follow = bkr_opt_follow(L, 2);
-    bkr_stage *st = bkr_stage_new(L, &file_source_ops);
-    int fd = bkr_open_regular(path, follow);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ELOOP)
-            return bkr_pushfail(L, "not_regular", "stream.from_file: %s: not a regular file%s", path,
-                                follow ? "" : " (a symlink, FIFO or device)");
-        return bkr_pusherrno(L, e, "stream.from_file: %s", path);
-    }
-    file_source *fs = malloc(sizeof *fs);
-    char *copy = strdup(path);
-    if (fs == NULL || copy == NULL) {
-        close(fd);
-        free(fs);
-        free(copy);
-        return luaL_error(L, "stream.from_file: out of memory");
-    }
-    fs->fd = fd;
-    fs->path = copy;
-    bkr_stage_open(st, fs, name);
-    return 1;
-}
-
-/* ================================================================ string source */
-
-typedef struct string_source {
-    const char *data; /* owned by the Lua string the stage keeps */
-    size_t len, pos;
-} string_source;
-
-static int string_source_read(void *self, unsigned char *buf, size_t cap, size_t *len, int *eof,
-                              bkr_error *err)
-{
-    string_source *ss = self;
-    size_t n = ss->len - ss->pos < cap ? ss->len - ss->pos : cap;
-    memcpy(buf, ss->data + ss->pos, n);
-    ss->pos += n;
-    *len = n;
-    *eof = ss->pos == ss->len;
-    return 0;
-}
-
-static const bkr_stage_ops string_source_ops = {
-    .type = "string", .kind = BKR_SOURCE, .read = string_source_read, .free = free,
-};
-
-static int stream_from_string(lua_State *L)
-{
-    size_t len;
-    const char *data = luaL_checklstring(L, 1, &len);
-    const char *name = bkr_stage_optname(L, 2);
-    bkr_stage *st = bkr_stage_new(L, &string_source_ops);
-    string_source *ss = malloc(sizeof *ss);
-    if (ss == NULL)
-        return luaL_error(L, "stream.from_string: out of memory");
-    ss->data = data;
-    ss->len = len;
-    ss->pos = 0;
-    bkr_stage_keep(L, -1, 1);
-    bkr_stage_open(st, ss, name);
-    return 1;
-}
-
-/* ================================================================ atomic file sink */
-
-/* The writer itself is atomic_file.c, shared with fs.write_file. */
-typedef struct file_sink {
-    atomic_file file;
-} file_sink;
-
-static int file_sink_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    file_sink *fs = self;
-    int e = atomic_file_write(&fs->file, data, len);
-    if (e == EINTR)
-        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
-    if (e != 0)
-        return bkr_error_errno(err, e, "write %s", fs->file.tmp);
-    return 0;
-}
-
-static void file_sink_abort(void *self)
-{
-    file_sink *fs = self;
-    if (fs->file.fd >= 0)
-        close(fs->file.fd);
-    fs->file.fd = -1;
-    if (fs->file.tmp != NULL)
-        unlink(fs->file.tmp);
-    free(fs->file.tmp);
-    fs->file.tmp = NULL;
-}
-
-/* Data on disk under the temporary name first, then the name, then the name on disk. */
-static int file_sink_finish(void *self, bkr_error *err)
-{
-    file_sink *fs = self;
-    const char *what = "";
-    int e = atomic_file_commit(&fs->file, &what);
-    if (e == 0)
-        return 0;
-    if (e == EEXIST)
-        return bkr_error_errno(err, e, "%s", fs->file.path);
-    return bkr_error_errno(err, e, "%s %s", what, fs->file.path);
-}
-
-static int file_sink_result(void *self, lua_State *L)
-{
-    file_sink *fs = self;
-    lua_pushstring(L, fs->file.path);
-    return 1;
-}
-
-static void file_sink_free(void *self)
-{
-    file_sink *fs = self;
-    atomic_file_abort(&fs->file);
-    free(fs);
-}
-
-static const bkr_stage_ops file_sink_ops = {
-    .type = "file", .kind = BKR_SINK, .write = file_sink_write, .finish = file_sink_finish,
-    .abort = file_sink_abort, .result = file_sink_result, .free = file_sink_free,
-};
-
-static int stream_to_file(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    const char *name = bkr_stage_optname(L, 2);
-    mode_t mode;
-    int overwrite;
-    atomic_file_checkopts(L, 2, "stream.to_file", &mode, &overwrite);
-    bkr_stage *st = bkr_stage_new(L, &file_sink_ops);
-    file_sink *fs = calloc(1, sizeof *fs);
-    if (fs == NULL)
-        return luaL_error(L, "stream.to_file: out of memory");
-    int e = atomic_file_open(&fs->file, path, mode, overwrite);
-    if (e != 0) {
-        free(fs);
-        if (e == ENOMEM)
-            return luaL_error(L, "stream.to_file: out of memory");
-        return bkr_pusherrno(L, e, "stream.to_file: cannot create a file beside %s", path);
-    }
-    bkr_stage_open(st, fs, name);
-    return 1;
-}
-
-/* ================================================================ string sink */
-
-typedef struct string_sink {
-    char *data;
-    size_t len, cap, max;
-} string_sink;
-
-static int string_sink_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    string_sink *ss = self;
-    if (len > ss->max - ss->len)
-        return bkr_error_set(err, "output exceeds %zu bytes", ss->max);
-    if (ss->len + len > ss->cap) {
-        size_t cap = ss->cap ? ss->cap : 4096;
-        while (cap < ss->len + len)
-            cap *= 2;
-        char *grown = realloc(ss->data, cap);
-        if (grown == NULL)
-            return bkr_error_set(err, "out of memory");
-        ss->data = grown;
-        ss->cap = cap;
-    }
-    memcpy(ss->data + ss->len, data, len);
-    ss->len += len;
-    return 0;
-}
-
-static int string_sink_result(void *self, lua_State *L)
-{
-    string_sink *ss = self;
-    lua_pushlstring(L, ss->data ? ss->data : "", ss->len);
-    return 1;
-}
-
-static void string_sink_free(void *self)
-{
-    string_sink *ss = self;
-    free(ss->data);
-    free(ss);
-}
-
-static const bkr_stage_ops string_sink_ops = {
-    .type = "string", .kind = BKR_SINK, .write = string_sink_write, .result = string_sink_result,
-    .free = string_sink_free,
-};
-
-static int stream_to_string(lua_State *L)
-{
-    const char *name = bkr_stage_optname(L, 1);
-    lua_Integer max = 256 * 1024 * 1024;
-    if (lua_istable(L, 1)) {
-        lua_getfield(L, 1, "max");
-        max = luaL_optinteger(L, -1, max);
-        lua_pop(L, 1);
-    }
-    luaL_argcheck(L, max > 0, 1, "max must be positive");
-    bkr_stage *st = bkr_stage_new(L, &string_sink_ops);
-    string_sink *ss = calloc(1, sizeof *ss);
-    if (ss == NULL)
-        return luaL_error(L, "stream.to_string: out of memory");
-    ss->max = (size_t)max;
-    bkr_stage_open(st, ss, name);
-    return 1;
-}
-
-/* ================================================================ null sink, counter */
-
-typedef struct counter {
-    uint64_t bytes;
-} counter;
-
-static int null_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    return 0;
-}
-
-static int stdout_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    int e = bkr_write_all(STDOUT_FILENO, data, len);
-    if (e != 0)
-        return e == EINTR ? bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted")
-                          : bkr_error_errno(err, e, "write to stdout");
-    return 0;
-}
-
-static const bkr_stage_ops stdout_sink_ops = {
-    .type = "stdout", .kind = BKR_SINK, .write = stdout_write, .free = free,
-};
-
-static const bkr_stage_ops null_sink_ops = {
-    .type = "null", .kind = BKR_SINK, .write = null_write, .free = free,
-};
-
-static int count_observe(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    ((counter *)self)->bytes += len;
-    return 0;
-}
-
-static int count_result(void *self, lua_State *L)
-{
-    lua_pushinteger(L, (lua_Integer)((counter *)self)->bytes);
-    return 1;
-}
-
-static const bkr_stage_ops count_ops = {
-    .type = "count", .kind = BKR_FILTER, .observe = count_observe, .result = count_result,
-    .free = free,
-};
-
-static int new_counter_stage(lua_State *L, const bkr_stage_ops *ops, int opts)
-{
-    const char *name = bkr_stage_optname(L, opts);
-    bkr_stage *st = bkr_stage_new(L, ops);
-    counter *c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return luaL_error(L, "stream: out of memory");
-    bkr_stage_open(st, c, name);
-    return 1;
-}
-
-static int stream_to_null(lua_State *L)
-{
-    return new_counter_stage(L, &null_sink_ops, 1);
-}
-
-static int stream_to_stdout(lua_State *L)
-{
-    /* Lua's io.stdout buffers: what a recipe printed must come before the stream's bytes. */
-    fflush(stdout);
-    return new_counter_stage(L, &stdout_sink_ops, 1);
-}
-
-static int stream_count(lua_State *L)
-{
-    return new_counter_stage(L, &count_ops, 1);
-}
-
-/* ================================================================ tail */
-
-typedef struct tail {
-    size_t cap, len;
-    unsigned char data[];
-} tail;
-
-static int tail_observe(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    tail *t = self;
-    if (data == NULL)
-        return 0;
-    if (len >= t->cap) {
-        memcpy(t->data, data + len - t->cap, t->cap);
-        t->len = t->cap;
-        return 0;
-    }
-    size_t keep = t->len + len > t->cap ? t->cap - len : t->len;
-    memmove(t->data, t->data + t->len - keep, keep);
-    memcpy(t->data + keep, data, len);
-    t->len = keep + len;
-    return 0;
-}
-
-static int tail_result(void *self, lua_State *L)
-{
-    tail *t = self;
-    lua_pushlstring(L, (const char *)t->data, t->len);
-    return 1;
-}
-
-static const bkr_stage_ops tail_ops = {
-    .type = "tail", .kind = BKR_FILTER, .observe = tail_observe, .result = tail_result, .free = free,
-};
-
-static int stream_tail(lua_State *L)
-{
-    const char *name = bkr_stage_optname(L, 1);
-    lua_Integer bytes = 256;
-    if (lua_istable(L, 1)) {
-        lua_getfield(L, 1, "bytes");
-        bytes = luaL_optinteger(L, -1, 256);
-        lua_pop(L, 1);
-    }
-    luaL_argcheck(L, bytes > 0 && bytes <= 1024 * 1024, 1, "tail bytes must be 1 to 1048576");
-    bkr_stage *st = bkr_stage_new(L, &tail_ops);
-    tail *t = calloc(1, sizeof *t + (size_t)bytes);
-    if (t == NULL)
-        return luaL_error(L, "stream.tail: out of memory");
-    t->cap = (size_t)bytes;
-    bkr_stage_open(st, t, name);
-    return 1;
-}
-
-/* ================================================================ progress */
-
-typedef struct progress {
-    char label[128];
-    double total, interval, start, last;
-    uint64_t bytes;
-    int shown;
-} progress;
-
-static void progress_print(progress *p, int final)
-{
-    double elapsed = now_seconds() - p->start;
-    double mib = (double)p->bytes / (1024.0 * 1024.0);
-    double rate = elapsed > 0 ? mib / elapsed : 0;
-    char line[256];
-    int n;
-    if (p->total > 0)
-        n = snprintf(line, sizeof line, "\r%s: %.1f MiB, %.1f MiB/s, ~%.0f%% of ~%.0f MiB", p->label, mib,
-                     rate, 100.0 * (double)p->bytes / p->total, p->total / (1024.0 * 1024.0));
-    else
-        n = snprintf(line, sizeof line, "\r%s: %.1f MiB, %.1f MiB/s", p->label, mib, rate);
-    if (n > 0 && write(STDERR_FILENO, line, strlen(line)) < 0)
-        return;
-    /* Clear what a longer previous line left, end the line at the end of the run. */
-    if (write(STDERR_FILENO, final ? "\033[K\n" : "\033[K", final ? 4 : 3) < 0)
-        return;
-    p->shown = 1;
-}
-
-static int progress_observe(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    progress *p = self;
-    if (p->interval < 0)
-        return 0;
-    if (data == NULL) {
-        if (p->shown)
-            progress_print(p, 1);
-        return 0;
-    }
-    p->bytes += len;
-    double now = now_seconds();
-    if (now - p->last >= p->interval) {
-        p->last = now;
-        progress_print(p, 0);
-    }
-    return 0;
-}
-
-static const bkr_stage_ops progress_ops = {
-    .type = "progress", .kind = BKR_FILTER, .observe = progress_observe, .free = free,
-};
-
-static int stream_progress(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "label");
-    const char *label = luaL_optstring(L, -1, "progress");
-    lua_getfield(L, 1, "total");
-    double total = luaL_optnumber(L, -1, 0);
-    lua_getfield(L, 1, "interval");
-    double interval = luaL_optnumber(L, -1, 0.5);
-    lua_pop(L, 3); /* the label stays reachable from the options table */
-    const char *name = bkr_stage_optname(L, 1);
-    bkr_stage *st = bkr_stage_new(L, &progress_ops);
-    progress *p = calloc(1, sizeof *p);
-    if (p == NULL)
-        return luaL_error(L, "stream.progress: out of memory");
-    snprintf(p->label, sizeof p->label, "%s", label);
-    p->total = total;
-    /* No terminal, no progress noise (cron, systemd, pipes). */
-    p->interval = isatty(STDERR_FILENO) ? interval : -1;
-    p->start = p->last = now_seconds();
-    bkr_stage_open(st, p, name);
-    return 1;
-}
-
 /* ================================================================ module */
 
 static const luaL_Reg stage_methods[] = {
@@ -864,39 +400,24 @@ static const luaL_Reg stage_metamethods[] = {
     {"__gc", stage_close},
     {"__close", stage_close},
     {"__tostring", stage_tostring},
-    {"__index", NULL},
     {NULL, NULL},
 };
 
 static const luaL_Reg stream_functions[] = {
     {"run", stream_run},
-    {"from_file", stream_from_file},
-    {"from_string", stream_from_string},
-    {"to_file", stream_to_file},
-    {"to_string", stream_to_string},
-    {"to_null", stream_to_null},
-    {"to_stdout", stream_to_stdout},
-    {"count", stream_count},
-    {"tail", stream_tail},
-    {"progress", stream_progress},
     {NULL, NULL},
 };
 
 /* Every binding that makes stages needs the metatable; creating it twice is harmless. */
 static void createmeta(lua_State *L)
 {
-    if (luaL_newmetatable(L, BKR_STAGE)) {
-        luaL_setfuncs(L, stage_metamethods, 0);
-        luaL_newlibtable(L, stage_methods);
-        luaL_setfuncs(L, stage_methods, 0);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    bkr_createmeta(L, BKR_STAGE, stage_metamethods, stage_methods);
 }
 
 int luaopen_bkr_stream(lua_State *L)
 {
     luaL_newlib(L, stream_functions);
+    luaL_setfuncs(L, bkr_stream_stages, 0); /* from_file, to_file, ...: stream_stages.c */
     createmeta(L);
     return 1;
 }

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include <lua.h>
+#include <lauxlib.h>
 
 #define BKR_STAGE "bkr.stream.Stage"
 
@@ -104,5 +105,8 @@ void bkr_stage_keep(lua_State *L, int stage, int obj);
 
 /* Read an optional `name` field from the options table at index opts (or return NULL). */
 const char *bkr_stage_optname(lua_State *L, int opts);
+
+/* The constructors of the built-in stages (stream_stages.c), registered into bkr.stream. */
+extern const luaL_Reg bkr_stream_stages[];
 
 #endif

@@ -52,4 +52,14 @@ int bkr_pusherrno(lua_State *L, int saved_errno, const char *fmt, ...);
  */
 const char *bkr_errno_kind(int e);
 
+/* Seconds on CLOCK_MONOTONIC: durations that survive clock changes (NTP, the admin). */
+double bkr_monotonic(void);
+
+/*
+ * Create the metatable `name` once (liolib's createmeta): metamethods set on it, methods
+ * as its __index table (methods may be NULL). A second call does nothing, so every binding
+ * that makes such userdata may call it. Leaves the stack as it was.
+ */
+void bkr_createmeta(lua_State *L, const char *name, const luaL_Reg *metamethods, const luaL_Reg *methods);
+
 #endif

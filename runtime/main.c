@@ -289,9 +289,7 @@ static int l_interrupted(lua_State *L)
 /* Seconds on a clock that never jumps: durations (RTO, step times) survive NTP corrections. */
 static int l_monotonic(lua_State *L)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    lua_pushnumber(L, bkr_monotonic());
     return 1;
 }
 

@@ -24,7 +24,7 @@
  * Beyond the sanitizers (leaks included), each call must make progress as stream.h demands.
  * Seeds: tests/fuzz/seeds/decrypt-* (a valid file under the fixed key, and sealed-mode inputs).
  */
-/* fuzz-sources: bindings/crypto.c bindings/stream.c bindings/atomic_file.c bindings/openssl_util.c runtime/error.c runtime/fail.c */
+/* fuzz-sources: bindings/crypto.c bindings/stream.c bindings/stream_stages.c bindings/atomic_file.c bindings/openssl_util.c runtime/error.c runtime/fail.c runtime/support.c */
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
  * from anyone who could edit a backup.
  *
  * Build and run: scripts/fuzz.sh values [SECONDS] (or make fuzz for every target).
- * fuzz-sources: bindings/crypto.c bindings/stream.c bindings/atomic_file.c bindings/openssl_util.c runtime/error.c runtime/fail.c */
+ * fuzz-sources: bindings/crypto.c bindings/stream.c bindings/stream_stages.c bindings/atomic_file.c bindings/openssl_util.c runtime/error.c runtime/fail.c runtime/support.c */
 /*
  * Checks beyond the sanitizers: no call raises for a string; a failure is nil, a message
  * naming the function, and a code; an input that starts with "ENCRYPTED:v2:" and decrypts
