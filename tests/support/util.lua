@@ -138,6 +138,22 @@ function util.fake_backup(path, fields)
   util.write(path .. ".json", require("dkjson").encode(manifest))
 end
 
+-- Every file under dir (relative), sorted: the repository's state, to compare before/after.
+function util.tree(dir)
+  local out = util.sh("cd " .. quote(dir) .. " 2>/dev/null && find . -type f ! -name bkr.log ! -name .lock | sort")
+  return out
+end
+
+-- The backup files of db in REPO/<type> (default daily), as ls lists them.
+function util.backups_of(repo, db, type_)
+  local out = util.sh("ls " .. quote(repo .. "/" .. (type_ or "daily")) .. " 2>/dev/null")
+  local list = {}
+  for name in out:gmatch("[^\n]+") do
+    if name:match("^backup_.*_" .. db:gsub("%p", "%%%0") .. "%.sql%.gz$") then list[#list + 1] = name end
+  end
+  return list
+end
+
 -- Run the bkr under test with arguments (already quoted as needed) and an optional shell
 -- prefix such as "PGUSER=x"; return stdout and stderr together, and the exit code.
 function util.bkr(args, env)

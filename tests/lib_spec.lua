@@ -1,0 +1,182 @@
+-- Unit specs for recipes/lib: the pure decisions (names, stamps, order, retention, the
+-- manifest schema, command lines, printable names), called directly, fast, without a cluster.
+-- The end-to-end specs prove the same rules through the binary.
+package.path = (os.getenv("BKR_SOURCE_DIR") or ".") .. "/recipes/?.lua;" .. package.path
+local repo = require "lib.repo"
+local retention = require "lib.retention"
+local manifest = require "lib.manifest"
+local cli = require "lib.cli"
+local json = require "lib.json"
+
+describe("lib.repo stamps", function()
+  it("reads real UTC times and refuses impossible ones", function()
+    for _, case in ipairs({
+      { "19700101_000000", 0 },
+      { "20261130_044820", 1796014100 },
+      { "20240229_235959", 1709251199 },
+      { "20261345_000000", nil }, { "20260230_000000", nil }, { "20250229_000000", nil },
+      { "20261130_240000", nil }, { "20261130_236000", nil }, { "20261130_235960", nil },
+      { "20261130_999999", nil }, { "2026113_044820", nil }, { "20261130-044820", nil },
+    }) do
+      assert.are.equal(case[2], repo.stamp_epoch(case[1]), case[1])
+    end
+  end)
+
+  it("reads a run's stamp with its sequence, and only the sequences bkr writes", function()
+    assert.are.same({ 1796014100, 1 }, { repo.parse_stamp("20261130_044820") })
+    assert.are.same({ 1796014100, 2 }, { repo.parse_stamp("20261130_044820-2") })
+    assert.are.same({ 1796014100, 12 }, { repo.parse_stamp("20261130_044820-12") })
+    for _, bad in ipairs({ "20261130_044820-1", "20261130_044820-02", "20261130_044820-", "20261130_044820-x" }) do
+      assert.is_nil(repo.parse_stamp(bad), bad)
+    end
+  end)
+
+  it("gives a new run the first free stamp of its second", function()
+    local taken = { ["20261130_044820"] = true, ["20261130_044820-2"] = true }
+    assert.are.equal("20261130_044820-3", repo.new_stamp(1796014100, function(s) return taken[s] end))
+    assert.are.equal("20261130_044821", repo.new_stamp(1796014101, function(s) return taken[s] end))
+  end)
+
+  it("orders backups by time, then by sequence within a second", function()
+    local list = {
+      { time = 10, sequence = 1, path = "a" }, { time = 10, sequence = 10, path = "b" },
+      { time = 11, sequence = 1, path = "c" }, { time = 10, sequence = 2, path = "d" },
+    }
+    table.sort(list, repo.newer)
+    assert.are.same({ "c", "b", "d", "a" }, { list[1].path, list[2].path, list[3].path, list[4].path })
+  end)
+
+  it("matches backup names with and without a sequence, and nothing else", function()
+    assert.are.same({ "20261130_044820-2", "app%20db", false }, { repo.match_backup("backup_20261130_044820-2_app%20db.sql.gz") })
+    assert.are.same({ "20261130_044820", "x", true }, { repo.match_backup("backup_20261130_044820_x.sql.gz.enc") })
+    assert.is_nil(repo.match_backup("backup_20261130_044820-1_x.sql.gz"))
+    assert.is_nil(repo.match_backup("backup_20261399_044820_x.sql.gz"))
+    assert.are.same({ "20261130_044820-3", false }, { repo.match_globals("globals_20261130_044820-3.sql.gz") })
+  end)
+
+  it("knows its own temporary files and no one else's", function()
+    for _, own in ipairs({ ".bkr-tmp.backup_x.sql.gz.Ab12Cd", ".backup_20260101_000000_db.sql.gz.tmp.Ab12Cd",
+      ".backup_20260101_000000_db.sql.gz.json.tmp.Ab12Cd", ".globals_20260101_000000.sql.gz.tmp.Ab12Cd" }) do
+      assert.is_true(repo.is_temporary(own), own)
+    end
+    for _, other in ipairs({ ".editor.tmp.swp", ".my.tmp.notes", "notes.txt", ".backup_x.tmp.Ab12Cd",
+      "backup_20260101_000000_db.sql.gz" }) do
+      assert.is_false(repo.is_temporary(other), other)
+    end
+  end)
+end)
+
+describe("lib.retention plan", function()
+  local function backups(n, verified_at)
+    local list = {}
+    for i = 1, n do
+      list[i] = { database = "db", type = "daily", time = 1000 - i, sequence = 1, path = "p" .. i,
+        verified = i == verified_at and "passed" or nil }
+    end
+    return list
+  end
+
+  it("keeps the newest N, the newest verified one and what the run wrote", function()
+    local remove, keep = retention.plan(backups(10, 9), { daily = 3 }, 1000, { "p7" })
+    local kept = {}
+    for _, item in ipairs(keep) do kept[#kept + 1] = item.backup.path end
+    assert.are.same({ "p1", "p2", "p3", "p7", "p9" }, kept)
+    assert.are.equal(5, #remove)
+  end)
+
+  it("keeps nothing beyond the newest verified one with a count of 0", function()
+    local remove, keep = retention.plan(backups(4, 2), { daily = 0 }, 1000)
+    assert.are.equal(1, #keep)
+    assert.are.equal("p2", keep[1].backup.path)
+    assert.are.equal(3, #remove)
+  end)
+end)
+
+describe("lib.manifest schema", function()
+  local function valid()
+    return {
+      format = "bkr-backup-1", kind = "database", database = "app", type = "daily",
+      file = "backup_20261130_044820_app.sql.gz", start_time = "2026-11-30T04:48:20Z",
+      raw_bytes = 10, stored_bytes = 5, sha256 = string.rep("a", 64), encrypted = false,
+      tables = { { schema = "public", name = "t", rows = 3, digest = string.rep("0", 64) } },
+    }
+  end
+
+  it("accepts what bkr writes", function()
+    assert.is_table(manifest.parse(json.encode(valid()), "m"))
+    local globals = valid()
+    globals.kind, globals.database, globals.tables = "globals", nil, nil
+    assert.is_table(manifest.parse(json.encode(globals), "m"))
+  end)
+
+  local broken = {
+    { "not a JSON object", function() return 5 end },
+    { "format", function(m) m.format = "other" end },
+    { "raw_bytes", function(m) m.raw_bytes = nil end },
+    { "raw_bytes", function(m) m.raw_bytes = 1e300 end },
+    { "raw_bytes", function(m) m.raw_bytes = -1 end },
+    { "stored_bytes", function(m) m.stored_bytes = 1.5 end },
+    { "sha256", function(m) m.sha256 = "abc" end },
+    { "start_time", function(m) m.start_time = "2026-13-45T00:00:00Z" end },
+    { "tables", function(m) m.tables = 5 end },
+    { "tables%[1%]", function(m) m.tables = { 5 } end },
+    { "tables%[1%]", function(m) m.tables[1].name = nil end },
+    { "tables%[1%].digest", function(m) m.tables[1].digest = nil end },
+    { "tables%[1%].rows", function(m) m.tables[1].rows = "many" end },
+    { "database_properties", function(m) m.database_properties = 5 end },
+    { "database", function(m) m.database = nil end },
+    { "encryption", function(m) m.encrypted = true end },
+    { "verification", function(m) m.verification = { result = "great", time = "2026-11-30T04:48:20Z" } end },
+  }
+  for _, case in ipairs(broken) do
+    it("refuses a manifest with a bad " .. case[1]:gsub("%%", "") .. ", naming the field", function()
+      local m = valid()
+      m = case[2](m) or m
+      local value, err, kind = manifest.parse(json.encode(m), "m.json")
+      assert.is_nil(value)
+      assert.matches("^m%.json: invalid manifest: " .. case[1], err)
+      assert.are.equal("corrupt", kind)
+    end)
+  end
+
+  it("refuses text that is not JSON, or nested too deeply, without raising", function()
+    for _, text in ipairs({ "", "{", "nul", string.rep("[", 100000) }) do
+      local value, err, kind = manifest.parse(text, "m.json")
+      assert.is_nil(value)
+      assert.matches("invalid JSON", err)
+      assert.are.equal("corrupt", kind)
+    end
+  end)
+end)
+
+describe("lib.cli", function()
+  local spec = {
+    name = "t", usage = "bkr t", summary = "test",
+    options = { { "--db", "NAME", "db", repeatable = true }, { "--dry-run", nil, "dry" }, { "--repo", "DIR", "repo" } },
+  }
+
+  it("parses options, repeatable ones into lists, and refuses unknown ones with exit 2", function()
+    local o = cli.parse({ "--db", "a", "--db", "b", "--dry-run", "--repo=/r" }, spec)
+    assert.are.same({ "a", "b" }, o.db)
+    assert.is_true(o.dry_run)
+    assert.are.equal("/r", o.repo)
+    local ok, err = pcall(cli.parse, { "--nope" }, spec)
+    assert.is_false(ok)
+    assert.are.equal(2, err.exit_code)
+  end)
+
+  it("takes its exit codes from the host", function()
+    assert.are.same({ 0, 1, 2, 3 }, { cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_INTEGRITY })
+    assert.are.equal(bkr.exit_codes.integrity, cli.EXIT_INTEGRITY)
+  end)
+
+  it("escapes control characters in names for one-line output", function()
+    assert.are.equal("a\\nb\\tc\\x1b\\\\d é", cli.printable("a\nb\tc\27\\d é"))
+  end)
+
+  it("reads kinds and details from error objects and plain messages alike", function()
+    local err = { message = "stream.run: gunzip: bad", detail = "gunzip: bad", reason = "bad", kind = "corrupt" }
+    assert.are.same({ "corrupt", "gunzip: bad", "bad" }, { cli.kind(err), cli.detail(err), cli.reason(err) })
+    assert.are.same({ nil, "plain", "plain" }, { cli.kind("plain"), cli.detail("plain"), cli.reason("plain") })
+  end)
+end)
