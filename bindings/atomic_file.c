@@ -85,6 +85,15 @@ int bkr_open_regular(const char *path, int follow_symlinks)
     return fd;
 }
 
+int bkr_push_open_failure(lua_State *L, const char *fname, const char *path, int follow_symlinks)
+{
+    int e = errno;
+    if (e == ELOOP)
+        return bkr_pushfail(L, "not_regular", "%s: %s: not a regular file%s", fname, path,
+                            follow_symlinks ? "" : " (a symlink, FIFO or device)");
+    return bkr_pusherrno(L, e, "%s: %s", fname, path);
+}
+
 int bkr_opt_follow(lua_State *L, int idx)
 {
     if (!lua_istable(L, idx))

@@ -64,6 +64,10 @@ int bkr_write_all(int fd, const void *data, size_t len);
  */
 int bkr_open_regular(const char *path, int follow_symlinks);
 
+/* Push nil, message, kind for a failed bkr_open_regular (errno as it left it):
+ * "FNAME: PATH: not a regular file (...)", kind not_regular, or the errno's message and kind. */
+int bkr_push_open_failure(lua_State *L, const char *fname, const char *path, int follow_symlinks);
+
 /* Read option `follow` (boolean, default false) from the options table at idx, if any. */
 int bkr_opt_follow(lua_State *L, int idx);
 

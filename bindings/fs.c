@@ -155,13 +155,8 @@ static int fs_read_file(lua_State *L)
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     int fd = bkr_open_regular(path, follow);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ELOOP)
-            return bkr_pushfail(L, "not_regular", "fs.read_file: %s: not a regular file%s", path,
-                                follow ? "" : " (a symlink, FIFO or device)");
-        return bkr_pusherrno(L, e, "fs.read_file: %s", path);
-    }
+    if (fd < 0)
+        return bkr_push_open_failure(L, "fs.read_file", path, follow);
     lua_Integer total = 0;
     int err = 0, too_large = 0;
     for (;;) {

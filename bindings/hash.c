@@ -112,13 +112,8 @@ static int hash_sha256_file(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     int follow = bkr_opt_follow(L, 2);
     int fd = bkr_open_regular(path, follow);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ELOOP)
-            return bkr_pushfail(L, "not_regular", "hash.sha256_file: %s: not a regular file%s", path,
-                                follow ? "" : " (a symlink, FIFO or device)");
-        return bkr_pusherrno(L, e, "hash.sha256_file: %s", path);
-    }
+    if (fd < 0)
+        return bkr_push_open_failure(L, "hash.sha256_file", path, follow);
     sha256 h = {0};
     unsigned char *buf = malloc(BKR_CHUNK);
     int saved = 0, ok = buf != NULL && sha256_init(&h) == 0;

@@ -67,13 +67,8 @@ static int stream_from_file(lua_State *L)
     int follow = bkr_opt_follow(L, 2);
     bkr_stage *st = bkr_stage_new(L, &file_source_ops);
     int fd = bkr_open_regular(path, follow);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ELOOP)
-            return bkr_pushfail(L, "not_regular", "stream.from_file: %s: not a regular file%s", path,
-                                follow ? "" : " (a symlink, FIFO or device)");
-        return bkr_pusherrno(L, e, "stream.from_file: %s", path);
-    }
+    if (fd < 0)
+        return bkr_push_open_failure(L, "stream.from_file", path, follow);
     file_source *fs = malloc(sizeof *fs);
     char *copy = strdup(path);
     if (fs == NULL || copy == NULL) {
