@@ -97,6 +97,27 @@ describe("runs in the same second", function()
   end)
 end)
 
+describe("drills in the same second", function()
+  it("keep both reports: a failed drill's report is not overwritten by a passing one", function()
+    local db = util.new_database("drill2", "create table t (n int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local second = util.sh("date -u '+%Y-%m-%d %H:%M:%S'"):gsub("\n", "")
+    local stamp = second:gsub("[-:]", ""):gsub(" ", "_")
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    - select count(*) = 2 from t\n")
+    local fout, frc = frozen_at(second, "drill --config " .. q(cfg) .. " --db " .. db)
+    assert.are.equal(1, frc, fout) -- the smoke query fails: one row, not two
+    local pout, prc = frozen_at(second, "drill --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, prc, pout)
+    assert.are.same({ "drill_" .. stamp .. "-2.json", "drill_" .. stamp .. "-2.md", "drill_" .. stamp .. ".json",
+      "drill_" .. stamp .. ".md" }, util.listdir(repo .. "/drills"))
+    assert.are.equal("failed", json.decode(util.read(repo .. "/drills/drill_" .. stamp .. ".json")).result)
+    assert.are.equal("passed", json.decode(util.read(repo .. "/drills/drill_" .. stamp .. "-2.json")).result)
+  end)
+end)
+
 describe("a killed run", function()
   it("leaves a temporary file that the next backup removes at once, under the lock", function()
     local db = util.new_database("killed",
