@@ -15,6 +15,7 @@
  * listed in bindings/modules.h and gives the script a global table `bkr`:
  *   bkr.version, bkr.debug, bkr.recipe_path (array), bkr.script (path),
  *   bkr.interrupted() -> signal name or nil, bkr.monotonic() -> seconds (for durations),
+ *   bkr.sleep(seconds) -> true, or nil, "interrupted" (no shell, wakes on SIGINT/SIGTERM),
  *   bkr.exit_codes {ok, failed, usage, integrity}
  *
  * Exit status: the integer the main chunk returns (default 0); 1 for an error; an
@@ -293,6 +294,25 @@ static int l_monotonic(lua_State *L)
     return 1;
 }
 
+/* Wait without a shell (os.execute("sleep") would start one), and stop waiting at once when
+ * SIGINT or SIGTERM arrives: nanosleep returns EINTR, the flag is set. */
+static int l_sleep(lua_State *L)
+{
+    lua_Number seconds = luaL_checknumber(L, 1);
+    luaL_argcheck(L, seconds >= 0 && seconds <= 86400, 1, "seconds must be between 0 and 86400");
+    struct timespec ts = { (time_t)seconds, (long)((seconds - (lua_Number)(time_t)seconds) * 1e9) };
+    while (nanosleep(&ts, &ts) != 0) {
+        if (errno != EINTR || interrupt_signal != 0) {
+            bkr_interrupt_delivered(L); /* the caller hears it here, and may clean up */
+            luaL_pushfail(L);
+            lua_pushliteral(L, "interrupted");
+            return 2;
+        }
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static void preload_modules(lua_State *L)
 {
     static const luaL_Reg modules[] = {
@@ -351,6 +371,8 @@ static void set_bkr_global(lua_State *L, const recipe_path *rp, const char *scri
     lua_setfield(L, -2, "interrupted");
     lua_pushcfunction(L, l_monotonic);
     lua_setfield(L, -2, "monotonic");
+    lua_pushcfunction(L, l_sleep);
+    lua_setfield(L, -2, "sleep");
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, BKR_EXIT_OK);
     lua_setfield(L, -2, "ok");

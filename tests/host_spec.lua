@@ -95,6 +95,20 @@ describe("bkr host", function()
     assert.are.equal("bkr: interrupted by SIGTERM\n", util.read(dir .. "/out"))
   end)
 
+  it("bkr.sleep waits without a shell and wakes at once on SIGTERM", function()
+    local dir = util.scratch("sleep")
+    util.write(dir .. "/nap.lua", "local t = bkr.monotonic()\nassert(bkr.sleep(0.2))\n"
+      .. "assert(bkr.monotonic() - t >= 0.19)\nlocal f = io.open(..., 'w') f:write('napping') f:close()\n"
+      .. "local ok, why = bkr.sleep(60)\nprint(ok, why)\n")
+    local started = os.time()
+    local pid = util.sh(q(util.bkr_bin()) .. " run " .. q(dir .. "/nap.lua") .. " " .. q(dir .. "/napping") .. " > "
+      .. q(dir .. "/out") .. " 2>&1 & echo $!"):gsub("%s", "")
+    util.sh("for i in $(seq 200); do [ -e " .. q(dir .. "/napping") .. " ] && break; sleep 0.05; done")
+    util.sh("kill -TERM " .. pid .. "; while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
+    assert.is_true(os.time() - started < 30)
+    assert.matches("^nil\tinterrupted\n", util.read(dir .. "/out"))
+  end)
+
   it("exits 2 for a script that does not compile", function()
     local dir = util.scratch("err")
     util.write(dir .. "/syntax.lua", "local = 1\n")
