@@ -125,13 +125,15 @@ local function write_sidecars(path, manifest)
   return ok, err
 end
 
+-- What a failed or interrupted database leaves is removed: the file and whichever sidecars
+-- were written (the run's stamp is its own, so these names are this run's). A backup is
+-- kept only whole, or reported as failed and gone.
 local function remove_partial(path)
   for _, p in ipairs({ path, path .. ".sha256", path .. ".json" }) do os.remove(p) end
 end
 
-local function backup_database(run, db)
+local function backup_database(run, db, relative)
   local started = os.time()
-  local relative = repo.backup_file(run.type, run.stamp, db, run.key ~= nil)
   local path = run.repo .. "/" .. relative
   local properties, err = postgres.database_properties(run.conn, db)
   if not properties then error(err, 0) end
@@ -171,8 +173,7 @@ local function backup_database(run, db)
     remove_partial(path)
     error(werr, 0)
   end
-  run.written[#run.written + 1] = path
-  return manifest, relative
+  return manifest
 end
 
 local function backup_globals(run)
@@ -247,19 +248,27 @@ run.databases = postgres.databases(run.conn, run.cfg)
 if #run.databases == 0 then cli.fail(cli.EXIT_FAILED, "backup: no databases to back up") end
 check_free_space(run)
 -- One stamp for every file of this run; a run in the same second as the last one gets "-2".
-run.stamp = repo.new_stamp(os.time(), function(stamp) return repo.stamp_taken(run.repo, run.type, stamp) end)
+run.stamp = repo.new_stamp(os.time(), function(second)
+  return repo.highest_sequence(run.repo .. "/" .. run.type, { "backup_", "globals_" }, second)
+end)
 
 if (run.cfg.retention[run.type] or 0) == 0 and not options.no_rotate then
   warn("retention.%s is 0: the next rotation removes this backup unless it is the newest verified one;"
     .. " set retention.%s to keep %s backups", run.type, run.type, run.type)
 end
 
-local failed, attempted = 0, #run.databases
+local failed, attempted, done = 0, #run.databases, 0
 for _, db in ipairs(run.databases) do
   if bkr.interrupted() then break end
   local started = bkr.monotonic()
-  local ok, manifest, relative = pcall(backup_database, run, db)
+  local relative = repo.backup_file(run.type, run.stamp, db, run.key ~= nil)
+  local ok, manifest = pcall(backup_database, run, db, relative)
+  -- An interrupt may land after the last file is in place: then the run says "interrupted",
+  -- so nothing of this database may stay (a backup is whole and reported, or gone).
+  if ok and bkr.interrupted() then ok, manifest = false, "interrupted" end
+  done = done + 1
   if ok then
+    run.written[#run.written + 1] = run.repo .. "/" .. relative
     say("backed up %s: %s, %s raw -> %s stored (%.1fx) in %.1f s", cli.printable(db), relative,
       cli.size(manifest.raw_bytes), cli.size(manifest.stored_bytes),
       manifest.raw_bytes / math.max(manifest.stored_bytes, 1), manifest.seconds)
@@ -267,6 +276,7 @@ for _, db in ipairs(run.databases) do
       bytes = manifest.stored_bytes, raw_bytes = manifest.raw_bytes, seconds = manifest.seconds })
   else
     failed = failed + 1
+    remove_partial(run.repo .. "/" .. relative)
     local message = cli.detail(manifest)
     warn('database "%s" failed: %s', cli.printable(db), cli.printable(message))
     repo.log(run.repo, { recipe = "backup", database = db, type = run.type,
@@ -276,8 +286,10 @@ end
 
 if not options.no_globals and not bkr.interrupted() then
   attempted = attempted + 1
-  local ok, err = backup_globals(run)
+  local called, ok, err = pcall(backup_globals, run)
+  if not called or bkr.interrupted() then ok, err = nil, called and "interrupted" or ok end
   if not ok then
+    remove_partial(run.repo .. "/" .. repo.globals_file(run.type, run.stamp, run.key ~= nil))
     failed = failed + 1
     warn("globals failed: %s", cli.detail(err))
     repo.log(run.repo, { recipe = "backup", database = "(globals)", type = run.type, result = "failed",
@@ -286,6 +298,10 @@ if not options.no_globals and not bkr.interrupted() then
 end
 run.conn:close()
 
+if bkr.interrupted() then
+  warn("interrupted: %d database(s) backed up, the rest skipped; rotation skipped", done - failed)
+  return cli.EXIT_FAILED
+end
 if failed > 0 then
   warn("%d of %d backups failed; rotation skipped", failed, attempted)
   return cli.EXIT_FAILED

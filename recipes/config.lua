@@ -499,8 +499,8 @@ local function backup(args)
   remove_stale_partials(run.dir)
 
   run.epoch = os.time()
-  run.name = "config_backup_" .. repo.new_stamp(run.epoch, function(stamp)
-    return lfs.attributes(run.dir .. "/config_backup_" .. stamp, "mode") ~= nil
+  run.name = "config_backup_" .. repo.new_stamp(run.epoch, function(second)
+    return repo.highest_sequence(run.dir, { "config_backup_", PARTIAL_PREFIX .. "config_backup_" }, second)
   end)
   run.final = run.dir .. "/" .. run.name
   run.staging = run.dir .. "/" .. PARTIAL_PREFIX .. run.name

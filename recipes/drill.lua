@@ -5,7 +5,6 @@
 -- then cleanup (the scratch database is dropped even when a step failed), and a report in
 -- JSON (for machines) and Markdown (for the admin and auditors). Exit 0 only when every
 -- database passed every step and met its RTO and RPO targets.
-local lfs = require "lfs"
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
@@ -40,8 +39,8 @@ if not options then return cli.EXIT_OK end
 local cfg = config.load(options)
 local drill = { cfg = cfg, repo = config.repository(cfg), started = os.time() }
 -- Two drills in one second keep two reports: the second takes the stamp "-2".
-drill.stamp = repo.new_stamp(drill.started, function(stamp)
-  return lfs.attributes(drill.repo .. "/drills/drill_" .. stamp .. ".json", "mode") ~= nil
+drill.stamp = repo.new_stamp(drill.started, function(second)
+  return repo.highest_sequence(drill.repo .. "/drills", { "drill_" }, second)
 end)
 local settings = cfg.drill or {}
 drill.targets = { rto_seconds = settings.rto_seconds or 3600, rpo_seconds = settings.rpo_seconds or 86400 }

@@ -9,10 +9,11 @@ set -eu
 #   tests:  lua-busted lua-cjson (yaml and pg specs), python3 python3-cryptography python3-yaml
 #           (independent decrypt and YAML reference), jq (the recovery guide's commands),
 #           mount util-linux (tmpfs for full-disk tests; findmnt, dmesg in the guide),
-#           faketime (three backups in one frozen second), gzip coreutils procps iproute2 time
+#           faketime (three backups in one frozen second), strace (a signal
+#           at a chosen system call), gzip coreutils procps iproute2 time
 packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted lua-cjson
     libpq-dev zlib1g-dev libssl-dev libyaml-dev postgresql postgresql-client
-    gzip coreutils util-linux mount procps iproute2 python3 python3-cryptography python3-yaml time jq faketime"
+    gzip coreutils util-linux mount procps iproute2 python3 python3-cryptography python3-yaml time jq faketime strace"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

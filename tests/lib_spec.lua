@@ -31,10 +31,14 @@ describe("lib.repo stamps", function()
     end
   end)
 
-  it("gives a new run the first free stamp of its second", function()
-    local taken = { ["20261130_044820"] = true, ["20261130_044820-2"] = true }
-    assert.are.equal("20261130_044820-3", repo.new_stamp(1796014100, function(s) return taken[s] end))
-    assert.are.equal("20261130_044821", repo.new_stamp(1796014101, function(s) return taken[s] end))
+  it("gives a new run a stamp after every earlier run of its second, even when a lower one is free", function()
+    local dir = os.getenv("BKR_TEST_TMP") .. "/seq" .. math.random(1e9)
+    assert(os.execute("mkdir -p " .. dir .. " && touch " .. dir .. "/backup_20261130_044820-3_crm.sql.gz "
+      .. dir .. "/globals_20261130_044821.sql.gz " .. dir .. "/backup_20261130_0448209_x.sql.gz"))
+    local function highest(second) return repo.highest_sequence(dir, { "backup_", "globals_" }, second) end
+    assert.are.equal("20261130_044820-4", repo.new_stamp(1796014100, highest))
+    assert.are.equal("20261130_044821-2", repo.new_stamp(1796014101, highest))
+    assert.are.equal("20261130_044822", repo.new_stamp(1796014102, highest))
   end)
 
   it("orders backups by time, then by sequence within a second", function()

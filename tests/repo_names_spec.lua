@@ -73,6 +73,14 @@ describe("runs in the same second", function()
     assert.are.same({ "backup_" .. stamp .. "-2_" .. db .. ".sql.gz", "backup_" .. stamp .. "-3_" .. db .. ".sql.gz" },
       files_in(repo .. "/daily", "^backup_.*%.sql%.gz$"))
     assert.are.same({}, files_in(repo .. "/daily", "^backup_" .. stamp .. "_"))
+
+    -- the plain name is free again, but a fourth run of that second must still sort newest
+    util.psql("insert into t values (4)", db)
+    local out, rc = frozen_at(second, "backup --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    assert.are.same({ "backup_" .. stamp .. "-3_" .. db .. ".sql.gz", "backup_" .. stamp .. "-4_" .. db .. ".sql.gz" },
+      files_in(repo .. "/daily", "^backup_.*%.sql%.gz$"), "its own rotation kept the two newest")
+    assert.matches("%-4_", json.decode((run("list --json --repo " .. q(repo) .. " --db " .. db)))[1].file)
   end)
 
   it("two config backups in one second are both kept, the second as -2", function()

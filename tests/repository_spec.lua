@@ -298,4 +298,19 @@ describe("an interrupted backup", function()
     assert.is_nil(out:find("%.lua:%d+"), out)
     assert.matches('"result":"interrupted"', util.read(repo .. "/bkr.log"))
   end)
+
+  it("leaves nothing under a final name when SIGTERM lands as the files are put in place", function()
+    -- strace delivers SIGTERM right after the chosen system call: the dump's link, the
+    -- sidecar's rename, the manifest's rename (the last file of the backup)
+    for _, point in ipairs({ "link:when=1", "rename:when=1", "rename:when=2" }) do
+      local repo = util.scratch("repo")
+      local out, rc = util.sh("strace -f -o /dev/null -e trace=link,rename -e inject=" .. point:gsub(":", ":signal=TERM:", 1)
+        .. " " .. q(util.bkr_bin()) .. " backup --no-globals --repo " .. q(repo) .. " --db " .. db .. " 2>&1")
+      assert.are.equal(143, rc, point .. ": " .. out)
+      assert.matches("interrupted", out)
+      assert.are.same({}, util.listdir(repo .. "/daily"), point)
+      out, rc = run("verify --all --repo " .. q(repo))
+      assert.are.equal(1, rc, out) -- nothing to verify: no damaged leftover
+    end
+  end)
 end)

@@ -97,30 +97,35 @@ function repo.stamp(epoch)
   return os.date("!%Y%m%d_%H%M%S", epoch)
 end
 
--- The stamp for a new run at `epoch`: YYYYMMDD_HHMMSS, or with "-2", "-3", ... when
--- taken(stamp) says an earlier run of that second used it. The caller holds the lock
--- that makes the answer stay true until it has written its files.
-function repo.new_stamp(epoch, taken)
+-- The stamp for a new run at `epoch`: YYYYMMDD_HHMMSS, or, when runs of that second exist
+-- already, one more than the highest sequence they used (never a lower free one: a new run
+-- must sort after every earlier one, or --latest and rotation would take it for older).
+-- highest(second) returns that sequence, 0 when none. The caller holds the lock that keeps
+-- the answer true until it has written its files.
+function repo.new_stamp(epoch, highest)
   local second = repo.stamp(epoch)
-  local stamp, n = second, 1
-  while taken(stamp) do
-    n = n + 1
-    stamp = second .. "-" .. n
-  end
-  return stamp
+  local used = highest(second)
+  if used == 0 then return second end
+  return second .. "-" .. (used + 1)
 end
 
--- Whether any backup or globals file of REPO/<type> carries this stamp.
-function repo.stamp_taken(dir, type_, stamp)
-  local subdir = dir .. "/" .. type_
-  if lfs.attributes(subdir, "mode") ~= "directory" then return false end
-  local backup_prefix, globals_prefix = "backup_" .. stamp .. "_", "globals_" .. stamp .. ".sql.gz"
-  for file in lfs.dir(subdir) do
-    if file:sub(1, #backup_prefix) == backup_prefix or file:sub(1, #globals_prefix) == globals_prefix then
-      return true
+-- The highest sequence of `second` among the names in `dir` that start with one of the
+-- prefixes ("backup_", "globals_", "config_backup_", "drill_"): 1 for a plain stamp, N for
+-- "-N", 0 when no name has that second.
+function repo.highest_sequence(dir, prefixes, second)
+  local highest = 0
+  if lfs.symlinkattributes(dir, "mode") ~= "directory" then return highest end
+  for file in lfs.dir(dir) do
+    for _, prefix in ipairs(prefixes) do
+      local head = prefix .. second
+      if file:sub(1, #head) == head then
+        local rest = file:sub(#head + 1)
+        local n = rest:match("^%-(%d+)") or (rest:match("^[^%d%-]") or rest == "") and "1"
+        if n and tonumber(n) > highest then highest = tonumber(n) end
+      end
     end
   end
-  return false
+  return highest
 end
 
 local DAYS_IN_MONTH = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
