@@ -3,6 +3,7 @@ local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
 local rotation = require "lib.rotation"
+local fs = require "bkr.fs"
 
 local options = cli.parse({ ... }, {
   name = "rotate",
@@ -23,7 +24,14 @@ if not options then return cli.EXIT_OK end
 local cfg = config.load(options)
 local dir = config.repository(cfg)
 local lock <close> = (not options.dry_run) and repo.lock(dir) or nil
-local count, errors = rotation.run(dir, cfg, { dry_run = options.dry_run })
+-- A dry run takes no lock, so it cannot tell a killed run's temporary file from a live one:
+-- it lists temporaries only when no run holds the lock (and lets go of it at once).
+local quiet_temporaries = false
+if options.dry_run then
+  local probe = fs.lock(dir .. "/.lock")
+  if probe then probe:close() else quiet_temporaries = true end
+end
+local count, errors = rotation.run(dir, cfg, { dry_run = options.dry_run, skip_temporaries = quiet_temporaries })
 if count == 0 then print("nothing to remove") end
 if #errors > 0 then
   io.stderr:write("bkr rotate: ", table.concat(errors, "; "), "\n")

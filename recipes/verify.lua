@@ -214,7 +214,10 @@ local function record(entry, reason, partial, kind)
     result = verdict(reason, partial),
     reason = reason,
   }
-  repo.write_manifest(entry.path, entry.manifest)
+  -- An unrecorded "passed" would leave the backup unprotected from rotation: say so.
+  local ok, err = repo.write_manifest(entry.path, entry.manifest)
+  if not ok then return nil, err end
+  return true
 end
 
 -- ------------------------------------------------------------------ the run
@@ -227,8 +230,20 @@ local cfg = config.load(options)
 local backups, dir = select_backups(options, cfg)
 if #backups == 0 then cli.fail(cli.EXIT_FAILED, "verify: no backups found%s", dir and (" in " .. dir) or "") end
 
--- Recording verdicts writes manifests: not while a backup or rotation changes the repository.
-local lock <close> = (dir and not options.no_record) and repo.lock(dir) or nil
+-- Recording verdicts writes manifests: not while a backup or rotation changes the repository,
+-- whether the backups were found by scanning it or given as paths inside it. (The locks are
+-- released when the run ends.)
+local locks = {}
+if not options.no_record then
+  local repos, sorted = {}, {}
+  if dir then repos[dir] = true end
+  for _, entry in ipairs(backups) do
+    if entry.repo then repos[entry.repo] = true end
+  end
+  for name in pairs(repos) do sorted[#sorted + 1] = name end
+  table.sort(sorted)
+  for _, name in ipairs(sorted) do locks[#locks + 1] = repo.lock(name) end
+end
 
 -- The key, read once, and only when an encrypted backup is to be checked.
 local key
@@ -239,12 +254,18 @@ for _, entry in ipairs(backups) do
   end
 end
 
-local failures, partial_count = 0, 0
+local failures, partial_count, unrecorded = 0, 0, 0
 for _, entry in ipairs(backups) do
   if bkr.interrupted() then break end
   local reason, partial, kind = check(entry, key)
   if kind == "interrupted" then break end
-  if not options.no_record then record(entry, reason, partial, kind) end
+  if not options.no_record then
+    local recorded, rerr = record(entry, reason, partial, kind)
+    if recorded == nil and rerr then
+      unrecorded = unrecorded + 1
+      cli.warn("verify", "the verdict for %s was not recorded: %s", cli.printable(entry.file), rerr)
+    end
+  end
   local label = cli.printable(entry.type .. "/" .. entry.file)
   if reason then
     failures = failures + 1
@@ -271,5 +292,11 @@ end
 if failures > 0 then
   io.stderr:write(string.format("bkr verify: %d of %d backups failed verification\n", failures, #backups))
   return cli.EXIT_INTEGRITY
+end
+if unrecorded > 0 then
+  -- rotation protects only a recorded "passed": the run did not do all it was asked
+  cli.warn("verify", "%d verdict(s) could not be recorded; rotation will not know these backups passed",
+    unrecorded)
+  return cli.EXIT_FAILED
 end
 return cli.EXIT_OK

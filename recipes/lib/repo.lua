@@ -204,7 +204,7 @@ local function describe(dir, type_, file, stamp, db, kind, encrypted)
   local time, sequence = repo.parse_stamp(stamp)
   local entry = {
     path = path, file = file, type = type_, stamp = stamp, time = time, sequence = sequence,
-    database = db, kind = kind, encrypted = encrypted,
+    database = db, kind = kind, encrypted = encrypted, repo = dir,
     sidecar = path .. ".sha256", manifest_path = path .. ".json",
     -- a symlink, FIFO or directory with a backup's name is not a backup: it is damaged
     regular = lfs.symlinkattributes(path, "mode") == "file",
@@ -220,6 +220,20 @@ function repo.newer(a, b)
   if a.time ~= b.time then return a.time > b.time end
   if a.sequence ~= b.sequence then return a.sequence > b.sequence end
   return a.path < b.path
+end
+
+-- REPO/<type> when it is a real directory; nil when it is missing, or a symlink (which would
+-- let rotation remove, and backups write, outside the repository: it is warned about once).
+local warned_symlinks = {}
+function repo.type_dir(dir, type_)
+  local subdir = dir .. "/" .. type_
+  local mode = lfs.symlinkattributes(subdir, "mode")
+  if mode == "directory" then return subdir end
+  if mode ~= nil and not warned_symlinks[subdir] then
+    warned_symlinks[subdir] = true
+    io.stderr:write("bkr: ", subdir, " is not a real directory (a symlink?): left alone\n")
+  end
+  return nil
 end
 
 -- A backup dated more than this beyond now (clock skew, a copied file, a forged name) is
@@ -243,8 +257,8 @@ function repo.scan(dir, filter)
   end
   local entries, now = {}, os.time()
   for _, type_ in ipairs(repo.TYPES) do
-    local subdir = dir .. "/" .. type_
-    if (not filter.type or filter.type == type_) and lfs.attributes(subdir, "mode") == "directory" then
+    local subdir = (not filter.type or filter.type == type_) and repo.type_dir(dir, type_)
+    if subdir then
       for file in lfs.dir(subdir) do
         local stamp, escaped, encrypted = repo.match_backup(file)
         local entry
@@ -280,6 +294,10 @@ function repo.ensure(dir)
   for _, type_ in ipairs(repo.TYPES) do
     local ok, err = fs.mkdirs(dir .. "/" .. type_, tonumber("750", 8))
     if not ok then cli.fail(cli.EXIT_FAILED, "repository %s: %s", dir, err) end
+    if not repo.type_dir(dir, type_) then
+      cli.fail(cli.EXIT_FAILED, "repository %s: %s/%s is not a directory of its own (a symlink?); bkr keeps "
+        .. "backups only in real directories inside the repository", dir, dir, type_)
+    end
   end
 end
 
@@ -302,8 +320,8 @@ end
 function repo.temporaries(dir)
   local found = {}
   for _, type_ in ipairs(repo.TYPES) do
-    local subdir = dir .. "/" .. type_
-    if lfs.attributes(subdir, "mode") == "directory" then
+    local subdir = repo.type_dir(dir, type_)
+    if subdir then
       for file in lfs.dir(subdir) do
         local path = subdir .. "/" .. file
         if repo.is_temporary(file) and lfs.symlinkattributes(path, "mode") == "file" then
@@ -395,7 +413,11 @@ function repo.log(dir, record)
   local mode = tonumber(group and "640" or "600", 8)
   local current = lfs.symlinkattributes(path, "mode") == "file" and fs.mode(path)
   if current and (current & ~mode) ~= 0 then fs.chmod(path, current & mode) end
-  fs.append(path, json.encode(record) .. "\n", { mode = mode })
+  local ok, err = fs.append(path, json.encode(record) .. "\n", { mode = mode })
+  if not ok and not repo.log_warned then
+    repo.log_warned = true -- once per run: the log is for monitoring, the run goes on
+    io.stderr:write("bkr: cannot write the repository log: ", err, "\n")
+  end
 end
 
 return repo

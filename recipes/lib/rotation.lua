@@ -25,8 +25,8 @@ end
 local function orphan_sidecars(dir)
   local orphans = {}
   for _, type_ in ipairs(repo.TYPES) do
-    local subdir = dir .. "/" .. type_
-    if lfs.attributes(subdir, "mode") == "directory" then
+    local subdir = repo.type_dir(dir, type_)
+    if subdir then
       for file in lfs.dir(subdir) do
         local base, suffix = file:match("^(.+%.sql%.gz)%.(%w+)$")
         if not base then base, suffix = file:match("^(.+%.sql%.gz%.enc)%.(%w+)$") end
@@ -89,7 +89,7 @@ function rotation.run(dir, cfg, opts)
     end
   end
   -- The caller holds the lock (or removes nothing: --dry-run), so no run is writing these.
-  local stale = repo.temporaries(dir)
+  local stale = opts.skip_temporaries and {} or repo.temporaries(dir)
   for _, path in ipairs(stale) do
     if opts.dry_run or os.remove(path) then say(string.format("%s temporary file %s of an interrupted run", verb, path)) end
   end
