@@ -5,7 +5,8 @@
  *
  *   pg.connect([conninfo])          -> conn | nil, msg
  *       conninfo: nil (PG* environment), a string (keyword=value or postgresql:// URI),
- *       or a table of libpq keywords ({host=, port=5432, dbname=, user=, password=, ...}).
+ *       or a table of libpq keywords ({host=, port=5432, dbname=, user=, password=, ...}),
+ *       whose dbname is a database's name, never expanded as a conninfo.
  *       application_name defaults to "bkr". Interruptible; honours connect_timeout.
  *   pg.null                         the value of SQL NULL in rows (light userdata NULL,
  *                                   the same value as cjson.null)
@@ -511,7 +512,6 @@ static int pg_connect(lua_State *L)
         keys[n] = "dbname";
         vals[n++] = s;
     } else if (arg == LUA_TTABLE) {
-        /* dbname first: when it is itself a conninfo, the other keys override what it expands to */
         lua_getfield(L, 1, "dbname");
         if (!lua_isnil(L, -1)) {
             keys[n] = "dbname";
@@ -545,7 +545,9 @@ static int pg_connect(lua_State *L)
     luaL_setmetatable(L, BKR_PGCONN);
     int ud = lua_gettop(L);
 
-    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    /* A string is a conninfo, so it is expanded; in a table, dbname is a database's name and
+     * never read as a conninfo (a database may be named "dbname=x" or "host=/tmp"). */
+    PGconn *c = PQconnectStartParams(keys, vals, arg == LUA_TSTRING);
     if (!c)
         return luaL_error(L, "pg.connect: out of memory");
     pc->conn = c; /* owned by the userdata from here: a raise cannot leak it */

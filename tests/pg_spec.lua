@@ -78,16 +78,25 @@ describe("pg.connect", function()
     assert.are.equal("template1", uri:query("select current_database() as db")[1].db)
   end)
 
-  it("connects with a table of libpq keywords, numbers allowed, dbname itself a conninfo", function()
+  it("connects with a table of libpq keywords, numbers allowed", function()
     local conn <close> = assert(pg.connect{ host = PGHOST, port = tonumber(PGPORT), dbname = "template1",
       user = "postgres", application_name = "spec_table" })
     assert.are.same({ db = "template1", app = "spec_table" },
       conn:query("select current_database() as db, current_setting('application_name') as app")[1])
-    -- keys next to an expanded dbname conninfo override it
-    local expanded <close> = assert(pg.connect{ dbname = "dbname=template1 application_name=inner",
-      application_name = "outer" })
-    assert.are.same({ db = "template1", app = "outer" },
-      expanded:query("select current_database() as db, current_setting('application_name') as app")[1])
+  end)
+
+  it("reads a table's dbname as a database's name, never as a conninfo", function()
+    -- databases named like conninfo strings: libpq would connect to x_r, or to /nonexistent
+    for _, name in ipairs({ "dbname=x_r", "host=/nonexistent", "postgresql://h/x" }) do
+      psql('create database "' .. name .. '"')
+      local conn <close> = assert(pg.connect{ dbname = name })
+      assert.are.equal(name, conn:query("select current_database() as db")[1].db)
+      conn:close()
+      psql('drop database "' .. name .. '"')
+    end
+    local none, msg = pg.connect{ dbname = "dbname=template1" }
+    assert.is_nil(none)
+    assert.is_truthy(msg:find('database "dbname=template1" does not exist', 1, true), msg)
   end)
 
   it("returns nil and a one-line message for an unreachable server, a bad conninfo, a wrong database",
