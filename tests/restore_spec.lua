@@ -448,3 +448,70 @@ return steps
     assert.matches("no step named 'no_such_step'", out)
   end)
 end)
+
+describe("bkr restore reads what it is given exactly", function()
+  it("reads valid times and refuses impossible ones with exit 2 'cannot read time'", function()
+    local restore = require "lib.restore"
+    local valid = {
+      { "20261130_010203", "2026-11-30T01:02:03Z" },
+      { "20240229_235959", "2024-02-29T23:59:59Z" },
+      { "2026-11-30", "2026-11-30T00:00:00Z" },
+      { "2026-11-30T01:02", "2026-11-30T01:02:00Z" },
+      { "2026-11-30 01:02:03Z", "2026-11-30T01:02:03Z" },
+      { "2026-11-30T01:02:03.250Z", "2026-11-30T01:02:03Z" },
+      { "2026-11-30T01:02:03+01:00", "2026-11-30T00:02:03Z" },
+      { "2026-11-30T01:02:03-0530", "2026-11-30T06:32:03Z" },
+      { "2026-11-30T01:02:03+01", "2026-11-30T00:02:03Z" },
+      { "2026-11-30T01:02+14:00", "2026-11-29T11:02:00Z" },
+      { "2026-11-30T01:02-14:00", "2026-11-30T15:02:00Z" },
+      { "2026-11-30T01:02-00:59", "2026-11-30T02:01:00Z" },
+    }
+    for _, case in ipairs(valid) do
+      local epoch = restore.parse_time(case[1])
+      assert.is_not_nil(epoch, case[1])
+      assert.are.equal(case[2], os.date("!%Y-%m-%dT%H:%M:%SZ", epoch), case[1])
+    end
+    local invalid = {
+      "2026-13-45", "2026-02-30T25:61:61", "2026-11-30T01:02:03+99:99", "20261130_999999",
+      "2025-02-29", "20250229_120000", "2026-04-31", "2026-11-30T24:00", "2026-11-30T23:60",
+      "2026-11-30T23:59:60Z", "2026-11-30T01:02+14:01", "2026-11-30T01:02+15:00", "2026-11-30T01:02+05:60",
+      "2026-11-30T01:02:03+1", "2026-11-30T01:02:03 +01:00", "2026-11-30T01:02.5", "2026-11-30Z",
+      "2026-11-30T", "2026-11-30T1:02", "yesterday", "",
+    }
+    local repo = util.scratch("repo")
+    for _, text in ipairs(invalid) do
+      assert.is_nil(restore.parse_time(text), text)
+      for _, flag in ipairs({ "--at", "--before" }) do
+        local out, rc = run("restore --repo " .. q(repo) .. " --db x " .. flag .. " " .. q(text) .. " --into y --create")
+        assert.are.equal(2, rc, text .. ": " .. out)
+        assert.matches(flag .. ": cannot read time '" .. text .. "'", out, 1, true)
+      end
+    end
+  end)
+
+  it("restores ./FILE, FILE and ../daily/FILE from inside daily/, and a path through a symbolic link", function()
+    local db = new_database("create table t (x int); insert into t values (7);")
+    local repo = util.scratch("repo")
+    local file = backup(repo, db)
+    local daily = repo .. "/daily"
+    local link = util.scratch("links") .. "/to_daily"
+    util.sh("ln -s " .. q(daily) .. " " .. q(link))
+    local cases = {
+      { daily, "./" .. file }, { daily, file }, { daily, "../daily/" .. file }, { daily, "./.././daily/./" .. file },
+      { repo, "daily//" .. file }, { link, "./" .. file }, { util.scratch("elsewhere"), link .. "/../daily/" .. file },
+    }
+    for i, case in ipairs(cases) do
+      local target = db .. "_path" .. i
+      local out, rc = run("restore " .. q(case[2]) .. " --into " .. target .. " --create", "cd " .. q(case[1]) .. " &&")
+      assert.are.equal(0, rc, case[2] .. ": " .. out)
+      assert.are.equal("7", util.psql("select x from t", target))
+    end
+    -- what is not a backup of a repository is still refused, exit 2
+    for _, path in ipairs({ "./nope_" .. file, "../daily", "..", "./" .. file .. "/", repo .. "/" .. file }) do
+      local out, rc = run("restore " .. q(path) .. " --into " .. db .. "_never --create", "cd " .. q(daily) .. " &&")
+      assert.are.equal(2, rc, path .. ": " .. out)
+      assert.matches("is not a backup in a bkr repository", out)
+    end
+    assert.is_false(exists(db .. "_never"))
+  end)
+end)
