@@ -186,9 +186,11 @@ function restore.database_exists(conn, name)
   return #rows > 0
 end
 
+-- Sessions of clients in database `name` (an autovacuum worker is not one: it would make
+-- --replace refuse, or need --force, at random).
 function restore.active_connections(conn, name)
-  local rows = assert(conn:query(
-    "select count(*) as n from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()", name))
+  local rows = assert(conn:query("select count(*) as n from pg_stat_activity where datname = $1"
+    .. " and pid <> pg_backend_pid() and backend_type = 'client backend'", name))
   return rows[1].n
 end
 
