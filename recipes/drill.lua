@@ -2,9 +2,9 @@
 --
 -- For each database, the steps of lib/drill_steps.lua (or the configured drill.steps):
 --   pick_backup -> verify_backup -> restore_scratch -> compare_tables -> smoke_queries -> measure
--- then cleanup (the scratch database is dropped even when a step failed), and a report in
--- JSON (for machines) and Markdown (for the admin and auditors). Exit 0 only when every
--- database passed every step and met its RTO and RPO targets.
+-- then cleanup (the scratch database is dropped even when a step failed, or after an
+-- interrupt), and a report in JSON (for machines) and Markdown (for the admin and auditors).
+-- Exit 0 only when every database passed every step and met its RTO and RPO targets.
 local lfs = require "lfs"
 local cli = require "lib.cli"
 local config = require "lib.config"
@@ -85,6 +85,10 @@ end
 
 local function drill_database(name)
   local db = { name = name, started = bkr.monotonic(), steps = {} }
+  -- Whatever stops this database's drill (an error, an interrupt), its scratch database goes.
+  local _ <close> = setmetatable({}, { __close = function()
+    if db.scratch_guard then db.scratch_guard:close() end
+  end })
   local failed = false
   for _, step in ipairs(order) do
     if failed or bkr.interrupted() then

@@ -515,3 +515,93 @@ describe("bkr restore reads what it is given exactly", function()
     assert.is_false(exists(db .. "_never"))
   end)
 end)
+
+describe("bkr restore cleans up what it created", function()
+  local R = require "support.restore_util"
+
+  -- bkr's own sessions, as the server sees them
+  local function terminate_bkr_sessions()
+    util.psql("select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'bkr'")
+  end
+
+  it("says a database was NOT dropped when the DROP fails, with the command that drops it, and logs it", function()
+    local db = new_database("create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    -- a target whose name needs quoting in SQL and in the shell
+    local target = db .. [[_it's "odd"]]
+    local fake, cfg = R.held_psql()
+    util.write(fake .. "/fail", "")
+    local bkr = R.start_bkr("restore --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. db
+      .. " --latest --into " .. q(target) .. " --create")
+    assert.is_true(R.wait_for(fake .. "/started", 30), "psql never started")
+    assert.is_true(R.exists(target))
+    -- the server drops bkr's connection (as when it stops): the restore fails, and so does the DROP
+    terminate_bkr_sessions()
+    util.write(fake .. "/go", "")
+    assert.are.equal(1, bkr.wait(60))
+    local out = bkr.output()
+    assert.matches("nothing was committed", out, 1, true)
+    assert.is_falsy(out:find(target .. " was dropped", 1, true), out)
+    local command = out:match("; drop it with: ([^\n]+)")
+    assert.is_truthy(out:find(target .. " was NOT dropped (pg.exec: ", 1, true), out)
+    assert.is_true(R.exists(target))
+    local log = util.read(repo .. "/bkr.log")
+    assert.is_truthy(log:find('"event":"cleanup failed"', 1, true), log)
+    assert.is_truthy(log:find(json.encode(command), 1, true), log)
+    -- the command given drops exactly that database
+    local cmd_out, cmd_rc = util.sh(command .. " 2>&1")
+    assert.are.equal(0, cmd_rc, command .. ": " .. cmd_out)
+    assert.is_false(R.exists(target))
+  end)
+
+  local function interrupted_restore(mode)
+    local db = new_database("create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    local before = util.psql("select string_agg(datname, ',' order by datname) from pg_database")
+    local target = mode == "--create" and db .. "_new" or db
+    local fake, cfg = R.held_psql()
+    local bkr = R.start_bkr("restore --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. db
+      .. " --latest --into " .. target .. " " .. mode)
+    assert.is_true(R.wait_for(fake .. "/started", 30), "psql never started")
+    local made = mode == "--create" and target or R.databases_like(db .. "_bkr_restore_%")
+    assert.is_true(R.exists(made), made)
+    bkr.kill("TERM")
+    assert.are.equal(143, bkr.wait(60))
+    local out = bkr.output()
+    assert.matches(made .. " was dropped", out, 1, true)
+    assert.are.equal(before, util.psql("select string_agg(datname, ',' order by datname) from pg_database"))
+    return db, repo, target, out
+  end
+
+  it("SIGTERM during restore --create drops the new target (exit 143), and a retry succeeds", function()
+    local db, repo, target = interrupted_restore("--create")
+    assert.is_false(exists(target))
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target .. " --create")
+    assert.are.equal(0, rc, out)
+  end)
+
+  it("SIGTERM during restore --replace drops the new database and keeps the target (exit 143)", function()
+    local db = interrupted_restore("--replace")
+    assert.are.equal("1", util.psql("select count(*) from t", db))
+  end)
+
+  it("SIGTERM while rows stream into the new database drops it, its loading session included", function()
+    local db = new_database("create table t (i int, pad text); "
+      .. "insert into t select i, repeat('x', 100) from generate_series(1, 400000) i;")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    local before = util.psql("select string_agg(datname, ',' order by datname) from pg_database")
+    local bkr = R.start_bkr("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --replace --force")
+    local pattern = db .. "_bkr_restore_%"
+    assert.is_true(R.wait_until(function()
+      return util.psql("select count(*) from pg_stat_activity where datname like " .. R.literal(pattern)) ~= "0"
+    end, 30), "the restore never connected to its new database")
+    bkr.kill("TERM")
+    assert.are.equal(143, bkr.wait(60), bkr.output())
+    assert.matches("_bkr_restore_%S+ was dropped", bkr.output())
+    assert.are.equal(before, util.psql("select string_agg(datname, ',' order by datname) from pg_database"))
+    assert.are.equal("400000", util.psql("select count(*) from t", db))
+  end)
+end)

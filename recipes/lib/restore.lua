@@ -199,22 +199,105 @@ local function role_exists(conn, name)
   return rows and #rows > 0
 end
 
+-- ------------------------------------------------------------------ databases bkr creates
+
+-- How long a cleanup statement may take once it must run (after an interrupt too).
+restore.CLEANUP_TIMEOUT = 10
+
+local function quote_ident(name)
+  return '"' .. name:gsub('"', '""') .. '"'
+end
+
+-- The command an admin runs to drop a database bkr could not drop: the name quoted for SQL,
+-- then the statement quoted for the shell. The name is never given to psql as -d (a conninfo).
+function restore.drop_command(name)
+  return "psql -d postgres -c '" .. ("DROP DATABASE " .. quote_ident(name)):gsub("'", "'\\''") .. "'"
+end
+
+-- DROP DATABASE ... WITH (FORCE) as a cleanup statement: it runs even after an interrupt, and
+-- gives up after CLEANUP_TIMEOUT seconds. Returns true, or nil, the reason and the SQLSTATE
+-- ("3D000" when no database has that name).
+function restore.drop_database(conn, name)
+  return conn:exec("drop database " .. quote_ident(name) .. " with (force)",
+    { cleanup_timeout = restore.CLEANUP_TIMEOUT })
+end
+
+-- A database this run creates, and must not leave behind. The guard exists before the
+-- CREATE DATABASE is sent, so that nothing (an error, an interrupt) can come between the
+-- database and its guard. It is a to-be-closed value: closed by an error or an interrupt
+-- unwinding past it, it drops the database unless :keep() was called.
+--
+--   local created <close> = restore.new_database(conn, name, { label = "restore", on_leftover = f })
+--   local ok, err = created:create(properties)
+local Created = {}
+Created.__index = Created
+
+-- opts: label (the start of messages), on_leftover(name, reason): called when a drop fails,
+-- to log what is left.
+function restore.new_database(conn, name, opts)
+  opts = opts or {}
+  return setmetatable({ conn = conn, name = name, label = opts.label or "bkr", on_leftover = opts.on_leftover },
+    Created)
+end
+
 -- CREATE DATABASE with the encoding and locale the backup was taken with (template0, so any
--- locale works), owned by the recorded owner when that role exists.
-function restore.create_database(conn, name, properties)
-  local p = properties or {}
-  local sql = { "create database " .. conn:escape_identifier(name), "template template0" }
+-- locale works). Returns true, or nil and the server's reason (then nothing was created).
+-- Interrupted while the server works on it, the database may or may not exist: the guard
+-- stays armed, and drops it if it does.
+function Created:create(properties)
+  local conn, p = self.conn, properties or {}
+  local sql = { "create database " .. conn:escape_identifier(self.name), "template template0" }
   if p.encoding then sql[#sql + 1] = "encoding " .. conn:escape_literal(p.encoding) end
   if p.collate then sql[#sql + 1] = "lc_collate " .. conn:escape_literal(p.collate) end
   if p.ctype then sql[#sql + 1] = "lc_ctype " .. conn:escape_literal(p.ctype) end
+  self.armed = true
   local ok, err = conn:exec(table.concat(sql, " "))
-  if not ok then return nil, err end
+  if not ok then
+    self.armed = false -- the server refused it (it may exist already): not ours to drop
+    return nil, err
+  end
   return true
 end
 
-function restore.drop_database(conn, name)
-  return conn:exec("drop database if exists " .. conn:escape_identifier(name) .. " with (force)")
+-- Drop it now. Returns true and "NAME was dropped"; or nil and what is left, with the exact
+-- command that removes it (and calls on_leftover). Later calls return the same answer.
+function Created:drop()
+  if self.outcome then return table.unpack(self.outcome) end
+  if not self.armed then return true, self.name .. " was not created" end
+  local ok, err, sqlstate
+  for _ = 1, 3 do -- the interrupt hook raises once inside running Lua code: try again
+    local ran, result, message, state = pcall(restore.drop_database, self.conn, self.name)
+    if ran then
+      ok, err, sqlstate = result, message, state
+      break
+    end
+    err = tostring(result)
+  end
+  if ok then
+    self.outcome = { true, self.name .. " was dropped" }
+  elseif sqlstate == "3D000" then -- an interrupted CREATE that did not happen, a swap that did
+    self.outcome = { true, "no database " .. self.name .. " exists (nothing to drop)" }
+  else
+    self.outcome = { nil, string.format("%s was NOT dropped (%s); drop it with: %s", self.name,
+      tostring(err), restore.drop_command(self.name)) }
+    if self.on_leftover then pcall(self.on_leftover, self.name, tostring(err)) end
+  end
+  return table.unpack(self.outcome)
 end
+
+-- The database holds what it should: it stays.
+function Created:keep()
+  self.outcome = self.outcome or { true, self.name .. " was kept" }
+end
+
+-- Drop it unless it was kept or dropped already, and say so on stderr: the end of a run that
+-- stopped before the database was done with. Also the guard's __close.
+function Created:close()
+  if self.outcome or not self.armed then return end
+  local _, said = self:drop()
+  io.stderr:write("bkr: ", self.label, ": stopped before the end; ", said, "\n")
+end
+Created.__close = Created.close
 
 -- ------------------------------------------------------------------ the stream
 
