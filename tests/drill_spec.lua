@@ -1,5 +1,5 @@
--- bkr drill: what an interrupted drill leaves behind (nothing). Checked with psql and the
--- report files.
+-- bkr drill: what a drill must prove before it passes, and what an interrupted drill leaves
+-- behind (nothing). Checked with psql and the report files.
 local util = require "support.util"
 local R = require "support.restore_util"
 local json = require "dkjson"
@@ -22,6 +22,39 @@ local function config_file(repo, drill_yaml, extra)
 end
 
 describe("bkr drill", function()
+  it("is incomplete, exit 1, when its steps neither restore nor compare, and the report says so", function()
+    local db = util.new_database("dr", "create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    local cases = {
+      { "[]", "no step restored the backup and no step compared its tables" },
+      { "[pick_backup, verify_backup]", "no step restored the backup and no step compared its tables" },
+      { "[pick_backup, verify_backup, restore_scratch, measure]", "no step compared its tables" },
+    }
+    for _, case in ipairs(cases) do
+      local report = util.scratch("report") .. "/drill"
+      local out, rc = run("drill --config " .. q(config_file(repo, "  steps: " .. case[1] .. "\n")) .. " --db " .. db
+        .. " --report " .. q(report))
+      assert.are.equal(1, rc, case[1] .. ": " .. out)
+      assert.is_falsy(out:find("drill passed", 1, true), out)
+      assert.matches("drill incomplete: 1 database", out, 1, true)
+      assert.matches("bkr drill: " .. db .. " incomplete: " .. case[2], out, 1, true)
+      local data = json.decode(util.read(report .. ".json"))
+      assert.are.equal("incomplete", data.result)
+      assert.are.equal("incomplete", data.databases[1].result)
+      assert.matches(case[2], data.databases[1].incomplete, 1, true)
+      local md = util.read(report .. ".md")
+      assert.matches("**Result: INCOMPLETE.**", md, 1, true)
+      assert.matches("**Incomplete:** " .. case[2], md, 1, true)
+      assert.are.equal("", scratch_databases())
+    end
+    -- the default steps restore and compare: passed, exit 0
+    local out, rc = run("drill --config " .. q(config_file(repo)) .. " --db " .. db .. " --report "
+      .. q(util.scratch("report") .. "/drill"))
+    assert.are.equal(0, rc, out)
+    assert.matches("drill passed", out, 1, true)
+  end)
+
   it("SIGTERM during a drill drops the scratch database and exits 143", function()
     local db = util.new_database("dr", "create table t (x int); insert into t values (1);")
     local repo = util.scratch("repo")

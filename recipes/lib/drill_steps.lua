@@ -5,8 +5,9 @@
 --
 -- A step is function(drill, db) -> true [, detail] | nil, reason. `drill` holds the run
 -- (cfg, run, stamp, targets); `db` holds this database's state (name, backup, scratch,
--- started, ...). A failed step stops the database's drill; the scratch database is dropped
--- whatever happens (steps.cleanup).
+-- restored, tables, started, ...). A failed step stops the database's drill; the scratch
+-- database is dropped whatever happens (steps.cleanup). A drill passes only when a step set
+-- db.restored and one set db.tables (restore_scratch and compare_tables do).
 local repo = require "lib.repo"
 local restore = require "lib.restore"
 
@@ -60,6 +61,7 @@ function steps.restore_scratch(drill, db)
   end
   local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
   db.warnings = warnings
+  db.restored = true
   return true, string.format("%d bytes of SQL into %s in %.1f s", result.bytes_out, db.scratch, result.elapsed)
 end
 
