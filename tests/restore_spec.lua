@@ -516,6 +516,49 @@ describe("bkr restore reads what it is given exactly", function()
   end)
 end)
 
+describe("bkr restore with unusual database names", function()
+  local R = require "support.restore_util"
+
+  local function drop_if_exists(name)
+    util.psql("drop database if exists " .. R.ident(name) .. " with (force)")
+  end
+
+  it("--replace works for a 63-byte name of two-byte characters, cutting derived names between characters", function()
+    local restore = require "lib.restore"
+    -- derived names: at most 63 bytes, valid UTF-8, a prefix of the name, for 1- to 4-byte characters
+    for _, char in ipairs({ "a", "é", "€", "𝄞" }) do
+      for length = 30, 63 do
+        local name = string.rep(char, length // #char) .. string.rep("x", length % #char)
+        for _, suffix in ipairs({ "_bkr_restore_20261130_010203", "_before_20261130_010203-2" }) do
+          local derived = restore.derived_name(name, suffix)
+          assert.is_true(#derived <= 63, derived)
+          assert.is_not_nil(utf8.len(derived), derived)
+          local kept = derived:sub(1, #derived - #suffix)
+          assert.are.equal(kept, name:sub(1, #kept))
+          if #kept < #name then assert.is_true(#derived > 63 - #char, derived) end -- cut no more than needed
+        end
+      end
+    end
+    local name = string.rep("é", 31) .. "x"
+    assert.are.equal(63, #name)
+    drop_if_exists(name)
+    util.psql("create database " .. R.ident(name))
+    R.psql_in(name, "create table t (x int); insert into t values (1)")
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. q(name))
+    assert.are.equal(0, rc, out)
+    R.psql_in(name, "insert into t values (2)")
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. q(name) .. " --latest --into " .. q(name) .. " --replace")
+    assert.are.equal(0, rc, out)
+    assert.are.equal("1", R.psql_in(name, "select count(*) from t"))
+    local old = out:match("kept as (.-) %(drop it when done%)")
+    assert.is_not_nil(utf8.len(old), old)
+    assert.are.equal("2", R.psql_in(old, "select count(*) from t"))
+    drop_if_exists(old)
+    drop_if_exists(name)
+  end)
+end)
+
 describe("bkr restore cleans up what it created", function()
   local R = require "support.restore_util"
 

@@ -176,9 +176,18 @@ end
 -- ------------------------------------------------------------------ databases
 
 -- NAME + suffix, cutting NAME so the whole stays within PostgreSQL's 63-byte identifiers
--- (a longer name would be cut by the server, and the name printed would not exist).
+-- (a longer name would be cut by the server, and the name printed would not exist). A UTF-8
+-- NAME is cut between characters: half a character is not a valid name.
 function restore.derived_name(name, suffix)
-  return name:sub(1, 63 - #suffix) .. suffix
+  local room = 63 - #suffix
+  if #name <= room then return name .. suffix end
+  local cut = room
+  if utf8.len(name) then
+    -- byte cut + 1 starts what is dropped: a continuation byte (10xxxxxx) there means the
+    -- character it belongs to started before the cut
+    while cut > 0 and name:byte(cut + 1) & 0xC0 == 0x80 do cut = cut - 1 end
+  end
+  return name:sub(1, cut) .. suffix
 end
 
 function restore.database_exists(conn, name)
