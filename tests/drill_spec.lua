@@ -1,5 +1,5 @@
--- bkr drill: what a drill must prove before it passes, and what an interrupted drill leaves
--- behind (nothing). Checked with psql and the report files.
+-- bkr drill: what a drill must prove before it passes, databases with unusual names, and
+-- what an interrupted drill leaves behind (nothing). Checked with psql and the report files.
 local util = require "support.util"
 local R = require "support.restore_util"
 local json = require "dkjson"
@@ -53,6 +53,31 @@ describe("bkr drill", function()
       .. q(util.scratch("report") .. "/drill"))
     assert.are.equal(0, rc, out)
     assert.matches("drill passed", out, 1, true)
+  end)
+
+  it("drills databases named dbname=... and host=..., never reading the names as connection strings", function()
+    local repo = util.scratch("repo")
+    local names = { "dbname=x_r", "host=/nonexistent" }
+    for _, name in ipairs(names) do
+      util.psql("drop database if exists " .. R.ident(name))
+      util.psql("create database " .. R.ident(name))
+      R.psql_in(name, "create table t (x int); insert into t values (1), (2);")
+      backup(repo, name)
+    end
+    local report = util.scratch("report") .. "/drill"
+    local cfg = config_file(repo, "  smoke_queries:\n    - select count(*) = 2 from t\n")
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. q(names[1]) .. " --db " .. q(names[2])
+      .. " --report " .. q(report))
+    assert.are.equal(0, rc, out)
+    local data = json.decode(util.read(report .. ".json"))
+    for i, db in ipairs(data.databases) do
+      assert.are.equal(names[i], db.database)
+      assert.are.equal("passed", db.result)
+      assert.are.equal(1, #db.tables)
+      assert.are.equal(2, db.tables[1].rows)
+    end
+    assert.are.equal("", scratch_databases())
+    for _, name in ipairs(names) do util.psql("drop database " .. R.ident(name)) end
   end)
 
   it("SIGTERM during a drill drops the scratch database and exits 143", function()

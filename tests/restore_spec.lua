@@ -523,6 +523,31 @@ describe("bkr restore with unusual database names", function()
     util.psql("drop database if exists " .. R.ident(name) .. " with (force)")
   end
 
+  it("never reads a target name such as dbname=x_r or host=/nonexistent as a connection string", function()
+    local db = new_database("create table t (x int); insert into t values (1), (2);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    for _, target in ipairs({ "dbname=x_r", "host=/nonexistent" }) do
+      drop_if_exists(target)
+      local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. q(target) .. " --create")
+      assert.are.equal(0, rc, out)
+      assert.matches("compare: 1 of 1 tables match", out)
+      assert.are.equal("2", R.psql_in(target, "select count(*) from t"))
+      -- --replace over it: the restored one is swapped in, the old one kept, nothing else left
+      R.psql_in(target, "insert into t values (3)")
+      out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. q(target) .. " --replace")
+      assert.are.equal(0, rc, out)
+      assert.are.equal("2", R.psql_in(target, "select count(*) from t"))
+      local old = out:match("kept as (.-) %(drop it when done%)")
+      assert.are.equal("3", R.psql_in(old, "select count(*) from t"))
+      assert.are.equal("", R.databases_like(target .. "_bkr_restore_%"))
+      drop_if_exists(old)
+      drop_if_exists(target)
+    end
+    -- and x_r, which libpq would have connected to, was never made
+    assert.is_false(exists("x_r"))
+  end)
+
   it("--replace works for a 63-byte name of two-byte characters, cutting derived names between characters", function()
     local restore = require "lib.restore"
     -- derived names: at most 63 bytes, valid UTF-8, a prefix of the name, for 1- to 4-byte characters
