@@ -5,15 +5,18 @@
  *
  *   pg.connect([conninfo])          -> conn | nil, msg
  *       conninfo: nil (PG* environment), a string (keyword=value or postgresql:// URI),
- *       or a table of libpq keywords ({host=, port=5432, dbname=, user=, password=, ...}).
+ *       or a table of libpq keywords ({host=, port=5432, dbname=, user=, password=, ...}),
+ *       whose dbname is a database's name, never expanded as a conninfo.
  *       application_name defaults to "bkr". Interruptible; honours connect_timeout.
  *   pg.null                         the value of SQL NULL in rows (light userdata NULL,
  *                                   the same value as cjson.null)
  *
  *   conn:query(sql, ...)            -> rows, columns | nil, msg[, sqlstate]
  *       $1.. parameters: nil/pg.null -> NULL, booleans, numbers, strings.
- *   conn:exec(sql)                  -> true, cmd_status | nil, msg[, sqlstate]
+ *   conn:exec(sql[, opts])          -> true, cmd_status | nil, msg[, sqlstate]
  *       one or more statements, simple query protocol, no parameters.
+ *       opts.cleanup_timeout = seconds (<= 300): a cleanup statement, which runs even once bkr
+ *       was interrupted, and is cancelled after that long (nil, msg, "57014").
  *   conn:server_version()           -> integer (150020), string ("15.20", first word of the
  *                                      server_version parameter)
  *   conn:databases()                -> { {name=, owner=, encoding=, size=, allow_connections=,
@@ -29,7 +32,7 @@
  *
  * Every blocking wait polls the socket and gives up with "<who>: interrupted" once
  * bkr_interrupted() is true, cancelling the statement on the server first so that the
- * connection stays usable.
+ * connection stays usable. The one exception is an exec with cleanup_timeout.
  */
 
 #include <errno.h>
@@ -179,6 +182,13 @@ static void pg_notices_free(pgconn *pc)
  * Waiting on the socket
  * ------------------------------------------------------------------------------------------- */
 
+static double pg_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 /* Poll the connection's socket: returns revents, 0 on timeout or signal, -1 on error. */
 static int pg_poll(PGconn *c, short events, int timeout_ms)
 {
@@ -193,20 +203,17 @@ static int pg_poll(PGconn *c, short events, int timeout_ms)
     return p.revents ? p.revents : 0;
 }
 
-static double pg_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* Wait until PQgetResult will not block. Returns 0, or -1 when interrupted.
- * A broken connection returns 0 too: PQgetResult then reports it. */
-static int pg_await(PGconn *c)
+/* Wait until PQgetResult will not block. Returns 0, -1 when interrupted, -2 once the deadline
+ * (monotonic seconds) passed. deadline 0: no deadline, and an interrupt stops the wait; with a
+ * deadline (a cleanup statement) an interrupt does not. A broken connection returns 0 too:
+ * PQgetResult then reports it. */
+static int pg_await(PGconn *c, double deadline)
 {
     while (PQisBusy(c)) {
-        if (bkr_interrupted())
+        if (deadline <= 0 && bkr_interrupted())
             return -1;
+        if (deadline > 0 && pg_now() > deadline)
+            return -2;
         if (pg_poll(c, POLLIN, 250) < 0)
             return 0;
         if (!PQconsumeInput(c))
@@ -511,7 +518,6 @@ static int pg_connect(lua_State *L)
         keys[n] = "dbname";
         vals[n++] = s;
     } else if (arg == LUA_TTABLE) {
-        /* dbname first: when it is itself a conninfo, the other keys override what it expands to */
         lua_getfield(L, 1, "dbname");
         if (!lua_isnil(L, -1)) {
             keys[n] = "dbname";
@@ -545,7 +551,9 @@ static int pg_connect(lua_State *L)
     luaL_setmetatable(L, BKR_PGCONN);
     int ud = lua_gettop(L);
 
-    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    /* A string is a conninfo, so it is expanded; in a table, dbname is a database's name and
+     * never read as a conninfo (a database may be named "dbname=x" or "host=/tmp"). */
+    PGconn *c = PQconnectStartParams(keys, vals, arg == LUA_TSTRING);
     if (!c)
         return luaL_error(L, "pg.connect: out of memory");
     pc->conn = c; /* owned by the userdata from here: a raise cannot leak it */
@@ -608,12 +616,19 @@ static int pg_connect(lua_State *L)
  * result that matters (the first error, else the last result; NULL only when nothing could be
  * sent: the message is then in PQerrorMessage). multi: simple query protocol, several
  * statements, no parameters. Raises (after cleaning up) on interrupt and on COPY statements.
+ * timeout > 0 (seconds) makes it a cleanup statement: it runs even once bkr was interrupted,
+ * and is cancelled when the time is up; *timed_out is then set and the result is NULL.
  */
 static PGresult *pg_run(lua_State *L, pgconn *pc, const char *who, const char *sql, int nparams,
-                        const char *const *values, int multi)
+                        const char *const *values, int multi, double timeout, int *timed_out)
 {
     PGconn *c = pc->conn;
+    /* Once interrupted, nothing new is sent (a quick statement would run before the cancel
+     * reached it, while the caller is told it was interrupted); only cleanup statements are. */
+    if (timeout <= 0 && bkr_interrupted())
+        luaL_error(L, "%s: interrupted", who);
     PGresult **holder = pg_newholder(L);
+    double deadline = timeout > 0 ? pg_now() + timeout : 0;
     int sent = multi ? PQsendQuery(c, sql)
                      : PQsendQueryParams(c, sql, nparams, NULL, values, NULL, NULL, 0);
     if (!sent)
@@ -621,11 +636,16 @@ static PGresult *pg_run(lua_State *L, pgconn *pc, const char *who, const char *s
     PGresult *err = NULL, *last = NULL;
     int stray_copy = 0;
     for (;;) {
-        if (pg_await(c) < 0) {
+        int waited = pg_await(c, deadline);
+        if (waited < 0) {
             pg_cancel(c);
             pg_drain(c);
             PQclear(err);
             PQclear(last);
+            if (waited == -2) {
+                *timed_out = 1;
+                return NULL;
+            }
             luaL_error(L, "%s: interrupted", who);
         }
         PGresult *res = PQgetResult(c);
@@ -771,7 +791,7 @@ static int pgconn_query(lua_State *L)
         for (int k = 0; k < nparams; k++)
             values[k] = pg_param(L, 3 + k);
     }
-    PGresult *res = pg_run(L, pc, "pg.query", sql, nparams, values, 0);
+    PGresult *res = pg_run(L, pc, "pg.query", sql, nparams, values, 0, 0, NULL);
     if (pg_failed(res))
         return pg_fail(L, pc, "pg.query", res);
     PGresult **holder = lua_touserdata(L, -1);
@@ -794,11 +814,31 @@ static int pgconn_query(lua_State *L)
     return 2;
 }
 
+/* The longest cleanup_timeout: a cleanup must end soon after an interrupt. */
+#define PG_MAX_CLEANUP_TIMEOUT 300
+
 static int pgconn_exec(lua_State *L)
 {
     pgconn *pc = pg_checkidle(L, "pg.exec");
     const char *sql = pg_checksql(L, 2);
-    PGresult *res = pg_run(L, pc, "pg.exec", sql, 0, NULL, 1);
+    double timeout = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getfield(L, 3, "cleanup_timeout");
+        if (!lua_isnil(L, -1)) {
+            int isnum;
+            timeout = (double)lua_tonumberx(L, -1, &isnum);
+            if (!isnum || !(timeout > 0 && timeout <= PG_MAX_CLEANUP_TIMEOUT))
+                luaL_argerror(L, 3, "cleanup_timeout must be a number of seconds, > 0 and <= 300");
+        }
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 2);
+    int timed_out = 0;
+    PGresult *res = pg_run(L, pc, "pg.exec", sql, 0, NULL, 1, timeout, &timed_out);
+    if (timed_out) /* 57014 query_canceled: the statement was cancelled on the server */
+        return bkr_pushfail(L, "57014", "pg.exec: no result after %.14g s (cleanup_timeout): cancelled",
+                            timeout);
     if (pg_failed(res))
         return pg_fail(L, pc, "pg.exec", res);
     lua_pushboolean(L, 1);
@@ -832,7 +872,7 @@ static const char pg_databases_sql[] =
 static int pgconn_databases(lua_State *L)
 {
     pgconn *pc = pg_checkidle(L, "pg.databases");
-    PGresult *res = pg_run(L, pc, "pg.databases", pg_databases_sql, 0, NULL, 0);
+    PGresult *res = pg_run(L, pc, "pg.databases", pg_databases_sql, 0, NULL, 0, 0, NULL);
     if (pg_failed(res))
         return pg_fail(L, pc, "pg.databases", res);
     PGresult **holder = lua_touserdata(L, -1);
@@ -858,7 +898,7 @@ static int pgconn_database_size(lua_State *L)
     const char *name = pg_checksql(L, 2);
     const char *values[1] = { name };
     PGresult *res = pg_run(L, pc, "pg.database_size", "SELECT pg_catalog.pg_database_size($1::name)",
-                           1, values, 0);
+                           1, values, 0, 0, NULL);
     if (pg_failed(res))
         return pg_fail(L, pc, "pg.database_size", res);
     if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
@@ -960,7 +1000,7 @@ static int copy_end(pgcopy *cs, PGconn *c, bkr_error *err)
 {
     const char *who = cs->in ? "pg.copy_in" : "pg.copy_out";
     int rc = 0;
-    if (pg_await(c) < 0) {
+    if (pg_await(c, 0) < 0) {
         pg_cancel(c);
         pg_drain(c);
         copy_release(cs);
@@ -1185,9 +1225,11 @@ static int pg_copy(lua_State *L, int in)
 
     PGconn *c = pc->conn;
     char msg[PG_MSG];
+    if (bkr_interrupted())
+        return luaL_error(L, "%s: interrupted", who);
     if (!PQsendQueryParams(c, sql, 0, NULL, NULL, NULL, NULL, 0))
         return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(c, msg, sizeof msg));
-    if (pg_await(c) < 0) {
+    if (pg_await(c, 0) < 0) {
         pg_cancel(c);
         pg_drain(c);
         return luaL_error(L, "%s: interrupted", who);

@@ -2,9 +2,10 @@
 --
 -- For each database, the steps of lib/drill_steps.lua (or the configured drill.steps):
 --   pick_backup -> verify_backup -> restore_scratch -> compare_tables -> smoke_queries -> measure
--- then cleanup (the scratch database is dropped even when a step failed), and a report in
--- JSON (for machines) and Markdown (for the admin and auditors). Exit 0 only when every
--- database passed every step and met its RTO and RPO targets.
+-- then cleanup (the scratch database is dropped even when a step failed, or after an
+-- interrupt), and a report in JSON (for machines) and Markdown (for the admin and auditors).
+-- Exit 0 only when every database was restored and compared, passed every step and met its
+-- RTO and RPO targets; a drill that restored or compared nothing is "incomplete" (exit 1).
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
@@ -82,8 +83,21 @@ local function run_step(name, db)
   return record
 end
 
+-- What a passed drill must have proven about a database: nil, or what is missing.
+local function unproven(db)
+  local missing = {}
+  if not db.restored then missing[#missing + 1] = "no step restored the backup" end
+  if not db.tables then missing[#missing + 1] = "no step compared its tables with the manifest" end
+  if #missing == 0 then return nil end
+  return table.concat(missing, " and ") .. " (drill.steps: " .. (#order > 0 and table.concat(order, ", ") or "none") .. ")"
+end
+
 local function drill_database(name)
   local db = { name = name, started = bkr.monotonic(), steps = {} }
+  -- Whatever stops this database's drill (an error, an interrupt), its scratch database goes.
+  local _ <close> = setmetatable({}, { __close = function()
+    if db.scratch_guard then db.scratch_guard:close() end
+  end })
   local failed = false
   for _, step in ipairs(order) do
     if failed or bkr.interrupted() then
@@ -100,6 +114,14 @@ local function drill_database(name)
   db.steps[#db.steps + 1] = cleanup
   if cleanup.result ~= "passed" then failed = true end
   db.result = failed and "failed" or "passed"
+  if not failed then
+    db.incomplete = unproven(db)
+    if db.incomplete then
+      db.result = "incomplete"
+      io.stdout:write(string.format("%-8s %-16s %-16s %s\n", "incomplete", name, "(drill)", db.incomplete))
+      io.stdout:flush()
+    end
+  end
   return db
 end
 
@@ -115,6 +137,10 @@ local function report_markdown(report)
   for _, db in ipairs(report.databases) do
     lines[#lines + 1] = string.format("## %s: %s", db.database, db.result)
     lines[#lines + 1] = ""
+    if db.incomplete then
+      lines[#lines + 1] = "**Incomplete:** " .. db.incomplete .. "."
+      lines[#lines + 1] = ""
+    end
     lines[#lines + 1] = string.format("Backup: `%s` · RTO: %s s · RPO: %s s", db.backup or "-",
       db.rto_seconds or "-", db.rpo_seconds or "-")
     lines[#lines + 1] = ""
@@ -167,13 +193,14 @@ local report = {
   host = hostname(),
   targets = drill.targets, steps = order, databases = {},
 }
-local integrity, failed = false, false
+local integrity, failed, incomplete = false, false, false
 for _, name in ipairs(names) do
   local db = drill_database(name)
-  failed = failed or db.result ~= "passed"
+  failed = failed or db.result == "failed"
+  incomplete = incomplete or db.result == "incomplete"
   integrity = integrity or db.integrity_failed
   report.databases[#report.databases + 1] = {
-    database = name, result = db.result, steps = db.steps,
+    database = name, result = db.result, incomplete = db.incomplete, steps = db.steps,
     backup = db.backup and (db.backup.type .. "/" .. db.backup.file),
     backup_time = db.backup and repo.iso_time(db.backup.time),
     rto_seconds = db.rto_seconds, rpo_seconds = db.rpo_seconds,
@@ -181,22 +208,23 @@ for _, name in ipairs(names) do
   }
 end
 report.seconds = os.time() - drill.started
-report.result = failed and "failed" or "passed"
+-- A drill passes only when every database was restored and compared: one that proved
+-- nothing is "incomplete", and does not exit 0.
+report.result = failed and "failed" or incomplete and "incomplete" or "passed"
 drill.run.conn:close()
 local base = write_report(report)
 repo.log(drill.repo, { recipe = "drill", result = report.result, seconds = report.seconds, report = base .. ".json" })
 print(string.format("drill %s: %d database(s), report %s.json and %s.md", report.result, #names, base, base))
-if failed then
-  -- On stderr too: a scheduler that throws stdout away must still see a failed drill.
-  for _, db in ipairs(report.databases) do
-    if db.result ~= "passed" then
-      for _, s in ipairs(db.steps) do
-        if s.result == "failed" then
-          io.stderr:write(string.format("bkr drill: %s failed at %s: %s\n", db.database, s.name, s.detail or ""))
-        end
-      end
+-- On stderr too: a scheduler that throws stdout away must still see a drill that did not pass.
+for _, db in ipairs(report.databases) do
+  if db.result == "incomplete" then
+    io.stderr:write(string.format("bkr drill: %s incomplete: %s\n", db.database, db.incomplete))
+  end
+  for _, s in ipairs(db.steps) do
+    if s.result == "failed" then
+      io.stderr:write(string.format("bkr drill: %s failed at %s: %s\n", db.database, s.name, s.detail or ""))
     end
   end
 end
 if integrity then return cli.EXIT_INTEGRITY end
-return failed and cli.EXIT_FAILED or cli.EXIT_OK
+return (failed or incomplete) and cli.EXIT_FAILED or cli.EXIT_OK

@@ -145,22 +145,37 @@ end
 local stamp = repo.stamp(started)
 local into = target
 if options.replace and exists then into = restore.derived_name(target, "_bkr_restore_" .. stamp) end
-local created = false
-if options.create or options.replace then
-  local ok, err = restore.create_database(run.conn, into, entry.manifest.database_properties)
+
+-- A database this run creates goes again unless it ends up holding the checked restore:
+-- dropped on a failure, an error or an interrupt. A drop that fails is said (with the command
+-- that removes it) and logged in the repository's bkr.log.
+local repository = entry.path:match("^(.*)/[^/]+/[^/]+$")
+local created <close> = (options.create or options.replace) and restore.new_database(run.conn, into, {
+  label = "restore",
+  on_leftover = function(name, reason)
+    repo.log(repository, { recipe = "restore", event = "cleanup failed", database = name, result = "failed",
+      error = reason, command = restore.drop_command(name) })
+  end,
+}) or nil
+if created then
+  local ok, err = created:create(entry.manifest.database_properties)
   if not ok then cli.fail(cli.EXIT_FAILED, "restore: cannot create database %s: %s", into, err) end
-  created = true
 end
 
+-- Stop with a message that says what became of the database this run created.
 local function abandon(code, fmt, ...)
-  if created then restore.drop_database(run.conn, into) end
-  cli.fail(code, fmt, ...)
+  local message = string.format(fmt, ...)
+  if created then
+    local _, said = created:drop()
+    message = message .. "; " .. said
+  end
+  cli.fail(code, "%s", message)
 end
 
 local ok, result = pcall(restore.stream_into, run, entry, into)
 if not ok then
   local message = tostring(result):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")
-  abandon(cli.EXIT_FAILED, "restore: failed, nothing was committed%s: %s", created and (" and " .. into .. " was dropped") or "", message)
+  abandon(cli.EXIT_FAILED, "restore: failed, nothing was committed: %s", message)
 end
 say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), into, result.elapsed)
 
@@ -183,9 +198,9 @@ if not options.no_compare then
 end
 if differences > 0 then
   if into ~= target then
-    restore.drop_database(run.conn, into)
-    cli.fail(cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup; %s left as it was", differences, target)
+    abandon(cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup; %s left as it was", differences, target)
   end
+  if created then created:keep() end
   cli.fail(cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup (kept for inspection: %s)", differences, into)
 end
 
@@ -193,8 +208,7 @@ end
 if into ~= target then
   local active = restore.active_connections(run.conn, target)
   if active > 0 and not options.force then
-    restore.drop_database(run.conn, into)
-    cli.fail(cli.EXIT_FAILED, "restore: %s gained %d connection(s) during the restore; nothing swapped", target, active)
+    abandon(cli.EXIT_FAILED, "restore: %s gained %d connection(s) during the restore; nothing swapped", target, active)
   end
   local old = restore.derived_name(target, "_before_" .. stamp)
   if options.force then
@@ -206,15 +220,17 @@ if into ~= target then
     end
   end
   -- Both renames in one transaction: either the new database is in place, or nothing changed.
+  -- Interrupted, the guard drops INTO by name: after a committed swap no database has that name.
   local id = function(name) return run.conn:escape_identifier(name) end
   local swap, err = run.conn:exec("alter database " .. id(target) .. " rename to " .. id(old) .. "; "
     .. "alter database " .. id(into) .. " rename to " .. id(target))
   if not swap then
-    restore.drop_database(run.conn, into)
-    cli.fail(cli.EXIT_FAILED, "restore: could not swap the databases (%s left as it was): %s", target, err)
+    abandon(cli.EXIT_FAILED, "restore: could not swap the databases (%s left as it was): %s", target, err)
   end
+  created:keep()
   say("replace: %s is the restored database; the previous one is kept as %s (drop it when done)", target, old)
 end
+if created then created:keep() end
 
 say("done:    %s restored from %s in %.1f s (RTO)", target, entry.file, bkr.monotonic() - clock_start)
 run.conn:close()

@@ -78,16 +78,25 @@ describe("pg.connect", function()
     assert.are.equal("template1", uri:query("select current_database() as db")[1].db)
   end)
 
-  it("connects with a table of libpq keywords, numbers allowed, dbname itself a conninfo", function()
+  it("connects with a table of libpq keywords, numbers allowed", function()
     local conn <close> = assert(pg.connect{ host = PGHOST, port = tonumber(PGPORT), dbname = "template1",
       user = "postgres", application_name = "spec_table" })
     assert.are.same({ db = "template1", app = "spec_table" },
       conn:query("select current_database() as db, current_setting('application_name') as app")[1])
-    -- keys next to an expanded dbname conninfo override it
-    local expanded <close> = assert(pg.connect{ dbname = "dbname=template1 application_name=inner",
-      application_name = "outer" })
-    assert.are.same({ db = "template1", app = "outer" },
-      expanded:query("select current_database() as db, current_setting('application_name') as app")[1])
+  end)
+
+  it("reads a table's dbname as a database's name, never as a conninfo", function()
+    -- databases named like conninfo strings: libpq would connect to x_r, or to /nonexistent
+    for _, name in ipairs({ "dbname=x_r", "host=/nonexistent", "postgresql://h/x" }) do
+      psql('create database "' .. name .. '"')
+      local conn <close> = assert(pg.connect{ dbname = name })
+      assert.are.equal(name, conn:query("select current_database() as db")[1].db)
+      conn:close()
+      psql('drop database "' .. name .. '"')
+    end
+    local none, msg = pg.connect{ dbname = "dbname=template1" }
+    assert.is_nil(none)
+    assert.is_truthy(msg:find('database "dbname=template1" does not exist', 1, true), msg)
   end)
 
   it("returns nil and a one-line message for an unreachable server, a bad conninfo, a wrong database",
@@ -240,6 +249,44 @@ describe("conn:exec", function()
   local conn
   before_each(function() conn = connect() end)
   after_each(function() conn:close() end)
+
+  it("runs a statement with cleanup_timeout after an interrupt, and only that one", function()
+    local dir = util.scratch("pg-cleanup")
+    local name = "spec_cleanup_" .. math.random(1e6)
+    psql("create table " .. name .. " (x int)")
+    local out, rcfile = spawn_script(dir, string.format([[
+      local conn = assert(require("bkr.pg").connect())
+      io.stderr:write("ready\n")
+      -- the host raises "interrupted by SIGTERM" once in running Lua code: here
+      pcall(function() pcall(conn.query, conn, "select pg_sleep(60)") end)
+      local plain = { pcall(conn.exec, conn, "insert into %s values (1)") }
+      io.stderr:write("plain exec: ", tostring(plain[2]), "\n")
+      local done = { pcall(conn.exec, conn, "insert into %s values (2)", { cleanup_timeout = 5 }) }
+      io.stderr:write("cleanup exec: ", tostring(done[2]), " ", tostring(done[3]), "\n")
+      local slow = { pcall(conn.exec, conn, "select pg_sleep(60)", { cleanup_timeout = 0.5 }) }
+      io.stderr:write("slow cleanup: ", tostring(slow[2]), " ", tostring(slow[3]), " ", tostring(slow[4]), "\n")
+    ]], name, name))
+    assert.are.equal("ready\n", wait_file(out, 10))
+    os.execute("sleep 0.5")
+    os.execute("kill -TERM " .. util.read(dir .. "/pid"))
+    assert.are.equal("143\n", wait_file(rcfile, 20))
+    local text = util.read(out)
+    assert.matches("plain exec: pg.exec: interrupted", text, 1, true)
+    assert.matches("cleanup exec: true INSERT 0 1", text, 1, true)
+    assert.matches("slow cleanup: nil pg.exec: no result after 0.5 s (cleanup_timeout): cancelled 57014", text, 1, true)
+    -- only the cleanup statement ran; the slow one was cancelled on the server
+    assert.are.equal("2", psql("select string_agg(x::text, ',') from " .. name))
+    assert.is_true(eventually_zero(function() return backends_running("pg_sleep(60)") end))
+    psql("drop table " .. name)
+  end)
+
+  it("refuses a cleanup_timeout that is not a number of seconds up to 300", function()
+    assert.has_error(function() conn:exec("select 1", { cleanup_timeout = 0 }) end)
+    assert.has_error(function() conn:exec("select 1", { cleanup_timeout = 301 }) end)
+    assert.has_error(function() conn:exec("select 1", { cleanup_timeout = "5" .. "x" }) end)
+    assert.has_error(function() conn:exec("select 1", 5) end)
+    assert.are.same({ true, "SELECT 1" }, { conn:exec("select 1", { cleanup_timeout = 5 }) })
+  end)
 
   it("runs several statements and returns the last command's status", function()
     assert.are.same({ true, "INSERT 0 3" }, { conn:exec(

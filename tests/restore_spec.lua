@@ -448,3 +448,228 @@ return steps
     assert.matches("no step named 'no_such_step'", out)
   end)
 end)
+
+describe("bkr restore reads what it is given exactly", function()
+  it("reads valid times and refuses impossible ones with exit 2 'cannot read time'", function()
+    local restore = require "lib.restore"
+    local valid = {
+      { "20261130_010203", "2026-11-30T01:02:03Z" },
+      { "20240229_235959", "2024-02-29T23:59:59Z" },
+      { "2026-11-30", "2026-11-30T00:00:00Z" },
+      { "2026-11-30T01:02", "2026-11-30T01:02:00Z" },
+      { "2026-11-30 01:02:03Z", "2026-11-30T01:02:03Z" },
+      { "2026-11-30T01:02:03.250Z", "2026-11-30T01:02:03Z" },
+      { "2026-11-30T01:02:03+01:00", "2026-11-30T00:02:03Z" },
+      { "2026-11-30T01:02:03-0530", "2026-11-30T06:32:03Z" },
+      { "2026-11-30T01:02:03+01", "2026-11-30T00:02:03Z" },
+      { "2026-11-30T01:02+14:00", "2026-11-29T11:02:00Z" },
+      { "2026-11-30T01:02-14:00", "2026-11-30T15:02:00Z" },
+      { "2026-11-30T01:02-00:59", "2026-11-30T02:01:00Z" },
+    }
+    for _, case in ipairs(valid) do
+      local epoch = restore.parse_time(case[1])
+      assert.is_not_nil(epoch, case[1])
+      assert.are.equal(case[2], os.date("!%Y-%m-%dT%H:%M:%SZ", epoch), case[1])
+    end
+    local invalid = {
+      "2026-13-45", "2026-02-30T25:61:61", "2026-11-30T01:02:03+99:99", "20261130_999999",
+      "2025-02-29", "20250229_120000", "2026-04-31", "2026-11-30T24:00", "2026-11-30T23:60",
+      "2026-11-30T23:59:60Z", "2026-11-30T01:02+14:01", "2026-11-30T01:02+15:00", "2026-11-30T01:02+05:60",
+      "2026-11-30T01:02:03+1", "2026-11-30T01:02:03 +01:00", "2026-11-30T01:02.5", "2026-11-30Z",
+      "2026-11-30T", "2026-11-30T1:02", "yesterday", "",
+    }
+    local repo = util.scratch("repo")
+    for _, text in ipairs(invalid) do
+      assert.is_nil(restore.parse_time(text), text)
+      for _, flag in ipairs({ "--at", "--before" }) do
+        local out, rc = run("restore --repo " .. q(repo) .. " --db x " .. flag .. " " .. q(text) .. " --into y --create")
+        assert.are.equal(2, rc, text .. ": " .. out)
+        assert.matches(flag .. ": cannot read time '" .. text .. "'", out, 1, true)
+      end
+    end
+  end)
+
+  it("restores ./FILE, FILE and ../daily/FILE from inside daily/, and a path through a symbolic link", function()
+    local db = new_database("create table t (x int); insert into t values (7);")
+    local repo = util.scratch("repo")
+    local file = backup(repo, db)
+    local daily = repo .. "/daily"
+    local link = util.scratch("links") .. "/to_daily"
+    util.sh("ln -s " .. q(daily) .. " " .. q(link))
+    local cases = {
+      { daily, "./" .. file }, { daily, file }, { daily, "../daily/" .. file }, { daily, "./.././daily/./" .. file },
+      { repo, "daily//" .. file }, { link, "./" .. file }, { util.scratch("elsewhere"), link .. "/../daily/" .. file },
+    }
+    for i, case in ipairs(cases) do
+      local target = db .. "_path" .. i
+      local out, rc = run("restore " .. q(case[2]) .. " --into " .. target .. " --create", "cd " .. q(case[1]) .. " &&")
+      assert.are.equal(0, rc, case[2] .. ": " .. out)
+      assert.are.equal("7", util.psql("select x from t", target))
+    end
+    -- what is not a backup of a repository is still refused, exit 2
+    for _, path in ipairs({ "./nope_" .. file, "../daily", "..", "./" .. file .. "/", repo .. "/" .. file }) do
+      local out, rc = run("restore " .. q(path) .. " --into " .. db .. "_never --create", "cd " .. q(daily) .. " &&")
+      assert.are.equal(2, rc, path .. ": " .. out)
+      assert.matches("is not a backup in a bkr repository", out)
+    end
+    assert.is_false(exists(db .. "_never"))
+  end)
+end)
+
+describe("bkr restore with unusual database names", function()
+  local R = require "support.restore_util"
+
+  local function drop_if_exists(name)
+    util.psql("drop database if exists " .. R.ident(name) .. " with (force)")
+  end
+
+  it("never reads a target name such as dbname=x_r or host=/nonexistent as a connection string", function()
+    local db = new_database("create table t (x int); insert into t values (1), (2);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    for _, target in ipairs({ "dbname=x_r", "host=/nonexistent" }) do
+      drop_if_exists(target)
+      local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. q(target) .. " --create")
+      assert.are.equal(0, rc, out)
+      assert.matches("compare: 1 of 1 tables match", out)
+      assert.are.equal("2", R.psql_in(target, "select count(*) from t"))
+      -- --replace over it: the restored one is swapped in, the old one kept, nothing else left
+      R.psql_in(target, "insert into t values (3)")
+      out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. q(target) .. " --replace")
+      assert.are.equal(0, rc, out)
+      assert.are.equal("2", R.psql_in(target, "select count(*) from t"))
+      local old = out:match("kept as (.-) %(drop it when done%)")
+      assert.are.equal("3", R.psql_in(old, "select count(*) from t"))
+      assert.are.equal("", R.databases_like(target .. "_bkr_restore_%"))
+      drop_if_exists(old)
+      drop_if_exists(target)
+    end
+    -- and x_r, which libpq would have connected to, was never made
+    assert.is_false(exists("x_r"))
+  end)
+
+  it("--replace works for a 63-byte name of two-byte characters, cutting derived names between characters", function()
+    local restore = require "lib.restore"
+    -- derived names: at most 63 bytes, valid UTF-8, a prefix of the name, for 1- to 4-byte characters
+    for _, char in ipairs({ "a", "é", "€", "𝄞" }) do
+      for length = 30, 63 do
+        local name = string.rep(char, length // #char) .. string.rep("x", length % #char)
+        for _, suffix in ipairs({ "_bkr_restore_20261130_010203", "_before_20261130_010203-2" }) do
+          local derived = restore.derived_name(name, suffix)
+          assert.is_true(#derived <= 63, derived)
+          assert.is_not_nil(utf8.len(derived), derived)
+          local kept = derived:sub(1, #derived - #suffix)
+          assert.are.equal(kept, name:sub(1, #kept))
+          if #kept < #name then assert.is_true(#derived > 63 - #char, derived) end -- cut no more than needed
+        end
+      end
+    end
+    local name = string.rep("é", 31) .. "x"
+    assert.are.equal(63, #name)
+    drop_if_exists(name)
+    util.psql("create database " .. R.ident(name))
+    R.psql_in(name, "create table t (x int); insert into t values (1)")
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. q(name))
+    assert.are.equal(0, rc, out)
+    R.psql_in(name, "insert into t values (2)")
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. q(name) .. " --latest --into " .. q(name) .. " --replace")
+    assert.are.equal(0, rc, out)
+    assert.are.equal("1", R.psql_in(name, "select count(*) from t"))
+    local old = out:match("kept as (.-) %(drop it when done%)")
+    assert.is_not_nil(utf8.len(old), old)
+    assert.are.equal("2", R.psql_in(old, "select count(*) from t"))
+    drop_if_exists(old)
+    drop_if_exists(name)
+  end)
+end)
+
+describe("bkr restore cleans up what it created", function()
+  local R = require "support.restore_util"
+
+  -- bkr's own sessions, as the server sees them
+  local function terminate_bkr_sessions()
+    util.psql("select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'bkr'")
+  end
+
+  it("says a database was NOT dropped when the DROP fails, with the command that drops it, and logs it", function()
+    local db = new_database("create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    -- a target whose name needs quoting in SQL and in the shell
+    local target = db .. [[_it's "odd"]]
+    local fake, cfg = R.held_psql()
+    util.write(fake .. "/fail", "")
+    local bkr = R.start_bkr("restore --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. db
+      .. " --latest --into " .. q(target) .. " --create")
+    assert.is_true(R.wait_for(fake .. "/started", 30), "psql never started")
+    assert.is_true(R.exists(target))
+    -- the server drops bkr's connection (as when it stops): the restore fails, and so does the DROP
+    terminate_bkr_sessions()
+    util.write(fake .. "/go", "")
+    assert.are.equal(1, bkr.wait(60))
+    local out = bkr.output()
+    assert.matches("nothing was committed", out, 1, true)
+    assert.is_falsy(out:find(target .. " was dropped", 1, true), out)
+    local command = out:match("; drop it with: ([^\n]+)")
+    assert.is_truthy(out:find(target .. " was NOT dropped (pg.exec: ", 1, true), out)
+    assert.is_true(R.exists(target))
+    local log = util.read(repo .. "/bkr.log")
+    assert.is_truthy(log:find('"event":"cleanup failed"', 1, true), log)
+    assert.is_truthy(log:find(json.encode(command), 1, true), log)
+    -- the command given drops exactly that database
+    local cmd_out, cmd_rc = util.sh(command .. " 2>&1")
+    assert.are.equal(0, cmd_rc, command .. ": " .. cmd_out)
+    assert.is_false(R.exists(target))
+  end)
+
+  local function interrupted_restore(mode)
+    local db = new_database("create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    local before = util.psql("select string_agg(datname, ',' order by datname) from pg_database")
+    local target = mode == "--create" and db .. "_new" or db
+    local fake, cfg = R.held_psql()
+    local bkr = R.start_bkr("restore --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. db
+      .. " --latest --into " .. target .. " " .. mode)
+    assert.is_true(R.wait_for(fake .. "/started", 30), "psql never started")
+    local made = mode == "--create" and target or R.databases_like(db .. "_bkr_restore_%")
+    assert.is_true(R.exists(made), made)
+    bkr.kill("TERM")
+    assert.are.equal(143, bkr.wait(60))
+    local out = bkr.output()
+    assert.matches(made .. " was dropped", out, 1, true)
+    assert.are.equal(before, util.psql("select string_agg(datname, ',' order by datname) from pg_database"))
+    return db, repo, target, out
+  end
+
+  it("SIGTERM during restore --create drops the new target (exit 143), and a retry succeeds", function()
+    local db, repo, target = interrupted_restore("--create")
+    assert.is_false(exists(target))
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target .. " --create")
+    assert.are.equal(0, rc, out)
+  end)
+
+  it("SIGTERM during restore --replace drops the new database and keeps the target (exit 143)", function()
+    local db = interrupted_restore("--replace")
+    assert.are.equal("1", util.psql("select count(*) from t", db))
+  end)
+
+  it("SIGTERM while rows stream into the new database drops it, its loading session included", function()
+    local db = new_database("create table t (i int, pad text); "
+      .. "insert into t select i, repeat('x', 100) from generate_series(1, 400000) i;")
+    local repo = util.scratch("repo")
+    backup(repo, db)
+    local before = util.psql("select string_agg(datname, ',' order by datname) from pg_database")
+    local bkr = R.start_bkr("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. " --replace --force")
+    local pattern = db .. "_bkr_restore_%"
+    assert.is_true(R.wait_until(function()
+      return util.psql("select count(*) from pg_stat_activity where datname like " .. R.literal(pattern)) ~= "0"
+    end, 30), "the restore never connected to its new database")
+    bkr.kill("TERM")
+    assert.are.equal(143, bkr.wait(60), bkr.output())
+    assert.matches("_bkr_restore_%S+ was dropped", bkr.output())
+    assert.are.equal(before, util.psql("select string_agg(datname, ',' order by datname) from pg_database"))
+    assert.are.equal("400000", util.psql("select count(*) from t", db))
+  end)
+end)

@@ -5,8 +5,9 @@
 --
 -- A step is function(drill, db) -> true [, detail] | nil, reason. `drill` holds the run
 -- (cfg, run, stamp, targets); `db` holds this database's state (name, backup, scratch,
--- started, ...). A failed step stops the database's drill; the scratch database is dropped
--- whatever happens (steps.cleanup).
+-- restored, tables, started, ...). A failed step stops the database's drill; the scratch
+-- database is dropped whatever happens (steps.cleanup). A drill passes only when a step set
+-- db.restored and one set db.tables (restore_scratch and compare_tables do).
 local repo = require "lib.repo"
 local restore = require "lib.restore"
 
@@ -38,12 +39,20 @@ local function scratch_name(drill, name)
 end
 
 -- A scratch database with the backup's encoding and locale, the dump streamed into it in one
--- transaction, the recorded database properties re-applied.
+-- transaction, the recorded database properties re-applied. db.scratch_guard drops the
+-- scratch database whatever happens (steps.cleanup, or the drill unwinding past it).
 function steps.restore_scratch(drill, db)
   db.scratch = scratch_name(drill, db.name)
-  local ok, err = restore.create_database(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
+  db.scratch_guard = restore.new_database(drill.run.conn, db.scratch, {
+    label = "drill",
+    on_leftover = function(name, reason)
+      repo.log(drill.repo, { recipe = "drill", event = "cleanup failed", database = name, result = "failed",
+        error = reason, command = restore.drop_command(name) })
+    end,
+  })
+  local ok, err = db.scratch_guard:create(db.backup.manifest.database_properties)
   if not ok then
-    db.scratch = nil
+    db.scratch, db.scratch_guard = nil, nil
     return nil, err
   end
   local done, result = pcall(restore.stream_into, drill.run, db.backup, db.scratch)
@@ -52,6 +61,7 @@ function steps.restore_scratch(drill, db)
   end
   local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
   db.warnings = warnings
+  db.restored = true
   return true, string.format("%d bytes of SQL into %s in %.1f s", result.bytes_out, db.scratch, result.elapsed)
 end
 
@@ -110,12 +120,11 @@ function steps.measure(drill, db)
     drill.targets.rto_seconds, db.rpo_seconds, drill.targets.rpo_seconds)
 end
 
--- Always run last, whatever failed: no scratch database is left behind.
+-- Always run last, whatever failed, after an interrupt too: no scratch database is left behind.
+-- A drop that fails says what is left and the command that removes it.
 function steps.cleanup(drill, db)
-  if not db.scratch then return true, "nothing to drop" end
-  local ok, err = restore.drop_database(drill.run.conn, db.scratch)
-  if not ok then return nil, err end
-  return true, "dropped " .. db.scratch
+  if not db.scratch_guard then return true, "nothing to drop" end
+  return db.scratch_guard:drop()
 end
 
 return steps

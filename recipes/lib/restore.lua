@@ -11,41 +11,55 @@ local hash = require "bkr.hash"
 local dump = require "bkr.dump"
 local proc = require "bkr.proc"
 local pg = require "bkr.pg"
+local lfs = require "lfs"
 
 local restore = {}
 
 -- ------------------------------------------------------------------ restore points
 
+-- The offset east of UTC, in seconds, of a time's zone: "" and "Z" (UTC), or +HH, +HHMM,
+-- +HH:MM (or -) up to 14 hours with minutes under 60; nil for anything else.
+local function zone_offset(zone)
+  if zone == "" or zone == "Z" then return 0 end
+  local sign, hours, minutes = zone:match("^([%+%-])(%d%d):?(%d%d)$")
+  if not sign then
+    sign, hours = zone:match("^([%+%-])(%d%d)$")
+    minutes = "00"
+  end
+  if not sign then return nil end
+  local h, m = tonumber(hours), tonumber(minutes)
+  if m > 59 or h * 60 + m > 14 * 60 then return nil end
+  return (sign == "+" and 1 or -1) * (h * 3600 + m * 60)
+end
+
 -- A time given by the admin: YYYYMMDD_HHMMSS, or ISO 8601 (2026-11-29, 2026-11-29T02:00,
--- 2026-11-29 02:00:00Z, ...+01:00). UTC unless an offset is given. Returns epoch seconds.
+-- 2026-11-29 02:00:00Z, 2026-11-29T02:00:00.5+01:00, ...). UTC unless an offset is given.
+-- Returns epoch seconds, or nil for anything else, impossible dates, times and offsets included.
 function restore.parse_time(text)
-  local stamp = text:match("^%d%d%d%d%d%d%d%d_%d%d%d%d%d%d$")
-  if stamp then return repo.stamp_epoch(text) end
+  if type(text) ~= "string" then return nil end
+  if text:match("^%d%d%d%d%d%d%d%d_%d%d%d%d%d%d$") then return repo.stamp_epoch(text) end
   local y, m, d, rest = text:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)(.*)$")
   if not y then return nil end
   local H, M, S, zone = "00", "00", "00", ""
   if rest ~= "" then
     local h, mi, tail = rest:match("^[T ](%d%d):(%d%d)(.*)$")
     if not h then return nil end
-    H, M = h, mi
-    local s, z = tail:match("^:(%d%d)(.*)$")
-    if s then S, tail = s, z end
-    zone = tail:gsub("^%.%d+", "")
+    H, M, zone = h, mi, tail
+    local s, after = tail:match("^:(%d%d)(.*)$")
+    if s then
+      S, zone = s, (after:gsub("^%.%d+", "", 1)) -- a fraction of a second is dropped
+    end
   end
-  local epoch = repo.stamp_epoch(y .. m .. d .. "_" .. H .. M .. S)
-  if not epoch then return nil end
-  if zone == "" or zone == "Z" then return epoch end
-  local sign, zh, zm = zone:match("^([%+%-])(%d%d):?(%d%d)$")
-  if not sign then return nil end
-  local offset = tonumber(zh) * 3600 + tonumber(zm) * 60
-  return sign == "+" and epoch - offset or epoch + offset
+  local epoch, offset = repo.stamp_epoch(y .. m .. d .. "_" .. H .. M .. S), zone_offset(zone)
+  if not epoch or not offset then return nil end
+  return epoch - offset
 end
 
 local function parse_time_or_fail(flag, text)
   local epoch = restore.parse_time(text)
   if not epoch then
-    cli.usage_error("%s: cannot read time '%s' (use YYYYMMDD_HHMMSS or ISO 8601, UTC unless an offset is given)",
-      flag, text)
+    cli.usage_error("%s: cannot read time '%s' (use YYYYMMDD_HHMMSS or ISO 8601, UTC unless an offset "
+      .. "up to +/-14:00 is given)", flag, text)
   end
   return epoch
 end
@@ -60,32 +74,76 @@ function restore.taken(entry)
   return entry.time
 end
 
+-- The directory DIR (relative to the current directory, or absolute) as an absolute path
+-- without ".", ".." or symbolic links, as realpath(3) gives it: "./x", "../daily/x" and
+-- "link/../x" mean what the kernel makes of them. nil when it cannot be resolved.
+local function real_directory(dir)
+  local todo, done, links = {}, {}, 0
+  local start = dir:sub(1, 1) == "/" and dir or ((lfs.currentdir() or "") .. "/" .. dir)
+  if start:sub(1, 1) ~= "/" then return nil end
+  for part in start:gmatch("[^/]+") do todo[#todo + 1] = part end
+  local i = 1
+  while i <= #todo do
+    local part = todo[i]
+    i = i + 1
+    if part == ".." then
+      done[#done] = nil
+    elseif part ~= "." then
+      local path = "/" .. table.concat(done, "/") .. (#done > 0 and "/" or "") .. part
+      local mode = lfs.symlinkattributes(path, "mode")
+      if mode == "link" then
+        links = links + 1
+        local target = lfs.symlinkattributes(path, "target")
+        if not target or links > 40 then return nil end
+        local rest = {}
+        for part_of_target in target:gmatch("[^/]+") do rest[#rest + 1] = part_of_target end
+        for j = i, #todo do rest[#rest + 1] = todo[j] end
+        if target:sub(1, 1) == "/" then done = {} end
+        todo, i = rest, 1
+      elseif mode == "directory" then
+        done[#done + 1] = part
+      else
+        return nil
+      end
+    end
+  end
+  return "/" .. table.concat(done, "/")
+end
+
 -- The backup of `db` to restore, from the repository: how = { latest = true } |
--- { at = "TIME" } | { before = "TIME" } | { file = "PATH" }.
+-- { at = "TIME" } | { before = "TIME" } | { file = "PATH" } (PATH: REPO/<type>/FILE, relative
+-- to the current directory or absolute). Times are read before anything else.
 function restore.choose(dir, db, how)
+  local at = how.at and parse_time_or_fail("--at", how.at)
+  local before = how.before and parse_time_or_fail("--before", how.before)
   if how.file then
-    local path = how.file:sub(1, 1) == "/" and how.file or (require("lfs").currentdir() .. "/" .. how.file)
-    local type_dir = path:match("^(.*)/[^/]+$")
-    local type_ = type_dir:match("([^/]+)$")
-    local name = path:match("[^/]+$")
-    for _, entry in ipairs(repo.scan(type_dir:match("^(.*)/[^/]+$") or "/", { type = type_ })) do
-      if entry.file == name then return entry end
+    -- The directory is resolved; the file's own name is not (a symbolic link there is refused
+    -- when the file is opened, as everywhere in a repository).
+    local dir_part, name = how.file:match("^(.*)/([^/]*)$")
+    if not dir_part then dir_part, name = ".", how.file end
+    local type_dir = real_directory(dir_part == "" and "/" or dir_part)
+    local repo_dir, type_
+    if type_dir then repo_dir, type_ = type_dir:match("^(.*)/([^/]+)$") end
+    if type_ and name ~= "" and name ~= "." and name ~= ".." and repo.valid_type(type_) then
+      for _, entry in ipairs(repo.scan(repo_dir == "" and "/" or repo_dir, { type = type_ })) do
+        if entry.file == name then return entry end
+      end
     end
     cli.usage_error("restore: %s is not a backup in a bkr repository (REPO/daily|weekly|monthly/backup_*.sql.gz)",
       how.file)
   end
   local backups = repo.scan(dir, { db = { db } })
   if #backups == 0 then cli.fail(cli.EXIT_FAILED, "restore: no backups of %s in %s", db, dir) end
-  if how.at then
-    local wanted = parse_time_or_fail("--at", how.at)
+  if at then
+    local wanted = at
     for _, entry in ipairs(backups) do
       if entry.time == wanted or restore.taken(entry) == wanted then return entry end
     end
     cli.fail(cli.EXIT_FAILED, "restore: no backup of %s taken at %s (newest: %s)", db, repo.iso_time(wanted),
       repo.iso_time(backups[1].time))
   end
-  if how.before then
-    local limit = parse_time_or_fail("--before", how.before)
+  if before then
+    local limit = before
     local best
     for _, entry in ipairs(backups) do
       if restore.taken(entry) < limit and (not best or restore.taken(entry) > restore.taken(best)) then
@@ -118,9 +176,18 @@ end
 -- ------------------------------------------------------------------ databases
 
 -- NAME + suffix, cutting NAME so the whole stays within PostgreSQL's 63-byte identifiers
--- (a longer name would be cut by the server, and the name printed would not exist).
+-- (a longer name would be cut by the server, and the name printed would not exist). A UTF-8
+-- NAME is cut between characters: half a character is not a valid name.
 function restore.derived_name(name, suffix)
-  return name:sub(1, 63 - #suffix) .. suffix
+  local room = 63 - #suffix
+  if #name <= room then return name .. suffix end
+  local cut = room
+  if utf8.len(name) then
+    -- byte cut + 1 starts what is dropped: a continuation byte (10xxxxxx) there means the
+    -- character it belongs to started before the cut
+    while cut > 0 and name:byte(cut + 1) & 0xC0 == 0x80 do cut = cut - 1 end
+  end
+  return name:sub(1, cut) .. suffix
 end
 
 function restore.database_exists(conn, name)
@@ -128,9 +195,11 @@ function restore.database_exists(conn, name)
   return #rows > 0
 end
 
+-- Sessions of clients in database `name` (an autovacuum worker is not one: it would make
+-- --replace refuse, or need --force, at random).
 function restore.active_connections(conn, name)
-  local rows = assert(conn:query(
-    "select count(*) as n from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()", name))
+  local rows = assert(conn:query("select count(*) as n from pg_stat_activity where datname = $1"
+    .. " and pid <> pg_backend_pid() and backend_type = 'client backend'", name))
   return rows[1].n
 end
 
@@ -139,22 +208,105 @@ local function role_exists(conn, name)
   return rows and #rows > 0
 end
 
+-- ------------------------------------------------------------------ databases bkr creates
+
+-- How long a cleanup statement may take once it must run (after an interrupt too).
+restore.CLEANUP_TIMEOUT = 10
+
+local function quote_ident(name)
+  return '"' .. name:gsub('"', '""') .. '"'
+end
+
+-- The command an admin runs to drop a database bkr could not drop: the name quoted for SQL,
+-- then the statement quoted for the shell. The name is never given to psql as -d (a conninfo).
+function restore.drop_command(name)
+  return "psql -d postgres -c '" .. ("DROP DATABASE " .. quote_ident(name)):gsub("'", "'\\''") .. "'"
+end
+
+-- DROP DATABASE ... WITH (FORCE) as a cleanup statement: it runs even after an interrupt, and
+-- gives up after CLEANUP_TIMEOUT seconds. Returns true, or nil, the reason and the SQLSTATE
+-- ("3D000" when no database has that name).
+function restore.drop_database(conn, name)
+  return conn:exec("drop database " .. quote_ident(name) .. " with (force)",
+    { cleanup_timeout = restore.CLEANUP_TIMEOUT })
+end
+
+-- A database this run creates, and must not leave behind. The guard exists before the
+-- CREATE DATABASE is sent, so that nothing (an error, an interrupt) can come between the
+-- database and its guard. It is a to-be-closed value: closed by an error or an interrupt
+-- unwinding past it, it drops the database unless :keep() was called.
+--
+--   local created <close> = restore.new_database(conn, name, { label = "restore", on_leftover = f })
+--   local ok, err = created:create(properties)
+local Created = {}
+Created.__index = Created
+
+-- opts: label (the start of messages), on_leftover(name, reason): called when a drop fails,
+-- to log what is left.
+function restore.new_database(conn, name, opts)
+  opts = opts or {}
+  return setmetatable({ conn = conn, name = name, label = opts.label or "bkr", on_leftover = opts.on_leftover },
+    Created)
+end
+
 -- CREATE DATABASE with the encoding and locale the backup was taken with (template0, so any
--- locale works), owned by the recorded owner when that role exists.
-function restore.create_database(conn, name, properties)
-  local p = properties or {}
-  local sql = { "create database " .. conn:escape_identifier(name), "template template0" }
+-- locale works). Returns true, or nil and the server's reason (then nothing was created).
+-- Interrupted while the server works on it, the database may or may not exist: the guard
+-- stays armed, and drops it if it does.
+function Created:create(properties)
+  local conn, p = self.conn, properties or {}
+  local sql = { "create database " .. conn:escape_identifier(self.name), "template template0" }
   if p.encoding then sql[#sql + 1] = "encoding " .. conn:escape_literal(p.encoding) end
   if p.collate then sql[#sql + 1] = "lc_collate " .. conn:escape_literal(p.collate) end
   if p.ctype then sql[#sql + 1] = "lc_ctype " .. conn:escape_literal(p.ctype) end
+  self.armed = true
   local ok, err = conn:exec(table.concat(sql, " "))
-  if not ok then return nil, err end
+  if not ok then
+    self.armed = false -- the server refused it (it may exist already): not ours to drop
+    return nil, err
+  end
   return true
 end
 
-function restore.drop_database(conn, name)
-  return conn:exec("drop database if exists " .. conn:escape_identifier(name) .. " with (force)")
+-- Drop it now. Returns true and "NAME was dropped"; or nil and what is left, with the exact
+-- command that removes it (and calls on_leftover). Later calls return the same answer.
+function Created:drop()
+  if self.outcome then return table.unpack(self.outcome) end
+  if not self.armed then return true, self.name .. " was not created" end
+  local ok, err, sqlstate
+  for _ = 1, 3 do -- the interrupt hook raises once inside running Lua code: try again
+    local ran, result, message, state = pcall(restore.drop_database, self.conn, self.name)
+    if ran then
+      ok, err, sqlstate = result, message, state
+      break
+    end
+    err = tostring(result)
+  end
+  if ok then
+    self.outcome = { true, self.name .. " was dropped" }
+  elseif sqlstate == "3D000" then -- an interrupted CREATE that did not happen, a swap that did
+    self.outcome = { true, "no database " .. self.name .. " exists (nothing to drop)" }
+  else
+    self.outcome = { nil, string.format("%s was NOT dropped (%s); drop it with: %s", self.name,
+      tostring(err), restore.drop_command(self.name)) }
+    if self.on_leftover then pcall(self.on_leftover, self.name, tostring(err)) end
+  end
+  return table.unpack(self.outcome)
 end
+
+-- The database holds what it should: it stays.
+function Created:keep()
+  self.outcome = self.outcome or { true, self.name .. " was kept" }
+end
+
+-- Drop it unless it was kept or dropped already, and say so on stderr: the end of a run that
+-- stopped before the database was done with. Also the guard's __close.
+function Created:close()
+  if self.outcome or not self.armed then return end
+  local _, said = self:drop()
+  io.stderr:write("bkr: ", self.label, ": stopped before the end; ", said, "\n")
+end
+Created.__close = Created.close
 
 -- ------------------------------------------------------------------ the stream
 
