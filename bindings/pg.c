@@ -182,11 +182,15 @@ static void pg_notices_free(pgconn *pc)
  * Waiting on the socket
  * ------------------------------------------------------------------------------------------- */
 
-static double pg_now(void)
+
+/* Raise "<who>: interrupted" as an error object of kind interrupted, telling the host the
+ * interrupt was delivered (so the caller's pcall sees it, and its cleanup runs). */
+static int pg_raise_interrupted(lua_State *L, const char *who)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    bkr_interrupt_delivered(L);
+    lua_pushfstring(L, "%s: interrupted", who);
+    bkr_push_error(L, lua_tostring(L, -1), BKR_KIND_INTERRUPTED, NULL);
+    return lua_error(L);
 }
 
 /* Poll the connection's socket: returns revents, 0 on timeout or signal, -1 on error. */
@@ -212,7 +216,7 @@ static int pg_await(PGconn *c, double deadline)
     while (PQisBusy(c)) {
         if (deadline <= 0 && bkr_interrupted())
             return -1;
-        if (deadline > 0 && pg_now() > deadline)
+        if (deadline > 0 && bkr_monotonic() > deadline)
             return -2;
         if (pg_poll(c, POLLIN, 250) < 0)
             return 0;
@@ -234,7 +238,7 @@ static int pg_flush_wait(PGconn *c, int interruptible, double deadline)
             return -1;
         if (interruptible && bkr_interrupted())
             return -2;
-        if (deadline > 0 && pg_now() > deadline)
+        if (deadline > 0 && bkr_monotonic() > deadline)
             return -2;
         int ev = pg_poll(c, POLLIN | POLLOUT, 250);
         if (ev < 0)
@@ -262,7 +266,7 @@ static void pg_drain(PGconn *c)
 {
     int copies = 0;
     if (PQisnonblocking(c)) {
-        pg_flush_wait(c, 0, pg_now() + 10);
+        pg_flush_wait(c, 0, bkr_monotonic() + 10);
         PQsetnonblocking(c, 0);
     }
     for (;;) {
@@ -566,15 +570,15 @@ static int pg_connect(lua_State *L)
         pg_connmsg(c, msg, sizeof msg);
     } else {
         int timeout = pg_option_int(c, "connect_timeout");
-        double deadline = timeout > 0 ? pg_now() + (timeout < 2 ? 2 : timeout) : 0;
+        double deadline = timeout > 0 ? bkr_monotonic() + (timeout < 2 ? 2 : timeout) : 0;
         PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
         while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
             if (bkr_interrupted()) {
                 pc->conn = NULL;
                 PQfinish(c);
-                return luaL_error(L, "pg.connect: interrupted");
+                return pg_raise_interrupted(L, "pg.connect");
             }
-            if (deadline > 0 && pg_now() > deadline) {
+            if (deadline > 0 && bkr_monotonic() > deadline) {
                 failed = 1;
                 snprintf(msg, sizeof msg, "timeout expired");
                 break;
@@ -626,9 +630,9 @@ static PGresult *pg_run(lua_State *L, pgconn *pc, const char *who, const char *s
     /* Once interrupted, nothing new is sent (a quick statement would run before the cancel
      * reached it, while the caller is told it was interrupted); only cleanup statements are. */
     if (timeout <= 0 && bkr_interrupted())
-        luaL_error(L, "%s: interrupted", who);
+        pg_raise_interrupted(L, who);
     PGresult **holder = pg_newholder(L);
-    double deadline = timeout > 0 ? pg_now() + timeout : 0;
+    double deadline = timeout > 0 ? bkr_monotonic() + timeout : 0;
     int sent = multi ? PQsendQuery(c, sql)
                      : PQsendQueryParams(c, sql, nparams, NULL, values, NULL, NULL, 0);
     if (!sent)
@@ -646,7 +650,7 @@ static PGresult *pg_run(lua_State *L, pgconn *pc, const char *who, const char *s
                 *timed_out = 1;
                 return NULL;
             }
-            luaL_error(L, "%s: interrupted", who);
+            pg_raise_interrupted(L, who);
         }
         PGresult *res = PQgetResult(c);
         if (!res)
@@ -1004,7 +1008,7 @@ static int copy_end(pgcopy *cs, PGconn *c, bkr_error *err)
         pg_cancel(c);
         pg_drain(c);
         copy_release(cs);
-        return bkr_error_set(err, "%s: interrupted", who);
+        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "%s: interrupted", who);
     }
     PGresult *res = PQgetResult(c);
     if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
@@ -1042,7 +1046,7 @@ static int copyout_read(void *self, unsigned char *buf, size_t cap, size_t *len,
     if (!c)
         return -1;
     if (bkr_interrupted())
-        return bkr_error_set(err, "pg.copy_out: interrupted");
+        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "pg.copy_out: interrupted");
     while (n < cap) {
         if (cs->row) {
             size_t left = (size_t)(cs->row_len - cs->row_off);
@@ -1065,7 +1069,7 @@ static int copyout_read(void *self, unsigned char *buf, size_t cap, size_t *len,
         } else if (r == 0) {
             /* nothing buffered: hand over what we have, or wait for the server */
             if (n == 0 && bkr_interrupted())
-                return bkr_error_set(err, "pg.copy_out: interrupted");
+                return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "pg.copy_out: interrupted");
             int ev = pg_poll(c, POLLIN, n > 0 ? 0 : 250);
             if (ev == 0 && n > 0)
                 break;
@@ -1154,7 +1158,7 @@ static void copy_abort(void *self)
     }
     if (cs->in) {
         /* The server may have stopped reading (a lock wait): cancel it if the end won't go out. */
-        if (PQputCopyEnd(c, "bkr: pipeline aborted") == 1 && pg_flush_wait(c, 0, pg_now() + 2) == -2)
+        if (PQputCopyEnd(c, "bkr: pipeline aborted") == 1 && pg_flush_wait(c, 0, bkr_monotonic() + 2) == -2)
             pg_cancel(c);
     } else {
         pg_cancel(c);
@@ -1226,13 +1230,13 @@ static int pg_copy(lua_State *L, int in)
     PGconn *c = pc->conn;
     char msg[PG_MSG];
     if (bkr_interrupted())
-        return luaL_error(L, "%s: interrupted", who);
+        return pg_raise_interrupted(L, who);
     if (!PQsendQueryParams(c, sql, 0, NULL, NULL, NULL, NULL, 0))
         return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(c, msg, sizeof msg));
     if (pg_await(c, 0) < 0) {
         pg_cancel(c);
         pg_drain(c);
-        return luaL_error(L, "%s: interrupted", who);
+        return pg_raise_interrupted(L, who);
     }
     PGresult *res = PQgetResult(c);
     ExecStatusType status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
@@ -1296,7 +1300,6 @@ static const luaL_Reg pgconn_methods[] = {
 };
 
 static const luaL_Reg pgconn_metamethods[] = {
-    { "__index", NULL }, /* set to the methods table by createmeta */
     { "__gc", pgconn_close },
     { "__close", pgconn_close },
     { "__tostring", pgconn_tostring },
@@ -1308,24 +1311,21 @@ static const luaL_Reg pg_functions[] = {
     { NULL, NULL },
 };
 
+static const luaL_Reg pgresult_metamethods[] = {
+    { "__gc", pgresult_gc },
+    { NULL, NULL },
+};
+
+static const luaL_Reg pgmem_metamethods[] = {
+    { "__gc", pgmem_gc },
+    { NULL, NULL },
+};
+
 static void createmeta(lua_State *L)
 {
-    luaL_newmetatable(L, BKR_PGCONN);
-    luaL_setfuncs(L, pgconn_metamethods, 0);
-    luaL_newlibtable(L, pgconn_methods);
-    luaL_setfuncs(L, pgconn_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, BKR_PGRESULT);
-    lua_pushcfunction(L, pgresult_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, BKR_PGMEM);
-    lua_pushcfunction(L, pgmem_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    bkr_createmeta(L, BKR_PGCONN, pgconn_metamethods, pgconn_methods);
+    bkr_createmeta(L, BKR_PGRESULT, pgresult_metamethods, NULL);
+    bkr_createmeta(L, BKR_PGMEM, pgmem_metamethods, NULL);
 }
 
 int luaopen_bkr_pg(lua_State *L)

@@ -41,8 +41,8 @@ local key, key_id = keys.require(cfg, options)
 -- source -> decrypt [-> gunzip] -> sink
 local function pipeline(sink)
   -- the file the admin named: a symlink to it is followed; a FIFO or device is not read
-  local source, err = stream.from_file(file, { follow = true })
-  if not source then cli.fail(cli.EXIT_FAILED, "decrypt: %s", (tostring(err):gsub("^stream%.from_file: ", ""))) end
+  local source, err, kind = stream.from_file(file, { follow = true })
+  if not source then cli.fail(cli.EXIT_FAILED, "decrypt: %s", cli.failure(err, kind, file)) end
   local stages = { source, crypto.decrypt{ key = key } }
   if options.gunzip then stages[#stages + 1] = gzip.decompress() end
   stages[#stages + 1] = sink
@@ -67,8 +67,8 @@ if to_stdout then
   run_pass(pipeline(stream.to_null()))
   run_pass(pipeline(stream.to_stdout()))
 else
-  local sink, err = stream.to_file(options.out, { mode = tonumber("600", 8), overwrite = false })
-  if not sink then cli.fail(cli.EXIT_FAILED, "decrypt: %s", (tostring(err):gsub("^stream%.to_file: ", ""))) end
+  local sink, err, kind = stream.to_file(options.out, { mode = tonumber("600", 8), overwrite = false })
+  if not sink then cli.fail(cli.EXIT_FAILED, "decrypt: %s", cli.failure(err, kind, options.out)) end
   local result = run_pass(pipeline(sink))
   io.stderr:write(string.format("decrypted %s -> %s (%d chunks, key id %s)\n", file, options.out,
     result.decrypt.chunks, key_id))

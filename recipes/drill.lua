@@ -74,7 +74,7 @@ local function run_step(name, db)
   local ok, passed, detail = pcall(steps[name], drill, db)
   local record = { name = name, seconds = math.floor((bkr.monotonic() - t0) * 1000 + 0.5) / 1000 }
   if not ok then
-    record.result, record.detail = "failed", tostring(passed):gsub("^[^:]*:%d+: ", "")
+    record.result, record.detail = "failed", cli.detail(passed)
   elseif passed then
     record.result, record.detail = "passed", detail
   else

@@ -33,7 +33,7 @@ if not ok then
     cli.fail(cli.EXIT_FAILED, "keygen: %s already exists; a key file is never overwritten "
       .. "(backups encrypted with it need it to be restored)", options.out)
   end
-  cli.fail(cli.EXIT_FAILED, "keygen: %s", (tostring(err):gsub("^fs%.write_file: ", "")))
+  cli.fail(cli.EXIT_FAILED, "keygen: %s", cli.failure(err, kind, options.out))
 end
 print(string.format("wrote a new key to %s (mode 0600), key id %s", options.out, crypto.key_id(key)))
 print("keep a copy of it away from the backups: without it they cannot be restored")

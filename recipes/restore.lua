@@ -174,7 +174,7 @@ end
 
 local ok, result = pcall(restore.stream_into, run, entry, into)
 if not ok then
-  local message = tostring(result):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", "")
+  local message = cli.detail(result)
   abandon(cli.EXIT_FAILED, "restore: failed, nothing was committed: %s", message)
 end
 say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), into, result.elapsed)
@@ -216,7 +216,7 @@ if into ~= target then
       target)
     for _ = 1, 50 do
       if restore.active_connections(run.conn, target) == 0 then break end
-      os.execute("sleep 0.1")
+      if not bkr.sleep(0.1) then break end
     end
   end
   -- Both renames in one transaction: either the new database is in place, or nothing changed.

@@ -137,6 +137,23 @@ function cli.reason(err)
   return tostring(err)
 end
 
+-- What an environmental failure (nil, message, kind) of `path` means, in an admin's words,
+-- chosen by its kind; a kind without words of its own keeps the binding's message.
+cli.REASONS = {
+  missing = "no such file or directory",
+  permission = "permission denied",
+  not_regular = "not a regular file (a symlink, FIFO, device or directory where a file belongs)",
+  exists = "already exists",
+  no_space = "no space left on the device",
+  too_large = "far larger than it can be",
+}
+
+function cli.failure(message, kind, path)
+  local reason = cli.REASONS[kind]
+  if reason then return path .. ": " .. reason end
+  return tostring(message)
+end
+
 -- The kind of an error object (runtime/error.h), or nil for a plain message.
 function cli.kind(err)
   return type(err) == "table" and err.kind or nil

@@ -8,6 +8,7 @@
 -- restored, tables, started, ...). A failed step stops the database's drill; the scratch
 -- database is dropped whatever happens (steps.cleanup). A drill passes only when a step set
 -- db.restored and one set db.tables (restore_scratch and compare_tables do).
+local cli = require "lib.cli"
 local repo = require "lib.repo"
 local restore = require "lib.restore"
 
@@ -57,7 +58,7 @@ function steps.restore_scratch(drill, db)
   end
   local done, result = pcall(restore.stream_into, drill.run, db.backup, db.scratch)
   if not done then
-    return nil, (tostring(result):gsub("^[^:]*:%d+: ", ""):gsub("^stream%.run: ", ""))
+    return nil, cli.detail(result)
   end
   local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
   db.warnings = warnings

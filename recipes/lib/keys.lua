@@ -34,8 +34,8 @@ function keys.encode(key)
 end
 
 local function read_key_file(path)
-  local mode, err = fs.mode(path)
-  if not mode then cli.usage_error("key file %s", (tostring(err):gsub("^fs%.mode: ", ""))) end
+  local mode, err, kind = fs.mode(path)
+  if not mode then cli.usage_error("key file %s", cli.failure(err, kind, path)) end
   if mode & tonumber("044", 8) ~= 0 then
     cli.usage_error("key file %s is readable by group or others (mode %04o); run: chmod 600 %s", path, mode, path)
   end

@@ -178,7 +178,7 @@ function repo.read_manifest(path)
   local text, err, kind = fs.read_file(path)
   if not text then
     if kind == "missing" then return nil, "missing manifest " .. path, kind end
-    return nil, string.format("unreadable manifest %s: %s", path, repo.REASONS[kind] or err), kind
+    return nil, string.format("unreadable manifest %s: %s", path, cli.REASONS[kind] or err), kind
   end
   return manifest_schema.parse(text, path)
 end
@@ -363,12 +363,6 @@ function repo.write_sidecar(entry_path, digest)
     { mode = tonumber("600", 8), overwrite = true })
 end
 
--- What a kind of read failure means, in an admin's words.
-repo.REASONS = {
-  permission = "permission denied",
-  not_regular = "not a regular file (a symlink, FIFO, device or directory where a file belongs)",
-  too_large = "far larger than a sidecar or manifest can be",
-}
 
 -- The digest a sidecar names; or nil, message, kind ("missing", "permission", "not_regular",
 -- "corrupt"...).
@@ -377,7 +371,7 @@ function repo.read_sidecar(entry)
   local text, err, kind = fs.read_file(entry.sidecar, { max = 4096 })
   if not text then
     if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
-    return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, repo.REASONS[kind] or err), kind
+    return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, cli.REASONS[kind] or err), kind
   end
   local line = text:match("^[^\n]*")
   local digest, name = line:match("^(%x+)  %*?(.+)$")
