@@ -151,16 +151,9 @@ end
 -- Returns nil when the backup is sound, else the reason; and, for a sound backup that could
 -- only be partly checked, its verdict ("checksum-only").
 local function check(entry, key)
-  if not entry.regular then
-    return "damaged: not a regular file (a symlink, FIFO, device or directory has the backup's name)"
-  end
-  local expected, err = repo.read_sidecar(entry)
+  local expected, err = repo.check_sidecars(entry)
   if not expected then return err end
   local manifest = entry.manifest
-  if not manifest then return entry.manifest_error end
-  if manifest.sha256 ~= expected then
-    return "manifest mismatch: sidecar and manifest disagree on the SHA-256"
-  end
 
   if entry.encrypted and not key then return check_checksum_only(entry, expected) end
 

@@ -236,6 +236,34 @@ function repo.type_dir(dir, type_)
   return nil
 end
 
+-- The backup or globals file REPO/<type>/<file> as a scan would describe it, or nil when
+-- the name is not a bkr backup's.
+function repo.entry(dir, type_, file)
+  local stamp, escaped, encrypted = repo.match_backup(file)
+  if stamp then return describe(dir, type_, file, stamp, repo.unescape_name(escaped), "database", encrypted) end
+  stamp, encrypted = repo.match_globals(file)
+  if stamp then return describe(dir, type_, file, stamp, nil, "globals", encrypted) end
+  return nil
+end
+
+-- The checks every reader of a backup makes before trusting its bytes: a regular file, a
+-- readable sidecar naming it, a valid manifest, and the two agreeing on the SHA-256.
+-- Returns the expected SHA-256, or nil, the reason and its kind.
+function repo.check_sidecars(entry)
+  if not lfs.symlinkattributes(entry.path, "mode") then return nil, "missing: " .. entry.path, "missing" end
+  if not entry.regular then
+    return nil, "damaged: not a regular file (a symlink, FIFO, device or directory has the backup's name)",
+      "not_regular"
+  end
+  local expected, err, kind = repo.read_sidecar(entry)
+  if not expected then return nil, err, kind end
+  if not entry.manifest then return nil, entry.manifest_error, "corrupt" end
+  if entry.manifest.sha256 ~= expected then
+    return nil, "manifest mismatch: sidecar and manifest disagree on the SHA-256", "corrupt"
+  end
+  return expected
+end
+
 -- A backup dated more than this beyond now (clock skew, a copied file, a forged name) is
 -- "future-dated": flagged by list and verify, never the newest for --latest, rotation or
 -- the drill, and never removed by rotation.

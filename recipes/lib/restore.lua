@@ -161,10 +161,8 @@ end
 
 -- The file is what the sidecar and the manifest say it is. Returns nil or the reason.
 function restore.check_backup(entry)
-  local expected, err = repo.read_sidecar(entry)
+  local expected, err = repo.check_sidecars(entry)
   if not expected then return err end
-  if not entry.manifest then return entry.manifest_error end
-  if entry.manifest.sha256 ~= expected then return "sidecar and manifest disagree on the SHA-256" end
   local actual, herr = hash.sha256_file(entry.path)
   if not actual then return herr end
   if actual ~= expected then
@@ -345,8 +343,8 @@ end
 function restore.globals(run, entry)
   local globals_name = repo.globals_file(entry.type, entry.stamp, entry.encrypted):match("[^/]+$")
   local path = entry.path:match("^(.*)/[^/]+$") .. "/" .. globals_name
-  local problem = restore.check_backup({ path = path, file = globals_name, sidecar = path .. ".sha256",
-    manifest = (require("lib.json").read_file(path .. ".json")), manifest_error = "missing manifest " .. path .. ".json" })
+  local globals = repo.entry(entry.path:match("^(.*)/[^/]+/[^/]+$") or ".", entry.type, globals_name)
+  local problem = restore.check_backup(globals)
   if problem then return nil, "globals file " .. globals_name .. " failed verification: " .. problem end
   local source, err = stream.from_file(path)
   if not source then return nil, "no globals file from the same run: " .. err end
