@@ -479,6 +479,13 @@ static int run_script(lua_State *L, const char *file, int argc, char **argv)
         lua_pushstring(L, argv[i]);
     int status = lua_pcall(L, argc, 1, handler);
     if (interrupt_signal != 0) {
+        /* A recipe's own message (an error object) says what the interrupt left behind; a
+         * plain error raised on the way out is only the interrupt itself, wherever a recipe
+         * happened to be: say that, without a recipe's file and line. */
+        if (status != LUA_OK && !lua_istable(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushfstring(L, "interrupted by %s", interrupt_signal == SIGINT ? "SIGINT" : "SIGTERM");
+        }
         if (status != LUA_OK)
             report_error(L);
         return 128 + interrupt_signal;

@@ -95,6 +95,17 @@ describe("bkr host", function()
     assert.are.equal("bkr: interrupted by SIGTERM\n", util.read(dir .. "/out"))
   end)
 
+  it("after SIGTERM, an error a script raises on its way out is reported as the interrupt, without its line", function()
+    local dir = util.scratch("sig")
+    util.write(dir .. "/late.lua", "local f = io.open(..., 'w') f:write('started') f:close()\n"
+      .. "pcall(function() while true do end end)\nerror('cleanup went wrong')\n")
+    local pid = util.sh(q(util.bkr_bin()) .. " run " .. q(dir .. "/late.lua") .. " " .. q(dir .. "/started") .. " > "
+      .. q(dir .. "/out") .. " 2>&1 & echo $!"):gsub("%s", "")
+    util.sh("for i in $(seq 200); do [ -e " .. q(dir .. "/started") .. " ] && break; sleep 0.05; done")
+    util.sh("kill -TERM " .. pid .. "; while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
+    assert.are.equal("bkr: interrupted by SIGTERM\n", util.read(dir .. "/out"))
+  end)
+
   it("bkr.sleep waits without a shell and wakes at once on SIGTERM", function()
     local dir = util.scratch("sleep")
     util.write(dir .. "/nap.lua", "local t = bkr.monotonic()\nassert(bkr.sleep(0.2))\n"

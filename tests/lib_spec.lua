@@ -167,6 +167,13 @@ describe("lib.cli", function()
     local ok, err = pcall(cli.parse, { "--nope" }, spec)
     assert.is_false(ok)
     assert.are.equal(2, err.exit_code)
+    for _, args in ipairs({ { "--db" }, { "--db", "" }, { "--repo=" }, { "--db", "--dry-run" } }) do
+      ok, err = pcall(cli.parse, args, spec)
+      assert.is_false(ok, table.concat(args, " "))
+      assert.matches("needs a value", err.message)
+      assert.are.equal(2, err.exit_code)
+    end
+    assert.are.same({ "--odd" }, cli.parse({ "--db=--odd" }, spec).db)
   end)
 
   it("takes its exit codes from the host", function()

@@ -144,6 +144,9 @@ describe("malformed and forged manifests", function()
     { "a table without a digest", function(m) m.tables[1].digest = nil; return m end },
     { "database_properties a number", function(m) m.database_properties = 5; return m end },
     { "another database's manifest", function(m) m.database = "someone_else"; return m end },
+    { "another file's manifest", function(m) m.file = "../../etc/passwd"; return m end },
+    { "another type's manifest", function(m) m.type = "weekly"; return m end },
+    { "an absurd compression level", function(m) m.compression.level = 99; return m end },
   }
   for _, case in ipairs(cases) do
     it("marks the backup damaged and never crashes: " .. case[1], function()
@@ -169,8 +172,12 @@ describe("malformed and forged manifests", function()
     end)
   end
 
-  it("reports invalid JSON as invalid, not as a missing manifest", function()
+  it("reports invalid JSON as invalid, not as a missing manifest; data after the JSON too", function()
     local repo, path = fresh_repo()
+    util.write(path .. ".json", util.read(path .. ".json") .. "garbage")
+    local gout, grc = run("verify --all --repo " .. q(repo))
+    assert.are.equal(3, grc, gout)
+    assert.matches("invalid JSON: data after the value", gout)
     util.write(path .. ".json", "{ not json")
     local out, rc = run("verify --all --repo " .. q(repo))
     assert.are.equal(3, rc, out)
@@ -191,6 +198,19 @@ describe("future-dated backups", function()
     util.write(future .. ".json", json.encode(manifest))
     local out = run("list --repo " .. q(repo))
     assert.matches("2099%-12%-31.*FUTURE", out)
+    -- dated by its manifest alone, under a name of today: flagged just the same
+    local sneaky_name = name:gsub("^backup_(%d+)_(%d+)_", "backup_%1_%2-9_")
+    local sneaky = repo .. "/daily/" .. sneaky_name
+    util.sh("cp " .. q(path) .. " " .. q(sneaky))
+    util.write(sneaky .. ".sha256", util.sha256sum(sneaky) .. "  " .. sneaky_name .. "\n")
+    local m2 = json.decode(util.read(path .. ".json"))
+    m2.file, m2.start_time = sneaky_name, "2099-12-31T23:59:59Z"
+    util.write(sneaky .. ".json", json.encode(m2))
+    out = run("list --json --repo " .. q(repo))
+    local flagged = 0
+    for _, row in ipairs(json.decode(out)) do if row.future then flagged = flagged + 1 end end
+    assert.are.equal(2, flagged, out)
+    os.remove(sneaky); os.remove(sneaky .. ".sha256"); os.remove(sneaky .. ".json")
     out = run("verify --all --repo " .. q(repo))
     assert.matches("dated in the future", out)
     local cfg = util.scratch("cfg") .. "/bkr.yaml"

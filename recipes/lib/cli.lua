@@ -100,8 +100,11 @@ function cli.parse(args, spec)
         if value == nil then
           i = i + 1
           value = args[i]
+          -- "--db --no-globals" is a forgotten value, not a database named "--no-globals"
+          -- (a value that starts with "--" can still be given as --db=--odd)
+          if value and value:sub(1, 2) == "--" then value = nil end
         end
-        if value == nil then
+        if value == nil or value == "" then
           cli.usage_error("%s: %s needs a value (%s)", spec.name or "bkr", flag, option[2])
         end
       elseif inline then

@@ -217,7 +217,7 @@ end
 
 -- The repository, or a usage error saying how to give one.
 function config.repository(cfg)
-  if not cfg.repository then
+  if not cfg.repository or cfg.repository == "" then
     cli.usage_error("no repository: give --repo DIR or set repository in the configuration")
   end
   return cfg.repository

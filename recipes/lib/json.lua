@@ -46,9 +46,13 @@ end
 
 -- Decode, or nil and a message naming what was being read.
 function json.decode(text, what)
-  local value, _, err = dkjson.decode(text, 1, nil)
+  local value, after, err = dkjson.decode(text, 1, nil)
   if err or value == nil then
     return nil, string.format("%s: invalid JSON: %s", what or "input", err or "empty")
+  end
+  -- dkjson stops after the first value: anything but white space after it is not JSON
+  if text:find("%S", after) then
+    return nil, string.format("%s: invalid JSON: data after the value at byte %d", what or "input", after)
   end
   return value
 end

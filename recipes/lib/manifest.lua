@@ -120,7 +120,10 @@ local function check(m)
       return "encryption: no key_id"
     end
   end
-  if m.compression ~= nil and not is_object(m.compression) then return "compression: not an object" end
+  if m.compression ~= nil and (not is_object(m.compression) or m.compression.algorithm ~= "gzip"
+      or not is_integer(m.compression.level) or m.compression.level > 9) then
+    return "compression: not gzip at a level 0-9"
+  end
   for _, key in ipairs({ "bkr_version", "pg_dump_version", "server_version", "dump_timezone" }) do
     if m[key] ~= nil and type(m[key]) ~= "string" then return key .. ": not a string" end
   end

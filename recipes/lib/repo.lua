@@ -195,6 +195,12 @@ function repo.load_manifest(entry)
   if entry.kind == "database" and entry.database and m.database ~= entry.database then
     return nil, string.format("%s: the manifest is of another database", entry.manifest_path), "corrupt"
   end
+  -- In a repository the manifest names its own file and type; a copy elsewhere keeps the
+  -- original's (entry.original_file), so only there may they differ.
+  if not entry.original_file and (m.file ~= entry.file or (repo.valid_type(entry.type) and m.type ~= entry.type)) then
+    return nil, string.format("%s: the manifest describes another file (%s/%s)", entry.manifest_path,
+      cli.printable(m.type), cli.printable(m.file)), "corrupt"
+  end
   return m
 end
 
@@ -269,8 +275,14 @@ end
 -- the drill, and never removed by rotation.
 repo.FUTURE_TOLERANCE = 3600
 
+-- By its name, or by when its manifest says it was taken.
 function repo.is_future(entry, now)
-  return entry.time > (now or os.time()) + repo.FUTURE_TOLERANCE
+  local limit = (now or os.time()) + repo.FUTURE_TOLERANCE
+  if entry.time > limit then return true end
+  local start = entry.manifest and entry.manifest.start_time
+  local y, mo, d, h, mi, s = tostring(start):match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)Z$")
+  local taken = y and repo.stamp_epoch(y .. mo .. d .. "_" .. h .. mi .. s)
+  return taken ~= nil and taken > limit
 end
 
 -- Every backup in the repository, newest first (repo.newer). Future-dated ones are left out
