@@ -99,7 +99,10 @@ local function dump_database(run, db, path, size)
   local env = config.child_env(run.cfg, db)
   env.PGTZ = DUMP_TIMEZONE
   local child, err = proc.spawn{
-    argv = { run.pg_dump, "--format=plain", "--no-password" },
+    -- a table locked by another session fails the backup after lock_wait_seconds, instead of
+    -- waiting forever while the repository lock keeps every other run out
+    argv = { run.pg_dump, "--format=plain", "--no-password",
+      "--lock-wait-timeout=" .. (run.cfg.lock_wait_seconds * 1000) },
     env = env,
     stdout = "pipe", stderr = "capture",
   }

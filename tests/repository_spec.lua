@@ -338,6 +338,32 @@ describe("the repository log", function()
   end)
 end)
 
+describe("a table locked by another session", function()
+  it("fails that database's backup after lock_wait_seconds instead of waiting forever", function()
+    local locked = util.new_database("locked", "create table t (x int);")
+    local holder = util.scratch("lockholder")
+    -- a session that holds an ACCESS EXCLUSIVE lock until it is killed
+    -- (the subshell's own output goes elsewhere too, or util.sh would wait for it to end)
+    local pid = util.sh("(echo 'begin; lock table t in access exclusive mode; select pg_sleep(60);' | psql -X -q -d "
+      .. locked .. ") > /dev/null 2>&1 & echo $!"):gsub("%s", "")
+    finally(function() util.sh("pkill -P " .. pid .. " 2>/dev/null; kill " .. pid .. " 2>/dev/null") end)
+    local held = q("select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
+      .. "where c.relname = 't' and l.mode = 'AccessExclusiveLock'")
+    util.sh("for i in $(seq 100); do [ \"$(psql -X -At -d " .. locked .. " -c " .. held .. ")\" = 1 ] && break; sleep 0.1; done")
+    assert.are.equal("1", util.psql("select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
+      .. "where c.relname = 't' and l.mode = 'AccessExclusiveLock'", locked))
+    local repo = util.scratch("repo")
+    local cfg = holder .. "/bkr.yaml"
+    util.write(cfg, "lock_wait_seconds: 1\n")
+    local started = os.time()
+    local out, rc = run("backup --no-globals --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. locked)
+    assert.are.equal(1, rc, out)
+    assert.matches("lock", out)
+    assert.is_true(os.time() - started < 30, "it gave up instead of waiting")
+    assert.are.same({}, util.listdir(repo .. "/daily"))
+  end)
+end)
+
 describe("a pg_dump that exits 0 with a cut-off dump", function()
   it("fails the backup and leaves nothing under a final name", function()
     -- everything but the marker line: complete data, and pg_dump's exit status 0

@@ -14,6 +14,7 @@ local defaults = {
   exclude = {},
   repository = nil,
   compression_level = 6,
+  lock_wait_seconds = 600,
   retention = { daily = 7, weekly = 4, monthly = 0 },
 }
 
@@ -118,6 +119,7 @@ config.schema = section{
   exclude = list_of_strings,
   repository = string_value,
   compression_level = integer_in(0, 9),
+  lock_wait_seconds = integer_in(1, 86400),
   retention = section{
     daily = integer_in(0),
     weekly = integer_in(0),
