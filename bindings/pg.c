@@ -183,15 +183,6 @@ static void pg_notices_free(pgconn *pc)
  * ------------------------------------------------------------------------------------------- */
 
 
-/* Raise "<who>: interrupted" as an error object of kind interrupted, telling the host the
- * interrupt was delivered (so the caller's pcall sees it, and its cleanup runs). */
-static int pg_raise_interrupted(lua_State *L, const char *who)
-{
-    bkr_interrupt_delivered(L);
-    lua_pushfstring(L, "%s: interrupted", who);
-    bkr_push_error(L, lua_tostring(L, -1), BKR_KIND_INTERRUPTED, NULL);
-    return lua_error(L);
-}
 
 /* Poll the connection's socket: returns revents, 0 on timeout or signal, -1 on error. */
 static int pg_poll(PGconn *c, short events, int timeout_ms)
@@ -576,7 +567,7 @@ static int pg_connect(lua_State *L)
             if (bkr_interrupted()) {
                 pc->conn = NULL;
                 PQfinish(c);
-                return pg_raise_interrupted(L, "pg.connect");
+                return bkr_raise_interrupted(L, "pg.connect");
             }
             if (deadline > 0 && bkr_monotonic() > deadline) {
                 failed = 1;
@@ -630,7 +621,7 @@ static PGresult *pg_run(lua_State *L, pgconn *pc, const char *who, const char *s
     /* Once interrupted, nothing new is sent (a quick statement would run before the cancel
      * reached it, while the caller is told it was interrupted); only cleanup statements are. */
     if (timeout <= 0 && bkr_interrupted())
-        pg_raise_interrupted(L, who);
+        bkr_raise_interrupted(L, who);
     PGresult **holder = pg_newholder(L);
     double deadline = timeout > 0 ? bkr_monotonic() + timeout : 0;
     int sent = multi ? PQsendQuery(c, sql)
@@ -650,7 +641,7 @@ static PGresult *pg_run(lua_State *L, pgconn *pc, const char *who, const char *s
                 *timed_out = 1;
                 return NULL;
             }
-            pg_raise_interrupted(L, who);
+            bkr_raise_interrupted(L, who);
         }
         PGresult *res = PQgetResult(c);
         if (!res)
@@ -1230,13 +1221,13 @@ static int pg_copy(lua_State *L, int in)
     PGconn *c = pc->conn;
     char msg[PG_MSG];
     if (bkr_interrupted())
-        return pg_raise_interrupted(L, who);
+        return bkr_raise_interrupted(L, who);
     if (!PQsendQueryParams(c, sql, 0, NULL, NULL, NULL, NULL, 0))
         return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(c, msg, sizeof msg));
     if (pg_await(c, 0) < 0) {
         pg_cancel(c);
         pg_drain(c);
-        return pg_raise_interrupted(L, who);
+        return bkr_raise_interrupted(L, who);
     }
     PGresult *res = PQgetResult(c);
     ExecStatusType status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;

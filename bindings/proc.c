@@ -349,7 +349,7 @@ static int l_run(lua_State *L)
         int e = errno;
         proc_release(p); /* kills and reaps */
         if (r == 2)
-            return luaL_error(L, "%s: interrupted", fn);
+            return bkr_raise_interrupted(L, fn);
         return bkr_pusherrno(L, e, "%s: waiting for %s", fn, p->name);
     }
 
@@ -397,7 +397,7 @@ static int m_wait(lua_State *L)
     int r = proc_reap(p, -1, 1);
     if (r == 2) {
         proc_terminate(p);
-        return luaL_error(L, "proc.wait: interrupted");
+        return bkr_raise_interrupted(L, "proc.wait");
     }
     if (r < 0)
         return bkr_pusherrno(L, errno, "proc.wait: %s", p->name);

@@ -57,6 +57,14 @@ static int error_tostring(lua_State *L)
     return 1;
 }
 
+int bkr_raise_interrupted(lua_State *L, const char *who)
+{
+    bkr_interrupt_delivered(L);
+    lua_pushfstring(L, "%s: interrupted", who);
+    bkr_push_error(L, lua_tostring(L, -1), BKR_KIND_INTERRUPTED, NULL);
+    return lua_error(L);
+}
+
 void bkr_push_error(lua_State *L, const char *message, const char *kind, const char *stage)
 {
     lua_createtable(L, 0, 3);

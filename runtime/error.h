@@ -66,4 +66,9 @@ int bkr_error_errno(bkr_error *err, int saved_errno, const char *fmt, ...);
 /* Push an error object { message, kind, stage } (stage may be NULL or empty). */
 void bkr_push_error(lua_State *L, const char *message, const char *kind, const char *stage);
 
+/* Raise "WHO: interrupted" as an error object of kind interrupted, telling the host the
+ * interrupt was delivered (bkr_interrupt_delivered): the caller's pcall sees it and its
+ * cleanup runs. Call it only once C holds nothing that Lua does not own. */
+int bkr_raise_interrupted(lua_State *L, const char *who);
+
 #endif

@@ -23,6 +23,9 @@
 #define DUMP_HEADER_MAX 64
 #include "../../bindings/dump.c"
 
+/* The host's (runtime/main.c); error.c names it, the fuzzer is never interrupted. */
+void bkr_interrupt_delivered(lua_State *L) { (void)L; }
+
 /* Not reached: the Lua-facing constructors are not called here. */
 bkr_stage *bkr_stage_new(lua_State *L, const bkr_stage_ops *ops) { abort(); }
 void bkr_stage_open(bkr_stage *st, void *self, const char *name) { abort(); }
