@@ -146,19 +146,21 @@ end
 
 -- Every value of the decoded document that sits under a sensitive key must be a token (or
 -- null). One that is not got there through an alias (`db_password: *pw`) of an anchor defined
--- outside any sensitive key. Returns the first such leaf: its place and value.
-local function unsealed_leaf(value, sensitive, under_secret, where)
+-- outside any sensitive key. Appends every such leaf, { place =, value = }, to `found`: all of
+-- them at once, so that sealing takes one more pass, not one per anchor (a file with thousands
+-- of aliased passwords took minutes under the repository lock). The walk visits an aliased
+-- table once per alias: bkr.yaml bounds that (yaml.max_alias_nodes).
+local function unsealed_leaves(value, sensitive, under_secret, where, found)
   if type(value) == "table" then
     for k, v in pairs(value) do
       local child = where == "" and tostring(k) or (where .. "." .. tostring(k))
       local secret = under_secret or (type(k) == "string" and sensitive(k))
-      local place, leaf = unsealed_leaf(v, sensitive, secret, child)
-      if place then return place, leaf end
+      unsealed_leaves(v, sensitive, secret, child, found)
     end
-    return nil
+  elseif under_secret and value ~= yaml.null and not is_token(value) then
+    found[#found + 1] = { place = where, value = value }
   end
-  if under_secret and value ~= yaml.null and not is_token(value) then return where, value end
-  return nil
+  return found
 end
 
 -- Is the scalar anchored (`&name value`, `&name !!str value`, `!!str &name value`)?
@@ -212,17 +214,19 @@ function files.protect_yaml(text, cipher, sensitive)
       end
     end
     -- ... and nothing under a sensitive key may be left in the clear through an alias
-    local place, leaf = unsealed_leaf(yaml.decode(stored), sensitive, false, "")
-    if not place then return stored, fields end
+    local leaves = unsealed_leaves(yaml.decode(stored), sensitive, false, "", {})
+    if #leaves == 0 then return stored, fields end
+    local wanted = {}
+    for _, leaf in ipairs(leaves) do wanted[tostring(leaf.value)] = true end
     local found = false
     for _, s in ipairs(values) do
-      if not chosen[s] and s.start < s.stop and s.value == tostring(leaf) and anchored(text, s) then
+      if not chosen[s] and s.start < s.stop and wanted[s.value] and anchored(text, s) then
         chosen[s], found = true, true
       end
     end
     if not found then
-      return nil, place .. ": the value under a sensitive key comes from an alias of a collection or "
-        .. "value that cannot be found to seal in place"
+      return nil, leaves[1].place .. ": the value under a sensitive key comes from an alias of a collection "
+        .. "or value that cannot be found to seal in place"
     end
   end
 end
