@@ -749,3 +749,91 @@ describe("bkr config command line", function()
     assert.are.equal(2, rc, out)
   end)
 end)
+
+-- Run bkr with arguments; returns its output (stdout and stderr), exit code and wall time in ms.
+local function timed(args)
+  local dir = util.scratch("timed")
+  local ms, rc = util.sh("(s=$(date +%s%N); " .. q(bkr) .. " " .. args .. " > " .. q(dir .. "/out") .. " 2>&1; rc=$?; "
+    .. "e=$(date +%s%N); echo $(( (e - s) / 1000000 )); exit $rc)")
+  return util.read(dir .. "/out"), rc, tonumber(ms)
+end
+
+-- grep -r for a string under a directory: the files that hold it (lines "path").
+local function holding(dir, text)
+  return (util.sh("grep -rlaF -e " .. q(text) .. " " .. q(dir) .. " 2>/dev/null"))
+end
+
+describe("bkr config backup of files that fight back", function()
+  it("never quotes a value of a file being backed up in a message, the log or the manifest: it names the file, the key path and the line", function()
+    local f = fixture()
+    local cases = {
+      { file = f.src .. "/int.yaml", text = "db:\n  host: x\n  password: !!int hunter2plain\n",
+        where = "line 3, column 13: db.password: invalid !!int value" },
+      { file = f.src .. "/port.yaml", text = "app:\n  port: !!int notaport-plain\n",
+        where = "line 2, column 9: app.port: invalid !!int value" },
+      { file = f.src .. "/bang.yaml", text = "admin:\n  - password: !Bang-plain\n",
+        where = "line 2, column 15: admin[0].password: unsupported tag" },
+      { file = f.src .. "/star.yaml", text = "password: *Star-plain\n",
+        where = "line 1, column 11: password: undefined alias" },
+    }
+    local leaks = { "hunter2plain", "notaport-plain", "Bang-plain", "Star-plain" }
+    local all = {}
+    for _, case in ipairs(cases) do
+      util.write(case.file, case.text)
+      all[#all + 1] = q(case.file)
+      local out, rc = run("config backup " .. q(case.file) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+      assert.are.equal(1, rc, out)
+      assert.matches(case.file .. ": yaml: " .. case.where, out, 1, true)
+      for _, leak in ipairs(leaks) do assert.is_nil(out:find(leak, 1, true), out) end
+    end
+    -- stored encrypted whole: the note in the manifest says where, not what
+    local out, rc = run("config backup " .. table.concat(all, " ") .. " --repo " .. q(f.repo) .. " --key-file "
+      .. q(f.key) .. " --encrypt-all")
+    assert.are.equal(0, rc, out)
+    local entry = entry_for(manifest_of(newest(f.repo)), cases[1].file)
+    assert.are.equal("encrypted whole: yaml: " .. cases[1].where, entry.note)
+    for _, leak in ipairs(leaks) do
+      assert.is_nil(out:find(leak, 1, true), out)
+      assert.are.equal("", holding(f.repo, leak), leak .. " is in the repository (bkr.log or a manifest)")
+    end
+    assert.matches('"result":"failed"', util.read(f.repo .. "/bkr.log"), 1, true)
+  end)
+
+  it("refuses a billion-laughs YAML file in well under a second, naming the file, and leaves the repository as it was", function()
+    local f = fixture()
+    local lines = { 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]' }
+    for i = 1, 8 do
+      lines[i + 1] = string.format("a%d: &a%d [%s]", i, i, string.rep("*a" .. (i - 1), 9, ","))
+    end
+    lines[#lines + 1] = "password: *a8"
+    local laughs = f.src .. "/laughs.yaml"
+    util.write(laughs, table.concat(lines, "\n") .. "\n")
+    assert.is_true(#util.read(laughs) < 500)
+    local out, rc, ms = timed("config backup " .. q(f.yaml) .. " " .. q(laughs) .. " --repo " .. q(f.repo)
+      .. " --key-file " .. q(f.key))
+    assert.are.equal(1, rc, out)
+    assert.is_true(ms < 1000, "took " .. ms .. " ms")
+    assert.matches(laughs .. ": yaml: line 6, column 10: a5[0]: aliases stand for more than 100000 nodes", out, 1, true)
+    assert.are.equal("", util.sh("ls -A " .. q(f.repo .. "/config")))
+    -- the lock went with the process: the next backup runs
+    out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+  end)
+
+  it("seals thousands of secrets reached through aliases in seconds, not minutes", function()
+    local f = fixture()
+    local lines = { "anchors:" }
+    for i = 1, 3000 do lines[#lines + 1] = string.format("  a%d: &x%d value-%d", i, i, i) end
+    lines[#lines + 1] = "passwords:"
+    for i = 1, 3000 do lines[#lines + 1] = string.format("  p%d: *x%d", i, i) end
+    local many = f.src .. "/many.yaml"
+    util.write(many, table.concat(lines, "\n") .. "\n")
+    local out, rc, ms = timed("config backup " .. q(many) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    assert.is_true(ms < 10000, "took " .. ms .. " ms")
+    assert.are.equal("", holding(newest(f.repo), "value-"))
+    out, rc = restore(f, newest(f.repo))
+    assert.are.equal(0, rc, out)
+    assert.is_true(same_bytes(many, f.out .. many))
+  end)
+end)
