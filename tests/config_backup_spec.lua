@@ -836,4 +836,57 @@ describe("bkr config backup of files that fight back", function()
     assert.are.equal(0, rc, out)
     assert.is_true(same_bytes(many, f.out .. many))
   end)
+
+  it("seals a sensitive .env value in every form dotenv libraries read: =, spaces, tabs, export, KEY: value, KEY:value", function()
+    local f = fixture()
+    local env = f.src .. "/forms.env"
+    local text = table.concat({
+      "EQ_PASSWORD=eqLEAK1",
+      "SPACED_PASSWORD = spacedLEAK2",
+      "TAB_PASSWORD\t=\ttabLEAK3",
+      "export EXPORTED_PASSWORD=exportLEAK4",
+      "COLON_PASSWORD:colon3LEAK",
+      "COLON_SPACE_PASSWORD: colonSpaceLEAK5",
+      "export COLON_EXPORT_PASSWORD: colonExportLEAK6",
+      "\tINDENTED_TOKEN :indentLEAK7",
+      'QUOTED_SECRET: "quoted colon LEAK8"',
+      "1PASSWORD=digitLEAK9",
+      "export DB_PASSWORD",
+      'NOTE="a quoted value over lines',
+      'that mentions the password"',
+      "PLAIN: value",
+    }, "\n") .. "\n"
+    util.write(env, text)
+    local out, rc = run("config backup " .. q(env) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    assert.are.equal("", holding(dir, "LEAK"))
+    local stored = util.read(dir .. "/files" .. env)
+    assert.matches("\nCOLON_PASSWORD:ENCRYPTED:v2:[%w+/]+=*\n", stored)
+    assert.matches("\nexport COLON_EXPORT_PASSWORD: ENCRYPTED:v2:[%w+/]+=*\n", stored)
+    assert.matches("\nTAB_PASSWORD\t=\tENCRYPTED:v2:[%w+/]+=*\n", stored)
+    assert.matches("\nexport DB_PASSWORD\nNOTE=\"a quoted value over lines\nthat mentions the password\"\nPLAIN: value\n$",
+      stored)
+    assert.are.same({ "EQ_PASSWORD", "SPACED_PASSWORD", "TAB_PASSWORD", "EXPORTED_PASSWORD", "COLON_PASSWORD",
+      "COLON_SPACE_PASSWORD", "COLON_EXPORT_PASSWORD", "INDENTED_TOKEN", "QUOTED_SECRET", "1PASSWORD" },
+      entry_for(manifest_of(dir), env).encrypted_fields)
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    assert.is_true(same_bytes(env, f.out .. env))
+  end)
+
+  it("refuses a .env line that names a sensitive key in a form it cannot read, rather than store it in plaintext", function()
+    local f = fixture()
+    local env = f.src .. "/odd.env"
+    util.write(env, "# settings\nHOST=db\njust words are fine\ndb/password=slashLEAK\n")
+    local out, rc = run("config backup " .. q(env) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+    assert.are.equal(1, rc, out)
+    assert.matches(env .. ": line 4 names a sensitive key but is not KEY=VALUE", out, 1, true)
+    assert.is_nil(out:find("LEAK", 1, true), out)
+    assert.are.equal("", util.sh("ls -A " .. q(f.repo .. "/config")))
+    out, rc = run("config backup " .. q(env) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key) .. " --encrypt-all")
+    assert.are.equal(0, rc, out)
+    assert.are.equal("", holding(f.repo, "LEAK"))
+    assert.is_true(entry_for(manifest_of(newest(f.repo)), env).whole_file_encrypted)
+  end)
 end)

@@ -3,7 +3,9 @@
 --
 --   yaml   (*.yaml, *.yml)            every scalar value under a sensitive key is replaced in
 --                                     place by one token; every other byte stays as it was
---   env    (.env, *.env, .env.*)      KEY=VALUE lines with a sensitive KEY: VALUE is replaced
+--   env    (.env, *.env, .env.*)      KEY=VALUE, KEY: VALUE, export KEY=VALUE lines with a
+--                                     sensitive KEY: VALUE is replaced; any other line that
+--                                     names a sensitive key is refused
 --   other                             copied byte for byte, or sealed whole (chunked format)
 --
 -- A token seals the value's exact source text (quotes, block indicators and all), so that
@@ -266,8 +268,17 @@ end
 
 -- ------------------------------------------------------------------ .env
 
-local EXPORTED = "^[ \t]*export[ \t]+([%a_][%w_%.%-]*)[ \t]*=[ \t]*()"
-local ASSIGNED = "^[ \t]*([%a_][%w_%.%-]*)[ \t]*=[ \t]*()"
+-- The assignments dotenv libraries read (python-dotenv, ruby dotenv, docker compose):
+-- KEY=VALUE, KEY = VALUE (spaces or tabs), KEY: VALUE and KEY:VALUE, each also after `export `.
+-- A key has no '=' or ':' in it, so the first separator after it decides the form, in the
+-- original and in the stored text alike (a token's base64 may end with '=').
+local KEY = "[%w_][%w_%.%-]*"
+local FORMS = {
+  "^[ \t]*export[ \t]+(" .. KEY .. ")[ \t]*[=:][ \t]*()",
+  "^[ \t]*(" .. KEY .. ")[ \t]*[=:][ \t]*()",
+}
+-- Lines with nothing to seal: blank, a comment, a bare KEY or `export KEY`.
+local NOTHING = { "^[ \t]*$", "^[ \t]*#", "^[ \t]*" .. KEY .. "[ \t]*$", "^[ \t]*export[ \t]+" .. KEY .. "[ \t]*$" }
 
 -- Split into lines, each with its terminator ("\n", "\r\n" or "" at the end).
 local function lines_of(text)
@@ -285,10 +296,19 @@ end
 -- KEY and the byte offsets (1-based, within the line) of the value, or nil.
 local function assignment(line)
   local body = line:gsub("\r?\n$", "")
-  local key, value_at = body:match(EXPORTED)
-  if not key then key, value_at = body:match(ASSIGNED) end
-  if not key then return nil end
-  return key, value_at, #body
+  for _, form in ipairs(FORMS) do
+    local key, value_at = body:match(form)
+    if key then return key, value_at, #body end
+  end
+  return nil
+end
+
+local function holds_nothing(line)
+  local body = line:gsub("\r?\n$", "")
+  for _, pattern in ipairs(NOTHING) do
+    if body:find(pattern) then return true end
+  end
+  return false
 end
 
 -- Where a quoted value that opens on line i closes: the index of that line, or i.
@@ -319,9 +339,12 @@ local function closing_line(lines, i, value_at)
   return i -- never closed: the value is this line's rest, as most parsers read it
 end
 
--- Seal the values of sensitive keys in a .env file: the text after '=' (and its spaces) up to
--- the end of the line, or to the line of the closing quote of a multi-line quoted value.
--- Returns the stored text and the list of sealed keys (a key may appear twice).
+-- Seal the values of sensitive keys in a .env file: the text after the separator (and its
+-- spaces) up to the end of the line, or to the line of the closing quote of a multi-line quoted
+-- value. Returns the stored text and the list of sealed keys (a key may appear twice).
+-- A line that is none of the forms above but names a sensitive key (`db/password=...`,
+-- `DB PASSWORD x`) is refused rather than stored as it is: nil and a message naming its line
+-- (never its text).
 function files.protect_env(text, cipher, sensitive)
   local lines = lines_of(text)
   local out, fields = {}, {}
@@ -329,19 +352,23 @@ function files.protect_env(text, cipher, sensitive)
   while i <= #lines do
     local line = lines[i]
     local key, value_at, body_end = assignment(line)
+    local last = i
+    if key and value_at <= body_end then last = closing_line(lines, i, value_at) end
     if key and sensitive(key) and value_at <= body_end and not is_token(line:sub(value_at, body_end)) then
-      local last = closing_line(lines, i, value_at)
       local tail = lines[last]:match("\r?\n$") or ""
       local value = line:sub(value_at)
       for j = i + 1, last do value = value .. lines[j] end
       value = value:sub(1, #value - #tail)
       out[#out + 1] = line:sub(1, value_at - 1) .. cipher.seal(value, key) .. tail
       fields[#fields + 1] = key
-      i = last + 1
+    elseif not key and not holds_nothing(line) and sensitive(line) then
+      return nil, string.format("line %d names a sensitive key but is not KEY=VALUE, KEY: VALUE or "
+        .. "export KEY=VALUE", i)
     else
-      out[#out + 1] = line
-      i = i + 1
+      -- (a quoted value over several lines is copied whole: its lines are not assignments)
+      for j = i, last do out[#out + 1] = lines[j] end
     end
+    i = last + 1
   end
   return table.concat(out), fields
 end
