@@ -9,7 +9,8 @@
 --            4. publish it under config_backup_<UTC time> in one rename; rotate
 --   restore  verify everything first (checksums, every value, every file's SHA-256), refuse to
 --            replace existing files without --overwrite, then write each file atomically
---   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256
+--   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256;
+--            only regular files in real directories are read inside a backup
 --   list     config backups, newest first
 -- Exit codes: 0 ok, 1 failed, 2 usage or configuration, 3 integrity.
 local lfs = require "lfs"
@@ -48,14 +49,6 @@ end
 
 local function octal(mode)
   return string.format("%04o", mode)
-end
-
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local data = f:read("a")
-  f:close()
-  return data
 end
 
 local function dirname(path)
@@ -102,7 +95,8 @@ local function scan(dir)
   for name in lfs.dir(dir) do
     local stamp = name:match(NAME_PATTERN)
     local time, sequence = repo.parse_stamp(stamp or "")
-    if time and lfs.attributes(dir .. "/" .. name, "mode") == "directory" then
+    -- (symlinkattributes: a symlink there is not a backup bkr wrote; never read or rotated)
+    if time and lfs.symlinkattributes(dir .. "/" .. name, "mode") == "directory" then
       backups[#backups + 1] = { name = name, path = dir .. "/" .. name, stamp = stamp,
         time = time, sequence = sequence, type = "daily" }
     end
@@ -165,6 +159,56 @@ local function entry_problem(file)
   return nil
 end
 
+-- The manifest as a whole: its format, every entry, and no original path or stored copy listed
+-- twice (restore would write one over the other) or both as a file and as a directory.
+-- Returns nil or the problem.
+local function manifest_problem(manifest)
+  if manifest.format ~= FORMAT or type(manifest.files) ~= "table" then
+    return string.format("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
+  end
+  local paths, stored = {}, {}
+  for _, file in ipairs(manifest.files) do
+    local bad = entry_problem(file)
+    if bad then return "manifest: " .. bad end
+    if paths[file.path] then return "manifest: " .. file.path .. " is listed twice" end
+    if stored[file.stored] then return "manifest: stored copy " .. file.stored .. " is listed twice" end
+    paths[file.path], stored[file.stored] = true, true
+  end
+  for path in pairs(paths) do
+    local parent = dirname(path)
+    while parent ~= "" do
+      if paths[parent] then return "manifest: " .. parent .. " is listed as a file and as a directory" end
+      parent = dirname(parent)
+    end
+  end
+  return nil
+end
+
+-- What stands at DIR/RELATIVE, as bkr reads a backup: every directory on the way a real
+-- directory and the file itself a regular file; a symlink, FIFO, device or directory in their
+-- place means the backup is damaged (someone else may have written it). Returns nil,
+-- "missing", or the problem ("files/etc: a symlink where a directory belongs").
+-- O_NOFOLLOW in the readers covers the last component; this covers the ones above it.
+local LFS_MODES = { link = "a symlink", file = "a regular file", directory = "a directory",
+  ["named pipe"] = "a named pipe", socket = "a socket", ["char device"] = "a character device",
+  ["block device"] = "a block device" }
+local function stored_file_problem(dir, relative)
+  local parts = {}
+  for part in relative:gmatch("[^/]+") do parts[#parts + 1] = part end
+  local path = dir
+  for i, part in ipairs(parts) do
+    path = path .. "/" .. part
+    local mode = lfs.symlinkattributes(path, "mode")
+    if not mode then return "missing" end
+    local want = i < #parts and "directory" or "file"
+    if mode ~= want then
+      return string.format("%s: %s where %s belongs", table.concat(parts, "/", 1, i),
+        LFS_MODES[mode] or ("a " .. mode), LFS_MODES[want])
+    end
+  end
+  return nil
+end
+
 -- Files under files/ that the manifest does not name.
 local function unexpected_files(dir, expected)
   local found = {}
@@ -182,7 +226,7 @@ local function unexpected_files(dir, expected)
       end
     end
   end
-  if lfs.attributes(dir .. "/files", "mode") == "directory" then walk("files") end
+  if lfs.symlinkattributes(dir .. "/files", "mode") == "directory" then walk("files") end
   return found
 end
 
@@ -192,39 +236,52 @@ end
 --   { manifest, problems = {...}, plain = { [file entry] = original text }, unchecked = n }
 local function inspect(dir, key)
   local report = { problems = {}, plain = {}, unchecked = 0 }
-  local function problem(fmt, ...) report.problems[#report.problems + 1] = string.format(fmt, ...) end
+  local said = {}
+  local function problem(fmt, ...)
+    local text = string.format(fmt, ...)
+    if not said[text] then report.problems[#report.problems + 1] = text end
+    said[text] = true
+  end
 
   -- 1. the manifest
+  if lfs.symlinkattributes(dir, "mode") ~= "directory" then
+    problem("%s is %s, not a backup directory", dir, LFS_MODES[lfs.symlinkattributes(dir, "mode")] or "missing")
+    return report
+  end
   local manifest, merr = json.read_file(dir .. "/manifest.json")
   if not manifest then
     problem("manifest: %s", clean_message(merr))
     return report
   end
-  if manifest.format ~= FORMAT or type(manifest.files) ~= "table" then
-    problem("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
+  local bad = manifest_problem(manifest)
+  if bad then
+    problem("%s", bad)
     return report
-  end
-  for _, file in ipairs(manifest.files) do
-    local bad = entry_problem(file)
-    if bad then
-      problem("manifest: %s", bad)
-      return report
-    end
   end
   report.manifest = manifest
 
-  -- 2. SHA256SUMS, and the stored copies against it and against the manifest
-  local actual = {}
+  -- 2. SHA256SUMS, and the stored copies against it and against the manifest; a stored copy
+  -- that is not a regular file in real directories is reported once, as what it is
+  local actual, misplaced = {}, {}
   local function digest_of(relative)
     if actual[relative] == nil then
-      actual[relative] = hash.sha256_file(dir .. "/" .. relative) or false
+      local wrong = stored_file_problem(dir, relative)
+      if wrong and wrong ~= "missing" then
+        problem("%s", wrong)
+        misplaced[relative] = true
+      end
+      actual[relative] = not wrong and hash.sha256_file(dir .. "/" .. relative) or false
     end
     return actual[relative]
   end
   local listed = {}
-  local sums_text, serr = read_file(dir .. "/SHA256SUMS")
+  local sums_text, serr, skind = fs.read_file(dir .. "/SHA256SUMS")
   local sums, perr
-  if sums_text then sums, perr = files.parse_sums(sums_text) else perr = "missing SHA256SUMS (" .. serr .. ")" end
+  if sums_text then
+    sums, perr = files.parse_sums(sums_text)
+  else
+    perr = (skind == "missing" and "missing SHA256SUMS (" or "unreadable SHA256SUMS (") .. clean_message(serr) .. ")"
+  end
   if not sums then
     problem("%s", perr)
     sums = {}
@@ -236,7 +293,7 @@ local function inspect(dir, key)
       listed[line.name] = line.digest
       local digest = digest_of(line.name)
       if not digest then
-        problem("%s: missing", line.name)
+        if not misplaced[line.name] then problem("%s: missing", line.name) end
       elseif digest ~= line.digest then
         problem("%s: SHA-256 mismatch (SHA256SUMS says %s, the file is %s)", line.name, line.digest, digest)
       end
@@ -248,7 +305,9 @@ local function inspect(dir, key)
     expected[file.stored] = true
     local digest = digest_of(file.stored)
     if not digest then
-      if not listed[file.stored] then problem("%s: stored copy %s is missing", file.path, file.stored) end
+      if not listed[file.stored] and not misplaced[file.stored] then
+        problem("%s: stored copy %s is missing", file.path, file.stored)
+      end
     elseif digest ~= file.stored_sha256 then
       -- (a mismatch with SHA256SUMS was reported above)
       if not listed[file.stored] or listed[file.stored] == digest then
@@ -262,7 +321,12 @@ local function inspect(dir, key)
     end
   end
   for _, relative in ipairs(unexpected_files(dir, expected)) do
-    problem("%s: not part of the backup (not in the manifest)", relative)
+    -- (a symlinked directory on the way to a stored copy was reported above, as what it is)
+    local shown = false
+    for name in pairs(misplaced) do
+      if name:sub(1, #relative + 1) == relative .. "/" then shown = true end
+    end
+    if not shown then problem("%s: not part of the backup (not in the manifest)", relative) end
   end
 
   -- 3. the content: what the original was, from what is stored
@@ -289,7 +353,7 @@ local function inspect(dir, key)
           problem("%s: content does not match the original's SHA-256", file.path)
         end
       else
-        local stored, rerr = read_file(stored_path)
+        local stored, rerr = fs.read_file(stored_path)
         local plain, err = stored, nil
         if not stored then
           err = rerr
@@ -383,8 +447,9 @@ local function store_file(run, source)
   make_dirs(run, dirname(stored))
 
   if source.kind ~= "other" then
-    local text, rerr = read_file(source.path)
-    if not text then error(source.path .. ": " .. rerr, 0) end
+    -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
+    local text, rerr = fs.read_file(source.path, { follow = true })
+    if not text then error(clean_message(rerr), 0) end
     local sealed, fields = files.protect(source.kind, text, run.cipher, run.sensitive)
     if sealed then
       local ok, err = fs.write_file(run.staging .. "/" .. stored, sealed,

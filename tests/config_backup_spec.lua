@@ -890,3 +890,105 @@ describe("bkr config backup of files that fight back", function()
     assert.is_true(entry_for(manifest_of(newest(f.repo)), env).whole_file_encrypted)
   end)
 end)
+
+describe("bkr config reads only regular files inside a backup", function()
+  -- Put `what` where the stored copy of `path` was and make manifest.json and SHA256SUMS agree
+  -- with what is read through it, as someone who can write the repository could.
+  local function replace_stored(dir, path, make)
+    local stored = dir .. "/files" .. path
+    os.remove(stored)
+    util.sh(make(q(stored)))
+    local function readable(file) -- (sha256sum would wait forever on a FIFO)
+      return select(2, util.sh("test -f " .. q(file))) == 0
+    end
+    local manifest = manifest_of(dir)
+    local entry = entry_for(manifest, path)
+    if readable(stored) then
+      local digest = util.sha256sum(stored)
+      entry.sha256, entry.stored_sha256 = digest, digest
+    end
+    util.write(dir .. "/manifest.json", json.encode(manifest, { indent = true }))
+    local names = { "manifest.json" }
+    for _, f in ipairs(manifest.files) do
+      if readable(dir .. "/" .. f.stored) then names[#names + 1] = q(f.stored) end
+    end
+    util.sh("cd " .. q(dir) .. " && sha256sum " .. table.concat(names, " ") .. " > SHA256SUMS")
+  end
+
+  it("treats a stored file replaced by a symlink (to /etc/shadow, to the key) as damage: exit 3, nothing read or written", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local shadow = f.base .. "/shadow"
+    util.write(shadow, "root:SHADOW-SECRET-HASH:19000::::::\n")
+    for _, target in ipairs({ shadow, f.key }) do
+      replace_stored(dir, f.bin, function(stored) return "ln -s " .. q(target) .. " " .. stored end)
+      local check, crc = util.sh("cd " .. q(dir) .. " && sha256sum -c --quiet SHA256SUMS 2>&1")
+      assert.are.equal(0, crc, "the checksums agree with the symlink's target: " .. check)
+      out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+      assert.are.equal(3, rc, out)
+      assert.matches("files" .. f.bin .. ": a symlink where a regular file belongs", out, 1, true)
+      out, rc = restore(f, dir)
+      assert.are.equal(3, rc, out)
+      assert.matches("nothing was restored", out)
+      assert.is_nil(out:find("SHADOW-SECRET", 1, true))
+      assert.are.equal("", tree(f.out))
+    end
+  end)
+
+  it("treats a FIFO or a directory where a stored file belongs as damage, without hanging", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    for kind, make in pairs({ FIFO = "mkfifo", directory = "mkdir" }) do
+      replace_stored(dir, f.env, function(stored) return make .. " " .. stored end)
+      out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+      assert.are.equal(3, rc, out)
+      assert.matches("files" .. f.env .. ": a " .. (kind == "FIFO" and "named pipe" or "directory")
+        .. " where a regular file belongs", out, 1, true)
+      out, rc = util.sh("timeout 20 " .. q(bkr) .. " config restore " .. q(dir) .. " --to " .. q(f.out)
+        .. " --key-file " .. q(f.key) .. " 2>&1")
+      assert.are.equal(3, rc, out)
+      assert.are.equal("", tree(f.out))
+      util.sh("rm -rf " .. q(dir .. "/files" .. f.env))
+    end
+  end)
+
+  it("treats a symlinked directory inside the backup as damage, even when it points at an identical copy", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local first = f.yaml:match("^/([^/]+)")
+    local elsewhere = f.base .. "/elsewhere"
+    util.sh("mv " .. q(dir .. "/files/" .. first) .. " " .. q(elsewhere) .. " && ln -s " .. q(elsewhere) .. " "
+      .. q(dir .. "/files/" .. first))
+    local check, crc = util.sh("cd " .. q(dir) .. " && sha256sum -c --quiet SHA256SUMS 2>&1")
+    assert.are.equal(0, crc, check)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches("files/" .. first .. ": a symlink where a directory belongs", out, 1, true)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+
+  it("treats a manifest that lists a file twice as damage: exit 3, nothing written", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local manifest = manifest_of(dir)
+    table.insert(manifest.files, manifest.files[1])
+    util.write(dir .. "/manifest.json", json.encode(manifest, { indent = true }))
+    reseal_checksums(dir)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches("manifest: " .. f.yaml .. " is listed twice", out, 1, true)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+end)
