@@ -8,7 +8,9 @@
 --            3. verify the staged backup end to end (every value opened, every file's SHA-256)
 --            4. publish it under config_backup_<UTC time> in one rename; rotate
 --   restore  verify everything first (checksums, every value, every file's SHA-256), refuse to
---            replace existing files without --overwrite, then write each file atomically
+--            replace existing files without --overwrite and to write through a symlink below
+--            --to; stage every file beside its target, then rename them all into place, or on
+--            any failure remove what was staged (all or nothing)
 --   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256;
 --            only regular files in real directories are read inside a backup
 --   list     config backups, newest first
@@ -615,6 +617,126 @@ local function backup(args)
   return cli.EXIT_OK
 end
 
+-- ------------------------------------------------------------------ restore: all or nothing
+
+-- Where each file of the backup goes, checked before anything is written: TO/<original path>.
+-- Below TO (the caller's own choice), every component that exists must be a real directory:
+-- restore never writes through a symlink it did not create (`OUT/tmp -> /tmp/victim`). A target
+-- that exists is refused without --overwrite, and even with it unless it is a regular file.
+-- Returns { steps = { {file, target, replaces}, ... }, create = {directories, parents first} }
+-- or stops the run (exit 1) with one line naming every offending path.
+local function plan_restore(manifest, to, overwrite)
+  local plan, links, existing, seen = { steps = {}, create = {} }, {}, {}, {}
+  local function note(list, item)
+    if not seen[item] then list[#list + 1] = item end
+    seen[item] = true
+  end
+  if to ~= "" and not lfs.attributes(to, "mode") then note(plan.create, to) end
+  for _, file in ipairs(manifest.files) do
+    local parts = {}
+    for part in file.path:gmatch("[^/]+") do parts[#parts + 1] = part end
+    local path, blocked = to, false
+    for i = 1, #parts - 1 do
+      path = path .. "/" .. parts[i]
+      local mode = lfs.symlinkattributes(path, "mode")
+      if mode == nil then
+        note(plan.create, path)
+      elseif mode ~= "directory" then
+        note(links, string.format("%s is %s", path, LFS_MODES[mode] or ("a " .. mode)))
+        blocked = true
+        break
+      end
+    end
+    local target = to .. file.path
+    local mode = not blocked and lfs.symlinkattributes(target, "mode")
+    if mode and not overwrite then
+      existing[#existing + 1] = target
+    elseif mode and mode ~= "file" then
+      note(links, string.format("%s is %s, not a regular file", target, LFS_MODES[mode] or ("a " .. mode)))
+    end
+    plan.steps[#plan.steps + 1] = { file = file, target = target, replaces = mode and true or false }
+  end
+  if #links > 0 then
+    cli.fail(cli.EXIT_FAILED, "config restore: %s: restore does not write through or over what it did not "
+      .. "create; nothing was restored", table.concat(links, "; "))
+  end
+  if #existing > 0 then
+    cli.fail(cli.EXIT_FAILED, "config restore: refusing to replace existing files (use --overwrite): %s; "
+      .. "nothing was restored", table.concat(existing, ", "))
+  end
+  return plan
+end
+
+-- A name beside `target` for its staged copy: bkr's temporary prefix, so that a leftover of a
+-- killed run is recognisably bkr's, a random part, so that it is new, and the file's number in
+-- the plan, so that two long names cut to the same prefix stay apart.
+local function staging_name(target, token, number)
+  local base = target:match("[^/]+$")
+  return string.format("%s/.bkr-tmp.%s.restore-%s-%d", dirname(target), base:sub(1, 180), token, number)
+end
+
+-- Write every file of the plan under a staged name beside its target, check it, then rename
+-- each into place. On any failure (no space, a stored file that changed, an interruption)
+-- remove the staged files, the files it had put in place that were new and the directories it
+-- created, and stop the run: the restore directory is as it was, except for files already
+-- replaced by a failed rename in the last step (named in the message).
+local function restore_all(plan, dir, key, plain)
+  local created, staged, placed = {}, {}, {}
+  local token = crypto.random_bytes(6):gsub(".", function(c) return string.format("%02x", c:byte()) end)
+  local ok, failure = pcall(function()
+    for _, path in ipairs(plan.create) do
+      local made, err = fs.mkdirs(path, PRIVATE)
+      if not made then error(clean_message(err), 0) end
+      created[#created + 1] = path
+      if lfs.symlinkattributes(path, "mode") ~= "directory" then
+        error(path .. " changed while restoring (not a directory any more)", 0)
+      end
+    end
+    for number, step in ipairs(plan.steps) do
+      if bkr.interrupted() then error("interrupted", 0) end
+      local file, mode = step.file, tonumber(step.file.mode, 8)
+      step.staged = staging_name(step.target, token, number)
+      local done, err
+      if plain[file] then
+        done, err = fs.write_file(step.staged, plain[file], { mode = mode })
+      else
+        done, err = files.read_whole(dir .. "/" .. file.stored, {
+          key = file.whole_file_encrypted and key or nil, target = step.staged, mode = mode })
+        if done and done ~= file.sha256 then
+          staged[#staged + 1] = step.staged
+          cli.fail(cli.EXIT_INTEGRITY, "config restore: %s changed while restoring (SHA-256 mismatch)", file.stored)
+        end
+      end
+      if not done then error(file.path .. ": " .. clean_message(err), 0) end
+      staged[#staged + 1] = step.staged
+    end
+    for _, step in ipairs(plan.steps) do
+      if not step.replaces and lfs.symlinkattributes(step.target, "mode") then
+        error(step.target .. " appeared while restoring", 0)
+      end
+      local moved, err = fs.rename(step.staged, step.target)
+      if not moved then error(step.target .. ": " .. clean_message(err), 0) end
+      placed[#placed + 1] = step
+    end
+  end)
+  if ok then return end
+
+  local replaced = {}
+  for i = #placed, 1, -1 do
+    if placed[i].replaces then replaced[#replaced + 1] = placed[i].target else os.remove(placed[i].target) end
+  end
+  for _, path in ipairs(staged) do os.remove(path) end
+  for i = #created, 1, -1 do os.remove(created[i]) end -- (rmdir: only if still empty)
+  local code, message = cli.EXIT_FAILED, failure
+  if type(failure) == "table" then code, message = failure.exit_code, failure.message end
+  message = clean_message(message):gsub("^config restore: ", "")
+  if #replaced > 0 then
+    cli.fail(code, "config restore: %s; already replaced (the others were not): %s", message,
+      table.concat(replaced, ", "))
+  end
+  cli.fail(code, "config restore: %s; nothing was restored", message)
+end
+
 -- ------------------------------------------------------------------ restore
 
 local function parse_restore(args)
@@ -626,7 +748,8 @@ local function parse_restore(args)
       .. "secrets decrypted (ENCRYPTED:v2 values, and the previous tool's XOR values with that key).\n"
       .. "BACKUP is a backup directory or its name (config_backup_YYYYMMDD_HHMMSS in REPO/config).\n"
       .. "All or nothing: every file is checked (each value authenticated, each file's SHA-256 equal\n"
-      .. "to the original's) before any is written; existing files are kept unless --overwrite.",
+      .. "to the original's) and staged beside its target before any is put in place; existing files\n"
+      .. "are kept unless --overwrite; nothing is written through a symlink below DIR.",
     positional = "BACKUP",
     options = {
       { "--to", "DIR", "where to restore (required; / restores in place, with --overwrite)" },
@@ -665,41 +788,13 @@ local function restore(args)
   end
   local manifest = report.manifest
 
-  -- 2. where each file goes; never over an existing one without --overwrite
-  local to = options.to:gsub("/+$", "")
-  local targets, existing = {}, {}
-  for _, file in ipairs(manifest.files) do
-    local target = to .. file.path
-    targets[file] = target
-    if lfs.symlinkattributes(target) and not options.overwrite then existing[#existing + 1] = target end
-  end
-  if #existing > 0 then
-    cli.fail(cli.EXIT_FAILED, "config restore: refusing to replace existing files (use --overwrite): %s; "
-      .. "nothing was restored", table.concat(existing, ", "))
-  end
+  -- 2. where each file goes: nothing written through a symlink, nothing replaced without --overwrite
+  local plan = plan_restore(manifest, (options.to:gsub("/+$", "")), options.overwrite == true)
 
-  -- 3. write each file atomically, with its mode
-  for _, file in ipairs(manifest.files) do
-    local target, mode = targets[file], tonumber(file.mode, 8)
-    local ok, err = fs.mkdirs(dirname(target), PRIVATE)
-    if ok then
-      if report.plain[file] then
-        ok, err = fs.write_file(target, report.plain[file], { mode = mode, overwrite = options.overwrite == true })
-      else
-        local digest, werr = files.read_whole(dir .. "/" .. file.stored, {
-          key = file.whole_file_encrypted and key or nil,
-          target = target, mode = mode, overwrite = options.overwrite == true,
-        })
-        if digest and digest ~= file.sha256 then
-          os.remove(target)
-          cli.fail(cli.EXIT_INTEGRITY, "config restore: %s changed while restoring (SHA-256 mismatch)",
-            file.stored)
-        end
-        ok, err = digest, werr
-      end
-    end
-    if not ok then cli.fail(cli.EXIT_FAILED, "config restore: %s: %s", file.path, clean_message(err)) end
-    say("restored %s -> %s (mode %s)", file.path, target, file.mode)
+  -- 3. stage every file beside its target, then move them all into place (or none)
+  restore_all(plan, dir, key, report.plain)
+  for _, step in ipairs(plan.steps) do
+    say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
   end
   say("restored %d files from %s", #manifest.files, dir)
   return cli.EXIT_OK
