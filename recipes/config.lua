@@ -631,7 +631,12 @@ local function plan_restore(manifest, to, overwrite)
     if not seen[item] then list[#list + 1] = item end
     seen[item] = true
   end
-  if to ~= "" and not lfs.attributes(to, "mode") then note(plan.create, to) end
+  -- TO and its missing parents (TO's own components are the caller's: followed)
+  local path = to:sub(1, 1) == "/" and "" or nil
+  for part in to:gmatch("[^/]+") do
+    path = path and (path .. "/" .. part) or part
+    if not lfs.attributes(path, "mode") then note(plan.create, path) end
+  end
   for _, file in ipairs(manifest.files) do
     local parts = {}
     for part in file.path:gmatch("[^/]+") do parts[#parts + 1] = part end
@@ -685,12 +690,13 @@ local function restore_all(plan, dir, key, plain)
   local token = crypto.random_bytes(6):gsub(".", function(c) return string.format("%02x", c:byte()) end)
   local ok, failure = pcall(function()
     for _, path in ipairs(plan.create) do
-      local made, err = fs.mkdirs(path, PRIVATE)
-      if not made then error(clean_message(err), 0) end
+      -- lfs.mkdir, not fs.mkdirs: it fails on anything already there (a symlink that appeared
+      -- since the plan), so every directory in `created` is one this run made
+      local made, err = lfs.mkdir(path)
+      if not made then error(path .. ": " .. tostring(err), 0) end
       created[#created + 1] = path
-      if lfs.symlinkattributes(path, "mode") ~= "directory" then
-        error(path .. " changed while restoring (not a directory any more)", 0)
-      end
+      made, err = fs.chmod(path, PRIVATE)
+      if not made then error(clean_message(err), 0) end
     end
     for number, step in ipairs(plan.steps) do
       if bkr.interrupted() then error("interrupted", 0) end
