@@ -937,7 +937,7 @@ describe("bkr config reads only regular files inside a backup", function()
     end
   end)
 
-  it("treats a FIFO or a directory where a stored file belongs as damage, without hanging", function()
+  it("treats a FIFO or a directory where a stored file, SHA256SUMS or manifest.json belongs as damage, without hanging", function()
     local f = fixture()
     local out, rc = backup(f)
     assert.are.equal(0, rc, out)
@@ -953,6 +953,13 @@ describe("bkr config reads only regular files inside a backup", function()
       assert.are.equal(3, rc, out)
       assert.are.equal("", tree(f.out))
       util.sh("rm -rf " .. q(dir .. "/files" .. f.env))
+    end
+    -- the same for the backup's own files: SHA256SUMS, manifest.json
+    for _, name in ipairs({ "SHA256SUMS", "manifest.json" }) do
+      util.sh("rm -f " .. q(dir .. "/" .. name) .. " && mkfifo " .. q(dir .. "/" .. name))
+      out, rc = util.sh("timeout 20 " .. q(bkr) .. " config verify " .. q(dir) .. " --key-file " .. q(f.key) .. " 2>&1")
+      assert.are.equal(3, rc, out)
+      assert.matches(name .. ".*not a regular file", out)
     end
   end)
 
