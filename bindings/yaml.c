@@ -14,6 +14,7 @@
  *                               or nil, msg (the same errors as decode)
  *   yaml.null                   sentinel for null values (a userdata; tostring gives "yaml.null")
  *   yaml.max_depth              nesting limit for collections (200)
+ *   yaml.max_alias_nodes        how many nodes the aliases of a document may stand for (100000)
  *
  * Scalars are resolved with the YAML 1.2 core schema when plain (unquoted): null / Null / NULL / ~ /
  * empty -> yaml.null; true / false (3 spellings each) -> booleans; [-+]?[0-9]+, 0o17, 0x1F ->
@@ -21,8 +22,13 @@
  * and every quoted or block scalar, is a string. Tags !!str !!int !!float !!bool !!null !!map
  * !!seq and the non-specific "!" are honoured; any other tag is an error. Mapping keys are
  * resolved the same way and must be scalars; a duplicate key is an error. Aliases are the
- * anchored value itself (the same table for collections), so expansion costs nothing. Merge
+ * anchored value itself (the same table for collections), so decoding copies nothing; but each
+ * alias counts as the nodes it stands for, and a document whose aliases stand for more than
+ * yaml.max_alias_nodes fails (a "billion laughs" would cost every walker of the tree). Merge
  * keys (<<) are ordinary keys. An empty stream is yaml.null; more than one document is an error.
+ *
+ * No message quotes the input's values, tags or undefined aliases (any of them may be a
+ * secret written unquoted): a problem names its line, column and key path instead.
  *
  * Every failure of the input is returned as nil, message; only a non-string argument raises.
  * The input must be UTF-8 (a leading BOM is allowed); libyaml reports positions in characters,
@@ -51,6 +57,11 @@
 
 #define YAML_MAX_DEPTH 200
 #define YAML_MSG_MAX 512
+/* Nodes that aliases may stand for in one document, each alias counting as the whole node
+ * it names (so a "billion laughs" is counted as what it expands to). The tree itself shares
+ * the tables, but every caller that walks it pays for the expansion. */
+#define YAML_MAX_ALIAS_NODES 100000
+#define YAML_PATH_MSG_MAX 160
 
 #define TAG_PREFIX "tag:yaml.org,2002:"
 
@@ -400,8 +411,12 @@ typedef struct walk {
     yaml_reader *r;
     int null_idx;      /* yaml.null */
     int anchors_idx;   /* anchor name -> value, or false while its collection is being built */
+    int sizes_idx;     /* anchor name -> nodes in the anchored node, its aliases expanded */
     int path_idx;      /* keys / indices leading to the current node, 1..path_len */
     int path_len;
+    unsigned char is_index[YAML_MAX_DEPTH + 2]; /* path element i is a sequence index */
+    lua_Integer nodes;       /* nodes so far, each alias counted as the node it names */
+    lua_Integer alias_nodes; /* the part of `nodes` that aliases stand for */
     int out_idx;       /* scalars() result, or 0 when decoding */
     lua_Integer out_len;
     char msg[YAML_MSG_MAX]; /* the failure, "line L, column C: ..." */
@@ -420,6 +435,84 @@ static int fail_at(walk *w, size_t line, size_t column, const char *fmt, ...)
 
 #define fail_mark(w, mark, ...) fail_at(w, (mark).line + 1, (mark).column + 1, __VA_ARGS__)
 
+/*
+ * Append the current node's place to buf as a key path ("database.password", "tokens[2]",
+ * indices 0-based, as jq and config_files.lua write them), cut to fit. Keys are names, which a
+ * message may show; values never are (docs/config-backup.md: a message names the file, the
+ * key path and the line, never a value, since any value may be a secret).
+ */
+static void append_path(walk *w, char *buf, size_t size)
+{
+    lua_State *L = w->L;
+    size_t n = strlen(buf), limit = n + YAML_PATH_MSG_MAX < size ? n + YAML_PATH_MSG_MAX : size - 1;
+    int cut = 0;
+    for (int i = 1; i <= w->path_len && !cut; i++) {
+        char part[128];
+        lua_rawgeti(L, w->path_idx, i);
+        if (w->is_index[i]) {
+            snprintf(part, sizeof part, "[%lld]", (long long)lua_tointeger(L, -1) - 1);
+        } else {
+            size_t len;
+            const char *key = luaL_tolstring(L, -1, &len); /* pushes; popped below */
+            int bare = len > 0 && len <= 40;
+            for (size_t j = 0; j < len && bare; j++)
+                bare = is_anchor_char((unsigned char)key[j]);
+            if (bare) {
+                snprintf(part, sizeof part, "%s%s", i > 1 ? "." : "", key);
+            } else { /* ["key"], with anything unprintable as \xNN, at most 24 bytes of it */
+                size_t k = 0;
+                part[k++] = '[';
+                part[k++] = '"';
+                for (size_t j = 0; j < len; j++) { /* at most 2 + 24 * 4 + 3 bytes: fits */
+                    unsigned char c = (unsigned char)key[j];
+                    if (j == 24) {
+                        k += (size_t)snprintf(part + k, sizeof part - k, "...");
+                        break;
+                    }
+                    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\')
+                        k += (size_t)snprintf(part + k, sizeof part - k, "\\x%02x", c);
+                    else
+                        part[k++] = (char)c;
+                }
+                snprintf(part + k, sizeof part - k, "\"]");
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        size_t m = strlen(part);
+        if (n + m > limit) { /* room for "..." is kept: limit is at most size - 1 */
+            m = limit - n > 3 ? limit - n - 3 : 0;
+            cut = 1;
+        }
+        memcpy(buf + n, part, m);
+        n += m;
+        if (cut && n + 3 < size) {
+            memcpy(buf + n, "...", 3);
+            n += 3;
+        }
+        buf[n] = '\0';
+    }
+}
+
+/* A failure about the current node's content: "line L, column C: KEY.PATH: problem". Never the
+ * text of the value, nor of a tag or an alias written where a value goes (an unquoted password
+ * "!Secr3t" is read as a tag, "*Secr3t" as an alias). */
+static int fail_node(walk *w, yaml_mark_t mark, const char *fmt, ...)
+{
+    int n = snprintf(w->msg, sizeof w->msg, "line %zu, column %zu: ", mark.line + 1, mark.column + 1);
+    if (w->path_len > 0 && n >= 0 && (size_t)n < sizeof w->msg) {
+        append_path(w, w->msg, sizeof w->msg);
+        n = (int)strlen(w->msg);
+        n += snprintf(w->msg + n, sizeof w->msg - (size_t)n, ": ");
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    if (n >= 0 && (size_t)n < sizeof w->msg)
+        vsnprintf(w->msg + n, sizeof w->msg - (size_t)n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 static int parser_error(walk *w)
 {
     yaml_parser_t *p = &w->r->parser;
@@ -428,9 +521,8 @@ static int parser_error(walk *w)
         return fail_at(w, 1, 1, "out of memory");
     case YAML_READER_ERROR: {
         size_t line, column;
+        /* (not p->problem_value: that is a byte of the input, perhaps of a secret) */
         position_of(w->r->text, w->r->len, p->problem_offset, &line, &column);
-        if (p->problem_value != -1)
-            return fail_at(w, line, column, "%s (byte 0x%02x)", p->problem, (unsigned)p->problem_value);
         return fail_at(w, line, column, "%s", p->problem);
     }
     case YAML_SCANNER_ERROR:
@@ -485,15 +577,20 @@ static const char *style_name(yaml_scalar_style_t style)
     }
 }
 
-/* "tag:yaml.org,2002:int" is written !!int in documents, and so in messages. */
-static const char *short_tag(const char *tag)
+/*
+ * An unsupported tag, named only when it is one of the YAML 1.1 types of the yaml.org
+ * repository (!!set, !!binary ...): any other tag may be a value written unquoted, since
+ * `password: !Secr3t` is the tag !Secr3t on an empty scalar.
+ */
+static int fail_tag(walk *w, yaml_mark_t mark, const char *tag)
 {
-    return strncmp(tag, TAG_PREFIX, strlen(TAG_PREFIX)) == 0 ? "!!" : "";
-}
-
-static size_t short_tag_skip(const char *tag)
-{
-    return *short_tag(tag) ? strlen(TAG_PREFIX) : 0;
+    static const char *const known[] = {"binary", "merge", "omap", "pairs", "set", "timestamp", "value",
+                                        "yaml", "str", "int", "float", "bool", "null", "map", "seq", NULL};
+    size_t prefix = strlen(TAG_PREFIX);
+    if (strncmp(tag, TAG_PREFIX, prefix) == 0 && is_one_of(tag + prefix, strlen(tag + prefix), known))
+        return fail_node(w, mark, "unsupported tag !!%s", tag + prefix);
+    return fail_node(w, mark, "unsupported tag (not shown: a plain value that starts with '!' is read "
+                              "as a tag; quote it)");
 }
 
 /* Tags a collection may carry: none, "!", or its own core tag. */
@@ -501,8 +598,7 @@ static int check_collection_tag(walk *w, const yaml_event_t *ev, const yaml_char
 {
     if (tag == NULL || strcmp((const char *)tag, "!") == 0 || strcmp((const char *)tag, own) == 0)
         return 0;
-    return fail_mark(w, ev->start_mark, "unsupported tag %s%.100s", short_tag((const char *)tag),
-                     (const char *)tag + short_tag_skip((const char *)tag));
+    return fail_tag(w, ev->start_mark, (const char *)tag);
 }
 
 /* Append the current scalar event, whose value is at the top of the stack, to scalars()'s list. */
@@ -556,13 +652,11 @@ static int walk_scalar(walk *w, int is_key)
     case RESOLVE_OK:
         break;
     case RESOLVE_RANGE:
-        return fail_mark(w, ev->start_mark, "integer out of range: %.40s", s);
-    case RESOLVE_MISMATCH:
-        return fail_mark(w, ev->start_mark, "invalid %s%.60s value: %.40s", short_tag(tag),
-                         tag + short_tag_skip(tag), s);
+        return fail_node(w, ev->start_mark, "integer out of range");
+    case RESOLVE_MISMATCH: /* only the core tags resolve_scalar knows get here */
+        return fail_node(w, ev->start_mark, "invalid !!%s value", tag + strlen(TAG_PREFIX));
     case RESOLVE_TAG:
-        return fail_mark(w, ev->start_mark, "unsupported tag %s%.100s", short_tag(tag),
-                         tag + short_tag_skip(tag));
+        return fail_tag(w, ev->start_mark, tag);
     }
     switch (v.kind) {
     case YV_NULL: lua_pushvalue(L, w->null_idx); break;
@@ -570,14 +664,17 @@ static int walk_scalar(walk *w, int is_key)
     case YV_INT: lua_pushinteger(L, v.integer); break;
     case YV_FLOAT:
         if (is_key && isnan(v.number))
-            return fail_mark(w, ev->start_mark, "a mapping key cannot be NaN");
+            return fail_node(w, ev->start_mark, "a mapping key cannot be NaN");
         lua_pushnumber(L, v.number);
         break;
     case YV_STRING: lua_pushlstring(L, s, n); break;
     }
+    w->nodes++;
     if (ev->data.scalar.anchor != NULL) {
         lua_pushvalue(L, -1);
         lua_setfield(L, w->anchors_idx, (const char *)ev->data.scalar.anchor);
+        lua_pushinteger(L, 1);
+        lua_setfield(L, w->sizes_idx, (const char *)ev->data.scalar.anchor);
     }
     if (w->out_idx != 0)
         record_scalar(w, is_key);
@@ -590,41 +687,58 @@ static int walk_alias(walk *w, int is_key)
     const yaml_event_t *ev = &w->r->event;
     const char *name = (const char *)ev->data.alias.anchor;
     int type = lua_getfield(L, w->anchors_idx, name);
-    if (type == LUA_TNIL)
-        return fail_mark(w, ev->start_mark, "undefined alias *%.100s", name);
+    if (type == LUA_TNIL) /* not named: `password: *Secr3t` is an alias */
+        return fail_node(w, ev->start_mark, "undefined alias (not shown: a plain value that starts with "
+                                            "'*' is read as an alias; quote it)");
     if (type == LUA_TBOOLEAN)
         return fail_mark(w, ev->start_mark, "alias *%.100s refers to a collection that contains it", name);
     if (is_key && type == LUA_TTABLE)
         return fail_mark(w, ev->start_mark, "mapping keys must be scalars (alias *%.100s is a collection)",
                          name);
+    /* Every caller that walks the tree pays for the expansion: bound it here. */
+    lua_getfield(L, w->sizes_idx, name);
+    lua_Integer size = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    w->nodes += size;
+    w->alias_nodes += size;
+    if (w->alias_nodes > YAML_MAX_ALIAS_NODES)
+        return fail_node(w, ev->start_mark, "aliases stand for more than %d nodes (yaml.max_alias_nodes): "
+                         "refused as a \"billion laughs\"", YAML_MAX_ALIAS_NODES);
     return 0;
 }
 
 static int walk_node(walk *w, int depth, int is_key);
 
 /* Push the anchor of the collection that starts at the current event (or nil) and mark it as
- * under construction, so that an alias inside it is reported instead of building a cycle. */
-static void anchor_begin(walk *w, const yaml_char_t *anchor)
+ * under construction, so that an alias inside it is reported instead of building a cycle.
+ * Counts the collection as a node; returns the count before it, for anchor_end. */
+static lua_Integer anchor_begin(walk *w, const yaml_char_t *anchor)
 {
     lua_State *L = w->L;
+    lua_Integer before = w->nodes++;
     if (anchor == NULL) {
         lua_pushnil(L);
-        return;
+        return before;
     }
     lua_pushstring(L, (const char *)anchor);
     lua_pushvalue(L, -1);
     lua_pushboolean(L, 0);
     lua_rawset(L, w->anchors_idx);
+    return before;
 }
 
-/* The collection is at the top, its anchor (or nil) below: register it, drop the anchor. */
-static void anchor_end(walk *w)
+/* The collection is at the top, its anchor (or nil) below: register it with its size (the
+ * nodes counted since `before`), drop the anchor. */
+static void anchor_end(walk *w, lua_Integer before)
 {
     lua_State *L = w->L;
     if (!lua_isnil(L, -2)) {
         lua_pushvalue(L, -2);
         lua_pushvalue(L, -2);
         lua_rawset(L, w->anchors_idx);
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, w->nodes - before);
+        lua_rawset(L, w->sizes_idx);
     }
     lua_remove(L, -2);
 }
@@ -635,7 +749,7 @@ static int walk_sequence(walk *w, int depth)
     const yaml_event_t *ev = &w->r->event;
     if (check_collection_tag(w, ev, ev->data.sequence_start.tag, TAG_PREFIX "seq") != 0)
         return -1;
-    anchor_begin(w, ev->data.sequence_start.anchor);
+    lua_Integer before = anchor_begin(w, ev->data.sequence_start.anchor);
     lua_newtable(L);
     int t = lua_gettop(L);
     for (lua_Integer i = 1;; i++) {
@@ -645,12 +759,13 @@ static int walk_sequence(walk *w, int depth)
             break;
         lua_pushinteger(L, i);
         lua_rawseti(L, w->path_idx, ++w->path_len);
+        w->is_index[w->path_len] = 1;
         if (walk_node(w, depth, 0) != 0)
             return -1;
         w->path_len--;
         lua_rawseti(L, t, i);
     }
-    anchor_end(w);
+    anchor_end(w, before);
     return 0;
 }
 
@@ -661,7 +776,7 @@ static int walk_mapping(walk *w, int depth)
     if (check_collection_tag(w, ev, ev->data.mapping_start.tag, TAG_PREFIX "map") != 0)
         return -1;
     yaml_mark_t start = ev->start_mark;
-    anchor_begin(w, ev->data.mapping_start.anchor);
+    lua_Integer before = anchor_begin(w, ev->data.mapping_start.anchor);
     lua_newtable(L);
     int t = lua_gettop(L);
     for (;;) {
@@ -681,12 +796,13 @@ static int walk_mapping(walk *w, int depth)
         lua_pop(L, 1);
         lua_pushvalue(L, -1);
         lua_rawseti(L, w->path_idx, ++w->path_len);
+        w->is_index[w->path_len] = 0;
         if (next_event(w) != 0 || walk_node(w, depth, 0) != 0)
             return -1;
         w->path_len--;
         lua_rawset(L, t);
     }
-    anchor_end(w);
+    anchor_end(w, before);
     return 0;
 }
 
@@ -767,6 +883,8 @@ static int run(lua_State *L, yaml_reader *r, const char *path, int scalars)
     w.null_idx = lua_upvalueindex(1);
     lua_newtable(L);
     w.anchors_idx = lua_gettop(L);
+    lua_newtable(L);
+    w.sizes_idx = lua_gettop(L);
     lua_newtable(L);
     w.path_idx = lua_gettop(L);
     if (scalars) {
@@ -889,5 +1007,7 @@ int luaopen_bkr_yaml(lua_State *L)
     luaL_setfuncs(L, yaml_functions, 1); /* every function keeps yaml.null as upvalue 1 */
     lua_pushinteger(L, YAML_MAX_DEPTH);
     lua_setfield(L, -2, "max_depth");
+    lua_pushinteger(L, YAML_MAX_ALIAS_NODES);
+    lua_setfield(L, -2, "max_alias_nodes");
     return 1;
 }

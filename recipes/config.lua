@@ -8,8 +8,11 @@
 --            3. verify the staged backup end to end (every value opened, every file's SHA-256)
 --            4. publish it under config_backup_<UTC time> in one rename; rotate
 --   restore  verify everything first (checksums, every value, every file's SHA-256), refuse to
---            replace existing files without --overwrite, then write each file atomically
---   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256
+--            replace existing files without --overwrite and to write through a symlink below
+--            --to; stage every file beside its target, then rename them all into place, or on
+--            any failure remove what was staged (all or nothing)
+--   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256;
+--            only regular files in real directories are read inside a backup
 --   list     config backups, newest first
 -- Exit codes: 0 ok, 1 failed, 2 usage or configuration, 3 integrity.
 local lfs = require "lfs"
@@ -48,14 +51,6 @@ end
 
 local function octal(mode)
   return string.format("%04o", mode)
-end
-
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local data = f:read("a")
-  f:close()
-  return data
 end
 
 local function dirname(path)
@@ -102,7 +97,8 @@ local function scan(dir)
   for name in lfs.dir(dir) do
     local stamp = name:match(NAME_PATTERN)
     local time, sequence = repo.parse_stamp(stamp or "")
-    if time and lfs.attributes(dir .. "/" .. name, "mode") == "directory" then
+    -- (symlinkattributes: a symlink there is not a backup bkr wrote; never read or rotated)
+    if time and lfs.symlinkattributes(dir .. "/" .. name, "mode") == "directory" then
       backups[#backups + 1] = { name = name, path = dir .. "/" .. name, stamp = stamp,
         time = time, sequence = sequence, type = "daily" }
     end
@@ -165,6 +161,56 @@ local function entry_problem(file)
   return nil
 end
 
+-- The manifest as a whole: its format, every entry, and no original path or stored copy listed
+-- twice (restore would write one over the other) or both as a file and as a directory.
+-- Returns nil or the problem.
+local function manifest_problem(manifest)
+  if manifest.format ~= FORMAT or type(manifest.files) ~= "table" then
+    return string.format("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
+  end
+  local paths, stored = {}, {}
+  for _, file in ipairs(manifest.files) do
+    local bad = entry_problem(file)
+    if bad then return "manifest: " .. bad end
+    if paths[file.path] then return "manifest: " .. file.path .. " is listed twice" end
+    if stored[file.stored] then return "manifest: stored copy " .. file.stored .. " is listed twice" end
+    paths[file.path], stored[file.stored] = true, true
+  end
+  for path in pairs(paths) do
+    local parent = dirname(path)
+    while parent ~= "" do
+      if paths[parent] then return "manifest: " .. parent .. " is listed as a file and as a directory" end
+      parent = dirname(parent)
+    end
+  end
+  return nil
+end
+
+-- What stands at DIR/RELATIVE, as bkr reads a backup: every directory on the way a real
+-- directory and the file itself a regular file; a symlink, FIFO, device or directory in their
+-- place means the backup is damaged (someone else may have written it). Returns nil,
+-- "missing", or the problem ("files/etc: a symlink where a directory belongs").
+-- O_NOFOLLOW in the readers covers the last component; this covers the ones above it.
+local LFS_MODES = { link = "a symlink", file = "a regular file", directory = "a directory",
+  ["named pipe"] = "a named pipe", socket = "a socket", ["char device"] = "a character device",
+  ["block device"] = "a block device" }
+local function stored_file_problem(dir, relative)
+  local parts = {}
+  for part in relative:gmatch("[^/]+") do parts[#parts + 1] = part end
+  local path = dir
+  for i, part in ipairs(parts) do
+    path = path .. "/" .. part
+    local mode = lfs.symlinkattributes(path, "mode")
+    if not mode then return "missing" end
+    local want = i < #parts and "directory" or "file"
+    if mode ~= want then
+      return string.format("%s: %s where %s belongs", table.concat(parts, "/", 1, i),
+        LFS_MODES[mode] or ("a " .. mode), LFS_MODES[want])
+    end
+  end
+  return nil
+end
+
 -- Files under files/ that the manifest does not name.
 local function unexpected_files(dir, expected)
   local found = {}
@@ -182,7 +228,7 @@ local function unexpected_files(dir, expected)
       end
     end
   end
-  if lfs.attributes(dir .. "/files", "mode") == "directory" then walk("files") end
+  if lfs.symlinkattributes(dir .. "/files", "mode") == "directory" then walk("files") end
   return found
 end
 
@@ -192,39 +238,52 @@ end
 --   { manifest, problems = {...}, plain = { [file entry] = original text }, unchecked = n }
 local function inspect(dir, key)
   local report = { problems = {}, plain = {}, unchecked = 0 }
-  local function problem(fmt, ...) report.problems[#report.problems + 1] = string.format(fmt, ...) end
+  local said = {}
+  local function problem(fmt, ...)
+    local text = string.format(fmt, ...)
+    if not said[text] then report.problems[#report.problems + 1] = text end
+    said[text] = true
+  end
 
   -- 1. the manifest
+  if lfs.symlinkattributes(dir, "mode") ~= "directory" then
+    problem("%s is %s, not a backup directory", dir, LFS_MODES[lfs.symlinkattributes(dir, "mode")] or "missing")
+    return report
+  end
   local manifest, merr = json.read_file(dir .. "/manifest.json")
   if not manifest then
     problem("manifest: %s", clean_message(merr))
     return report
   end
-  if manifest.format ~= FORMAT or type(manifest.files) ~= "table" then
-    problem("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
+  local bad = manifest_problem(manifest)
+  if bad then
+    problem("%s", bad)
     return report
-  end
-  for _, file in ipairs(manifest.files) do
-    local bad = entry_problem(file)
-    if bad then
-      problem("manifest: %s", bad)
-      return report
-    end
   end
   report.manifest = manifest
 
-  -- 2. SHA256SUMS, and the stored copies against it and against the manifest
-  local actual = {}
+  -- 2. SHA256SUMS, and the stored copies against it and against the manifest; a stored copy
+  -- that is not a regular file in real directories is reported once, as what it is
+  local actual, misplaced = {}, {}
   local function digest_of(relative)
     if actual[relative] == nil then
-      actual[relative] = hash.sha256_file(dir .. "/" .. relative) or false
+      local wrong = stored_file_problem(dir, relative)
+      if wrong and wrong ~= "missing" then
+        problem("%s", wrong)
+        misplaced[relative] = true
+      end
+      actual[relative] = not wrong and hash.sha256_file(dir .. "/" .. relative) or false
     end
     return actual[relative]
   end
   local listed = {}
-  local sums_text, serr = read_file(dir .. "/SHA256SUMS")
+  local sums_text, serr, skind = fs.read_file(dir .. "/SHA256SUMS")
   local sums, perr
-  if sums_text then sums, perr = files.parse_sums(sums_text) else perr = "missing SHA256SUMS (" .. serr .. ")" end
+  if sums_text then
+    sums, perr = files.parse_sums(sums_text)
+  else
+    perr = (skind == "missing" and "missing SHA256SUMS (" or "unreadable SHA256SUMS (") .. clean_message(serr) .. ")"
+  end
   if not sums then
     problem("%s", perr)
     sums = {}
@@ -236,7 +295,7 @@ local function inspect(dir, key)
       listed[line.name] = line.digest
       local digest = digest_of(line.name)
       if not digest then
-        problem("%s: missing", line.name)
+        if not misplaced[line.name] then problem("%s: missing", line.name) end
       elseif digest ~= line.digest then
         problem("%s: SHA-256 mismatch (SHA256SUMS says %s, the file is %s)", line.name, line.digest, digest)
       end
@@ -248,7 +307,9 @@ local function inspect(dir, key)
     expected[file.stored] = true
     local digest = digest_of(file.stored)
     if not digest then
-      if not listed[file.stored] then problem("%s: stored copy %s is missing", file.path, file.stored) end
+      if not listed[file.stored] and not misplaced[file.stored] then
+        problem("%s: stored copy %s is missing", file.path, file.stored)
+      end
     elseif digest ~= file.stored_sha256 then
       -- (a mismatch with SHA256SUMS was reported above)
       if not listed[file.stored] or listed[file.stored] == digest then
@@ -262,7 +323,12 @@ local function inspect(dir, key)
     end
   end
   for _, relative in ipairs(unexpected_files(dir, expected)) do
-    problem("%s: not part of the backup (not in the manifest)", relative)
+    -- (a symlinked directory on the way to a stored copy was reported above, as what it is)
+    local shown = false
+    for name in pairs(misplaced) do
+      if name:sub(1, #relative + 1) == relative .. "/" then shown = true end
+    end
+    if not shown then problem("%s: not part of the backup (not in the manifest)", relative) end
   end
 
   -- 3. the content: what the original was, from what is stored
@@ -289,7 +355,7 @@ local function inspect(dir, key)
           problem("%s: content does not match the original's SHA-256", file.path)
         end
       else
-        local stored, rerr = read_file(stored_path)
+        local stored, rerr = fs.read_file(stored_path)
         local plain, err = stored, nil
         if not stored then
           err = rerr
@@ -383,8 +449,9 @@ local function store_file(run, source)
   make_dirs(run, dirname(stored))
 
   if source.kind ~= "other" then
-    local text, rerr = read_file(source.path)
-    if not text then error(source.path .. ": " .. rerr, 0) end
+    -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
+    local text, rerr = fs.read_file(source.path, { follow = true })
+    if not text then error(clean_message(rerr), 0) end
     local sealed, fields = files.protect(source.kind, text, run.cipher, run.sensitive)
     if sealed then
       local ok, err = fs.write_file(run.staging .. "/" .. stored, sealed,
@@ -550,6 +617,132 @@ local function backup(args)
   return cli.EXIT_OK
 end
 
+-- ------------------------------------------------------------------ restore: all or nothing
+
+-- Where each file of the backup goes, checked before anything is written: TO/<original path>.
+-- Below TO (the caller's own choice), every component that exists must be a real directory:
+-- restore never writes through a symlink it did not create (`OUT/tmp -> /tmp/victim`). A target
+-- that exists is refused without --overwrite, and even with it unless it is a regular file.
+-- Returns { steps = { {file, target, replaces}, ... }, create = {directories, parents first} }
+-- or stops the run (exit 1) with one line naming every offending path.
+local function plan_restore(manifest, to, overwrite)
+  local plan, links, existing, seen = { steps = {}, create = {} }, {}, {}, {}
+  local function note(list, item)
+    if not seen[item] then list[#list + 1] = item end
+    seen[item] = true
+  end
+  -- TO and its missing parents (TO's own components are the caller's: followed)
+  local path = to:sub(1, 1) == "/" and "" or nil
+  for part in to:gmatch("[^/]+") do
+    path = path and (path .. "/" .. part) or part
+    if not lfs.attributes(path, "mode") then note(plan.create, path) end
+  end
+  for _, file in ipairs(manifest.files) do
+    local parts = {}
+    for part in file.path:gmatch("[^/]+") do parts[#parts + 1] = part end
+    local path, blocked = to, false
+    for i = 1, #parts - 1 do
+      path = path .. "/" .. parts[i]
+      local mode = lfs.symlinkattributes(path, "mode")
+      if mode == nil then
+        note(plan.create, path)
+      elseif mode ~= "directory" then
+        note(links, string.format("%s is %s", path, LFS_MODES[mode] or ("a " .. mode)))
+        blocked = true
+        break
+      end
+    end
+    local target = to .. file.path
+    local mode = not blocked and lfs.symlinkattributes(target, "mode")
+    if mode and not overwrite then
+      existing[#existing + 1] = target
+    elseif mode and mode ~= "file" then
+      note(links, string.format("%s is %s, not a regular file", target, LFS_MODES[mode] or ("a " .. mode)))
+    end
+    plan.steps[#plan.steps + 1] = { file = file, target = target, replaces = mode and true or false }
+  end
+  if #links > 0 then
+    cli.fail(cli.EXIT_FAILED, "config restore: %s: restore does not write through or over what it did not "
+      .. "create; nothing was restored", table.concat(links, "; "))
+  end
+  if #existing > 0 then
+    cli.fail(cli.EXIT_FAILED, "config restore: refusing to replace existing files (use --overwrite): %s; "
+      .. "nothing was restored", table.concat(existing, ", "))
+  end
+  return plan
+end
+
+-- A name beside `target` for its staged copy: bkr's temporary prefix, so that a leftover of a
+-- killed run is recognisably bkr's, a random part, so that it is new, and the file's number in
+-- the plan, so that two long names cut to the same prefix stay apart.
+local function staging_name(target, token, number)
+  local base = target:match("[^/]+$")
+  return string.format("%s/.bkr-tmp.%s.restore-%s-%d", dirname(target), base:sub(1, 180), token, number)
+end
+
+-- Write every file of the plan under a staged name beside its target, check it, then rename
+-- each into place. On any failure (no space, a stored file that changed, an interruption)
+-- remove the staged files, the files it had put in place that were new and the directories it
+-- created, and stop the run: the restore directory is as it was, except for files already
+-- replaced by a failed rename in the last step (named in the message).
+local function restore_all(plan, dir, key, plain)
+  local created, staged, placed = {}, {}, {}
+  local token = crypto.random_bytes(6):gsub(".", function(c) return string.format("%02x", c:byte()) end)
+  local ok, failure = pcall(function()
+    for _, path in ipairs(plan.create) do
+      -- lfs.mkdir, not fs.mkdirs: it fails on anything already there (a symlink that appeared
+      -- since the plan), so every directory in `created` is one this run made
+      local made, err = lfs.mkdir(path)
+      if not made then error(path .. ": " .. tostring(err), 0) end
+      created[#created + 1] = path
+      made, err = fs.chmod(path, PRIVATE)
+      if not made then error(clean_message(err), 0) end
+    end
+    for number, step in ipairs(plan.steps) do
+      if bkr.interrupted() then error("interrupted", 0) end
+      local file, mode = step.file, tonumber(step.file.mode, 8)
+      step.staged = staging_name(step.target, token, number)
+      local done, err
+      if plain[file] then
+        done, err = fs.write_file(step.staged, plain[file], { mode = mode })
+      else
+        done, err = files.read_whole(dir .. "/" .. file.stored, {
+          key = file.whole_file_encrypted and key or nil, target = step.staged, mode = mode })
+        if done and done ~= file.sha256 then
+          staged[#staged + 1] = step.staged
+          cli.fail(cli.EXIT_INTEGRITY, "config restore: %s changed while restoring (SHA-256 mismatch)", file.stored)
+        end
+      end
+      if not done then error(file.path .. ": " .. clean_message(err), 0) end
+      staged[#staged + 1] = step.staged
+    end
+    for _, step in ipairs(plan.steps) do
+      if not step.replaces and lfs.symlinkattributes(step.target, "mode") then
+        error(step.target .. " appeared while restoring", 0)
+      end
+      local moved, err = fs.rename(step.staged, step.target)
+      if not moved then error(step.target .. ": " .. clean_message(err), 0) end
+      placed[#placed + 1] = step
+    end
+  end)
+  if ok then return end
+
+  local replaced = {}
+  for i = #placed, 1, -1 do
+    if placed[i].replaces then replaced[#replaced + 1] = placed[i].target else os.remove(placed[i].target) end
+  end
+  for _, path in ipairs(staged) do os.remove(path) end
+  for i = #created, 1, -1 do os.remove(created[i]) end -- (rmdir: only if still empty)
+  local code, message = cli.EXIT_FAILED, failure
+  if type(failure) == "table" then code, message = failure.exit_code, failure.message end
+  message = clean_message(message):gsub("^config restore: ", "")
+  if #replaced > 0 then
+    cli.fail(code, "config restore: %s; already replaced (the others were not): %s", message,
+      table.concat(replaced, ", "))
+  end
+  cli.fail(code, "config restore: %s; nothing was restored", message)
+end
+
 -- ------------------------------------------------------------------ restore
 
 local function parse_restore(args)
@@ -561,7 +754,8 @@ local function parse_restore(args)
       .. "secrets decrypted (ENCRYPTED:v2 values, and the previous tool's XOR values with that key).\n"
       .. "BACKUP is a backup directory or its name (config_backup_YYYYMMDD_HHMMSS in REPO/config).\n"
       .. "All or nothing: every file is checked (each value authenticated, each file's SHA-256 equal\n"
-      .. "to the original's) before any is written; existing files are kept unless --overwrite.",
+      .. "to the original's) and staged beside its target before any is put in place; existing files\n"
+      .. "are kept unless --overwrite; nothing is written through a symlink below DIR.",
     positional = "BACKUP",
     options = {
       { "--to", "DIR", "where to restore (required; / restores in place, with --overwrite)" },
@@ -600,41 +794,13 @@ local function restore(args)
   end
   local manifest = report.manifest
 
-  -- 2. where each file goes; never over an existing one without --overwrite
-  local to = options.to:gsub("/+$", "")
-  local targets, existing = {}, {}
-  for _, file in ipairs(manifest.files) do
-    local target = to .. file.path
-    targets[file] = target
-    if lfs.symlinkattributes(target) and not options.overwrite then existing[#existing + 1] = target end
-  end
-  if #existing > 0 then
-    cli.fail(cli.EXIT_FAILED, "config restore: refusing to replace existing files (use --overwrite): %s; "
-      .. "nothing was restored", table.concat(existing, ", "))
-  end
+  -- 2. where each file goes: nothing written through a symlink, nothing replaced without --overwrite
+  local plan = plan_restore(manifest, (options.to:gsub("/+$", "")), options.overwrite == true)
 
-  -- 3. write each file atomically, with its mode
-  for _, file in ipairs(manifest.files) do
-    local target, mode = targets[file], tonumber(file.mode, 8)
-    local ok, err = fs.mkdirs(dirname(target), PRIVATE)
-    if ok then
-      if report.plain[file] then
-        ok, err = fs.write_file(target, report.plain[file], { mode = mode, overwrite = options.overwrite == true })
-      else
-        local digest, werr = files.read_whole(dir .. "/" .. file.stored, {
-          key = file.whole_file_encrypted and key or nil,
-          target = target, mode = mode, overwrite = options.overwrite == true,
-        })
-        if digest and digest ~= file.sha256 then
-          os.remove(target)
-          cli.fail(cli.EXIT_INTEGRITY, "config restore: %s changed while restoring (SHA-256 mismatch)",
-            file.stored)
-        end
-        ok, err = digest, werr
-      end
-    end
-    if not ok then cli.fail(cli.EXIT_FAILED, "config restore: %s: %s", file.path, clean_message(err)) end
-    say("restored %s -> %s (mode %s)", file.path, target, file.mode)
+  -- 3. stage every file beside its target, then move them all into place (or none)
+  restore_all(plan, dir, key, report.plain)
+  for _, step in ipairs(plan.steps) do
+    say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
   end
   say("restored %d files from %s", #manifest.files, dir)
   return cli.EXIT_OK

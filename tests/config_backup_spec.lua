@@ -749,3 +749,313 @@ describe("bkr config command line", function()
     assert.are.equal(2, rc, out)
   end)
 end)
+
+-- Run bkr with arguments; returns its output (stdout and stderr), exit code and wall time in ms.
+local function timed(args)
+  local dir = util.scratch("timed")
+  local ms, rc = util.sh("(s=$(date +%s%N); " .. q(bkr) .. " " .. args .. " > " .. q(dir .. "/out") .. " 2>&1; rc=$?; "
+    .. "e=$(date +%s%N); echo $(( (e - s) / 1000000 )); exit $rc)")
+  return util.read(dir .. "/out"), rc, tonumber(ms)
+end
+
+-- grep -r for a string under a directory: the files that hold it (lines "path").
+local function holding(dir, text)
+  return (util.sh("grep -rlaF -e " .. q(text) .. " " .. q(dir) .. " 2>/dev/null"))
+end
+
+describe("bkr config backup of files that fight back", function()
+  it("never quotes a value of a file being backed up in a message, the log or the manifest: it names the file, the key path and the line", function()
+    local f = fixture()
+    local cases = {
+      { file = f.src .. "/int.yaml", text = "db:\n  host: x\n  password: !!int hunter2plain\n",
+        where = "line 3, column 13: db.password: invalid !!int value" },
+      { file = f.src .. "/port.yaml", text = "app:\n  port: !!int notaport-plain\n",
+        where = "line 2, column 9: app.port: invalid !!int value" },
+      { file = f.src .. "/bang.yaml", text = "admin:\n  - password: !Bang-plain\n",
+        where = "line 2, column 15: admin[0].password: unsupported tag" },
+      { file = f.src .. "/star.yaml", text = "password: *Star-plain\n",
+        where = "line 1, column 11: password: undefined alias" },
+    }
+    local leaks = { "hunter2plain", "notaport-plain", "Bang-plain", "Star-plain" }
+    local all = {}
+    for _, case in ipairs(cases) do
+      util.write(case.file, case.text)
+      all[#all + 1] = q(case.file)
+      local out, rc = run("config backup " .. q(case.file) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+      assert.are.equal(1, rc, out)
+      assert.matches(case.file .. ": yaml: " .. case.where, out, 1, true)
+      for _, leak in ipairs(leaks) do assert.is_nil(out:find(leak, 1, true), out) end
+    end
+    -- stored encrypted whole: the note in the manifest says where, not what
+    local out, rc = run("config backup " .. table.concat(all, " ") .. " --repo " .. q(f.repo) .. " --key-file "
+      .. q(f.key) .. " --encrypt-all")
+    assert.are.equal(0, rc, out)
+    local entry = entry_for(manifest_of(newest(f.repo)), cases[1].file)
+    assert.are.equal("encrypted whole: yaml: " .. cases[1].where, entry.note)
+    for _, leak in ipairs(leaks) do
+      assert.is_nil(out:find(leak, 1, true), out)
+      assert.are.equal("", holding(f.repo, leak), leak .. " is in the repository (bkr.log or a manifest)")
+    end
+    assert.matches('"result":"failed"', util.read(f.repo .. "/bkr.log"), 1, true)
+  end)
+
+  it("refuses a billion-laughs YAML file in well under a second, naming the file, and leaves the repository as it was", function()
+    local f = fixture()
+    local lines = { 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]' }
+    for i = 1, 8 do
+      lines[i + 1] = string.format("a%d: &a%d [%s]", i, i, string.rep("*a" .. (i - 1), 9, ","))
+    end
+    lines[#lines + 1] = "password: *a8"
+    local laughs = f.src .. "/laughs.yaml"
+    util.write(laughs, table.concat(lines, "\n") .. "\n")
+    assert.is_true(#util.read(laughs) < 500)
+    local out, rc, ms = timed("config backup " .. q(f.yaml) .. " " .. q(laughs) .. " --repo " .. q(f.repo)
+      .. " --key-file " .. q(f.key))
+    assert.are.equal(1, rc, out)
+    assert.is_true(ms < 1000, "took " .. ms .. " ms")
+    assert.matches(laughs .. ": yaml: line 6, column 10: a5[0]: aliases stand for more than 100000 nodes", out, 1, true)
+    assert.are.equal("", util.sh("ls -A " .. q(f.repo .. "/config")))
+    -- the lock went with the process: the next backup runs
+    out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+  end)
+
+  it("seals thousands of secrets reached through aliases in seconds, not minutes", function()
+    local f = fixture()
+    local lines = { "anchors:" }
+    for i = 1, 3000 do lines[#lines + 1] = string.format("  a%d: &x%d value-%d", i, i, i) end
+    lines[#lines + 1] = "passwords:"
+    for i = 1, 3000 do lines[#lines + 1] = string.format("  p%d: *x%d", i, i) end
+    local many = f.src .. "/many.yaml"
+    util.write(many, table.concat(lines, "\n") .. "\n")
+    local out, rc, ms = timed("config backup " .. q(many) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    assert.is_true(ms < 10000, "took " .. ms .. " ms")
+    assert.are.equal("", holding(newest(f.repo), "value-"))
+    out, rc = restore(f, newest(f.repo))
+    assert.are.equal(0, rc, out)
+    assert.is_true(same_bytes(many, f.out .. many))
+  end)
+
+  it("seals a sensitive .env value in every form dotenv libraries read: =, spaces, tabs, export, KEY: value, KEY:value", function()
+    local f = fixture()
+    local env = f.src .. "/forms.env"
+    local text = table.concat({
+      "EQ_PASSWORD=eqLEAK1",
+      "SPACED_PASSWORD = spacedLEAK2",
+      "TAB_PASSWORD\t=\ttabLEAK3",
+      "export EXPORTED_PASSWORD=exportLEAK4",
+      "COLON_PASSWORD:colon3LEAK",
+      "COLON_SPACE_PASSWORD: colonSpaceLEAK5",
+      "export COLON_EXPORT_PASSWORD: colonExportLEAK6",
+      "\tINDENTED_TOKEN :indentLEAK7",
+      'QUOTED_SECRET: "quoted colon LEAK8"',
+      "1PASSWORD=digitLEAK9",
+      "export DB_PASSWORD",
+      'NOTE="a quoted value over lines',
+      'that mentions the password"',
+      "PLAIN: value",
+    }, "\n") .. "\n"
+    util.write(env, text)
+    local out, rc = run("config backup " .. q(env) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    assert.are.equal("", holding(dir, "LEAK"))
+    local stored = util.read(dir .. "/files" .. env)
+    assert.matches("\nCOLON_PASSWORD:ENCRYPTED:v2:[%w+/]+=*\n", stored)
+    assert.matches("\nexport COLON_EXPORT_PASSWORD: ENCRYPTED:v2:[%w+/]+=*\n", stored)
+    assert.matches("\nTAB_PASSWORD\t=\tENCRYPTED:v2:[%w+/]+=*\n", stored)
+    assert.matches("\nexport DB_PASSWORD\nNOTE=\"a quoted value over lines\nthat mentions the password\"\nPLAIN: value\n$",
+      stored)
+    assert.are.same({ "EQ_PASSWORD", "SPACED_PASSWORD", "TAB_PASSWORD", "EXPORTED_PASSWORD", "COLON_PASSWORD",
+      "COLON_SPACE_PASSWORD", "COLON_EXPORT_PASSWORD", "INDENTED_TOKEN", "QUOTED_SECRET", "1PASSWORD" },
+      entry_for(manifest_of(dir), env).encrypted_fields)
+    out, rc = restore(f, dir)
+    assert.are.equal(0, rc, out)
+    assert.is_true(same_bytes(env, f.out .. env))
+  end)
+
+  it("refuses a .env line that names a sensitive key in a form it cannot read, rather than store it in plaintext", function()
+    local f = fixture()
+    local env = f.src .. "/odd.env"
+    util.write(env, "# settings\nHOST=db\njust words are fine\ndb/password=slashLEAK\n")
+    local out, rc = run("config backup " .. q(env) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key))
+    assert.are.equal(1, rc, out)
+    assert.matches(env .. ": line 4 names a sensitive key but is not KEY=VALUE", out, 1, true)
+    assert.is_nil(out:find("LEAK", 1, true), out)
+    assert.are.equal("", util.sh("ls -A " .. q(f.repo .. "/config")))
+    out, rc = run("config backup " .. q(env) .. " --repo " .. q(f.repo) .. " --key-file " .. q(f.key) .. " --encrypt-all")
+    assert.are.equal(0, rc, out)
+    assert.are.equal("", holding(f.repo, "LEAK"))
+    assert.is_true(entry_for(manifest_of(newest(f.repo)), env).whole_file_encrypted)
+  end)
+end)
+
+describe("bkr config reads only regular files inside a backup", function()
+  -- Put `what` where the stored copy of `path` was and make manifest.json and SHA256SUMS agree
+  -- with what is read through it, as someone who can write the repository could.
+  local function replace_stored(dir, path, make)
+    local stored = dir .. "/files" .. path
+    os.remove(stored)
+    util.sh(make(q(stored)))
+    local function readable(file) -- (sha256sum would wait forever on a FIFO)
+      return select(2, util.sh("test -f " .. q(file))) == 0
+    end
+    local manifest = manifest_of(dir)
+    local entry = entry_for(manifest, path)
+    if readable(stored) then
+      local digest = util.sha256sum(stored)
+      entry.sha256, entry.stored_sha256 = digest, digest
+    end
+    util.write(dir .. "/manifest.json", json.encode(manifest, { indent = true }))
+    local names = { "manifest.json" }
+    for _, f in ipairs(manifest.files) do
+      if readable(dir .. "/" .. f.stored) then names[#names + 1] = q(f.stored) end
+    end
+    util.sh("cd " .. q(dir) .. " && sha256sum " .. table.concat(names, " ") .. " > SHA256SUMS")
+  end
+
+  it("treats a stored file replaced by a symlink (to /etc/shadow, to the key) as damage: exit 3, nothing read or written", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local shadow = f.base .. "/shadow"
+    util.write(shadow, "root:SHADOW-SECRET-HASH:19000::::::\n")
+    for _, target in ipairs({ shadow, f.key }) do
+      replace_stored(dir, f.bin, function(stored) return "ln -s " .. q(target) .. " " .. stored end)
+      local check, crc = util.sh("cd " .. q(dir) .. " && sha256sum -c --quiet SHA256SUMS 2>&1")
+      assert.are.equal(0, crc, "the checksums agree with the symlink's target: " .. check)
+      out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+      assert.are.equal(3, rc, out)
+      assert.matches("files" .. f.bin .. ": a symlink where a regular file belongs", out, 1, true)
+      out, rc = restore(f, dir)
+      assert.are.equal(3, rc, out)
+      assert.matches("nothing was restored", out)
+      assert.is_nil(out:find("SHADOW-SECRET", 1, true))
+      assert.are.equal("", tree(f.out))
+    end
+  end)
+
+  it("treats a FIFO or a directory where a stored file, SHA256SUMS or manifest.json belongs as damage, without hanging", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    for kind, make in pairs({ FIFO = "mkfifo", directory = "mkdir" }) do
+      replace_stored(dir, f.env, function(stored) return make .. " " .. stored end)
+      out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+      assert.are.equal(3, rc, out)
+      assert.matches("files" .. f.env .. ": a " .. (kind == "FIFO" and "named pipe" or "directory")
+        .. " where a regular file belongs", out, 1, true)
+      out, rc = util.sh("timeout 20 " .. q(bkr) .. " config restore " .. q(dir) .. " --to " .. q(f.out)
+        .. " --key-file " .. q(f.key) .. " 2>&1")
+      assert.are.equal(3, rc, out)
+      assert.are.equal("", tree(f.out))
+      util.sh("rm -rf " .. q(dir .. "/files" .. f.env))
+    end
+    -- the same for the backup's own files: SHA256SUMS, manifest.json
+    for _, name in ipairs({ "SHA256SUMS", "manifest.json" }) do
+      util.sh("rm -f " .. q(dir .. "/" .. name) .. " && mkfifo " .. q(dir .. "/" .. name))
+      out, rc = util.sh("timeout 20 " .. q(bkr) .. " config verify " .. q(dir) .. " --key-file " .. q(f.key) .. " 2>&1")
+      assert.are.equal(3, rc, out)
+      assert.matches(name .. ".*not a regular file", out)
+    end
+  end)
+
+  it("treats a symlinked directory inside the backup as damage, even when it points at an identical copy", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local first = f.yaml:match("^/([^/]+)")
+    local elsewhere = f.base .. "/elsewhere"
+    util.sh("mv " .. q(dir .. "/files/" .. first) .. " " .. q(elsewhere) .. " && ln -s " .. q(elsewhere) .. " "
+      .. q(dir .. "/files/" .. first))
+    local check, crc = util.sh("cd " .. q(dir) .. " && sha256sum -c --quiet SHA256SUMS 2>&1")
+    assert.are.equal(0, crc, check)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches("files/" .. first .. ": a symlink where a directory belongs", out, 1, true)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+
+  it("treats a manifest that lists a file twice as damage: exit 3, nothing written", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local manifest = manifest_of(dir)
+    table.insert(manifest.files, manifest.files[1])
+    util.write(dir .. "/manifest.json", json.encode(manifest, { indent = true }))
+    reseal_checksums(dir)
+    out, rc = run("config verify " .. q(dir) .. " --key-file " .. q(f.key))
+    assert.are.equal(3, rc, out)
+    assert.matches("manifest: " .. f.yaml .. " is listed twice", out, 1, true)
+    out, rc = restore(f, dir)
+    assert.are.equal(3, rc, out)
+    assert.are.equal("", tree(f.out))
+  end)
+end)
+
+describe("bkr config restore writes all or nothing, and only below --to", function()
+  it("never writes through a symlink below --to that it did not create: one-line refusal, nothing written", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    local victim = f.base .. "/victim"
+    util.sh("mkdir -p " .. q(victim) .. " " .. q(f.out))
+    -- at the top of --to ...
+    local first = f.yaml:match("^/([^/]+)")
+    util.sh("ln -s " .. q(victim) .. " " .. q(f.out .. "/" .. first))
+    out, rc = restore(f, dir)
+    assert.are.equal(1, rc, out)
+    local message = out:match("bkr: ([^\n]*)\n$")
+    assert.is_truthy(message, out)
+    assert.matches(f.out .. "/" .. first .. " is a symlink", message, 1, true)
+    assert.matches("nothing was restored", message, 1, true)
+    assert.are.equal("", util.sh("ls -A " .. q(victim)))
+    -- ... deep down, with --overwrite too ...
+    util.sh("rm " .. q(f.out .. "/" .. first) .. " && mkdir -p " .. q(f.out .. f.src:match("^(.*)/[^/]+$"))
+      .. " && ln -s " .. q(victim) .. " " .. q(f.out .. f.src))
+    out, rc = restore(f, dir, "--overwrite")
+    assert.are.equal(1, rc, out)
+    assert.matches(f.out .. f.src .. " is a symlink", out, 1, true)
+    assert.are.equal("", util.sh("ls -A " .. q(victim)))
+    -- ... and in place of a file, which --overwrite does not replace
+    util.sh("rm " .. q(f.out .. f.src) .. " && mkdir " .. q(f.out .. f.src) .. " && echo keep > "
+      .. q(victim .. "/target") .. " && ln -s " .. q(victim .. "/target") .. " " .. q(f.out .. f.yaml))
+    out, rc = restore(f, dir, "--overwrite")
+    assert.are.equal(1, rc, out)
+    assert.matches(f.out .. f.yaml .. " is a symlink", out, 1, true)
+    assert.are.equal("keep\n", util.read(victim .. "/target"))
+    assert.are.equal("link", util.sh("stat -c %F " .. q(f.out .. f.yaml)):match("symbolic (link)"))
+    assert.are.equal(f.out .. f.yaml, util.sh("find " .. q(f.out) .. " ! -type d"):gsub("\n$", ""))
+  end)
+
+  it("leaves --to as it was when it fills up halfway: no file restored, none replaced, nothing left behind", function()
+    local f = fixture()
+    local out, rc = backup(f)
+    assert.are.equal(0, rc, out)
+    local dir = newest(f.repo)
+    util.sh("mkdir -p " .. q(f.out))
+    local _, mrc = util.sh("mount -t tmpfs -o size=64k tmpfs " .. q(f.out))
+    assert.are.equal(0, mrc, "mount a small tmpfs (the specs run as root)")
+    finally(function() util.sh("umount " .. q(f.out)) end)
+    -- the YAML and .env files come first in the manifest and fit; the 700 kB file does not
+    out, rc = restore(f, dir)
+    assert.are.equal(1, rc, out)
+    assert.matches("[Nn]o space left on device", out)
+    assert.matches("nothing was restored", out)
+    assert.are.equal("", util.sh("find " .. q(f.out) .. " -mindepth 1"))
+    -- with --overwrite, the files that were there keep their content
+    util.sh("mkdir -p " .. q(f.out .. f.src) .. " && echo old > " .. q(f.out .. f.yaml))
+    out, rc = restore(f, dir, "--overwrite")
+    assert.are.equal(1, rc, out)
+    assert.are.equal("old\n", util.read(f.out .. f.yaml))
+    assert.are.equal(f.out .. f.yaml, util.sh("find " .. q(f.out) .. " ! -type d"):gsub("\n$", ""))
+  end)
+end)

@@ -3,7 +3,9 @@
 --
 --   yaml   (*.yaml, *.yml)            every scalar value under a sensitive key is replaced in
 --                                     place by one token; every other byte stays as it was
---   env    (.env, *.env, .env.*)      KEY=VALUE lines with a sensitive KEY: VALUE is replaced
+--   env    (.env, *.env, .env.*)      KEY=VALUE, KEY: VALUE, export KEY=VALUE lines with a
+--                                     sensitive KEY: VALUE is replaced; any other line that
+--                                     names a sensitive key is refused
 --   other                             copied byte for byte, or sealed whole (chunked format)
 --
 -- A token seals the value's exact source text (quotes, block indicators and all), so that
@@ -146,19 +148,21 @@ end
 
 -- Every value of the decoded document that sits under a sensitive key must be a token (or
 -- null). One that is not got there through an alias (`db_password: *pw`) of an anchor defined
--- outside any sensitive key. Returns the first such leaf: its place and value.
-local function unsealed_leaf(value, sensitive, under_secret, where)
+-- outside any sensitive key. Appends every such leaf, { place =, value = }, to `found`: all of
+-- them at once, so that sealing takes one more pass, not one per anchor (a file with thousands
+-- of aliased passwords took minutes under the repository lock). The walk visits an aliased
+-- table once per alias: bkr.yaml bounds that (yaml.max_alias_nodes).
+local function unsealed_leaves(value, sensitive, under_secret, where, found)
   if type(value) == "table" then
     for k, v in pairs(value) do
       local child = where == "" and tostring(k) or (where .. "." .. tostring(k))
       local secret = under_secret or (type(k) == "string" and sensitive(k))
-      local place, leaf = unsealed_leaf(v, sensitive, secret, child)
-      if place then return place, leaf end
+      unsealed_leaves(v, sensitive, secret, child, found)
     end
-    return nil
+  elseif under_secret and value ~= yaml.null and not is_token(value) then
+    found[#found + 1] = { place = where, value = value }
   end
-  if under_secret and value ~= yaml.null and not is_token(value) then return where, value end
-  return nil
+  return found
 end
 
 -- Is the scalar anchored (`&name value`, `&name !!str value`, `!!str &name value`)?
@@ -212,17 +216,19 @@ function files.protect_yaml(text, cipher, sensitive)
       end
     end
     -- ... and nothing under a sensitive key may be left in the clear through an alias
-    local place, leaf = unsealed_leaf(yaml.decode(stored), sensitive, false, "")
-    if not place then return stored, fields end
+    local leaves = unsealed_leaves(yaml.decode(stored), sensitive, false, "", {})
+    if #leaves == 0 then return stored, fields end
+    local wanted = {}
+    for _, leaf in ipairs(leaves) do wanted[tostring(leaf.value)] = true end
     local found = false
     for _, s in ipairs(values) do
-      if not chosen[s] and s.start < s.stop and s.value == tostring(leaf) and anchored(text, s) then
+      if not chosen[s] and s.start < s.stop and wanted[s.value] and anchored(text, s) then
         chosen[s], found = true, true
       end
     end
     if not found then
-      return nil, place .. ": the value under a sensitive key comes from an alias of a collection or "
-        .. "value that cannot be found to seal in place"
+      return nil, leaves[1].place .. ": the value under a sensitive key comes from an alias of a collection "
+        .. "or value that cannot be found to seal in place"
     end
   end
 end
@@ -262,8 +268,17 @@ end
 
 -- ------------------------------------------------------------------ .env
 
-local EXPORTED = "^[ \t]*export[ \t]+([%a_][%w_%.%-]*)[ \t]*=[ \t]*()"
-local ASSIGNED = "^[ \t]*([%a_][%w_%.%-]*)[ \t]*=[ \t]*()"
+-- The assignments dotenv libraries read (python-dotenv, ruby dotenv, docker compose):
+-- KEY=VALUE, KEY = VALUE (spaces or tabs), KEY: VALUE and KEY:VALUE, each also after `export `.
+-- A key has no '=' or ':' in it, so the first separator after it decides the form, in the
+-- original and in the stored text alike (a token's base64 may end with '=').
+local KEY = "[%w_][%w_%.%-]*"
+local FORMS = {
+  "^[ \t]*export[ \t]+(" .. KEY .. ")[ \t]*[=:][ \t]*()",
+  "^[ \t]*(" .. KEY .. ")[ \t]*[=:][ \t]*()",
+}
+-- Lines with nothing to seal: blank, a comment, a bare KEY or `export KEY`.
+local NOTHING = { "^[ \t]*$", "^[ \t]*#", "^[ \t]*" .. KEY .. "[ \t]*$", "^[ \t]*export[ \t]+" .. KEY .. "[ \t]*$" }
 
 -- Split into lines, each with its terminator ("\n", "\r\n" or "" at the end).
 local function lines_of(text)
@@ -281,10 +296,19 @@ end
 -- KEY and the byte offsets (1-based, within the line) of the value, or nil.
 local function assignment(line)
   local body = line:gsub("\r?\n$", "")
-  local key, value_at = body:match(EXPORTED)
-  if not key then key, value_at = body:match(ASSIGNED) end
-  if not key then return nil end
-  return key, value_at, #body
+  for _, form in ipairs(FORMS) do
+    local key, value_at = body:match(form)
+    if key then return key, value_at, #body end
+  end
+  return nil
+end
+
+local function holds_nothing(line)
+  local body = line:gsub("\r?\n$", "")
+  for _, pattern in ipairs(NOTHING) do
+    if body:find(pattern) then return true end
+  end
+  return false
 end
 
 -- Where a quoted value that opens on line i closes: the index of that line, or i.
@@ -315,9 +339,12 @@ local function closing_line(lines, i, value_at)
   return i -- never closed: the value is this line's rest, as most parsers read it
 end
 
--- Seal the values of sensitive keys in a .env file: the text after '=' (and its spaces) up to
--- the end of the line, or to the line of the closing quote of a multi-line quoted value.
--- Returns the stored text and the list of sealed keys (a key may appear twice).
+-- Seal the values of sensitive keys in a .env file: the text after the separator (and its
+-- spaces) up to the end of the line, or to the line of the closing quote of a multi-line quoted
+-- value. Returns the stored text and the list of sealed keys (a key may appear twice).
+-- A line that is none of the forms above but names a sensitive key (`db/password=...`,
+-- `DB PASSWORD x`) is refused rather than stored as it is: nil and a message naming its line
+-- (never its text).
 function files.protect_env(text, cipher, sensitive)
   local lines = lines_of(text)
   local out, fields = {}, {}
@@ -325,19 +352,23 @@ function files.protect_env(text, cipher, sensitive)
   while i <= #lines do
     local line = lines[i]
     local key, value_at, body_end = assignment(line)
+    local last = i
+    if key and value_at <= body_end then last = closing_line(lines, i, value_at) end
     if key and sensitive(key) and value_at <= body_end and not is_token(line:sub(value_at, body_end)) then
-      local last = closing_line(lines, i, value_at)
       local tail = lines[last]:match("\r?\n$") or ""
       local value = line:sub(value_at)
       for j = i + 1, last do value = value .. lines[j] end
       value = value:sub(1, #value - #tail)
       out[#out + 1] = line:sub(1, value_at - 1) .. cipher.seal(value, key) .. tail
       fields[#fields + 1] = key
-      i = last + 1
+    elseif not key and not holds_nothing(line) and sensitive(line) then
+      return nil, string.format("line %d names a sensitive key but is not KEY=VALUE, KEY: VALUE or "
+        .. "export KEY=VALUE", i)
     else
-      out[#out + 1] = line
-      i = i + 1
+      -- (a quoted value over several lines is copied whole: its lines are not assignments)
+      for j = i, last do out[#out + 1] = lines[j] end
     end
+    i = last + 1
   end
   return table.concat(out), fields
 end

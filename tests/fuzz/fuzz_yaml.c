@@ -7,7 +7,9 @@
  *
  * Beyond the sanitizers, it checks what callers rely on: a call never raises for a string; a
  * failure is nil plus "yaml: line L, column C: ..."; decode and scalars agree on success; every
- * scalar's span lies inside the input, and quoted scalars' spans begin and end with their quote.
+ * scalar's span lies inside the input, and quoted scalars' spans begin and end with their quote;
+ * walking a decoded document (aliased tables once per alias, as callers do) visits no more than
+ * a few nodes per input byte plus yaml.max_alias_nodes (each key and value counted).
  */
 #include <stdarg.h>
 #include <stdint.h>
@@ -78,6 +80,37 @@ static void check_scalars(lua_State *L, const uint8_t *data, size_t size)
     }
 }
 
+/* Count the nodes of the value at the top, an aliased table once per reference, as a caller
+ * walking the tree would; stops counting past `limit`. */
+static long long walk_count(lua_State *L, long long count, long long limit)
+{
+    count++;
+    if (count > limit || !lua_istable(L, -1))
+        return count;
+    check(lua_checkstack(L, 4), "stack", L);
+    lua_pushnil(L);
+    while (count <= limit && lua_next(L, -2) != 0) {
+        count = walk_count(L, count, limit); /* the value */
+        lua_pop(L, 1);
+        count++; /* the key (a scalar) */
+    }
+    if (count > limit)
+        lua_pop(L, 1); /* the key lua_next left */
+    return count;
+}
+
+static void check_expansion(lua_State *L, size_t size)
+{
+    lua_getfield(L, 1, "max_alias_nodes");
+    long long max_alias = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    /* nodes: a few per input byte at most, plus what aliases add; the walk counts keys too */
+    long long limit = 2 * (4 * (long long)size + 8 + max_alias);
+    lua_pushvalue(L, -2);
+    check(walk_count(L, 0, limit) <= limit, "a decoded document expands beyond yaml.max_alias_nodes", L);
+    lua_pop(L, 1);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     lua_State *L = luaL_newstate();
@@ -85,6 +118,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     luaL_requiref(L, "bkr.yaml", luaopen_bkr_yaml, 0);
     int decoded = call(L, "decode", data, size);
+    if (decoded)
+        check_expansion(L, size);
     int listed = call(L, "scalars", data, size);
     check(decoded == listed, "decode and scalars disagree", L);
     if (listed)
