@@ -127,6 +127,11 @@ end
 
 -- ------------------------------------------------------------------ the report
 
+-- A name or text in one Markdown table cell or heading: no line break, no column break.
+local function md(text)
+  return (cli.printable(text):gsub("|", "\\|"))
+end
+
 local function report_markdown(report)
   local lines = {
     "# Recovery drill " .. report.time, "",
@@ -135,7 +140,7 @@ local function report_markdown(report)
     "",
   }
   for _, db in ipairs(report.databases) do
-    lines[#lines + 1] = string.format("## %s: %s", db.database, db.result)
+    lines[#lines + 1] = string.format("## %s: %s", md(db.database), db.result)
     lines[#lines + 1] = ""
     if db.incomplete then
       lines[#lines + 1] = "**Incomplete:** " .. db.incomplete .. "."
@@ -147,15 +152,16 @@ local function report_markdown(report)
     lines[#lines + 1] = "| step | result | seconds | detail |"
     lines[#lines + 1] = "|------|--------|---------|--------|"
     for _, s in ipairs(db.steps) do
-      lines[#lines + 1] = string.format("| %s | %s | %s | %s |", s.name, s.result, s.seconds or "",
-        tostring(s.detail or ""):gsub("|", "\\|"):gsub("\n", " "))
+      lines[#lines + 1] = string.format("| %s | %s | %s | %s |", md(s.name), s.result, s.seconds or "",
+        md(s.detail or ""))
     end
     if db.tables and #db.tables > 0 then
       lines[#lines + 1] = ""
       lines[#lines + 1] = "| table | rows | matches |"
       lines[#lines + 1] = "|-------|------|---------|"
       for _, t in ipairs(db.tables) do
-        lines[#lines + 1] = string.format("| %s | %s | %s |", t.table, t.rows or "-", t.ok and "yes" or ("NO: " .. (t.reason or "")))
+        lines[#lines + 1] = string.format("| %s | %s | %s |", md(t.table), t.rows or "-",
+          t.ok and "yes" or md("NO: " .. (t.reason or "")))
       end
     end
     lines[#lines + 1] = ""

@@ -254,6 +254,29 @@ describe("names and lists", function()
   end)
 end)
 
+describe("names in the drill's Markdown report", function()
+  it("cannot break its headings or tables: newlines and pipes are escaped", function()
+    local name = "dr|ill\nname " .. math.random(1e6)
+    util.psql('create database "' .. name .. '"')
+    util.sh("psql -X -q -d " .. q("dbname='" .. name .. "'") .. " -c " .. q('create table "a|b\nc" (x int); insert into "a|b\nc" values (1)'))
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. q(name))
+    assert.are.equal(0, rc, out)
+    local report = util.scratch("report") .. "/drill"
+    out, rc = run("drill --repo " .. q(repo) .. " --db " .. q(name) .. " --report " .. q(report))
+    assert.are.equal(0, rc, out)
+    local md = util.read(report .. ".md")
+    assert.matches("## dr\\|ill\\nname", md)
+    assert.matches("| public.a\\|b\\nc | 1 | yes |", md, 1, true)
+    for line in md:gmatch("[^\n]+") do
+      if line:sub(1, 1) == "|" then
+        local cells = select(2, line:gsub("[^\\]|", "")) + 1
+        assert.is_true(cells >= 4, line) -- every table row has all its columns on one line
+      end
+    end
+  end)
+end)
+
 describe("a copy elsewhere", function()
   it("verifies under another name, by its sidecars and manifest", function()
     local repo, path = fresh_repo()
