@@ -35,10 +35,12 @@
  * connection stays usable. The one exception is an exec with cleanup_timeout.
  *
  * This file holds the connection, its socket waits, queries and the module; the COPY stages
- * are in pg_copy.c (sharing pg_internal.h).
+ * are in pg_copy.c (sharing pg_internal.h), and the masking of passwords in messages in
+ * pg_redact.c.
  */
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,7 @@
 #include "error.h"
 #include "modules.h"
 #include "pg_internal.h"
+#include "pg_redact.h"
 
 #define BKR_PGRESULT "bkr.pg.Result" /* internal: holds a PGresult while Lua tables are built */
 #define BKR_PGMEM "bkr.pg.Mem"       /* internal: holds a string libpq allocated */
@@ -347,16 +350,30 @@ static int pgconn_tostring(lua_State *L)
     return 1;
 }
 
-/* Secrets of a conninfo string, pushed into the table at index t: the parsed password, and
- * for strings libpq cannot parse, whatever looks like one (its error may quote the string). */
+/* Appends each secret pg_conninfo_secrets finds to the table at absolute index t. */
+typedef struct pg_secret_list {
+    lua_State *L;
+    int t;
+} pg_secret_list;
+
+static void pg_add_secret(void *arg, const char *ptr, size_t len)
+{
+    pg_secret_list *list = arg;
+    lua_pushlstring(list->L, ptr, len);
+    lua_rawseti(list->L, list->t, (lua_Integer)lua_rawlen(list->L, list->t) + 1);
+}
+
+/* Secrets of a conninfo string, pushed into the table at absolute index t: the password
+ * libpq parses, whatever else looks like one (pg_redact.c), and for strings libpq cannot
+ * parse, t.quoted (its syntax errors quote pieces of the string: hide them all). */
 static void pg_secrets_of(lua_State *L, int t, const char *s)
 {
+    size_t len = strlen(s);
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(s, &err);
     if (err)
         PQfreemem(err);
-    if (!opts && (strstr(s, "password") || strchr(s, '@'))) {
-        /* libpq's syntax errors quote pieces of the string: hide them all */
+    if (!opts && pg_conninfo_may_hold_secret(s, len)) {
         lua_pushboolean(L, 1);
         lua_setfield(L, t, "quoted");
     }
@@ -368,71 +385,35 @@ static void pg_secrets_of(lua_State *L, int t, const char *s)
             }
         PQconninfoFree(opts);
     }
-    /* URI: postgresql://user:password@host... */
-    const char *p = strstr(s, "://");
-    if (p) {
-        p += 3;
-        size_t end = strcspn(p, "@/");
-        if (p[end] == '@') {
-            const char *colon = memchr(p, ':', end);
-            if (colon && colon + 1 < p + end) {
-                lua_pushlstring(L, colon + 1, (size_t)(p + end - colon - 1));
-                lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
-            }
-        }
-    }
-    /* password = value, password=value&..., password='quoted value' */
-    for (p = strstr(s, "password"); p; p = strstr(p + 1, "password")) {
-        const char *v = p + 8;
-        while (*v == ' ' || *v == '\t')
-            v++;
-        if (*v != '=')
-            continue;
-        v++;
-        while (*v == ' ' || *v == '\t')
-            v++;
-        size_t len = *v == '\'' ? strcspn(v + 1, "'") + 1 : strcspn(v, " \t\n&");
-        if (*v == '\'')
-            v++, len--;
-        if (len > 0) {
-            lua_pushlstring(L, v, len);
-            lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
-        }
-    }
+    pg_secret_list list = { L, t };
+    pg_conninfo_secrets(s, len, pg_add_secret, &list);
 }
 
-/* Push msg with every secret of the table at index t replaced by "***" (and, if t.quoted,
+/* Push msg with every secret of the table at index t masked as "***" (and, if t.quoted,
  * everything between double quotes). */
-static void pg_redact(lua_State *L, int t, const char *msg)
+static void pg_push_redacted(lua_State *L, int t, const char *msg)
 {
+    int base = lua_gettop(L);
     lua_getfield(L, t, "quoted");
     int quoted = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    if (quoted) {
-        luaL_Buffer b;
-        luaL_buffinit(L, &b);
-        for (const char *p = msg; *p; p++) {
-            luaL_addchar(&b, *p);
-            if (*p == '"' && strchr(p + 1, '"')) {
-                luaL_addstring(&b, "***\"");
-                p = strchr(p + 1, '"');
-            }
-        }
-        luaL_pushresult(&b);
-    } else {
-        lua_pushstring(L, msg);
+    size_t n = lua_rawlen(L, t);
+    pg_secret *secrets = lua_newuserdatauv(L, (n > 0 ? n : 1) * sizeof *secrets, 0); /* base + 1 */
+    if (n > INT_MAX - 20)
+        luaL_error(L, "pg.connect: too many secrets");
+    luaL_checkstack(L, (int)n + 20, "pg.connect: too many secrets");
+    for (size_t i = 0; i < n; i++) { /* on the stack, so that their pointers stay valid */
+        lua_rawgeti(L, t, (lua_Integer)i + 1);
+        secrets[i].ptr = lua_tolstring(L, -1, &secrets[i].len);
+        if (!secrets[i].ptr)
+            secrets[i].len = 0;
     }
-    lua_Integer n = (lua_Integer)lua_rawlen(L, t);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, t, i);
-        size_t len;
-        const char *secret = lua_tolstring(L, -1, &len);
-        if (secret && len > 0) {
-            luaL_gsub(L, lua_tostring(L, -2), secret, "***");
-            lua_replace(L, -3);
-        }
-        lua_pop(L, 1);
-    }
+    size_t len = strlen(msg);
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, PG_REDACT_CAP(len));
+    luaL_pushresultsize(&b, pg_redact(out, PG_REDACT_CAP(len), msg, len, secrets, n, quoted));
+    lua_replace(L, base + 1);
+    lua_settop(L, base + 1);
 }
 
 /* Value of a libpq option as libpq resolved it (explicit, environment or default). */
@@ -582,7 +563,7 @@ static int pg_connect(lua_State *L)
         pc->conn = NULL;
         PQfinish(c);
         lua_pushnil(L);
-        pg_redact(L, 3, msg);
+        pg_push_redacted(L, 3, msg);
         lua_pushfstring(L, "pg.connect: %s", lua_tostring(L, -1));
         lua_remove(L, -2);
         return 2;

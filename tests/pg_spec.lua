@@ -129,11 +129,15 @@ describe("pg.connect", function()
       { password = secret, port = secret },                             -- libpq quotes a bad port
       "host=/nonexistent-dir password=" .. secret .. " sslmode=" .. secret,
       { dbname = "host=/nonexistent-dir password=" .. secret },
+      -- one password the start of another: the shorter must not unmask the rest of the longer
+      "host=/nonexistent-dir port=" .. secret .. " password=" .. secret .. " password=Sekr",
+      "postgresql://postgres:" .. secret .. "@/db?host=/nonexistent-dir&port=" .. secret .. "&password=Sekr",
     }
     for i, case in ipairs(cases) do
       local conn, msg = pg.connect(case)
       assert.is_nil(conn, "case " .. i)
       assert.is_falsy(msg:find("Sekr1t", 1, true), "case " .. i .. ": " .. msg)
+      assert.is_falsy(msg:find("1tPw", 1, true), "case " .. i .. ": " .. msg)
     end
   end)
 
