@@ -19,8 +19,6 @@
  *       was interrupted, and is cancelled after that long (nil, msg, "57014").
  *   conn:server_version()           -> integer (150020), string ("15.20", first word of the
  *                                      server_version parameter)
- *   conn:databases()                -> { {name=, owner=, encoding=, size=, allow_connections=,
- *                                        is_template=}, ... } | nil, msg[, sqlstate]
  *   conn:database_size(name)        -> bytes | nil, msg[, sqlstate]
  *   conn:escape_identifier(s)       -> string
  *   conn:escape_literal(s)          -> string
@@ -824,39 +822,6 @@ static int pgconn_server_version(lua_State *L)
     return 2;
 }
 
-static const char pg_databases_sql[] =
-    "SELECT d.datname AS name, pg_catalog.pg_get_userbyid(d.datdba) AS owner,"
-    " pg_catalog.pg_encoding_to_char(d.encoding) AS encoding,"
-    " CASE WHEN d.datconnlimit <> -2 AND (pg_catalog.has_database_privilege(d.oid, 'CONNECT')"
-    "   OR pg_catalog.pg_has_role('pg_read_all_stats', 'MEMBER'))"
-    "  THEN pg_catalog.pg_database_size(d.oid) END AS size,"
-    " d.datallowconn AND d.datconnlimit <> -2 AS allow_connections,"
-    " d.datistemplate AS is_template"
-    " FROM pg_catalog.pg_database d WHERE NOT d.datistemplate ORDER BY d.datname";
-
-static int pgconn_databases(lua_State *L)
-{
-    pgconn *pc = pg_checkidle(L, "pg.databases");
-    PGresult *res = pg_run(L, pc, "pg.databases", pg_databases_sql, 0, NULL, 0, 0, NULL);
-    if (pg_failed(res))
-        return pg_fail(L, pc, "pg.databases", res);
-    PGresult **holder = lua_touserdata(L, -1);
-    int nrows = PQntuples(res), ncols = PQnfields(res);
-    lua_createtable(L, nrows, 0);
-    for (int i = 0; i < nrows; i++) {
-        lua_createtable(L, 0, ncols);
-        for (int j = 0; j < ncols; j++) {
-            if (PQgetisnull(res, i, j))
-                continue; /* size without the right to see it: absent */
-            pg_pushvalue(L, res, i, j);
-            lua_setfield(L, -2, PQfname(res, j));
-        }
-        lua_rawseti(L, -2, i + 1);
-    }
-    pg_release(holder);
-    return 1;
-}
-
 static int pgconn_database_size(lua_State *L)
 {
     pgconn *pc = pg_checkidle(L, "pg.database_size");
@@ -938,7 +903,6 @@ static const luaL_Reg pgconn_methods[] = {
     { "query", pgconn_query },
     { "exec", pgconn_exec },
     { "server_version", pgconn_server_version },
-    { "databases", pgconn_databases },
     { "database_size", pgconn_database_size },
     { "escape_identifier", pgconn_escape_identifier },
     { "escape_literal", pgconn_escape_literal },
