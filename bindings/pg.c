@@ -19,8 +19,6 @@
  *       was interrupted, and is cancelled after that long (nil, msg, "57014").
  *   conn:server_version()           -> integer (150020), string ("15.20", first word of the
  *                                      server_version parameter)
- *   conn:databases()                -> { {name=, owner=, encoding=, size=, allow_connections=,
- *                                        is_template=}, ... } | nil, msg[, sqlstate]
  *   conn:database_size(name)        -> bytes | nil, msg[, sqlstate]
  *   conn:escape_identifier(s)       -> string
  *   conn:escape_literal(s)          -> string
@@ -33,9 +31,14 @@
  * Every blocking wait polls the socket and gives up with "<who>: interrupted" once
  * bkr_interrupted() is true, cancelling the statement on the server first so that the
  * connection stays usable. The one exception is an exec with cleanup_timeout.
+ *
+ * This file holds the connection, its socket waits, queries and the module; the COPY stages
+ * are in pg_copy.c (sharing pg_internal.h), and the masking of passwords in messages in
+ * pg_redact.c.
  */
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,18 +51,17 @@
 #include <lauxlib.h>
 
 #include "bkr.h"
+#include "error.h"
 #include "modules.h"
-#include "stream.h"
+#include "pg_internal.h"
+#include "pg_redact.h"
 
-#define BKR_PGCONN "bkr.pg.Conn"
 #define BKR_PGRESULT "bkr.pg.Result" /* internal: holds a PGresult while Lua tables are built */
 #define BKR_PGMEM "bkr.pg.Mem"       /* internal: holds a string libpq allocated */
 
 #define toconn(L, i) ((pgconn *)luaL_checkudata(L, i, BKR_PGCONN))
 
-#define PG_MAX_NOTICES 100
 #define PG_MAX_NOTICE_LEN 1024
-#define PG_MSG 2048
 
 /* Type OIDs from catalog/pg_type.h (server headers are not needed for these few). */
 #define PG_BOOLOID 16
@@ -69,27 +71,6 @@
 #define PG_OIDOID 26
 #define PG_FLOAT4OID 700
 #define PG_FLOAT8OID 701
-
-struct pgcopy;
-
-typedef struct pgconn {
-    PGconn *conn;           /* NULL once closed */
-    struct pgcopy *copy;    /* the COPY stage that owns the connection, or NULL */
-    char *notices[PG_MAX_NOTICES];
-    int nnotices;
-    lua_Integer dropped;    /* notices that did not fit */
-} pgconn;
-
-typedef struct pgcopy {
-    pgconn *pc;             /* kept alive by bkr_stage_keep */
-    int in;                 /* 1 for COPY FROM STDIN, 0 for COPY TO STDOUT */
-    int active;             /* the server is in COPY mode on our behalf */
-    int ok;                 /* the COPY completed with COMMAND_OK */
-    char *row;              /* copy_out: data from PQgetCopyData not yet handed over */
-    int row_len, row_off;
-    long long rows;
-    char command[64];
-} pgcopy;
 
 /* ---------------------------------------------------------------------------------------------
  * Messages
@@ -122,7 +103,7 @@ static char *pg_flatten(char *dst, size_t cap, const char *src)
 }
 
 /* The connection's last error on one line. */
-static char *pg_connmsg(PGconn *c, char *buf, size_t cap)
+char *pg_connmsg(PGconn *c, char *buf, size_t cap)
 {
     const char *m = c ? PQerrorMessage(c) : "out of memory";
     pg_flatten(buf, cap, m && *m ? m : "unknown error");
@@ -130,7 +111,7 @@ static char *pg_connmsg(PGconn *c, char *buf, size_t cap)
 }
 
 /* An error result on one line: "ERROR:  primary DETAIL: ... [CONTEXT: ...]". */
-static char *pg_resultmsg(const PGresult *res, int with_context, char *buf, size_t cap)
+char *pg_resultmsg(const PGresult *res, int with_context, char *buf, size_t cap)
 {
     char tmp[PG_MSG];
     const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
@@ -148,7 +129,7 @@ static char *pg_resultmsg(const PGresult *res, int with_context, char *buf, size
     return pg_flatten(buf, cap, tmp);
 }
 
-static const char *pg_sqlstate(const PGresult *res)
+const char *pg_sqlstate(const PGresult *res)
 {
     return res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 }
@@ -185,7 +166,7 @@ static void pg_notices_free(pgconn *pc)
 
 
 /* Poll the connection's socket: returns revents, 0 on timeout or signal, -1 on error. */
-static int pg_poll(PGconn *c, short events, int timeout_ms)
+int pg_poll(PGconn *c, short events, int timeout_ms)
 {
     struct pollfd p = { .fd = PQsocket(c), .events = events, .revents = 0 };
     if (p.fd < 0)
@@ -202,7 +183,7 @@ static int pg_poll(PGconn *c, short events, int timeout_ms)
  * (monotonic seconds) passed. deadline 0: no deadline, and an interrupt stops the wait; with a
  * deadline (a cleanup statement) an interrupt does not. A broken connection returns 0 too:
  * PQgetResult then reports it. */
-static int pg_await(PGconn *c, double deadline)
+int pg_await(PGconn *c, double deadline)
 {
     while (PQisBusy(c)) {
         if (deadline <= 0 && bkr_interrupted())
@@ -219,7 +200,7 @@ static int pg_await(PGconn *c, double deadline)
 
 /* Flush output in nonblocking mode. Returns 0 when all is sent, -1 on a connection error,
  * -2 when interrupted (if interruptible) or when the deadline (seconds, 0 = none) passed. */
-static int pg_flush_wait(PGconn *c, int interruptible, double deadline)
+int pg_flush_wait(PGconn *c, int interruptible, double deadline)
 {
     for (;;) {
         int r = PQflush(c);
@@ -240,7 +221,7 @@ static int pg_flush_wait(PGconn *c, int interruptible, double deadline)
 }
 
 /* Ask the server to cancel the running statement. Best effort. */
-static void pg_cancel(PGconn *c)
+void pg_cancel(PGconn *c)
 {
     char errbuf[256];
     PGcancel *cancel = PQgetCancel(c);
@@ -253,7 +234,7 @@ static void pg_cancel(PGconn *c)
 /* Read and discard what is left of the current command so the connection can take the next
  * one: COPY data is skipped, a COPY FROM STDIN is failed. Blocks; call pg_cancel first when
  * the statement may run long. */
-static void pg_drain(PGconn *c)
+void pg_drain(PGconn *c)
 {
     int copies = 0;
     if (PQisnonblocking(c)) {
@@ -327,7 +308,7 @@ static pgconn *pg_checkopen(lua_State *L)
 }
 
 /* An open connection that is free for a new command. */
-static pgconn *pg_checkidle(lua_State *L, const char *who)
+pgconn *pg_checkidle(lua_State *L, const char *who)
 {
     pgconn *pc = pg_checkopen(L);
     if (pc->copy)
@@ -358,16 +339,30 @@ static int pgconn_tostring(lua_State *L)
     return 1;
 }
 
-/* Secrets of a conninfo string, pushed into the table at index t: the parsed password, and
- * for strings libpq cannot parse, whatever looks like one (its error may quote the string). */
+/* Appends each secret pg_conninfo_secrets finds to the table at absolute index t. */
+typedef struct pg_secret_list {
+    lua_State *L;
+    int t;
+} pg_secret_list;
+
+static void pg_add_secret(void *arg, const char *ptr, size_t len)
+{
+    pg_secret_list *list = arg;
+    lua_pushlstring(list->L, ptr, len);
+    lua_rawseti(list->L, list->t, (lua_Integer)lua_rawlen(list->L, list->t) + 1);
+}
+
+/* Secrets of a conninfo string, pushed into the table at absolute index t: the password
+ * libpq parses, whatever else looks like one (pg_redact.c), and for strings libpq cannot
+ * parse, t.quoted (its syntax errors quote pieces of the string: hide them all). */
 static void pg_secrets_of(lua_State *L, int t, const char *s)
 {
+    size_t len = strlen(s);
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(s, &err);
     if (err)
         PQfreemem(err);
-    if (!opts && (strstr(s, "password") || strchr(s, '@'))) {
-        /* libpq's syntax errors quote pieces of the string: hide them all */
+    if (!opts && pg_conninfo_may_hold_secret(s, len)) {
         lua_pushboolean(L, 1);
         lua_setfield(L, t, "quoted");
     }
@@ -379,71 +374,35 @@ static void pg_secrets_of(lua_State *L, int t, const char *s)
             }
         PQconninfoFree(opts);
     }
-    /* URI: postgresql://user:password@host... */
-    const char *p = strstr(s, "://");
-    if (p) {
-        p += 3;
-        size_t end = strcspn(p, "@/");
-        if (p[end] == '@') {
-            const char *colon = memchr(p, ':', end);
-            if (colon && colon + 1 < p + end) {
-                lua_pushlstring(L, colon + 1, (size_t)(p + end - colon - 1));
-                lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
-            }
-        }
-    }
-    /* password = value, password=value&..., password='quoted value' */
-    for (p = strstr(s, "password"); p; p = strstr(p + 1, "password")) {
-        const char *v = p + 8;
-        while (*v == ' ' || *v == '\t')
-            v++;
-        if (*v != '=')
-            continue;
-        v++;
-        while (*v == ' ' || *v == '\t')
-            v++;
-        size_t len = *v == '\'' ? strcspn(v + 1, "'") + 1 : strcspn(v, " \t\n&");
-        if (*v == '\'')
-            v++, len--;
-        if (len > 0) {
-            lua_pushlstring(L, v, len);
-            lua_rawseti(L, t, (lua_Integer)lua_rawlen(L, t) + 1);
-        }
-    }
+    pg_secret_list list = { L, t };
+    pg_conninfo_secrets(s, len, pg_add_secret, &list);
 }
 
-/* Push msg with every secret of the table at index t replaced by "***" (and, if t.quoted,
+/* Push msg with every secret of the table at index t masked as "***" (and, if t.quoted,
  * everything between double quotes). */
-static void pg_redact(lua_State *L, int t, const char *msg)
+static void pg_push_redacted(lua_State *L, int t, const char *msg)
 {
+    int base = lua_gettop(L);
     lua_getfield(L, t, "quoted");
     int quoted = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    if (quoted) {
-        luaL_Buffer b;
-        luaL_buffinit(L, &b);
-        for (const char *p = msg; *p; p++) {
-            luaL_addchar(&b, *p);
-            if (*p == '"' && strchr(p + 1, '"')) {
-                luaL_addstring(&b, "***\"");
-                p = strchr(p + 1, '"');
-            }
-        }
-        luaL_pushresult(&b);
-    } else {
-        lua_pushstring(L, msg);
+    size_t n = lua_rawlen(L, t);
+    pg_secret *secrets = lua_newuserdatauv(L, (n > 0 ? n : 1) * sizeof *secrets, 0); /* base + 1 */
+    if (n > INT_MAX - 20)
+        luaL_error(L, "pg.connect: too many secrets");
+    luaL_checkstack(L, (int)n + 20, "pg.connect: too many secrets");
+    for (size_t i = 0; i < n; i++) { /* on the stack, so that their pointers stay valid */
+        lua_rawgeti(L, t, (lua_Integer)i + 1);
+        secrets[i].ptr = lua_tolstring(L, -1, &secrets[i].len);
+        if (!secrets[i].ptr)
+            secrets[i].len = 0;
     }
-    lua_Integer n = (lua_Integer)lua_rawlen(L, t);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, t, i);
-        size_t len;
-        const char *secret = lua_tolstring(L, -1, &len);
-        if (secret && len > 0) {
-            luaL_gsub(L, lua_tostring(L, -2), secret, "***");
-            lua_replace(L, -3);
-        }
-        lua_pop(L, 1);
-    }
+    size_t len = strlen(msg);
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, PG_REDACT_CAP(len));
+    luaL_pushresultsize(&b, pg_redact(out, PG_REDACT_CAP(len), msg, len, secrets, n, quoted));
+    lua_replace(L, base + 1);
+    lua_settop(L, base + 1);
 }
 
 /* Value of a libpq option as libpq resolved it (explicit, environment or default). */
@@ -593,7 +552,7 @@ static int pg_connect(lua_State *L)
         pc->conn = NULL;
         PQfinish(c);
         lua_pushnil(L);
-        pg_redact(L, 3, msg);
+        pg_push_redacted(L, 3, msg);
         lua_pushfstring(L, "pg.connect: %s", lua_tostring(L, -1));
         lua_remove(L, -2);
         return 2;
@@ -763,7 +722,7 @@ static const char *pg_param(lua_State *L, int idx)
     return NULL;
 }
 
-static const char *pg_checksql(lua_State *L, int idx)
+const char *pg_checksql(lua_State *L, int idx)
 {
     size_t len;
     const char *sql = luaL_checklstring(L, idx, &len);
@@ -854,39 +813,6 @@ static int pgconn_server_version(lua_State *L)
     return 2;
 }
 
-static const char pg_databases_sql[] =
-    "SELECT d.datname AS name, pg_catalog.pg_get_userbyid(d.datdba) AS owner,"
-    " pg_catalog.pg_encoding_to_char(d.encoding) AS encoding,"
-    " CASE WHEN d.datconnlimit <> -2 AND (pg_catalog.has_database_privilege(d.oid, 'CONNECT')"
-    "   OR pg_catalog.pg_has_role('pg_read_all_stats', 'MEMBER'))"
-    "  THEN pg_catalog.pg_database_size(d.oid) END AS size,"
-    " d.datallowconn AND d.datconnlimit <> -2 AS allow_connections,"
-    " d.datistemplate AS is_template"
-    " FROM pg_catalog.pg_database d WHERE NOT d.datistemplate ORDER BY d.datname";
-
-static int pgconn_databases(lua_State *L)
-{
-    pgconn *pc = pg_checkidle(L, "pg.databases");
-    PGresult *res = pg_run(L, pc, "pg.databases", pg_databases_sql, 0, NULL, 0, 0, NULL);
-    if (pg_failed(res))
-        return pg_fail(L, pc, "pg.databases", res);
-    PGresult **holder = lua_touserdata(L, -1);
-    int nrows = PQntuples(res), ncols = PQnfields(res);
-    lua_createtable(L, nrows, 0);
-    for (int i = 0; i < nrows; i++) {
-        lua_createtable(L, 0, ncols);
-        for (int j = 0; j < ncols; j++) {
-            if (PQgetisnull(res, i, j))
-                continue; /* size without the right to see it: absent */
-            pg_pushvalue(L, res, i, j);
-            lua_setfield(L, -2, PQfname(res, j));
-        }
-        lua_rawseti(L, -2, i + 1);
-    }
-    pg_release(holder);
-    return 1;
-}
-
 static int pgconn_database_size(lua_State *L)
 {
     pgconn *pc = pg_checkidle(L, "pg.database_size");
@@ -961,317 +887,6 @@ static int pgconn_notices(lua_State *L)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * COPY stages
- * ------------------------------------------------------------------------------------------- */
-
-/* The live connection of a COPY stage, or NULL with err set. */
-static PGconn *copy_conn(pgcopy *cs, bkr_error *err)
-{
-    const char *who = cs->in ? "pg.copy_in" : "pg.copy_out";
-    if (!cs->pc->conn) {
-        bkr_error_set(err, "%s: the connection was closed", who);
-        return NULL;
-    }
-    if (cs->pc->copy != cs) {
-        bkr_error_set(err, "%s: this COPY is no longer active", who);
-        return NULL;
-    }
-    return cs->pc->conn;
-}
-
-static void copy_release(pgcopy *cs)
-{
-    if (cs->row) {
-        PQfreemem(cs->row);
-        cs->row = NULL;
-    }
-    cs->active = 0;
-    if (cs->pc->copy == cs)
-        cs->pc->copy = NULL;
-}
-
-/* The COPY data is over: read the command's result. Returns 0 or -1 with err set. */
-static int copy_end(pgcopy *cs, PGconn *c, bkr_error *err)
-{
-    const char *who = cs->in ? "pg.copy_in" : "pg.copy_out";
-    int rc = 0;
-    if (pg_await(c, 0) < 0) {
-        pg_cancel(c);
-        pg_drain(c);
-        copy_release(cs);
-        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "%s: interrupted", who);
-    }
-    PGresult *res = PQgetResult(c);
-    if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
-        cs->ok = 1;
-        cs->rows = strtoll(PQcmdTuples(res), NULL, 10);
-        snprintf(cs->command, sizeof cs->command, "%s", PQcmdStatus(res));
-    } else {
-        char msg[PG_MSG];
-        const char *state = pg_sqlstate(res);
-        if (res)
-            pg_resultmsg(res, 1, msg, sizeof msg);
-        else
-            pg_connmsg(c, msg, sizeof msg);
-        rc = bkr_error_set(err, "%s: %s%s%s%s", who, msg, state ? " (SQLSTATE " : "",
-                           state ? state : "", state ? ")" : "");
-    }
-    PQclear(res);
-    pg_drain(c);
-    copy_release(cs);
-    return rc;
-}
-
-static int copyout_read(void *self, unsigned char *buf, size_t cap, size_t *len, int *eof,
-                        bkr_error *err)
-{
-    pgcopy *cs = self;
-    size_t n = 0;
-    *len = 0;
-    *eof = 0;
-    if (cs->ok) {
-        *eof = 1;
-        return 0;
-    }
-    PGconn *c = copy_conn(cs, err);
-    if (!c)
-        return -1;
-    if (bkr_interrupted())
-        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "pg.copy_out: interrupted");
-    while (n < cap) {
-        if (cs->row) {
-            size_t left = (size_t)(cs->row_len - cs->row_off);
-            size_t take = left < cap - n ? left : cap - n;
-            memcpy(buf + n, cs->row + cs->row_off, take);
-            n += take;
-            cs->row_off += (int)take;
-            if (cs->row_off == cs->row_len) {
-                PQfreemem(cs->row);
-                cs->row = NULL;
-            }
-            continue;
-        }
-        char *row = NULL;
-        int r = PQgetCopyData(c, &row, 1);
-        if (r > 0) {
-            cs->row = row;
-            cs->row_len = r;
-            cs->row_off = 0;
-        } else if (r == 0) {
-            /* nothing buffered: hand over what we have, or wait for the server */
-            if (n == 0 && bkr_interrupted())
-                return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "pg.copy_out: interrupted");
-            int ev = pg_poll(c, POLLIN, n > 0 ? 0 : 250);
-            if (ev == 0 && n > 0)
-                break;
-            if (ev != 0 && !PQconsumeInput(c)) {
-                char msg[PG_MSG];
-                return bkr_error_set(err, "pg.copy_out: %s", pg_connmsg(c, msg, sizeof msg));
-            }
-        } else if (r == -1) {
-            if (copy_end(cs, c, err) < 0)
-                return -1;
-            *eof = 1;
-            break;
-        } else {
-            char msg[PG_MSG];
-            return bkr_error_set(err, "pg.copy_out: %s", pg_connmsg(c, msg, sizeof msg));
-        }
-    }
-    *len = n;
-    return 0;
-}
-
-static int copy_finish(void *self, bkr_error *err)
-{
-    pgcopy *cs = self;
-    if (cs->ok)
-        return 0;
-    PGconn *c = copy_conn(cs, err);
-    if (!c)
-        return -1;
-    if (!cs->in)
-        return bkr_error_set(err, "pg.copy_out: finished before the end of the COPY data");
-    int r;
-    while ((r = PQputCopyEnd(c, NULL)) == 0) {
-        if (bkr_interrupted())
-            break;
-        pg_poll(c, POLLOUT, 250);
-    }
-    if (r == 1)
-        r = pg_flush_wait(c, 1, 0);
-    else
-        r = r < 0 ? -1 : -2;
-    if (r == -2)
-        return bkr_error_set(err, "pg.copy_in: interrupted");
-    if (r < 0) {
-        char msg[PG_MSG];
-        return bkr_error_set(err, "pg.copy_in: %s", pg_connmsg(c, msg, sizeof msg));
-    }
-    return copy_end(cs, c, err);
-}
-
-static int copyin_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
-{
-    pgcopy *cs = self;
-    PGconn *c = copy_conn(cs, err);
-    if (!c)
-        return -1;
-    while (len > 0) {
-        if (bkr_interrupted())
-            return bkr_error_set(err, "pg.copy_in: interrupted");
-        int piece = len > 65536 ? 65536 : (int)len;
-        int r = PQputCopyData(c, (const char *)data, piece);
-        if (r == 1) {
-            data += piece;
-            len -= (size_t)piece;
-            r = pg_flush_wait(c, 1, 0); /* bounds libpq's output buffer to one piece */
-            if (r == -2)
-                return bkr_error_set(err, "pg.copy_in: interrupted");
-        } else if (r == 0) {
-            r = pg_poll(c, POLLOUT, 250) < 0 ? -1 : 0;
-        }
-        if (r < 0) {
-            char msg[PG_MSG];
-            return bkr_error_set(err, "pg.copy_in: %s", pg_connmsg(c, msg, sizeof msg));
-        }
-    }
-    return 0;
-}
-
-static void copy_abort(void *self)
-{
-    pgcopy *cs = self;
-    PGconn *c = cs->pc->conn;
-    if (!cs->active || !c || cs->pc->copy != cs) {
-        copy_release(cs);
-        return;
-    }
-    if (cs->in) {
-        /* The server may have stopped reading (a lock wait): cancel it if the end won't go out. */
-        if (PQputCopyEnd(c, "bkr: pipeline aborted") == 1 && pg_flush_wait(c, 0, bkr_monotonic() + 2) == -2)
-            pg_cancel(c);
-    } else {
-        pg_cancel(c);
-    }
-    pg_drain(c);
-    copy_release(cs);
-}
-
-static int copy_result(void *self, lua_State *L)
-{
-    pgcopy *cs = self;
-    if (!cs->ok)
-        return 0;
-    lua_createtable(L, 0, 2);
-    lua_pushinteger(L, (lua_Integer)cs->rows);
-    lua_setfield(L, -2, "rows");
-    lua_pushstring(L, cs->command);
-    lua_setfield(L, -2, "command");
-    return 1;
-}
-
-static void copy_free(void *self)
-{
-    pgcopy *cs = self;
-    copy_abort(cs);
-    free(cs);
-}
-
-static const bkr_stage_ops copyout_ops = {
-    .type = "copy",
-    .kind = BKR_SOURCE,
-    .read = copyout_read,
-    .finish = copy_finish,
-    .abort = copy_abort,
-    .result = copy_result,
-    .free = copy_free,
-};
-
-static const bkr_stage_ops copyin_ops = {
-    .type = "copy",
-    .kind = BKR_SINK,
-    .write = copyin_write,
-    .finish = copy_finish,
-    .abort = copy_abort,
-    .result = copy_result,
-    .free = copy_free,
-};
-
-/* conn:copy_out / conn:copy_in: start the COPY now, so that a bad statement is reported here. */
-static int pg_copy(lua_State *L, int in)
-{
-    const char *who = in ? "pg.copy_in" : "pg.copy_out";
-    pgconn *pc = pg_checkidle(L, who);
-    const char *sql = pg_checksql(L, 2);
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TTABLE);
-    const char *name = lua_istable(L, 3) ? bkr_stage_optname(L, 3) : NULL;
-    lua_settop(L, 3);
-
-    bkr_stage *st = bkr_stage_new(L, in ? &copyin_ops : &copyout_ops); /* 4 */
-    pgcopy *cs = calloc(1, sizeof *cs);
-    if (!cs)
-        return luaL_error(L, "%s: out of memory", who);
-    cs->pc = pc;
-    cs->in = in;
-    bkr_stage_open(st, cs, name);
-    bkr_stage_keep(L, 4, 1);
-
-    PGconn *c = pc->conn;
-    char msg[PG_MSG];
-    if (bkr_interrupted())
-        return bkr_raise_interrupted(L, who);
-    if (!PQsendQueryParams(c, sql, 0, NULL, NULL, NULL, NULL, 0))
-        return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(c, msg, sizeof msg));
-    if (pg_await(c, 0) < 0) {
-        pg_cancel(c);
-        pg_drain(c);
-        return bkr_raise_interrupted(L, who);
-    }
-    PGresult *res = PQgetResult(c);
-    ExecStatusType status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    if (status == (in ? PGRES_COPY_IN : PGRES_COPY_OUT)) {
-        PQclear(res);
-        if (in && PQsetnonblocking(c, 1) != 0) {
-            pg_drain(c);
-            return bkr_pushfail(L, NULL, "%s: %s", who, pg_connmsg(c, msg, sizeof msg));
-        }
-        cs->active = 1;
-        pc->copy = cs;
-        lua_settop(L, 4);
-        return 1;
-    }
-    if (status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE) {
-        char state[8] = "";
-        if (res) {
-            pg_resultmsg(res, 0, msg, sizeof msg);
-            snprintf(state, sizeof state, "%s", pg_sqlstate(res) ? pg_sqlstate(res) : "");
-        } else {
-            pg_connmsg(c, msg, sizeof msg);
-        }
-        PQclear(res);
-        pg_drain(c);
-        return bkr_pushfail(L, *state ? state : NULL, "%s: %s", who, msg);
-    }
-    PQclear(res);
-    if (status == PGRES_COPY_OUT || status == PGRES_COPY_BOTH)
-        pg_cancel(c);
-    pg_drain(c);
-    return luaL_error(L, "%s: not a COPY ... %s statement", who, in ? "FROM STDIN" : "TO STDOUT");
-}
-
-static int pgconn_copy_out(lua_State *L)
-{
-    return pg_copy(L, 0);
-}
-
-static int pgconn_copy_in(lua_State *L)
-{
-    return pg_copy(L, 1);
-}
-
-/* ---------------------------------------------------------------------------------------------
  * Module
  * ------------------------------------------------------------------------------------------- */
 
@@ -1279,7 +894,6 @@ static const luaL_Reg pgconn_methods[] = {
     { "query", pgconn_query },
     { "exec", pgconn_exec },
     { "server_version", pgconn_server_version },
-    { "databases", pgconn_databases },
     { "database_size", pgconn_database_size },
     { "escape_identifier", pgconn_escape_identifier },
     { "escape_literal", pgconn_escape_literal },

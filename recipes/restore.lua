@@ -1,17 +1,23 @@
 -- Restore a database from a backup: choose, verify, stream into a transaction, compare tables
 --
--- The runbook:
---   1. choose the backup: the newest, the one taken at a time, the newest before a time, or a file
---   2. verify it (sidecar, manifest, SHA-256) before anything touches the target
---   3. with --globals, restore the roles of the same run first
---   4. stream file -> (decrypt) -> gunzip -> psql --single-transaction into the target:
+-- The runbook: the steps below, run in order by the last section of this file.
+--   choose_backup         the newest, the one taken at a time, the newest before a time, or a file
+--   verify_backup         sidecar, manifest, SHA-256, before anything touches the target
+--   connect, check_key, check_target
+--                         the server, the key of an encrypted backup, whether TARGET may be used
+--   restore_globals       with --globals, the roles of the same run first
+--   guard_new_database, create_database
+--                         --create, --replace: the database this run creates, dropped again
+--                         unless it ends up holding the checked restore
+--   stream_into_database  file -> (decrypt) -> gunzip -> psql --single-transaction into:
 --        --create   a new database TARGET (fails if it exists)
 --        --replace  a new temporary database, renamed over TARGET only once it is complete and
 --                   checked; the old one is kept as TARGET_before_<time>
 --        neither    the existing database TARGET
---   5. re-apply the database's recorded settings, owner and privileges
---   6. compare every table with the manifest (row count and digest)
---   7. report what was done and how long it took (the RTO)
+--   apply_properties      the database's recorded settings, owner and privileges
+--   compare_tables        every table against the manifest (row count and digest)
+--   swap_in               --replace: the new database takes TARGET's name, the old one is kept
+--   report                what was done and how long it took (the RTO)
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
@@ -48,11 +54,10 @@ local options = cli.parse({ ... }, {
 if not options then return cli.EXIT_OK end
 
 -- ------------------------------------------------------------------ steps
-
-local function say(fmt, ...)
-  io.stdout:write(string.format(fmt, ...), "\n")
-  io.stdout:flush()
-end
+--
+-- Each step reads and fills `job`: options, how, cfg, entry (the backup), run (connection,
+-- key, psql), target, exists, stamp, into (the database restored into), created (its guard).
+-- A step that fails stops the run with cli.fail and its exit code.
 
 local function check_arguments()
   local file = options.args[1]
@@ -76,162 +81,218 @@ local function describe(entry)
     when and (" at " .. when) or "")
 end
 
--- ------------------------------------------------------------------ the run
-
-local how = check_arguments()
-local cfg = config.load(options)
-local dir = how.file and "." or config.repository(cfg)
-local entry = restore.choose(dir, options.db or "", how)
-if how.file and not options.db then options.db = entry.database end
-if entry.database ~= options.db then
-  cli.usage_error("restore: %s is a backup of %s, not %s", entry.file, entry.database, options.db)
-end
-
-say("backup:  %s", describe(entry))
-if options.dry_run then return cli.EXIT_OK end
-
-local started = os.time()
-local clock_start = bkr.monotonic()
-
--- 2. verify before anything is touched
-local problem = restore.check_backup(entry)
-if problem then
-  cli.fail(cli.EXIT_INTEGRITY, "restore: %s failed verification, %s left untouched: %s", entry.file,
-    options.into, problem)
-end
-say("verify:  checksum matches the sidecar and the manifest")
-
-local run = restore.prepare(cfg, (keys.load(cfg, options)))
-local target = options.into
-if entry.encrypted then
-  if not run.key then
-    cli.usage_error("restore: %s is encrypted: give --key-file FILE or set encryption.key_file", entry.file)
-  end
-  local wanted = entry.manifest.encryption and entry.manifest.encryption.key_id
-  local given = require("bkr.crypto").key_id(run.key)
-  if wanted and wanted ~= given then
-    cli.fail(cli.EXIT_INTEGRITY, "restore: %s was encrypted with key %s, the key given is %s; %s left untouched",
-      entry.file, wanted, given, target)
-  end
-end
-local current = run.conn:query("select current_database() as name")[1].name
-if options.replace and target == current then
-  cli.usage_error("restore: cannot --replace %s: bkr itself is connected to it; set connection.dbname "
-    .. "(or PGDATABASE) to another database, such as template1", target)
-end
-local exists = restore.database_exists(run.conn, target)
-if options.create and exists then cli.fail(cli.EXIT_FAILED, "restore: database %s already exists (--create)", target) end
-if not options.create and not options.replace and not exists then
-  cli.fail(cli.EXIT_FAILED, "restore: database %s does not exist: add --create (or --replace)", target)
-end
-if exists and not options.force then
-  local active = restore.active_connections(run.conn, target)
-  if active > 0 then
-    cli.fail(cli.EXIT_FAILED, "restore: database %s has %d active connection(s); stop the application or add --force",
-      target, active)
-  end
-end
-
--- 3. roles first
-if options.globals then
-  local result, err = restore.globals(run, entry)
-  if not result then cli.fail(cli.EXIT_FAILED, "restore: globals: %s", tostring(err)) end
-  if #result.existing > 0 then say("globals: existing roles kept: %s", table.concat(result.existing, ", ")) end
-  for _, line in ipairs(result.errors) do say("globals: %s", line) end
-  say("globals: restored")
-end
-
--- 4. the stream, into the right database
-local stamp = repo.stamp(started)
-local into = target
-if options.replace and exists then into = restore.derived_name(target, "_bkr_restore_" .. stamp) end
-
--- A database this run creates goes again unless it ends up holding the checked restore:
--- dropped on a failure, an error or an interrupt. A drop that fails is said (with the command
--- that removes it) and logged in the repository's bkr.log.
-local repository = entry.path:match("^(.*)/[^/]+/[^/]+$")
-local created <close> = (options.create or options.replace) and restore.new_database(run.conn, into, {
-  label = "restore",
-  on_leftover = function(name, reason)
-    repo.log(repository, { recipe = "restore", event = "cleanup failed", database = name, result = "failed",
-      error = reason, command = restore.drop_command(name) })
-  end,
-}) or nil
-if created then
-  local ok, err = created:create(entry.manifest.database_properties)
-  if not ok then cli.fail(cli.EXIT_FAILED, "restore: cannot create database %s: %s", into, err) end
-end
-
 -- Stop with a message that says what became of the database this run created.
-local function abandon(code, fmt, ...)
+local function abandon(job, code, fmt, ...)
   local message = string.format(fmt, ...)
-  if created then
-    local _, said = created:drop()
+  if job.created then
+    local _, said = job.created:drop()
     message = message .. "; " .. said
   end
   cli.fail(code, "%s", message)
 end
 
-local ok, result = pcall(restore.stream_into, run, entry, into)
-if not ok then
-  local message = cli.detail(result)
-  abandon(cli.EXIT_FAILED, "restore: failed, nothing was committed: %s", message)
+-- The backup: by --latest, --at, --before or FILE; a FILE must be a backup of --db, if given.
+local function choose_backup(job)
+  local options, how = job.options, job.how
+  local dir = how.file and "." or config.repository(job.cfg)
+  local entry = restore.choose(dir, options.db or "", how)
+  if how.file and not options.db then options.db = entry.database end
+  if entry.database ~= options.db then
+    cli.usage_error("restore: %s is a backup of %s, not %s", entry.file, entry.database, options.db)
+  end
+  job.entry = entry
+  cli.say("backup:  %s", describe(entry))
 end
-say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), into, result.elapsed)
 
--- 5. database properties
-for _, warning in ipairs(restore.apply_properties(run.conn, into, entry.manifest.database_properties)) do
-  say("warning: %s", warning)
+-- Its checksum against the sidecar and the manifest, before anything is touched.
+local function verify_backup(job)
+  local problem = restore.check_backup(job.entry)
+  if problem then
+    cli.fail(cli.EXIT_INTEGRITY, "restore: %s failed verification, %s left untouched: %s", job.entry.file,
+      job.options.into, problem)
+  end
+  cli.say("verify:  checksum matches the sidecar and the manifest")
 end
 
--- 6. compare every table
-local differences = 0
-if not options.no_compare then
-  local results = restore.compare_tables(run, into, entry.manifest)
+-- The server, psql, and the key.
+local function connect(job)
+  job.run = restore.prepare(job.cfg, (keys.load(job.cfg, job.options)))
+  job.target = job.options.into
+end
+
+-- An encrypted backup needs a key, and the one it was encrypted with.
+local function check_key(job)
+  local entry = job.entry
+  if not entry.encrypted then return end
+  if not job.run.key then
+    cli.usage_error("restore: %s is encrypted: give --key-file FILE or set encryption.key_file", entry.file)
+  end
+  local wanted = entry.manifest.encryption and entry.manifest.encryption.key_id
+  local given = require("bkr.crypto").key_id(job.run.key)
+  if wanted and wanted ~= given then
+    cli.fail(cli.EXIT_INTEGRITY, "restore: %s was encrypted with key %s, the key given is %s; %s left untouched",
+      entry.file, wanted, given, job.target)
+  end
+end
+
+-- TARGET exists or not as the options say, and nobody is connected to it (unless --force).
+local function check_target(job)
+  local options, conn, target = job.options, job.run.conn, job.target
+  local current = conn:query("select current_database() as name")[1].name
+  if options.replace and target == current then
+    cli.usage_error("restore: cannot --replace %s: bkr itself is connected to it; set connection.dbname "
+      .. "(or PGDATABASE) to another database, such as template1", target)
+  end
+  job.exists = restore.database_exists(conn, target)
+  if options.create and job.exists then
+    cli.fail(cli.EXIT_FAILED, "restore: database %s already exists (--create)", target)
+  end
+  if not options.create and not options.replace and not job.exists then
+    cli.fail(cli.EXIT_FAILED, "restore: database %s does not exist: add --create (or --replace)", target)
+  end
+  if job.exists and not options.force then
+    local active = restore.active_connections(conn, target)
+    if active > 0 then
+      cli.fail(cli.EXIT_FAILED, "restore: database %s has %d active connection(s); stop the application or add --force",
+        target, active)
+    end
+  end
+end
+
+-- --globals: the roles of the same run, before the database that may need them.
+local function restore_globals(job)
+  if not job.options.globals then return end
+  local result, err = restore.globals(job.run, job.entry)
+  if not result then cli.fail(cli.EXIT_FAILED, "restore: globals: %s", tostring(err)) end
+  if #result.existing > 0 then cli.say("globals: existing roles kept: %s", table.concat(result.existing, ", ")) end
+  for _, line in ipairs(result.errors) do cli.say("globals: %s", line) end
+  cli.say("globals: restored")
+end
+
+-- Which database the stream goes into, and, when this run creates it, its guard: returned for
+-- the caller to hold as a to-be-closed variable, so that the database goes again on a failure,
+-- an error or an interrupt. A drop that fails is said (with the command that removes it) and
+-- logged in the repository's bkr.log.
+local function guard_new_database(job)
+  local options, entry = job.options, job.entry
+  job.stamp = repo.stamp(job.started)
+  job.into = job.target
+  if options.replace and job.exists then job.into = restore.derived_name(job.target, "_bkr_restore_" .. job.stamp) end
+  if not (options.create or options.replace) then return nil end
+  local repository = entry.path:match("^(.*)/[^/]+/[^/]+$")
+  job.created = restore.new_database(job.run.conn, job.into, {
+    label = "restore",
+    on_leftover = function(name, reason)
+      repo.log(repository, { recipe = "restore", event = "cleanup failed", database = name, result = "failed",
+        error = reason, command = restore.drop_command(name) })
+    end,
+  })
+  return job.created
+end
+
+-- CREATE DATABASE with the backup's encoding and locale.
+local function create_database(job)
+  if not job.created then return end
+  local ok, err = job.created:create(job.entry.manifest.database_properties)
+  if not ok then cli.fail(cli.EXIT_FAILED, "restore: cannot create database %s: %s", job.into, err) end
+end
+
+-- The backup into the database, in one transaction: all of it or nothing.
+local function stream_into_database(job)
+  local ok, result = pcall(restore.stream_into, job.run, job.entry, job.into)
+  if not ok then
+    abandon(job, cli.EXIT_FAILED, "restore: failed, nothing was committed: %s", cli.detail(result))
+  end
+  cli.say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), job.into, result.elapsed)
+end
+
+-- What a dump without --create leaves out: settings, owner, privileges. What cannot be
+-- applied is a warning.
+local function apply_properties(job)
+  for _, warning in ipairs(restore.apply_properties(job.run.conn, job.into, job.entry.manifest.database_properties)) do
+    cli.say("warning: %s", warning)
+  end
+end
+
+-- Every table's row count and digest against the manifest. A difference stops the run
+-- (exit 3): --replace leaves TARGET as it was; otherwise the database is kept for inspection.
+local function compare_tables(job)
+  if job.options.no_compare then return end
+  local differences = 0
+  local results = restore.compare_tables(job.run, job.into, job.entry.manifest)
   for _, item in ipairs(results) do
     if not item.ok then
       differences = differences + 1
-      say("DIFFERS %s: %s", item.table, item.reason)
+      cli.say("DIFFERS %s: %s", item.table, item.reason)
     end
   end
-  say("compare: %d of %d tables match the backup", #results - differences, #results)
-end
-if differences > 0 then
-  if into ~= target then
-    abandon(cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup; %s left as it was", differences, target)
+  cli.say("compare: %d of %d tables match the backup", #results - differences, #results)
+  if differences > 0 then
+    if job.into ~= job.target then
+      abandon(job, cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup; %s left as it was", differences,
+        job.target)
+    end
+    if job.created then job.created:keep() end
+    cli.fail(cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup (kept for inspection: %s)", differences,
+      job.into)
   end
-  if created then created:keep() end
-  cli.fail(cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup (kept for inspection: %s)", differences, into)
 end
 
--- 4b. --replace: swap the new database in, keep the old one
-if into ~= target then
-  local active = restore.active_connections(run.conn, target)
+-- --replace: the new database takes TARGET's name; the old one is kept as TARGET_before_<time>.
+local function swap_in(job)
+  local options, conn, target, into = job.options, job.run.conn, job.target, job.into
+  if into == target then return end
+  local active = restore.active_connections(conn, target)
   if active > 0 and not options.force then
-    abandon(cli.EXIT_FAILED, "restore: %s gained %d connection(s) during the restore; nothing swapped", target, active)
+    abandon(job, cli.EXIT_FAILED, "restore: %s gained %d connection(s) during the restore; nothing swapped", target,
+      active)
   end
-  local old = restore.derived_name(target, "_before_" .. stamp)
+  local old = restore.derived_name(target, "_before_" .. job.stamp)
   if options.force then
-    run.conn:query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+    conn:query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
       target)
     for _ = 1, 50 do
-      if restore.active_connections(run.conn, target) == 0 then break end
+      if restore.active_connections(conn, target) == 0 then break end
       if not bkr.sleep(0.1) then break end
     end
   end
   -- Both renames in one transaction: either the new database is in place, or nothing changed.
   -- Interrupted, the guard drops INTO by name: after a committed swap no database has that name.
-  local id = function(name) return run.conn:escape_identifier(name) end
-  local swap, err = run.conn:exec("alter database " .. id(target) .. " rename to " .. id(old) .. "; "
+  local id = function(name) return conn:escape_identifier(name) end
+  local swap, err = conn:exec("alter database " .. id(target) .. " rename to " .. id(old) .. "; "
     .. "alter database " .. id(into) .. " rename to " .. id(target))
   if not swap then
-    abandon(cli.EXIT_FAILED, "restore: could not swap the databases (%s left as it was): %s", target, err)
+    abandon(job, cli.EXIT_FAILED, "restore: could not swap the databases (%s left as it was): %s", target, err)
   end
-  created:keep()
-  say("replace: %s is the restored database; the previous one is kept as %s (drop it when done)", target, old)
+  job.created:keep()
+  cli.say("replace: %s is the restored database; the previous one is kept as %s (drop it when done)", target, old)
 end
-if created then created:keep() end
 
-say("done:    %s restored from %s in %.1f s (RTO)", target, entry.file, bkr.monotonic() - clock_start)
-run.conn:close()
+-- What was restored, and the time from the check to a usable, checked database (the RTO).
+local function report(job)
+  cli.say("done:    %s restored from %s in %.1f s (RTO)", job.target, job.entry.file, bkr.monotonic() - job.clock_start)
+  job.run.conn:close()
+end
+
+-- ------------------------------------------------------------------ the run
+
+local job = { options = options, how = check_arguments() }
+job.cfg = config.load(options)
+choose_backup(job)
+if options.dry_run then return cli.EXIT_OK end
+
+job.started, job.clock_start = os.time(), bkr.monotonic() -- the RTO counts from here
+verify_backup(job)
+connect(job)
+check_key(job)
+check_target(job)
+restore_globals(job)
+local created <close> = guard_new_database(job)
+create_database(job)
+stream_into_database(job)
+apply_properties(job)
+compare_tables(job)
+swap_in(job)
+if created then created:keep() end -- it holds the checked restore: it stays
+report(job)
 return cli.EXIT_OK

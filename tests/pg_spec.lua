@@ -129,11 +129,15 @@ describe("pg.connect", function()
       { password = secret, port = secret },                             -- libpq quotes a bad port
       "host=/nonexistent-dir password=" .. secret .. " sslmode=" .. secret,
       { dbname = "host=/nonexistent-dir password=" .. secret },
+      -- one password the start of another: the shorter must not unmask the rest of the longer
+      "host=/nonexistent-dir port=" .. secret .. " password=" .. secret .. " password=Sekr",
+      "postgresql://postgres:" .. secret .. "@/db?host=/nonexistent-dir&port=" .. secret .. "&password=Sekr",
     }
     for i, case in ipairs(cases) do
       local conn, msg = pg.connect(case)
       assert.is_nil(conn, "case " .. i)
       assert.is_falsy(msg:find("Sekr1t", 1, true), "case " .. i .. ": " .. msg)
+      assert.is_falsy(msg:find("1tPw", 1, true), "case " .. i .. ": " .. msg)
     end
   end)
 
@@ -316,10 +320,47 @@ describe("conn information", function()
     assert.is_truthy(text:match("^%d+%.%d+$"))
   end)
 
+  it("gives a database's size, and nil, the message and the SQLSTATE for an unknown one", function()
+    psql("create database bkr_spec_size")
+    local size = conn:database_size("bkr_spec_size")
+    local expected = tonumber(psql("select pg_database_size('bkr_spec_size')"))
+    psql("drop database bkr_spec_size")
+    assert.are.equal(expected, size)
+    local none, msg, state = conn:database_size("bkr_spec_size")
+    assert.is_nil(none)
+    assert.are.equal("3D000", state)
+    assert.is_truthy(msg:find('database "bkr_spec_size" does not exist', 1, true))
+  end)
+  it("escapes identifiers and literals so the server reads them back unchanged", function()
+    local weird = "it's a \"name\" \\ ünï"
+    local name = conn:escape_identifier(weird)
+    assert(conn:exec("create temp table " .. name .. "(v text)"))
+    assert(conn:exec("insert into " .. name .. " values (" .. conn:escape_literal(weird) .. ")"))
+    local rows = conn:query("select v from " .. name)
+    assert.are.equal(weird, rows[1].v)
+    assert.has_error(function() conn:escape_literal("bad \xff utf-8") end)
+  end)
+end)
+
+describe("lib.postgres databases", function()
+  local conn, postgres
+  setup(function()
+    package.path = os.getenv("BKR_SOURCE_DIR") .. "/recipes/?.lua;" .. package.path
+    postgres = require "lib.postgres"
+  end)
+  before_each(function() conn = connect() end)
+  after_each(function() conn:close() end)
+
+  local function with_databases(names, f)
+    for _, name in ipairs(names) do psql("create database " .. name) end
+    local ok, err = pcall(f)
+    for _, name in ipairs(names) do psql("drop database " .. name) end
+    assert(ok, err)
+  end
+
   it("lists databases with owner, encoding and size, templates excluded, ordered by name", function()
-    psql("create database bkr_spec_b"); psql("create database bkr_spec_a")
-    local ok, err = pcall(function()
-      local dbs = conn:databases()
+    with_databases({ "bkr_spec_b", "bkr_spec_a" }, function()
+      local dbs = assert(postgres.list_databases(conn))
       local names, byname = {}, {}
       for _, d in ipairs(dbs) do names[#names + 1] = d.name; byname[d.name] = d end
       local sorted = { table.unpack(names) }
@@ -333,22 +374,35 @@ describe("conn information", function()
       assert.is_truthy(byname.bkr_spec_b)
       assert.are.equal(a.size, conn:database_size("bkr_spec_a"))
     end)
-    psql("drop database bkr_spec_a"); psql("drop database bkr_spec_b")
-    assert(ok, err)
-    local size, msg, state = conn:database_size("bkr_spec_a")
-    assert.is_nil(size)
-    assert.are.equal("3D000", state)
-    assert.is_truthy(msg:find('database "bkr_spec_a" does not exist', 1, true))
   end)
 
-  it("escapes identifiers and literals so the server reads them back unchanged", function()
-    local weird = "it's a \"name\" \\ ünï"
-    local name = conn:escape_identifier(weird)
-    assert(conn:exec("create temp table " .. name .. "(v text)"))
-    assert(conn:exec("insert into " .. name .. " values (" .. conn:escape_literal(weird) .. ")"))
-    local rows = conn:query("select v from " .. name)
-    assert.are.equal(weird, rows[1].v)
-    assert.has_error(function() conn:escape_literal("bad \xff utf-8") end)
+  it("leaves out the size of a database the user may not connect to", function()
+    local role = "bkr_spec_nostats_" .. math.random(1e6)
+    psql("create role " .. role .. " login")
+    with_databases({ "bkr_spec_private" }, function()
+      psql("revoke connect on database bkr_spec_private from public")
+      local limited <close> = assert(pg.connect{ host = PGHOST, port = PGPORT, dbname = "postgres", user = role })
+      local byname = {}
+      for _, d in ipairs(assert(postgres.list_databases(limited))) do byname[d.name] = d end
+      assert.is_nil(byname.bkr_spec_private.size)
+      assert.are.equal("postgres", byname.bkr_spec_private.owner)
+      assert.are.equal("integer", math.type(byname.postgres.size))
+    end)
+    psql("drop role " .. role)
+  end)
+
+  it("backs up every database that allows connections, less the excluded ones, or the configured list", function()
+    with_databases({ "bkr_spec_keep", "bkr_spec_skip", "bkr_spec_closed" }, function()
+      psql("alter database bkr_spec_closed allow_connections false")
+      local names = postgres.databases(conn, { databases = "all", exclude = { "bkr_spec_skip" } })
+      local expected = {}
+      for name in psql("select datname from pg_database where datallowconn and not datistemplate"
+        .. " and datname <> 'bkr_spec_skip' order by datname"):gmatch("[^\n]+") do
+        expected[#expected + 1] = name
+      end
+      assert.are.same(expected, names)
+      assert.are.same({ "x", "y" }, postgres.databases(conn, { databases = { "x", "y" } }))
+    end)
   end)
 end)
 

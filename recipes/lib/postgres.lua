@@ -19,12 +19,40 @@ local function value(v)
   return v
 end
 
+-- Which databases count, with what a listing shows of each: not templates, ordered by name.
+-- size is NULL (so absent) when the user may not see it (no CONNECT right and not
+-- pg_read_all_stats), and for a database an interrupted DROP DATABASE left invalid
+-- (datconnlimit -2), which also does not allow connections.
+local DATABASES_SQL = [[
+SELECT d.datname AS name, pg_catalog.pg_get_userbyid(d.datdba) AS owner,
+       pg_catalog.pg_encoding_to_char(d.encoding) AS encoding,
+       CASE WHEN d.datconnlimit <> -2 AND (pg_catalog.has_database_privilege(d.oid, 'CONNECT')
+              OR pg_catalog.pg_has_role('pg_read_all_stats', 'MEMBER'))
+            THEN pg_catalog.pg_database_size(d.oid) END AS size,
+       d.datallowconn AND d.datconnlimit <> -2 AS allow_connections,
+       d.datistemplate AS is_template
+  FROM pg_catalog.pg_database d WHERE NOT d.datistemplate ORDER BY d.datname
+]]
+
+-- The cluster's databases: { {name=, owner=, encoding=, size=, allow_connections=,
+-- is_template=}, ... }, or nil, message[, sqlstate]. A NULL is left out of its row.
+function postgres.list_databases(conn)
+  local rows, err, sqlstate = conn:query(DATABASES_SQL)
+  if not rows then return nil, err, sqlstate end
+  for _, row in ipairs(rows) do
+    for key, v in pairs(row) do
+      if v == pg.null then row[key] = nil end
+    end
+  end
+  return rows
+end
+
 -- The databases to back up: the configured list, or every database that accepts
 -- connections (templates excluded), less config.exclude. Unknown names are kept: their
 -- backup fails with a clear message while the others go on.
 function postgres.databases(conn, cfg)
   if cfg.databases ~= "all" then return cfg.databases end
-  local all, err = conn:databases()
+  local all, err = postgres.list_databases(conn)
   if not all then cli.fail(cli.EXIT_FAILED, "%s", err) end
   local excluded = {}
   for _, name in ipairs(cfg.exclude or {}) do excluded[name] = true end
