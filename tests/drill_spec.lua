@@ -100,3 +100,143 @@ describe("bkr drill", function()
     assert.are_not.equal("passed", data.result)
   end)
 end)
+
+-- The drill's reports, its steps as an integrator changes them, and its targets (moved here
+-- from restore_spec.lua, so that each spec matches one recipe).
+local function new_database(sql)
+  return util.new_database("rs", sql)
+end
+
+local function backup_file(repo, db, extra)
+  local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db .. " " .. (extra or ""))
+  assert(rc == 0, out)
+  return util.sh("ls " .. q(repo .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", "")
+end
+
+describe("bkr drill: reports, steps and targets", function()
+  local function scratch_databases()
+    return util.psql("select count(*) from pg_database where datname like 'bkr_drill_%'")
+  end
+
+  it("passes for two databases and writes a JSON and a Markdown report", function()
+    local a = new_database("create table t (x int); insert into t select generate_series(1, 500);")
+    local b = new_database("create schema s; create table s.u (y text); insert into s.u values ('ü'), ('x');")
+    local repo = util.scratch("repo")
+    backup_file(repo, a)
+    backup_file(repo, b)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    - select count(*) > 0 from pg_class\n")
+    local report = util.scratch("report") .. "/drill"
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --db " .. b .. " --report " .. q(report))
+    assert.are.equal(0, rc, out)
+    local data = json.decode(util.read(report .. ".json"))
+    assert.are.equal("passed", data.result)
+    assert.are.equal(2, #data.databases)
+    for _, db in ipairs(data.databases) do
+      assert.are.equal("passed", db.result)
+      assert.is_true(db.rto_seconds >= 0 and db.rto_seconds < 3600)
+      assert.is_true(db.rpo_seconds >= 0 and db.rpo_seconds < 86400)
+      local names = {}
+      for _, s in ipairs(db.steps) do names[#names + 1] = s.name .. "=" .. s.result end
+      assert.are.same({ "pick_backup=passed", "verify_backup=passed", "restore_scratch=passed", "compare_tables=passed",
+        "smoke_queries=passed", "measure=passed", "cleanup=passed" }, names)
+    end
+    local md = util.read(report .. ".md")
+    assert.matches("Result: PASSED", md)
+    assert.matches("| s.u | 2 | yes |", md, 1, true)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("fails for a corrupted latest backup, exit 3, and leaves no scratch database", function()
+    local a = new_database("create table t (x int); insert into t select generate_series(1, 500);")
+    local repo = util.scratch("repo")
+    local file = backup_file(repo, a)
+    util.flip_byte(repo .. "/daily/" .. file, 200)
+    local report = util.scratch("report") .. "/drill"
+    local out, rc = run("drill --repo " .. q(repo) .. " --db " .. a .. " --report " .. q(report))
+    assert.are.equal(3, rc, out)
+    local data = json.decode(util.read(report .. ".json"))
+    assert.are.equal("failed", data.result)
+    assert.are.equal("failed", data.databases[1].steps[2].result)
+    assert.matches("checksum mismatch", data.databases[1].steps[2].detail)
+    assert.are.equal("skipped", data.databases[1].steps[3].result)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("catches a row altered in the restored database, with a step added by the integrator", function()
+    local a = new_database("create table t (id int, v text); insert into t select i, 'v' || i from generate_series(1, 100) i;")
+    local repo = util.scratch("repo")
+    backup_file(repo, a)
+    local custom = util.scratch("custom")
+    util.sh("mkdir -p " .. q(custom .. "/lib"))
+    util.write(custom .. "/lib/drill_steps.lua", [[
+local steps = dofile(bkr.recipe_path[#bkr.recipe_path] .. "/lib/drill_steps.lua")
+-- an integrator's step: here it alters one row, to prove the comparison notices
+function steps.tamper(drill, db)
+  local conn <close> = require("lib.postgres").connect(drill.cfg, db.scratch)
+  assert(conn:exec("update t set v = 'changed' where id = 42"))
+  return true, "altered row 42"
+end
+return steps
+]])
+    local cfg = custom .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  steps: [pick_backup, verify_backup, restore_scratch, tamper, compare_tables, measure]\n")
+    local report = custom .. "/report"
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --report " .. q(report), "BKR_RECIPE_PATH=" .. q(custom))
+    assert.are.equal(3, rc, out)
+    assert.matches("public.t: same 100 rows but different contents", out)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("fails when the newest backup is older than the RPO target", function()
+    local a = new_database("create table t (x int);")
+    local repo = util.scratch("repo")
+    backup_file(repo, a)
+    util.sh("sleep 2")
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  rpo_seconds: 1\n")
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --report " .. q(util.scratch("r") .. "/d"))
+    assert.are.equal(1, rc, out)
+    assert.matches("RPO %d+ s exceeds the target 1 s", out)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("fails a smoke query that returns 0, and says so on stderr", function()
+    local a = new_database("create table invoices (x int);")
+    local repo = util.scratch("repo")
+    backup_file(repo, a)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    - select count(*) from invoices\n")
+    local out, rc = util.sh(q(util.bkr_bin()) .. " drill --config " .. q(cfg) .. " --db " .. a .. " --report "
+      .. q(util.scratch("r") .. "/d") .. " 2>&1 >/dev/null")
+    assert.are.equal(1, rc, out)
+    assert.matches("bkr drill: " .. a .. " failed at smoke_queries: select count%(%*%) from invoices: returned 0", out)
+    assert.are.equal("0", scratch_databases())
+  end)
+
+  it("runs each database's own smoke queries when they are given per database", function()
+    local a = new_database("create table invoices (x int); insert into invoices values (1);")
+    local b = new_database("create table contacts (y int);")
+    local repo = util.scratch("repo")
+    backup_file(repo, a)
+    backup_file(repo, b)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    " .. a
+      .. ":\n      - select count(*) from invoices\n    " .. b .. ":\n      - select count(*) > 0 from contacts\n")
+    local report = util.scratch("r") .. "/d"
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --db " .. b .. " --report " .. q(report))
+    assert.are.equal(1, rc, out)
+    local data = json.decode(util.read(report .. ".json"))
+    assert.are.equal("passed", data.databases[1].result)
+    assert.are.equal("failed", data.databases[2].result)
+    assert.matches("select count%(%*%) > 0 from contacts: returned false", data.databases[2].steps[5].detail)
+  end)
+
+  it("refuses an unknown step name in the configuration, exit 2", function()
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: /tmp\ndrill:\n  steps: [pick_backup, no_such_step]\n")
+    local out, rc = run("drill --config " .. q(cfg))
+    assert.are.equal(2, rc)
+    assert.matches("no step named 'no_such_step'", out)
+  end)
+end)
