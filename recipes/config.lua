@@ -490,8 +490,8 @@ local function write_manifest_and_sums(run, entries)
   local ok, err = fs.write_file(run.staging .. "/manifest.json", text, { mode = PRIVATE_FILE, overwrite = false })
   if not ok then error(err, 0) end
   local lines = {}
-  for _, entry in ipairs(entries) do lines[#lines + 1] = files.sums_line(entry.stored_sha256, entry.stored) end
-  lines[#lines + 1] = files.sums_line(hash.sha256_string(text), "manifest.json")
+  for _, entry in ipairs(entries) do lines[#lines + 1] = repo.sums_line(entry.stored_sha256, entry.stored) end
+  lines[#lines + 1] = repo.sums_line(hash.sha256_string(text), "manifest.json")
   ok, err = fs.write_file(run.staging .. "/SHA256SUMS", table.concat(lines),
     { mode = PRIVATE_FILE, overwrite = false })
   if not ok then error(err, 0) end

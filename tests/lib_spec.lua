@@ -191,3 +191,36 @@ describe("lib.cli", function()
     assert.are.same({ nil, "plain", "plain" }, { cli.kind("plain"), cli.detail("plain"), cli.reason("plain") })
   end)
 end)
+
+describe("config backups (lib.repo sha256sum lines, lib.config_*)", function()
+  describe("sha256sum lines", function()
+    local digest = string.rep("ab", 32)
+
+    it("writes the lines sha256sum writes, escaping a name with a backslash or a newline", function()
+      for _, case in ipairs({
+        { "files/etc/app.yaml", digest .. "  files/etc/app.yaml\n" },
+        { "manifest.json", digest .. "  manifest.json\n" },
+        { "files/a\\b", "\\" .. digest .. "  files/a\\\\b\n" },
+        { "files/a\nb", "\\" .. digest .. "  files/a\\nb\n" },
+      }) do
+        assert.are.equal(case[2], repo.sums_line(digest, case[1]), case[1])
+      end
+    end)
+
+    it("reads back every name it writes, and text and binary lines as sha256sum -c does", function()
+      for _, name in ipairs({ "files/etc/app.yaml", "files/a\\b", "files/a\nb", "files/x y", "*star" }) do
+        local line = repo.sums_line(digest, name):gsub("\n$", "")
+        assert.are.same({ digest, name }, { repo.parse_sums_line(line) }, name)
+      end
+      assert.are.same({ digest, "backup.sql.gz" }, { repo.parse_sums_line(digest:upper() .. " *backup.sql.gz") })
+      assert.are.same({ digest, "*x" }, { repo.parse_sums_line(digest .. "  *x") })
+    end)
+
+    it("refuses lines that are not sha256sum's", function()
+      for _, line in ipairs({ "", digest, digest .. "  ", digest .. " name", digest:sub(2) .. "  name",
+        digest .. "0  name", "zz" .. digest:sub(3) .. "  name", digest .. "\tname", "\\" .. digest .. "  " }) do
+        assert.is_nil(repo.parse_sums_line(line), line)
+      end
+    end)
+  end)
+end)

@@ -15,6 +15,7 @@
 local yaml = require "bkr.yaml"
 local stream = require "bkr.stream"
 local hash = require "bkr.hash"
+local repo = require "lib.repo"
 
 local files = {}
 
@@ -466,29 +467,17 @@ end
 
 -- ------------------------------------------------------------------ SHA256SUMS
 
--- One line as GNU sha256sum writes it, names with '\' or a newline escaped its way.
-function files.sums_line(digest, name)
-  if name:find("[\\\n]") then
-    return "\\" .. digest .. "  " .. name:gsub("\\", "\\\\"):gsub("\n", "\\n") .. "\n"
-  end
-  return digest .. "  " .. name .. "\n"
-end
-
--- Parse a SHA256SUMS text: list of { digest, name } or nil, message.
+-- Parse a SHA256SUMS text: list of { digest, name } or nil, message. Each line is read by
+-- repo.parse_sums_line, the one reader of the format (repo.sums_line writes it).
 function files.parse_sums(text)
   local entries = {}
   local number = 0
   for line in text:gmatch("([^\n]*)\n?") do
     number = number + 1
     if line ~= "" then
-      local escaped = line:sub(1, 1) == "\\"
-      if escaped then line = line:sub(2) end
-      local digest, name = line:match("^(%x+) [ %*](.+)$")
-      if not digest or #digest ~= 64 then return nil, string.format("SHA256SUMS line %d is malformed", number) end
-      if escaped then
-        name = name:gsub("\\(.)", function(c) return c == "n" and "\n" or c end)
-      end
-      entries[#entries + 1] = { digest = digest:lower(), name = name }
+      local digest, name = repo.parse_sums_line(line)
+      if not digest then return nil, string.format("SHA256SUMS line %d is malformed", number) end
+      entries[#entries + 1] = { digest = digest, name = name }
     end
   end
   return entries
