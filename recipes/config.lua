@@ -57,10 +57,6 @@ local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
 end
 
-local function clean_message(err)
-  return (tostring(err):gsub("^[^:]*%.lua:%d+: ", ""):gsub("^crypto%.[%w_]+: ", ""))
-end
-
 -- An absolute path with '.' and '..' resolved lexically, as `realpath -s` does.
 local function absolute(path)
   if path:sub(1, 1) ~= "/" then path = lfs.currentdir() .. "/" .. path end
@@ -252,7 +248,7 @@ local function inspect(dir, key)
   end
   local manifest, merr = json.read_file(dir .. "/manifest.json")
   if not manifest then
-    problem("manifest: %s", clean_message(merr))
+    problem("manifest: %s", merr)
     return report
   end
   local bad = manifest_problem(manifest)
@@ -282,7 +278,7 @@ local function inspect(dir, key)
   if sums_text then
     sums, perr = files.parse_sums(sums_text)
   else
-    perr = (skind == "missing" and "missing SHA256SUMS (" or "unreadable SHA256SUMS (") .. clean_message(serr) .. ")"
+    perr = (skind == "missing" and "missing SHA256SUMS (" or "unreadable SHA256SUMS (") .. serr .. ")"
   end
   if not sums then
     problem("%s", perr)
@@ -350,7 +346,7 @@ local function inspect(dir, key)
       elseif file.whole_file_encrypted or file.kind == "other" then
         local digest, err = files.read_whole(stored_path, { key = file.whole_file_encrypted and key or nil })
         if not digest then
-          problem("%s: %s", file.path, clean_message(err))
+          problem("%s: %s", file.path, err)
         elseif digest ~= file.sha256 then
           problem("%s: content does not match the original's SHA-256", file.path)
         end
@@ -363,7 +359,7 @@ local function inspect(dir, key)
           plain, err = files.reveal(file.kind, stored, file.encrypted_fields, cipher)
         end
         if not plain then
-          problem("%s: %s", file.path, clean_message(err))
+          problem("%s: %s", file.path, err)
         elseif hash.sha256_string(plain) ~= file.sha256 then
           problem("%s: the restored content does not match the original's SHA-256%s", file.path,
             secret and " (a legacy value opened with the wrong key?)" or "")
@@ -451,7 +447,7 @@ local function store_file(run, source)
   if source.kind ~= "other" then
     -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
     local text, rerr = fs.read_file(source.path, { follow = true })
-    if not text then error(clean_message(rerr), 0) end
+    if not text then error(rerr, 0) end
     local sealed, fields = files.protect(source.kind, text, run.cipher, run.sensitive)
     if sealed then
       local ok, err = fs.write_file(run.staging .. "/" .. stored, sealed,
@@ -464,16 +460,16 @@ local function store_file(run, source)
     end
     if not run.encrypt_all then
       error(string.format("%s: %s; its secrets cannot be sealed field by field (--encrypt-all stores such "
-        .. "a file encrypted whole)", source.path, clean_message(fields)), 0)
+        .. "a file encrypted whole)", source.path, fields), 0)
     end
-    entry.note = "encrypted whole: " .. clean_message(fields)
+    entry.note = "encrypted whole: " .. fields
   end
 
   local whole = run.encrypt_all
   if whole then stored = stored .. ".enc" end
   local result, err = files.store_whole(source.path, run.staging .. "/" .. stored,
     { mode = source.mode, key = whole and run.key or nil })
-  if not result then error(source.path .. ": " .. clean_message(err), 0) end
+  if not result then error(source.path .. ": " .. err, 0) end
   entry.size, entry.sha256 = result.size, result.sha256
   entry.stored, entry.stored_sha256 = stored, result.stored_sha256
   entry.whole_file_encrypted = whole == true
@@ -591,7 +587,7 @@ local function backup(args)
   end)
   if not built then
     fs.remove_tree(run.staging)
-    local message = clean_message(failure)
+    local message = cli.detail(failure)
     repo.log(run.repo, { recipe = "config backup", result = "failed", error = message })
     cli.fail(cli.EXIT_FAILED, "config backup failed, nothing written: %s", message)
   end
@@ -696,7 +692,7 @@ local function restore_all(plan, dir, key, plain)
       if not made then error(path .. ": " .. tostring(err), 0) end
       created[#created + 1] = path
       made, err = fs.chmod(path, PRIVATE)
-      if not made then error(clean_message(err), 0) end
+      if not made then error(err, 0) end
     end
     for number, step in ipairs(plan.steps) do
       if bkr.interrupted() then error("interrupted", 0) end
@@ -710,10 +706,10 @@ local function restore_all(plan, dir, key, plain)
           key = file.whole_file_encrypted and key or nil, target = step.staged, mode = mode })
         if done and done ~= file.sha256 then
           staged[#staged + 1] = step.staged
-          cli.fail(cli.EXIT_INTEGRITY, "config restore: %s changed while restoring (SHA-256 mismatch)", file.stored)
+          cli.fail(cli.EXIT_INTEGRITY, "%s changed while restoring (SHA-256 mismatch)", file.stored)
         end
       end
-      if not done then error(file.path .. ": " .. clean_message(err), 0) end
+      if not done then error(file.path .. ": " .. err, 0) end
       staged[#staged + 1] = step.staged
     end
     for _, step in ipairs(plan.steps) do
@@ -721,7 +717,7 @@ local function restore_all(plan, dir, key, plain)
         error(step.target .. " appeared while restoring", 0)
       end
       local moved, err = fs.rename(step.staged, step.target)
-      if not moved then error(step.target .. ": " .. clean_message(err), 0) end
+      if not moved then error(step.target .. ": " .. err, 0) end
       placed[#placed + 1] = step
     end
   end)
@@ -733,9 +729,9 @@ local function restore_all(plan, dir, key, plain)
   end
   for _, path in ipairs(staged) do os.remove(path) end
   for i = #created, 1, -1 do os.remove(created[i]) end -- (rmdir: only if still empty)
-  local code, message = cli.EXIT_FAILED, failure
-  if type(failure) == "table" then code, message = failure.exit_code, failure.message end
-  message = clean_message(message):gsub("^config restore: ", "")
+  -- (a failure raised with cli.fail carries its exit code; any other error exits 1)
+  local code = type(failure) == "table" and failure.exit_code or cli.EXIT_FAILED
+  local message = cli.detail(failure)
   if #replaced > 0 then
     cli.fail(code, "config restore: %s; already replaced (the others were not): %s", message,
       table.concat(replaced, ", "))
@@ -886,7 +882,7 @@ local function list(args)
       row.encrypted_fields, row.whole_files_encrypted = count_fields(manifest)
       row.key_id, row.cipher = manifest.key_id, manifest.cipher
     else
-      row.error = clean_message(err)
+      row.error = err
     end
     rows[#rows + 1] = row
   end

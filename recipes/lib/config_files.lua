@@ -16,6 +16,7 @@ local yaml = require "bkr.yaml"
 local stream = require "bkr.stream"
 local hash = require "bkr.hash"
 local repo = require "lib.repo"
+local cli = require "lib.cli"
 
 local files = {}
 
@@ -66,9 +67,17 @@ end
 
 -- ------------------------------------------------------------------ ciphers
 
+-- What a value that does not open means, in words chosen by the code crypto returns with it
+-- ("format", "key", "auth"). A code without words here keeps crypto's message: "key" names
+-- both key ids, which only crypto knows.
+local VALUE_FAILURES = {
+  auth = "authentication failed (tampered value or wrong field)",
+  format = "malformed encrypted value (invalid base64 or too short)",
+}
+
 -- The sealing and opening of single values with one key.
 --   cipher.seal(plaintext, field) -> token       ENCRYPTED:v2:... (or legacy ENCRYPTED:...)
---   cipher.open(token, field) -> plaintext | nil, message
+--   cipher.open(token, field) -> plaintext | nil, message, code ("format", "key", "auth")
 -- opts.legacy_xor: seal with the previous tool's XOR scheme (compatibility only).
 function files.cipher(key, opts)
   local crypto = require "bkr.crypto"
@@ -79,13 +88,13 @@ function files.cipher(key, opts)
     return crypto.encrypt_value(key, plaintext, field)
   end
   function cipher.open(token, field)
-    local plain, err
+    local plain, err, code
     if token:sub(1, #files.V2_PREFIX) == files.V2_PREFIX then
-      plain, err = crypto.decrypt_value(key, token, field)
+      plain, err, code = crypto.decrypt_value(key, token, field)
     else
-      plain, err = crypto.xor_value(key, token)
+      plain, err, code = crypto.xor_value(key, token)
     end
-    if not plain then return nil, (tostring(err):gsub("^crypto%.[%w_]+: ", "")) end
+    if not plain then return nil, VALUE_FAILURES[code] or err, code end
     return plain
   end
   return cipher
@@ -241,7 +250,8 @@ local function as_set(list)
 end
 
 -- Put the sealed fields of a stored YAML document back. fields: the names the manifest lists.
--- Returns the original text, or nil and a message naming the field.
+-- Returns the original text, or nil and a message naming the field (and crypto's code, when
+-- a value does not open).
 function files.reveal_yaml(stored, fields, cipher)
   local values, err = yaml_values(stored)
   if not values then return nil, err end
@@ -252,8 +262,8 @@ function files.reveal_yaml(stored, fields, cipher)
       if s.style ~= "plain" or not is_token(s.value) then
         return nil, s.field .. ": expected a sealed value, found none"
       end
-      local plain, perr = cipher.open(s.value, s.field)
-      if not plain then return nil, s.field .. ": " .. tostring(perr) end
+      local plain, perr, code = cipher.open(s.value, s.field)
+      if not plain then return nil, s.field .. ": " .. perr, code end
       pieces[#pieces + 1] = stored:sub(at + 1, s.start)
       pieces[#pieces + 1] = plain
       at = s.stop
@@ -382,8 +392,8 @@ function files.reveal_env(stored, fields, cipher)
     local key, value_at, body_end = assignment(line)
     local value = key and line:sub(value_at, body_end)
     if key and wanted[key] and is_token(value) then
-      local plain, err = cipher.open(value, key)
-      if not plain then return nil, key .. ": " .. tostring(err) end
+      local plain, err, code = cipher.open(value, key)
+      if not plain then return nil, key .. ": " .. err, code end
       out[#out + 1] = line:sub(1, value_at - 1) .. plain .. line:sub(body_end + 1)
       found[key] = true
     else
@@ -412,56 +422,58 @@ end
 
 -- ------------------------------------------------------------------ whole files (streamed)
 
+-- Run a pipeline to its end: its result table, or nil, what went wrong as "STAGE: REASON"
+-- and the kind (from stream.run's error object: docs/runtime.md).
 local function run_pipeline(stages)
   local ok, result = pcall(stream.run, stages)
-  if not ok then return nil, (tostring(result):gsub("^stream%.run: ", "")) end
+  if not ok then return nil, cli.detail(result), cli.kind(result) end
   return result
 end
 
 -- Copy a file byte for byte into the backup, sealed whole with opts.key when given.
--- Returns { sha256, stored_sha256, size, stored_size } or nil, message.
+-- Returns { sha256, stored_sha256, size, stored_size } or nil, message, kind.
 function files.store_whole(source_path, stored_path, opts)
   -- the admin's own file: a symlink to it is followed (/etc/alternatives...), a FIFO is not
-  local source, err = stream.from_file(source_path, { follow = true })
-  if not source then return nil, err end
+  local source, err, kind = stream.from_file(source_path, { follow = true })
+  if not source then return nil, err, kind end
   local stages = { source, hash.sha256{ name = "original" } }
   if opts.key then stages[#stages + 1] = require("bkr.crypto").encrypt{ key = opts.key } end
   stages[#stages + 1] = hash.sha256{ name = "stored" }
-  local sink, serr = stream.to_file(stored_path, { mode = opts.mode })
+  local sink, serr, skind = stream.to_file(stored_path, { mode = opts.mode })
   if not sink then
     for _, stage in ipairs(stages) do stage:close() end
-    return nil, serr
+    return nil, serr, skind
   end
   stages[#stages + 1] = sink
-  local result, rerr = run_pipeline(stages)
-  if not result then return nil, rerr end
+  local result, rerr, rkind = run_pipeline(stages)
+  if not result then return nil, rerr, rkind end
   return { sha256 = result.original, stored_sha256 = result.stored, size = result.bytes_in,
     stored_size = result.bytes_out }
 end
 
 -- Read a stored whole file back (opened with opts.key when it was sealed) into `target`
 -- (a path, written atomically with opts.mode and opts.overwrite) or, without one, nowhere.
--- Returns the SHA-256 of the plaintext, or nil and a message. Sealed data that does not
+-- Returns the SHA-256 of the plaintext, or nil, message, kind. Sealed data that does not
 -- authenticate fails the run before the target appears.
 function files.read_whole(stored_path, opts)
-  local source, err = stream.from_file(stored_path)
-  if not source then return nil, err end
+  local source, err, kind = stream.from_file(stored_path)
+  if not source then return nil, err, kind end
   local stages = { source }
   if opts.key then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = opts.key } end
   stages[#stages + 1] = hash.sha256{ name = "plain" }
-  local sink, serr
+  local sink, serr, skind
   if opts.target then
-    sink, serr = stream.to_file(opts.target, { mode = opts.mode, overwrite = opts.overwrite })
+    sink, serr, skind = stream.to_file(opts.target, { mode = opts.mode, overwrite = opts.overwrite })
   else
     sink = stream.to_null()
   end
   if not sink then
     for _, stage in ipairs(stages) do stage:close() end
-    return nil, serr
+    return nil, serr, skind
   end
   stages[#stages + 1] = sink
-  local result, rerr = run_pipeline(stages)
-  if not result then return nil, rerr end
+  local result, rerr, rkind = run_pipeline(stages)
+  if not result then return nil, rerr, rkind end
   return result.plain
 end
 
