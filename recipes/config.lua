@@ -38,16 +38,6 @@ local EXIT_CODES = "0 ok, 1 failed, 2 usage or configuration error, 3 integrity 
 
 -- ------------------------------------------------------------------ small helpers
 
-local command = "config"
-
-local function say(fmt, ...)
-  io.stdout:write(string.format(fmt, ...), "\n")
-  io.stdout:flush()
-end
-
-local function warn(fmt, ...)
-  io.stderr:write("bkr ", command, ": ", string.format(fmt, ...), "\n")
-end
 
 local function octal(mode)
   return string.format("%04o", mode)
@@ -104,26 +94,27 @@ local function scan(dir)
 end
 
 -- BACKUP as given on the command line: a directory, or a backup's name in REPO/config.
-local function resolve(options, word)
+-- what: the subcommand, for messages ("config restore").
+local function resolve(options, word, what)
   if word:find("/") or lfs.attributes(word, "mode") == "directory" then
     if lfs.attributes(word, "mode") ~= "directory" then
-      cli.usage_error("%s: no such backup directory %s", command, word)
+      cli.usage_error("%s: no such backup directory %s", what, word)
     end
     return (word:gsub("(.)/+$", "%1"))
   end
   if not word:match(NAME_PATTERN) then
     cli.usage_error("%s: %s is neither a directory nor a config backup name (config_backup_YYYYMMDD_HHMMSS[-N])",
-      command, word)
+      what, word)
   end
   local path = repository(config.load(options)) .. "/" .. word
-  if lfs.attributes(path, "mode") ~= "directory" then cli.usage_error("%s: no config backup %s", command, path) end
+  if lfs.attributes(path, "mode") ~= "directory" then cli.usage_error("%s: no config backup %s", what, path) end
   return path
 end
 
-local function latest(options)
+local function latest(options, what)
   local dir = repository(config.load(options))
   local newest = scan(dir)[1]
-  if not newest then cli.fail(cli.EXIT_FAILED, "%s: no config backups in %s", command, dir) end
+  if not newest then cli.fail(cli.EXIT_FAILED, "%s: no config backups in %s", what, dir) end
   return newest.path
 end
 
@@ -509,7 +500,7 @@ local function remove_stale_partials(dir)
   for name in lfs.dir(dir) do
     if name:sub(1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
       fs.remove_tree(dir .. "/" .. name)
-      warn("removed %s/%s, left by an interrupted run", dir, name)
+      cli.warn("config backup", "removed %s/%s, left by an interrupted run", dir, name)
     end
   end
 end
@@ -526,7 +517,7 @@ local function rotate(run)
     if not keep[backup] and backup.path ~= run.final then
       local ok, err = fs.remove_tree(backup.path)
       if ok then
-        say("removed %s (beyond retention)", backup.path)
+        cli.say("removed %s (beyond retention)", backup.path)
         repo.log(run.repo, { recipe = "config backup", file = SUBDIR .. "/" .. backup.name, result = "removed",
           reason = "beyond retention" })
       else
@@ -549,9 +540,9 @@ local function backup(args)
   run.sensitive = files.sensitive_matcher(run.patterns)
   run.cipher = files.cipher(run.key, { legacy_xor = run.legacy_xor })
   if run.legacy_xor then
-    warn("WARNING: --legacy-xor writes secrets XOR-ed with a repeating key: that is NOT encryption. "
-      .. "Anyone who knows or guesses one value can recover the key and read every other value. "
-      .. "Use it only for a tool that cannot read ENCRYPTED:v2 values.")
+    cli.warn("config backup", "WARNING: --legacy-xor writes secrets XOR-ed with a repeating key: "
+      .. "that is NOT encryption. Anyone who knows or guesses one value can recover the key and read "
+      .. "every other value. Use it only for a tool that cannot read ENCRYPTED:v2 values.")
   end
 
   run.repo = config.repository(cfg)
@@ -596,9 +587,9 @@ local function backup(args)
   for _, entry in ipairs(run.manifest.files) do
     local detail = #entry.encrypted_fields > 0 and (#entry.encrypted_fields .. " fields encrypted")
       or entry.whole_file_encrypted and "encrypted whole" or "copied"
-    say("  %s (%s): %s", entry.path, entry.kind, detail)
+    cli.say("  %s (%s): %s", entry.path, entry.kind, detail)
   end
-  say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
+  cli.say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
     run.final, #run.manifest.files, fields, whole, run.key_id)
   repo.log(run.repo, { recipe = "config backup", result = "ok", file = SUBDIR .. "/" .. run.name,
     files = #run.manifest.files, encrypted_fields = fields })
@@ -606,7 +597,7 @@ local function backup(args)
   if not options.no_rotate then
     local errors = rotate(run)
     if #errors > 0 then
-      warn("rotation: %s", table.concat(errors, "; "))
+      cli.warn("config backup", "rotation: %s", table.concat(errors, "; "))
       return cli.EXIT_FAILED
     end
   end
@@ -768,9 +759,9 @@ end
 
 local function one_backup(options, what)
   if options.latest and #options.args > 0 then cli.usage_error("%s: give BACKUP or --latest, not both", what) end
-  if options.latest then return latest(options) end
+  if options.latest then return latest(options, what) end
   if #options.args ~= 1 then cli.usage_error("%s: give one BACKUP (or --latest); see --help", what) end
-  return resolve(options, options.args[1])
+  return resolve(options, options.args[1], what)
 end
 
 local function restore(args)
@@ -785,7 +776,7 @@ local function restore(args)
   local report = inspect(dir, key)
   if report.unchecked > 0 then keys.require(cfg, options) end
   if #report.problems > 0 then
-    for _, p in ipairs(report.problems) do warn("%s", p) end
+    for _, p in ipairs(report.problems) do cli.warn("config restore", "%s", p) end
     cli.fail(cli.EXIT_INTEGRITY, "config restore: %s failed its checks; nothing was restored", dir)
   end
   local manifest = report.manifest
@@ -796,9 +787,9 @@ local function restore(args)
   -- 3. stage every file beside its target, then move them all into place (or none)
   restore_all(plan, dir, key, report.plain)
   for _, step in ipairs(plan.steps) do
-    say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
+    cli.say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
   end
-  say("restored %d files from %s", #manifest.files, dir)
+  cli.say("restored %d files from %s", #manifest.files, dir)
   return cli.EXIT_OK
 end
 
@@ -832,9 +823,9 @@ local function verify(args)
   if options.all then
     for _, b in ipairs(scan(repository(config.load(options)))) do dirs[#dirs + 1] = b.path end
   elseif #options.args > 0 then
-    for _, word in ipairs(options.args) do dirs[#dirs + 1] = resolve(options, word) end
+    for _, word in ipairs(options.args) do dirs[#dirs + 1] = resolve(options, word, "config verify") end
   else
-    dirs[1] = latest(options)
+    dirs[1] = latest(options, "config verify")
   end
   local key = keys.load(config.load(options), options)
   local failed = 0
@@ -842,17 +833,17 @@ local function verify(args)
     local report = inspect(dir, key)
     if #report.problems > 0 then
       failed = failed + 1
-      say("%s: FAILED", dir)
-      for _, p in ipairs(report.problems) do say("  %s", p) end
+      cli.say("%s: FAILED", dir)
+      for _, p in ipairs(report.problems) do cli.say("  %s", p) end
     else
       local fields = count_fields(report.manifest)
       local note = report.unchecked > 0
         and string.format("; %d files with secrets not checked: no key", report.unchecked) or ""
-      say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files,
+      cli.say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files,
         fields, note)
     end
   end
-  if #dirs == 0 then say("no config backups") end
+  if #dirs == 0 then cli.say("no config backups") end
   return failed > 0 and cli.EXIT_INTEGRITY or cli.EXIT_OK
 end
 
@@ -935,5 +926,4 @@ if not name or not SUBCOMMANDS[name] then
   io.stderr:write(OVERVIEW, "\n")
   cli.usage_error("config: %s", name and ("unknown subcommand '" .. name .. "'") or "name a subcommand")
 end
-command = "config " .. name
 return SUBCOMMANDS[name]({ table.unpack(args, 2) })
