@@ -133,7 +133,7 @@ local function entry_problem(file)
   if not safe_relative(file.stored) or not file.stored:match("^files/") then
     return file.path .. ": unsafe stored path " .. tostring(file.stored)
   end
-  if file.kind ~= "yaml" and file.kind ~= "env" and file.kind ~= "other" then
+  if not files.known_kind(file.kind) then
     return file.path .. ": unknown kind " .. tostring(file.kind)
   end
   for _, field in ipairs({ "sha256", "stored_sha256" }) do

@@ -223,4 +223,72 @@ describe("config backups (lib.repo sha256sum lines, lib.config_*)", function()
       end
     end)
   end)
+  describe("config file formats", function()
+    local files = require "lib.config_files"
+    local crypto = require "bkr.crypto"
+    local key = crypto.random_bytes(32)
+    local cipher = files.cipher(key)
+    local sensitive = files.sensitive_matcher()
+
+    it("tells a file's format by its name, and knows the kinds a manifest may name", function()
+      for path, kind in pairs({
+        ["/etc/app.yaml"] = "yaml", ["/etc/APP.YML"] = "yaml", ["/srv/.env"] = "env", ["/srv/prod.env"] = "env",
+        ["/srv/.env.local"] = "env", ["/etc/app.json"] = "other", ["/etc/env"] = "other", ["/etc/yaml"] = "other",
+      }) do
+        assert.are.equal(kind, files.kind(path), path)
+      end
+      for _, kind in ipairs({ "yaml", "env", "other" }) do assert.is_true(files.known_kind(kind), kind) end
+      for _, kind in ipairs({ "toml", "YAML", "", 1 }) do assert.is_false(files.known_kind(kind), tostring(kind)) end
+      assert.has_error(function() files.protect("other", "x", cipher, sensitive) end)
+      assert.has_error(function() files.reveal("toml", "x", {}, cipher) end)
+    end)
+
+    it("seals every secret of each format and puts the original back byte for byte", function()
+      for _, case in ipairs({
+        -- (each secret has a '-' or a space, which no token's base64 has)
+        { "yaml", "db:\n  host: h\n  password: \"hunter-2\"  # kept\ntokens: [tok-1, tok-2]\n",
+          { "db.password", "tokens[0]", "tokens[1]" }, { "hunter-2", "tok-1", "tok-2" } },
+        { "env", "# c\nexport DB_PASSWORD='p w'\r\nHOST=h\nAPI_KEY: key-1\n",
+          { "DB_PASSWORD", "API_KEY" }, { "p w", "key-1" } },
+      }) do
+        local kind, text, fields, secrets = case[1], case[2], case[3], case[4]
+        local stored, sealed = files.protect(kind, text, cipher, sensitive)
+        assert.are.same(fields, sealed, kind)
+        for _, secret in ipairs(secrets) do assert.is_nil(stored:find(secret, 1, true), kind .. ": " .. secret) end
+        assert.are.equal(text, files.reveal(kind, stored, sealed, cipher), kind)
+        -- sealing twice seals nothing more
+        assert.are.same({ stored, {} }, { files.protect(kind, stored, cipher, sensitive) }, kind)
+      end
+    end)
+
+    it("says why a value does not open by crypto's code, not by taking its message apart", function()
+      local stored = files.protect("env", "A_TOKEN=one\nB_TOKEN=two\n", cipher, sensitive)
+      local a = stored:match("A_TOKEN=(%S+)")
+      local b = stored:match("B_TOKEN=(%S+)")
+      local moved = "A_TOKEN=" .. b .. "\nB_TOKEN=" .. a .. "\n" -- B's value under A's key
+      assert.are.same({ nil, "A_TOKEN: authentication failed (tampered value or wrong field)", "auth" },
+        { files.reveal("env", moved, { "A_TOKEN" }, cipher) })
+      local other = files.cipher(crypto.random_bytes(32))
+      local plain, message, code = files.reveal("env", stored, { "A_TOKEN" }, other)
+      assert.are.same({ nil, "key" }, { plain, code })
+      assert.matches("encrypted with key " .. cipher.key_id .. ", the key given is " .. other.key_id, message, 1, true)
+      assert.are.same({ nil, "malformed encrypted value (invalid base64 or too short)", "format" },
+        { cipher.open("ENCRYPTED:v2:!!", "A_TOKEN") })
+      assert.are.same({ nil, "A_TOKEN: sealed field missing from the stored file" },
+        { files.reveal("env", "A_TOKEN=one\n", { "A_TOKEN" }, cipher) })
+    end)
+
+    it("refuses what it cannot seal field by field, naming the line or the field, never the value", function()
+      for _, case in ipairs({
+        { "env", "HOST=h\ndb/password=slashLEAK\n", "line 2 names a sensitive key" },
+        { "yaml", "password: [unclosed, LEAK\n", "yaml: line" },
+        { "yaml", "db:\n  password: !!int 12LEAK\n", "db.password: invalid !!int value" },
+      }) do
+        local stored, message = files.protect(case[1], case[2], cipher, sensitive)
+        assert.is_nil(stored)
+        assert.matches(case[3], message, 1, true)
+        assert.is_nil(message:find("LEAK", 1, true), message)
+      end
+    end)
+  end)
 end)
