@@ -24,15 +24,10 @@ local config = require "lib.config"
 local repo = require "lib.repo"
 local json = require "lib.json"
 local keys = require "lib.keys"
-local retention = require "lib.retention"
 local files = require "lib.config_files"
+local config_repo = require "lib.config_repo"
 
-local FORMAT = "bkr-config-1"
-local SUBDIR = "config"
-local NAME_PATTERN = "^config_backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d%-?%d*)$"
-local PARTIAL_PREFIX = ".partial-"
 local PRIVATE = tonumber("700", 8)
-local PRIVATE_FILE = tonumber("600", 8)
 local SEE = "docs/config-backup.md"
 local EXIT_CODES = "0 ok, 1 failed, 2 usage or configuration error, 3 integrity check failed"
 
@@ -70,54 +65,6 @@ local function safe_relative(path)
   return true
 end
 
-local function repository(cfg)
-  return config.repository(cfg) .. "/" .. SUBDIR
-end
-
--- ------------------------------------------------------------------ finding backups
-
--- Every config backup in REPO/config, newest first.
-local function scan(dir)
-  local backups = {}
-  if lfs.attributes(dir, "mode") ~= "directory" then return backups end
-  for name in lfs.dir(dir) do
-    local stamp = name:match(NAME_PATTERN)
-    local time, sequence = repo.parse_stamp(stamp or "")
-    -- (symlinkattributes: a symlink there is not a backup bkr wrote; never read or rotated)
-    if time and lfs.symlinkattributes(dir .. "/" .. name, "mode") == "directory" then
-      backups[#backups + 1] = { name = name, path = dir .. "/" .. name, stamp = stamp,
-        time = time, sequence = sequence, type = "daily" }
-    end
-  end
-  table.sort(backups, repo.newer)
-  return backups
-end
-
--- BACKUP as given on the command line: a directory, or a backup's name in REPO/config.
--- what: the subcommand, for messages ("config restore").
-local function resolve(options, word, what)
-  if word:find("/") or lfs.attributes(word, "mode") == "directory" then
-    if lfs.attributes(word, "mode") ~= "directory" then
-      cli.usage_error("%s: no such backup directory %s", what, word)
-    end
-    return (word:gsub("(.)/+$", "%1"))
-  end
-  if not word:match(NAME_PATTERN) then
-    cli.usage_error("%s: %s is neither a directory nor a config backup name (config_backup_YYYYMMDD_HHMMSS[-N])",
-      what, word)
-  end
-  local path = repository(config.load(options)) .. "/" .. word
-  if lfs.attributes(path, "mode") ~= "directory" then cli.usage_error("%s: no config backup %s", what, path) end
-  return path
-end
-
-local function latest(options, what)
-  local dir = repository(config.load(options))
-  local newest = scan(dir)[1]
-  if not newest then cli.fail(cli.EXIT_FAILED, "%s: no config backups in %s", what, dir) end
-  return newest.path
-end
-
 -- ------------------------------------------------------------------ checking a backup
 
 local function has_secrets(file)
@@ -152,7 +99,7 @@ end
 -- twice (restore would write one over the other) or both as a file and as a directory.
 -- Returns nil or the problem.
 local function manifest_problem(manifest)
-  if manifest.format ~= FORMAT or type(manifest.files) ~= "table" then
+  if manifest.format ~= config_repo.FORMAT or type(manifest.files) ~= "table" then
     return string.format("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
   end
   local paths, stored = {}, {}
@@ -237,7 +184,7 @@ local function inspect(dir, key)
     problem("%s is %s, not a backup directory", dir, LFS_MODES[lfs.symlinkattributes(dir, "mode")] or "missing")
     return report
   end
-  local manifest, merr = json.read_file(dir .. "/manifest.json")
+  local manifest, merr = config_repo.read_manifest(dir)
   if not manifest then
     problem("manifest: %s", merr)
     return report
@@ -267,7 +214,7 @@ local function inspect(dir, key)
   local sums_text, serr, skind = fs.read_file(dir .. "/SHA256SUMS")
   local sums, perr
   if sums_text then
-    sums, perr = files.parse_sums(sums_text)
+    sums, perr = config_repo.parse_sums(sums_text)
   else
     perr = (skind == "missing" and "missing SHA256SUMS (" or "unreadable SHA256SUMS (") .. serr .. ")"
   end
@@ -363,15 +310,6 @@ local function inspect(dir, key)
   return report
 end
 
-local function count_fields(manifest)
-  local fields, whole = 0, 0
-  for _, file in ipairs(manifest.files or {}) do
-    fields = fields + #(file.encrypted_fields or {})
-    if file.whole_file_encrypted then whole = whole + 1 end
-  end
-  return fields, whole
-end
-
 -- ------------------------------------------------------------------ backup
 
 local function parse_backup(args)
@@ -415,25 +353,11 @@ local function describe_sources(args)
   return sources
 end
 
-local function make_dirs(run, relative_dir)
-  local path = run.staging
-  for part in relative_dir:gmatch("[^/]+") do
-    path = path .. "/" .. part
-    if not run.dirs[path] then
-      local ok, err = fs.mkdirs(path, PRIVATE)
-      if not ok then error(err, 0) end
-      run.dirs[path] = true
-      run.dir_order[#run.dir_order + 1] = path
-    end
-  end
-end
-
--- One file into the staging directory; returns its manifest entry.
+-- One file into the staged backup; returns its manifest entry.
 local function store_file(run, source)
   local entry = { path = source.path, kind = source.kind, mode = octal(source.mode),
     encrypted_fields = {}, whole_file_encrypted = false }
-  local stored = "files" .. source.path
-  make_dirs(run, dirname(stored))
+  local stored = config_repo.stored_name(source.path, false)
 
   if source.kind ~= "other" then
     -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
@@ -441,8 +365,7 @@ local function store_file(run, source)
     if not text then error(rerr, 0) end
     local sealed, fields = files.protect(source.kind, text, run.cipher, run.sensitive)
     if sealed then
-      local ok, err = fs.write_file(run.staging .. "/" .. stored, sealed,
-        { mode = source.mode, overwrite = false })
+      local ok, err = fs.write_file(run.staged:file(stored), sealed, { mode = source.mode, overwrite = false })
       if not ok then error(err, 0) end
       entry.size, entry.sha256 = #text, hash.sha256_string(text)
       entry.stored, entry.stored_sha256 = stored, hash.sha256_string(sealed)
@@ -457,8 +380,8 @@ local function store_file(run, source)
   end
 
   local whole = run.encrypt_all
-  if whole then stored = stored .. ".enc" end
-  local result, err = files.store_whole(source.path, run.staging .. "/" .. stored,
+  stored = config_repo.stored_name(source.path, whole)
+  local result, err = files.store_whole(source.path, run.staged:file(stored),
     { mode = source.mode, key = whole and run.key or nil })
   if not result then error(source.path .. ": " .. err, 0) end
   entry.size, entry.sha256 = result.size, result.sha256
@@ -467,74 +390,12 @@ local function store_file(run, source)
   return entry
 end
 
-local function write_manifest_and_sums(run, entries)
-  local manifest = {
-    format = FORMAT, name = run.name, time = repo.iso_time(run.epoch), bkr_version = bkr.version,
-    key_id = run.key_id, cipher = run.legacy_xor and "xor-legacy" or "aes-256-gcm",
-    sensitive_keys = run.patterns, files = entries,
-  }
-  local text = json.encode(manifest, true) .. "\n"
-  local ok, err = fs.write_file(run.staging .. "/manifest.json", text, { mode = PRIVATE_FILE, overwrite = false })
-  if not ok then error(err, 0) end
-  local lines = {}
-  for _, entry in ipairs(entries) do lines[#lines + 1] = repo.sums_line(entry.stored_sha256, entry.stored) end
-  lines[#lines + 1] = repo.sums_line(hash.sha256_string(text), "manifest.json")
-  ok, err = fs.write_file(run.staging .. "/SHA256SUMS", table.concat(lines),
-    { mode = PRIVATE_FILE, overwrite = false })
-  if not ok then error(err, 0) end
-  return manifest
-end
-
--- Every directory of the staged backup reaches the disk before the rename publishes it.
-local function sync_dirs(run)
-  for i = #run.dir_order, 1, -1 do
-    local ok, err = fs.fsync(run.dir_order[i])
-    if not ok then error(err, 0) end
-  end
-  local ok, err = fs.fsync(run.staging)
-  if not ok then error(err, 0) end
-end
-
--- Leftovers of a run that crashed before publishing (we hold the lock: nobody else writes).
-local function remove_stale_partials(dir)
-  for name in lfs.dir(dir) do
-    if name:sub(1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
-      fs.remove_tree(dir .. "/" .. name)
-      cli.warn("config backup", "removed %s/%s, left by an interrupted run", dir, name)
-    end
-  end
-end
-
--- Keep what lib/retention.lua keeps of the config backups (as daily backups: retention.daily
--- newest) and always the newest one. Every config backup was verified before it was published.
-local function rotate(run)
-  local backups = scan(run.dir)
-  for _, backup in ipairs(backups) do backup.verified = "passed" end
-  local keep = retention.keep(backups, run.cfg.retention, os.time())
-  if backups[1] then keep[backups[1]] = keep[backups[1]] or "newest config backup" end
-  local errors = {}
-  for _, backup in ipairs(backups) do
-    if not keep[backup] and backup.path ~= run.final then
-      local ok, err = fs.remove_tree(backup.path)
-      if ok then
-        cli.say("removed %s (beyond retention)", backup.path)
-        repo.log(run.repo, { recipe = "config backup", file = SUBDIR .. "/" .. backup.name, result = "removed",
-          reason = "beyond retention" })
-      else
-        errors[#errors + 1] = err
-      end
-    end
-  end
-  return errors
-end
-
 local function backup(args)
   local options = parse_backup(args)
   if not options then return cli.EXIT_OK end
   local sources = describe_sources(options.args)
   local cfg = config.load(options)
-  local run = { cfg = cfg, encrypt_all = options.encrypt_all, legacy_xor = options.legacy_xor,
-    dirs = {}, dir_order = {} }
+  local run = { encrypt_all = options.encrypt_all, legacy_xor = options.legacy_xor }
   run.key, run.key_id = keys.require(cfg, options)
   run.patterns = (cfg.config_backup and cfg.config_backup.sensitive_keys) or files.DEFAULT_SENSITIVE_KEYS
   run.sensitive = files.sensitive_matcher(run.patterns)
@@ -545,21 +406,10 @@ local function backup(args)
       .. "every other value. Use it only for a tool that cannot read ENCRYPTED:v2 values.")
   end
 
-  run.repo = config.repository(cfg)
-  run.dir = run.repo .. "/" .. SUBDIR
-  local ok, err = fs.mkdirs(run.dir, PRIVATE)
-  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
-  local lock <close> = repo.lock(run.repo)
-  remove_stale_partials(run.dir)
-
-  run.epoch = os.time()
-  run.name = "config_backup_" .. repo.new_stamp(run.epoch, function(second)
-    return repo.highest_sequence(run.dir, { "config_backup_", PARTIAL_PREFIX .. "config_backup_" }, second)
-  end)
-  run.final = run.dir .. "/" .. run.name
-  run.staging = run.dir .. "/" .. PARTIAL_PREFIX .. run.name
-  ok, err = fs.mkdirs(run.staging, PRIVATE)
-  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
+  local root = config.repository(cfg)
+  local lock <close> = config_repo.lock(root)
+  local staged = config_repo.stage(root, os.time())
+  run.staged = staged
 
   local built, failure = pcall(function()
     local entries = {}
@@ -567,35 +417,34 @@ local function backup(args)
       if bkr.interrupted() then error("interrupted", 0) end
       entries[#entries + 1] = store_file(run, source)
     end
-    run.manifest = write_manifest_and_sums(run, entries)
-    local report = inspect(run.staging, run.key)
+    run.manifest = staged:write_manifest({ key_id = run.key_id,
+      cipher = run.legacy_xor and "xor-legacy" or "aes-256-gcm", sensitive_keys = run.patterns, files = entries })
+    local report = inspect(staged.path, run.key)
     if #report.problems > 0 then
       error("the new backup failed its own verification: " .. table.concat(report.problems, "; "), 0)
     end
-    sync_dirs(run)
-    local renamed, rerr = fs.rename(run.staging, run.final)
-    if not renamed then error(rerr, 0) end
+    staged:publish()
   end)
   if not built then
-    fs.remove_tree(run.staging)
+    staged:discard()
     local message = cli.detail(failure)
-    repo.log(run.repo, { recipe = "config backup", result = "failed", error = message })
+    config_repo.log(root, "failed", nil, { error = message })
     cli.fail(cli.EXIT_FAILED, "config backup failed, nothing written: %s", message)
   end
 
-  local fields, whole = count_fields(run.manifest)
+  local fields, whole = config_repo.counts(run.manifest)
   for _, entry in ipairs(run.manifest.files) do
     local detail = #entry.encrypted_fields > 0 and (#entry.encrypted_fields .. " fields encrypted")
       or entry.whole_file_encrypted and "encrypted whole" or "copied"
     cli.say("  %s (%s): %s", entry.path, entry.kind, detail)
   end
   cli.say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
-    run.final, #run.manifest.files, fields, whole, run.key_id)
-  repo.log(run.repo, { recipe = "config backup", result = "ok", file = SUBDIR .. "/" .. run.name,
-    files = #run.manifest.files, encrypted_fields = fields })
+    staged.final, #run.manifest.files, fields, whole, run.key_id)
+  config_repo.log(root, "ok", staged.name, { files = #run.manifest.files, encrypted_fields = fields })
 
   if not options.no_rotate then
-    local errors = rotate(run)
+    local removed, errors = config_repo.rotate(root, cfg.retention, staged.final)
+    for _, path in ipairs(removed) do cli.say("removed %s (beyond retention)", path) end
     if #errors > 0 then
       cli.warn("config backup", "rotation: %s", table.concat(errors, "; "))
       return cli.EXIT_FAILED
@@ -759,9 +608,9 @@ end
 
 local function one_backup(options, what)
   if options.latest and #options.args > 0 then cli.usage_error("%s: give BACKUP or --latest, not both", what) end
-  if options.latest then return latest(options, what) end
+  if options.latest then return config_repo.latest(options, what) end
   if #options.args ~= 1 then cli.usage_error("%s: give one BACKUP (or --latest); see --help", what) end
-  return resolve(options, options.args[1], what)
+  return config_repo.resolve(options, options.args[1], what)
 end
 
 local function restore(args)
@@ -821,11 +670,13 @@ local function verify(args)
   if not options then return cli.EXIT_OK end
   local dirs = {}
   if options.all then
-    for _, b in ipairs(scan(repository(config.load(options)))) do dirs[#dirs + 1] = b.path end
+    for _, b in ipairs(config_repo.scan(config_repo.dir(config.repository(config.load(options))))) do
+      dirs[#dirs + 1] = b.path
+    end
   elseif #options.args > 0 then
-    for _, word in ipairs(options.args) do dirs[#dirs + 1] = resolve(options, word, "config verify") end
+    for _, word in ipairs(options.args) do dirs[#dirs + 1] = config_repo.resolve(options, word, "config verify") end
   else
-    dirs[1] = latest(options, "config verify")
+    dirs[1] = config_repo.latest(options, "config verify")
   end
   local key = keys.load(config.load(options), options)
   local failed = 0
@@ -836,7 +687,7 @@ local function verify(args)
       cli.say("%s: FAILED", dir)
       for _, p in ipairs(report.problems) do cli.say("  %s", p) end
     else
-      local fields = count_fields(report.manifest)
+      local fields = config_repo.counts(report.manifest)
       local note = report.unchecked > 0
         and string.format("; %d files with secrets not checked: no key", report.unchecked) or ""
       cli.say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files,
@@ -863,14 +714,14 @@ local function list(args)
     see = SEE,
   })
   if not options then return cli.EXIT_OK end
-  local dir = repository(config.load(options))
+  local dir = config_repo.dir(config.repository(config.load(options)))
   local rows = {}
-  for _, b in ipairs(scan(dir)) do
-    local manifest, err = json.read_file(b.path .. "/manifest.json")
+  for _, b in ipairs(config_repo.scan(dir)) do
+    local manifest, err = config_repo.read_manifest(b.path)
     local row = { name = b.name, time = repo.iso_time(b.time), path = b.path }
     if manifest then
       row.files = #(manifest.files or {})
-      row.encrypted_fields, row.whole_files_encrypted = count_fields(manifest)
+      row.encrypted_fields, row.whole_files_encrypted = config_repo.counts(manifest)
       row.key_id, row.cipher = manifest.key_id, manifest.cipher
     else
       row.error = err

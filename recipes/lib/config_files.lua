@@ -26,7 +26,6 @@
 -- not authenticate.
 local stream = require "bkr.stream"
 local hash = require "bkr.hash"
-local repo = require "lib.repo"
 local cli = require "lib.cli"
 local yaml_format = require "lib.config_format_yaml"
 local env_format = require "lib.config_format_env"
@@ -196,24 +195,6 @@ function files.read_whole(stored_path, opts)
   local result, rerr, rkind = run_pipeline(stages)
   if not result then return nil, rerr, rkind end
   return result.plain
-end
-
--- ------------------------------------------------------------------ SHA256SUMS
-
--- Parse a SHA256SUMS text: list of { digest, name } or nil, message. Each line is read by
--- repo.parse_sums_line, the one reader of the format (repo.sums_line writes it).
-function files.parse_sums(text)
-  local entries = {}
-  local number = 0
-  for line in text:gmatch("([^\n]*)\n?") do
-    number = number + 1
-    if line ~= "" then
-      local digest, name = repo.parse_sums_line(line)
-      if not digest then return nil, string.format("SHA256SUMS line %d is malformed", number) end
-      entries[#entries + 1] = { digest = digest, name = name }
-    end
-  end
-  return entries
 end
 
 return files
