@@ -26,6 +26,7 @@ local json = require "lib.json"
 local keys = require "lib.keys"
 local files = require "lib.config_files"
 local config_repo = require "lib.config_repo"
+local check = require "lib.config_check"
 
 local PRIVATE = tonumber("700", 8)
 local SEE = "docs/config-backup.md"
@@ -54,260 +55,6 @@ local function absolute(path)
     end
   end
   return "/" .. table.concat(parts, "/")
-end
-
--- A relative path that stays below its base: no empty, '.' or '..' component.
-local function safe_relative(path)
-  if type(path) ~= "string" or path == "" or path:sub(1, 1) == "/" then return false end
-  for part in (path .. "/"):gmatch("([^/]*)/") do
-    if part == "" or part == "." or part == ".." then return false end
-  end
-  return true
-end
-
--- ------------------------------------------------------------------ checking a backup
-
-local function has_secrets(file)
-  return file.whole_file_encrypted == true or #(file.encrypted_fields or {}) > 0
-end
-
--- The shape of one manifest entry, before anything is read or written through it.
-local function entry_problem(file)
-  if type(file) ~= "table" then return "an entry is not an object" end
-  if type(file.path) ~= "string" or file.path:sub(1, 1) ~= "/" or not safe_relative(file.path:sub(2)) then
-    return "an entry has an unsafe original path: " .. tostring(file.path)
-  end
-  if not safe_relative(file.stored) or not file.stored:match("^files/") then
-    return file.path .. ": unsafe stored path " .. tostring(file.stored)
-  end
-  if not files.known_kind(file.kind) then
-    return file.path .. ": unknown kind " .. tostring(file.kind)
-  end
-  for _, field in ipairs({ "sha256", "stored_sha256" }) do
-    if type(file[field]) ~= "string" or not file[field]:match("^%x+$") or #file[field] ~= 64 then
-      return file.path .. ": manifest lacks a valid " .. field
-    end
-  end
-  if type(file.mode) ~= "string" or not tonumber(file.mode, 8) or tonumber(file.mode, 8) > tonumber("777", 8) then
-    return file.path .. ": invalid mode " .. tostring(file.mode)
-  end
-  if type(file.encrypted_fields or {}) ~= "table" then return file.path .. ": invalid encrypted_fields" end
-  return nil
-end
-
--- The manifest as a whole: its format, every entry, and no original path or stored copy listed
--- twice (restore would write one over the other) or both as a file and as a directory.
--- Returns nil or the problem.
-local function manifest_problem(manifest)
-  if manifest.format ~= config_repo.FORMAT or type(manifest.files) ~= "table" then
-    return string.format("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
-  end
-  local paths, stored = {}, {}
-  for _, file in ipairs(manifest.files) do
-    local bad = entry_problem(file)
-    if bad then return "manifest: " .. bad end
-    if paths[file.path] then return "manifest: " .. file.path .. " is listed twice" end
-    if stored[file.stored] then return "manifest: stored copy " .. file.stored .. " is listed twice" end
-    paths[file.path], stored[file.stored] = true, true
-  end
-  for path in pairs(paths) do
-    local parent = dirname(path)
-    while parent ~= "" do
-      if paths[parent] then return "manifest: " .. parent .. " is listed as a file and as a directory" end
-      parent = dirname(parent)
-    end
-  end
-  return nil
-end
-
--- What stands at DIR/RELATIVE, as bkr reads a backup: every directory on the way a real
--- directory and the file itself a regular file; a symlink, FIFO, device or directory in their
--- place means the backup is damaged (someone else may have written it). Returns nil,
--- "missing", or the problem ("files/etc: a symlink where a directory belongs").
--- O_NOFOLLOW in the readers covers the last component; this covers the ones above it.
-local LFS_MODES = { link = "a symlink", file = "a regular file", directory = "a directory",
-  ["named pipe"] = "a named pipe", socket = "a socket", ["char device"] = "a character device",
-  ["block device"] = "a block device" }
-local function stored_file_problem(dir, relative)
-  local parts = {}
-  for part in relative:gmatch("[^/]+") do parts[#parts + 1] = part end
-  local path = dir
-  for i, part in ipairs(parts) do
-    path = path .. "/" .. part
-    local mode = lfs.symlinkattributes(path, "mode")
-    if not mode then return "missing" end
-    local want = i < #parts and "directory" or "file"
-    if mode ~= want then
-      return string.format("%s: %s where %s belongs", table.concat(parts, "/", 1, i),
-        LFS_MODES[mode] or ("a " .. mode), LFS_MODES[want])
-    end
-  end
-  return nil
-end
-
--- Files under files/ that the manifest does not name.
-local function unexpected_files(dir, expected)
-  local found = {}
-  local function walk(relative)
-    local path = dir .. "/" .. relative
-    for name in lfs.dir(path) do
-      if name ~= "." and name ~= ".." then
-        local child = relative .. "/" .. name
-        local mode = lfs.symlinkattributes(dir .. "/" .. child, "mode")
-        if mode == "directory" then
-          walk(child)
-        elseif not expected[child] then
-          found[#found + 1] = child
-        end
-      end
-    end
-  end
-  if lfs.symlinkattributes(dir .. "/files", "mode") == "directory" then walk("files") end
-  return found
-end
-
--- Check a backup directory. Without a key, only what needs none: SHA256SUMS, the manifest,
--- and the files that hold no secret. With the key, also every sealed value and every file's
--- SHA-256 after opening. Returns a report:
---   { manifest, problems = {...}, plain = { [file entry] = original text }, unchecked = n }
-local function inspect(dir, key)
-  local report = { problems = {}, plain = {}, unchecked = 0 }
-  local said = {}
-  local function problem(fmt, ...)
-    local text = string.format(fmt, ...)
-    if not said[text] then report.problems[#report.problems + 1] = text end
-    said[text] = true
-  end
-
-  -- 1. the manifest
-  if lfs.symlinkattributes(dir, "mode") ~= "directory" then
-    problem("%s is %s, not a backup directory", dir, LFS_MODES[lfs.symlinkattributes(dir, "mode")] or "missing")
-    return report
-  end
-  local manifest, merr = config_repo.read_manifest(dir)
-  if not manifest then
-    problem("manifest: %s", merr)
-    return report
-  end
-  local bad = manifest_problem(manifest)
-  if bad then
-    problem("%s", bad)
-    return report
-  end
-  report.manifest = manifest
-
-  -- 2. SHA256SUMS, and the stored copies against it and against the manifest; a stored copy
-  -- that is not a regular file in real directories is reported once, as what it is
-  local actual, misplaced = {}, {}
-  local function digest_of(relative)
-    if actual[relative] == nil then
-      local wrong = stored_file_problem(dir, relative)
-      if wrong and wrong ~= "missing" then
-        problem("%s", wrong)
-        misplaced[relative] = true
-      end
-      actual[relative] = not wrong and hash.sha256_file(dir .. "/" .. relative) or false
-    end
-    return actual[relative]
-  end
-  local listed = {}
-  local sums_text, serr, skind = fs.read_file(dir .. "/SHA256SUMS")
-  local sums, perr
-  if sums_text then
-    sums, perr = config_repo.parse_sums(sums_text)
-  else
-    perr = (skind == "missing" and "missing SHA256SUMS (" or "unreadable SHA256SUMS (") .. serr .. ")"
-  end
-  if not sums then
-    problem("%s", perr)
-    sums = {}
-  end
-  for _, line in ipairs(sums) do
-    if not safe_relative(line.name) then
-      problem("SHA256SUMS names an unsafe path %s", line.name)
-    else
-      listed[line.name] = line.digest
-      local digest = digest_of(line.name)
-      if not digest then
-        if not misplaced[line.name] then problem("%s: missing", line.name) end
-      elseif digest ~= line.digest then
-        problem("%s: SHA-256 mismatch (SHA256SUMS says %s, the file is %s)", line.name, line.digest, digest)
-      end
-    end
-  end
-  if sums_text and not listed["manifest.json"] then problem("SHA256SUMS does not cover manifest.json") end
-  local expected, intact = {}, {}
-  for _, file in ipairs(manifest.files) do
-    expected[file.stored] = true
-    local digest = digest_of(file.stored)
-    if not digest then
-      if not listed[file.stored] and not misplaced[file.stored] then
-        problem("%s: stored copy %s is missing", file.path, file.stored)
-      end
-    elseif digest ~= file.stored_sha256 then
-      -- (a mismatch with SHA256SUMS was reported above)
-      if not listed[file.stored] or listed[file.stored] == digest then
-        problem("%s: manifest says the stored copy's SHA-256 is %s, the file is %s", file.path,
-          file.stored_sha256, digest)
-      end
-    elseif sums_text and not listed[file.stored] then
-      problem("%s: stored copy %s is not listed in SHA256SUMS", file.path, file.stored)
-    else
-      intact[file] = true
-    end
-  end
-  for _, relative in ipairs(unexpected_files(dir, expected)) do
-    -- (a symlinked directory on the way to a stored copy was reported above, as what it is)
-    local shown = false
-    for name in pairs(misplaced) do
-      if name:sub(1, #relative + 1) == relative .. "/" then shown = true end
-    end
-    if not shown then problem("%s: not part of the backup (not in the manifest)", relative) end
-  end
-
-  -- 3. the content: what the original was, from what is stored
-  local cipher
-  if key then
-    local given = crypto.key_id(key)
-    if manifest.key_id and manifest.key_id ~= given then
-      problem("backup was encrypted with key %s, the key given is %s", manifest.key_id, given)
-      return report
-    end
-    cipher = files.cipher(key)
-  end
-  for _, file in ipairs(manifest.files) do
-    if intact[file] then
-      local secret = has_secrets(file)
-      local stored_path = dir .. "/" .. file.stored
-      if secret and not cipher then
-        report.unchecked = report.unchecked + 1
-      elseif file.whole_file_encrypted or file.kind == "other" then
-        local digest, err = files.read_whole(stored_path, { key = file.whole_file_encrypted and key or nil })
-        if not digest then
-          problem("%s: %s", file.path, err)
-        elseif digest ~= file.sha256 then
-          problem("%s: content does not match the original's SHA-256", file.path)
-        end
-      else
-        local stored, rerr = fs.read_file(stored_path)
-        local plain, err = stored, nil
-        if not stored then
-          err = rerr
-        elseif secret then
-          plain, err = files.reveal(file.kind, stored, file.encrypted_fields, cipher)
-        end
-        if not plain then
-          problem("%s: %s", file.path, err)
-        elseif hash.sha256_string(plain) ~= file.sha256 then
-          problem("%s: the restored content does not match the original's SHA-256%s", file.path,
-            secret and " (a legacy value opened with the wrong key?)" or "")
-        else
-          report.plain[file] = plain
-        end
-      end
-    end
-  end
-  return report
 end
 
 -- ------------------------------------------------------------------ backup
@@ -419,7 +166,7 @@ local function backup(args)
     end
     run.manifest = staged:write_manifest({ key_id = run.key_id,
       cipher = run.legacy_xor and "xor-legacy" or "aes-256-gcm", sensitive_keys = run.patterns, files = entries })
-    local report = inspect(staged.path, run.key)
+    local report = check.backup(staged.path, run.key)
     if #report.problems > 0 then
       error("the new backup failed its own verification: " .. table.concat(report.problems, "; "), 0)
     end
@@ -483,7 +230,7 @@ local function plan_restore(manifest, to, overwrite)
       if mode == nil then
         note(plan.create, path)
       elseif mode ~= "directory" then
-        note(links, string.format("%s is %s", path, LFS_MODES[mode] or ("a " .. mode)))
+        note(links, string.format("%s is %s", path, check.what(mode)))
         blocked = true
         break
       end
@@ -493,7 +240,7 @@ local function plan_restore(manifest, to, overwrite)
     if mode and not overwrite then
       existing[#existing + 1] = target
     elseif mode and mode ~= "file" then
-      note(links, string.format("%s is %s, not a regular file", target, LFS_MODES[mode] or ("a " .. mode)))
+      note(links, string.format("%s is %s, not a regular file", target, check.what(mode)))
     end
     plan.steps[#plan.steps + 1] = { file = file, target = target, replaces = mode and true or false }
   end
@@ -622,7 +369,7 @@ local function restore(args)
   local key = keys.load(cfg, options)
 
   -- 1. check everything first (a backup with secrets needs the key)
-  local report = inspect(dir, key)
+  local report = check.backup(dir, key)
   if report.unchecked > 0 then keys.require(cfg, options) end
   if #report.problems > 0 then
     for _, p in ipairs(report.problems) do cli.warn("config restore", "%s", p) end
@@ -681,7 +428,7 @@ local function verify(args)
   local key = keys.load(config.load(options), options)
   local failed = 0
   for _, dir in ipairs(dirs) do
-    local report = inspect(dir, key)
+    local report = check.backup(dir, key)
     if #report.problems > 0 then
       failed = failed + 1
       cli.say("%s: FAILED", dir)

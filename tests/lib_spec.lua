@@ -291,4 +291,74 @@ describe("config backups (lib.repo sha256sum lines, lib.config_*)", function()
       end
     end)
   end)
+  describe("config backups in the repository and their checks", function()
+    local config_repo = require "lib.config_repo"
+    local check = require "lib.config_check"
+    local digest = string.rep("0f", 32)
+
+    local function entry(overrides)
+      local e = { path = "/etc/app.yaml", kind = "yaml", mode = "0640", sha256 = digest, stored_sha256 = digest,
+        stored = "files/etc/app.yaml", encrypted_fields = { "db.password" }, whole_file_encrypted = false }
+      for k, v in pairs(overrides or {}) do e[k] = v end
+      return e
+    end
+
+    it("stores a file under files/ by its original path, .enc appended when it is encrypted whole", function()
+      assert.are.equal("files/etc/app.yaml", config_repo.stored_name("/etc/app.yaml", false))
+      assert.are.equal("files/etc/tls.pem.enc", config_repo.stored_name("/etc/tls.pem", true))
+      assert.are.equal("/srv/repo/config", config_repo.dir("/srv/repo"))
+    end)
+
+    it("reads SHA256SUMS line by line, naming the first malformed line", function()
+      local text = repo.sums_line(digest, "files/etc/app.yaml") .. repo.sums_line(digest, "manifest.json")
+      assert.are.same({ { digest = digest, name = "files/etc/app.yaml" }, { digest = digest, name = "manifest.json" } },
+        config_repo.parse_sums(text))
+      assert.are.same({}, config_repo.parse_sums(""))
+      assert.are.same({ nil, "SHA256SUMS line 2 is malformed" },
+        { config_repo.parse_sums(text:gsub("\n", "\nnot a line\n", 1)) })
+    end)
+
+    it("counts the values encrypted field by field and the files encrypted whole", function()
+      assert.are.same({ 3, 1 }, { config_repo.counts({ files = {
+        entry(), entry({ encrypted_fields = { "a", "b" } }), entry({ encrypted_fields = {}, whole_file_encrypted = true }),
+      } }) })
+      assert.are.same({ 0, 0 }, { config_repo.counts({}) })
+    end)
+
+    it("accepts the manifests bkr writes and names what is wrong with any other", function()
+      local function manifest(list) return { format = "bkr-config-1", files = list } end
+      assert.is_nil(check.manifest_problem(manifest({ entry(), entry({ path = "/etc/.env", stored = "files/etc/.env",
+        kind = "env" }) })))
+      for _, case in ipairs({
+        { { format = "bkr-config-2", files = {} }, "manifest.json is not a bkr config backup manifest (format bkr-config-2)" },
+        { { format = "bkr-config-1" }, "manifest.json is not a bkr config backup manifest (format bkr-config-1)" },
+        { manifest({ "x" }), "manifest: an entry is not an object" },
+        { manifest({ entry({ path = "/../../escaped" }) }), "manifest: an entry has an unsafe original path: /../../escaped" },
+        { manifest({ entry({ path = "etc/app.yaml" }) }), "manifest: an entry has an unsafe original path: etc/app.yaml" },
+        { manifest({ entry({ stored = "files/../../x" }) }), "manifest: /etc/app.yaml: unsafe stored path files/../../x" },
+        { manifest({ entry({ stored = "manifest.json" }) }), "manifest: /etc/app.yaml: unsafe stored path manifest.json" },
+        { manifest({ entry({ kind = "toml" }) }), "manifest: /etc/app.yaml: unknown kind toml" },
+        { manifest({ entry({ sha256 = "abc" }) }), "manifest: /etc/app.yaml: manifest lacks a valid sha256" },
+        { manifest({ entry({ stored_sha256 = 1 }) }), "manifest: /etc/app.yaml: manifest lacks a valid stored_sha256" },
+        { manifest({ entry({ mode = "1777" }) }), "manifest: /etc/app.yaml: invalid mode 1777" },
+        { manifest({ entry({ mode = 420 }) }), "manifest: /etc/app.yaml: invalid mode 420" },
+        { manifest({ entry({ encrypted_fields = "x" }) }), "manifest: /etc/app.yaml: invalid encrypted_fields" },
+        { manifest({ entry(), entry({ stored = "files/other" }) }), "manifest: /etc/app.yaml is listed twice" },
+        { manifest({ entry(), entry({ path = "/etc/b" }) }), "manifest: stored copy files/etc/app.yaml is listed twice" },
+        { manifest({ entry(), entry({ path = "/etc/app.yaml/x", stored = "files/x" }) }),
+          "manifest: /etc/app.yaml is listed as a file and as a directory" },
+      }) do
+        assert.are.equal(case[2], check.manifest_problem(case[1]))
+      end
+    end)
+
+    it("knows relative paths that stay below their base, and names what stands where a file belongs", function()
+      for _, path in ipairs({ "a", "files/etc/app.yaml", "a/.b", "a/..b" }) do assert.is_true(check.safe_relative(path), path) end
+      for _, path in ipairs({ "", "/a", "a//b", "a/./b", "a/../b", "..", "a/", 1 }) do
+        assert.is_false(check.safe_relative(path), tostring(path))
+      end
+      assert.are.same({ "a symlink", "a named pipe", "a directory", "a whiteout" },
+        { check.what("link"), check.what("named pipe"), check.what("directory"), check.what("whiteout") })
+    end)
+  end)
 end)

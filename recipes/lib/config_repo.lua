@@ -82,7 +82,9 @@ function config_repo.resolve(options, word, what)
       .. "(config_backup_YYYYMMDD_HHMMSS[-N])", what, word)
   end
   local path = config_repo.dir(config.repository(config.load(options))) .. "/" .. word
-  if lfs.attributes(path, "mode") ~= "directory" then cli.usage_error("%s: no config backup %s", what, path) end
+  if lfs.attributes(path, "mode") ~= "directory" then
+    cli.usage_error("%s: no config backup %s", what, path)
+  end
   return path
 end
 
@@ -198,7 +200,9 @@ function Staged:write_manifest(manifest)
     { mode = PRIVATE_FILE, overwrite = false })
   if not ok then error(err, 0) end
   local lines = {}
-  for _, entry in ipairs(manifest.files) do lines[#lines + 1] = repo.sums_line(entry.stored_sha256, entry.stored) end
+  for _, entry in ipairs(manifest.files) do
+    lines[#lines + 1] = repo.sums_line(entry.stored_sha256, entry.stored)
+  end
   lines[#lines + 1] = repo.sums_line(hash.sha256_string(text), config_repo.MANIFEST)
   ok, err = fs.write_file(self.path .. "/" .. config_repo.SUMS, table.concat(lines),
     { mode = PRIVATE_FILE, overwrite = false })
