@@ -1,19 +1,11 @@
 -- Configuration backups with secrets encrypted field by field: backup, restore, verify, list
---
--- The runbook (docs/config-backup.md):
---   backup   1. read the configuration, the key, the files to save
---            2. lock the repository; build the backup under a temporary name in REPO/config:
---               YAML and .env files with each secret sealed in place, other files copied
---               (or sealed whole with --encrypt-all), then manifest.json and SHA256SUMS
---            3. verify the staged backup end to end (every value opened, every file's SHA-256)
---            4. publish it under config_backup_<UTC time> in one rename; rotate
---   restore  verify everything first (checksums, every value, every file's SHA-256), refuse to
---            replace existing files without --overwrite and to write through a symlink below
---            --to; stage every file beside its target, then rename them all into place, or on
---            any failure remove what was staged (all or nothing)
---   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256;
---            only regular files in real directories are read inside a backup
---   list     config backups, newest first
+-- One runbook per subcommand, below; docs/config-backup.md describes each. The steps call:
+--   lib/config_files.lua    file formats (YAML, .env: lib/config_format_*.lua), the cipher,
+--                           whole files
+--   lib/config_repo.lua     REPO/config: names, finding backups, staging and publishing,
+--                           rotation, the log
+--   lib/config_check.lua    checking a stored backup (verify; restore and backup before they act)
+--   lib/config_restore.lua  restoring all or nothing
 -- Exit codes: 0 ok, 1 failed, 2 usage or configuration, 3 integrity.
 local lfs = require "lfs"
 local fs = require "bkr.fs"
@@ -30,27 +22,6 @@ local config_restore = require "lib.config_restore"
 
 local SEE = "docs/config-backup.md"
 local EXIT_CODES = "0 ok, 1 failed, 2 usage or configuration error, 3 integrity check failed"
-
--- ------------------------------------------------------------------ small helpers
-
-
-local function octal(mode)
-  return string.format("%04o", mode)
-end
-
--- An absolute path with '.' and '..' resolved lexically, as `realpath -s` does.
-local function absolute(path)
-  if path:sub(1, 1) ~= "/" then path = lfs.currentdir() .. "/" .. path end
-  local parts = {}
-  for part in path:gmatch("[^/]+") do
-    if part == ".." then
-      parts[#parts] = nil
-    elseif part ~= "." then
-      parts[#parts + 1] = part
-    end
-  end
-  return "/" .. table.concat(parts, "/")
-end
 
 -- ------------------------------------------------------------------ backup
 
@@ -77,8 +48,23 @@ local function parse_backup(args)
   })
 end
 
--- What will be saved: each FILE as an absolute path, its kind and mode.
-local function describe_sources(args)
+-- An absolute path with '.' and '..' resolved lexically, as `realpath -s` does.
+local function absolute(path)
+  if path:sub(1, 1) ~= "/" then path = lfs.currentdir() .. "/" .. path end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then
+      parts[#parts] = nil
+    elseif part ~= "." then
+      parts[#parts + 1] = part
+    end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+-- What will be saved: each FILE as an absolute path, its kind and mode; each a regular file
+-- (a symlink is followed), a file named twice saved once. Anything else is a usage error.
+local function files_to_save(args)
   if #args == 0 then cli.usage_error("config backup: name at least one FILE (see --help)") end
   local sources, seen = {}, {}
   for _, word in ipairs(args) do
@@ -95,95 +81,116 @@ local function describe_sources(args)
   return sources
 end
 
--- One file into the staged backup; returns its manifest entry.
-local function store_file(run, source)
-  local entry = { path = source.path, kind = source.kind, mode = octal(source.mode),
+-- How this run seals secrets: the key (required), the sensitive keys (config_backup.sensitive_keys
+-- or the default list), the cipher, and the options that change what is sealed how.
+local function sealing(cfg, options)
+  local seal = { encrypt_all = options.encrypt_all == true, legacy_xor = options.legacy_xor == true }
+  seal.key, seal.key_id = keys.require(cfg, options)
+  seal.patterns = (cfg.config_backup and cfg.config_backup.sensitive_keys) or files.DEFAULT_SENSITIVE_KEYS
+  seal.sensitive = files.sensitive_matcher(seal.patterns)
+  seal.cipher = files.cipher(seal.key, { legacy_xor = seal.legacy_xor })
+  seal.cipher_name = seal.legacy_xor and "xor-legacy" or "aes-256-gcm"
+  if seal.legacy_xor then
+    cli.warn("config backup", "WARNING: --legacy-xor writes secrets XOR-ed with a repeating key: "
+      .. "that is NOT encryption. Anyone who knows or guesses one value can recover the key and read "
+      .. "every other value. Use it only for a tool that cannot read ENCRYPTED:v2 values.")
+  end
+  return seal
+end
+
+-- One file into the staged backup: a YAML or .env file with its secrets sealed field by field;
+-- one that cannot be, refused (or with --encrypt-all sealed whole, with a note saying why);
+-- any other file copied, or sealed whole with --encrypt-all. Returns its manifest entry;
+-- raises on failure (the caller discards the staged backup).
+local function store_file(staged, source, seal)
+  local entry = { path = source.path, kind = source.kind, mode = string.format("%04o", source.mode),
     encrypted_fields = {}, whole_file_encrypted = false }
-  local stored = config_repo.stored_name(source.path, false)
 
   if source.kind ~= "other" then
     -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
     local text, rerr = fs.read_file(source.path, { follow = true })
     if not text then error(rerr, 0) end
-    local sealed, fields = files.protect(source.kind, text, run.cipher, run.sensitive)
+    local sealed, fields = files.protect(source.kind, text, seal.cipher, seal.sensitive)
     if sealed then
-      local ok, err = fs.write_file(run.staged:file(stored), sealed, { mode = source.mode, overwrite = false })
+      local stored = config_repo.stored_name(source.path, false)
+      local ok, err = fs.write_file(staged:file(stored), sealed, { mode = source.mode, overwrite = false })
       if not ok then error(err, 0) end
       entry.size, entry.sha256 = #text, hash.sha256_string(text)
       entry.stored, entry.stored_sha256 = stored, hash.sha256_string(sealed)
       entry.encrypted_fields = fields
       return entry
     end
-    if not run.encrypt_all then
+    local why = fields
+    if not seal.encrypt_all then
       error(string.format("%s: %s; its secrets cannot be sealed field by field (--encrypt-all stores such "
-        .. "a file encrypted whole)", source.path, fields), 0)
+        .. "a file encrypted whole)", source.path, why), 0)
     end
-    entry.note = "encrypted whole: " .. fields
+    entry.note = "encrypted whole: " .. why
   end
 
-  local whole = run.encrypt_all
-  stored = config_repo.stored_name(source.path, whole)
-  local result, err = files.store_whole(source.path, run.staged:file(stored),
-    { mode = source.mode, key = whole and run.key or nil })
+  local whole = seal.encrypt_all
+  local stored = config_repo.stored_name(source.path, whole)
+  local result, err = files.store_whole(source.path, staged:file(stored),
+    { mode = source.mode, key = whole and seal.key or nil })
   if not result then error(source.path .. ": " .. err, 0) end
   entry.size, entry.sha256 = result.size, result.sha256
   entry.stored, entry.stored_sha256 = stored, result.stored_sha256
-  entry.whole_file_encrypted = whole == true
+  entry.whole_file_encrypted = whole
   return entry
 end
 
 local function backup(args)
   local options = parse_backup(args)
   if not options then return cli.EXIT_OK end
-  local sources = describe_sources(options.args)
-  local cfg = config.load(options)
-  local run = { encrypt_all = options.encrypt_all, legacy_xor = options.legacy_xor }
-  run.key, run.key_id = keys.require(cfg, options)
-  run.patterns = (cfg.config_backup and cfg.config_backup.sensitive_keys) or files.DEFAULT_SENSITIVE_KEYS
-  run.sensitive = files.sensitive_matcher(run.patterns)
-  run.cipher = files.cipher(run.key, { legacy_xor = run.legacy_xor })
-  if run.legacy_xor then
-    cli.warn("config backup", "WARNING: --legacy-xor writes secrets XOR-ed with a repeating key: "
-      .. "that is NOT encryption. Anyone who knows or guesses one value can recover the key and read "
-      .. "every other value. Use it only for a tool that cannot read ENCRYPTED:v2 values.")
-  end
 
+  -- 1. the files to save, the configuration, the key and how secrets are sealed
+  local sources = files_to_save(options.args)
+  local cfg = config.load(options)
+  local seal = sealing(cfg, options)
+
+  -- 2. lock the repository (what a crashed run left is removed); begin under a temporary name
   local root = config.repository(cfg)
   local lock <close> = config_repo.lock(root)
   local staged = config_repo.stage(root, os.time())
-  run.staged = staged
 
-  local built, failure = pcall(function()
+  -- 3. store every file, then manifest.json and SHA256SUMS; verify the whole backup as
+  --    `config verify` does with the key; publish it under its name in one rename.
+  --    On any failure or interrupt the staged backup is removed: nothing is written.
+  local built, result = pcall(function()
     local entries = {}
     for _, source in ipairs(sources) do
       if bkr.interrupted() then error("interrupted", 0) end
-      entries[#entries + 1] = store_file(run, source)
+      entries[#entries + 1] = store_file(staged, source, seal)
     end
-    run.manifest = staged:write_manifest({ key_id = run.key_id,
-      cipher = run.legacy_xor and "xor-legacy" or "aes-256-gcm", sensitive_keys = run.patterns, files = entries })
-    local report = check.backup(staged.path, run.key)
+    local manifest = staged:write_manifest({ key_id = seal.key_id, cipher = seal.cipher_name,
+      sensitive_keys = seal.patterns, files = entries })
+    local report = check.backup(staged.path, seal.key)
     if #report.problems > 0 then
       error("the new backup failed its own verification: " .. table.concat(report.problems, "; "), 0)
     end
     staged:publish()
+    return manifest
   end)
   if not built then
     staged:discard()
-    local message = cli.detail(failure)
+    local message = cli.detail(result)
     config_repo.log(root, "failed", nil, { error = message })
     cli.fail(cli.EXIT_FAILED, "config backup failed, nothing written: %s", message)
   end
 
-  local fields, whole = config_repo.counts(run.manifest)
-  for _, entry in ipairs(run.manifest.files) do
+  -- 4. say what was saved, and log it
+  local manifest = result
+  local fields, whole = config_repo.counts(manifest)
+  for _, entry in ipairs(manifest.files) do
     local detail = #entry.encrypted_fields > 0 and (#entry.encrypted_fields .. " fields encrypted")
       or entry.whole_file_encrypted and "encrypted whole" or "copied"
     cli.say("  %s (%s): %s", entry.path, entry.kind, detail)
   end
   cli.say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
-    staged.final, #run.manifest.files, fields, whole, run.key_id)
-  config_repo.log(root, "ok", staged.name, { files = #run.manifest.files, encrypted_fields = fields })
+    staged.final, #manifest.files, fields, whole, seal.key_id)
+  config_repo.log(root, "ok", staged.name, { files = #manifest.files, encrypted_fields = fields })
 
+  -- 5. rotate: the config backups beyond retention.daily go, never the newest
   if not options.no_rotate then
     local removed, errors = config_repo.rotate(root, cfg.retention, staged.final)
     for _, path in ipairs(removed) do cli.say("removed %s (beyond retention)", path) end
@@ -222,7 +229,8 @@ local function parse_restore(args)
   })
 end
 
-local function one_backup(options, what)
+-- The one backup BACKUP or --latest names.
+local function chosen_backup(options, what)
   if options.latest and #options.args > 0 then cli.usage_error("%s: give BACKUP or --latest, not both", what) end
   if options.latest then return config_repo.latest(options, what) end
   if #options.args ~= 1 then cli.usage_error("%s: give one BACKUP (or --latest); see --help", what) end
@@ -233,7 +241,7 @@ local function restore(args)
   local options = parse_restore(args)
   if not options then return cli.EXIT_OK end
   if not options.to then cli.usage_error("config restore: --to DIR is required") end
-  local dir = one_backup(options, "config restore")
+  local dir = chosen_backup(options, "config restore")
   local cfg = config.load(options)
   local key = keys.load(cfg, options)
 
@@ -281,9 +289,8 @@ local function parse_verify(args)
   })
 end
 
-local function verify(args)
-  local options = parse_verify(args)
-  if not options then return cli.EXIT_OK end
+-- The backups to verify: --all, those named, or the newest.
+local function backups_to_verify(options)
   local dirs = {}
   if options.all then
     for _, b in ipairs(config_repo.scan(config_repo.dir(config.repository(config.load(options))))) do
@@ -294,7 +301,18 @@ local function verify(args)
   else
     dirs[1] = config_repo.latest(options, "config verify")
   end
+  return dirs
+end
+
+local function verify(args)
+  local options = parse_verify(args)
+  if not options then return cli.EXIT_OK end
+
+  -- 1. which backups, and the key when there is one (without it, files with secrets are not checked)
+  local dirs = backups_to_verify(options)
   local key = keys.load(config.load(options), options)
+
+  -- 2. check each; report its problems, or what was checked
   local failed = 0
   for _, dir in ipairs(dirs) do
     local report = check.backup(dir, key)
@@ -306,8 +324,7 @@ local function verify(args)
       local fields = config_repo.counts(report.manifest)
       local note = report.unchecked > 0
         and string.format("; %d files with secrets not checked: no key", report.unchecked) or ""
-      cli.say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files,
-        fields, note)
+      cli.say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files, fields, note)
     end
   end
   if #dirs == 0 then cli.say("no config backups") end
@@ -316,8 +333,8 @@ end
 
 -- ------------------------------------------------------------------ list
 
-local function list(args)
-  local options = cli.parse(args, {
+local function parse_list(args)
+  return cli.parse(args, {
     name = "config list",
     usage = "bkr config list [--json] [--repo DIR] [--config FILE]",
     summary = "Config backups, newest first: time, name, files, encrypted fields, key id.",
@@ -329,7 +346,13 @@ local function list(args)
     exit_codes = "0 listed (also when empty), 2 usage or configuration error",
     see = SEE,
   })
+end
+
+local function list(args)
+  local options = parse_list(args)
   if not options then return cli.EXIT_OK end
+
+  -- 1. every config backup, newest first, with what its manifest says (or why it cannot be read)
   local dir = config_repo.dir(config.repository(config.load(options)))
   local rows = {}
   for _, b in ipairs(config_repo.scan(dir)) do
@@ -344,6 +367,8 @@ local function list(args)
     end
     rows[#rows + 1] = row
   end
+
+  -- 2. as JSON for scripts, or as a table for people
   if options.json then
     print(json.encode(rows, true))
     return cli.EXIT_OK
