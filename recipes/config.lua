@@ -1,389 +1,27 @@
 -- Configuration backups with secrets encrypted field by field: backup, restore, verify, list
---
--- The runbook (docs/config-backup.md):
---   backup   1. read the configuration, the key, the files to save
---            2. lock the repository; build the backup under a temporary name in REPO/config:
---               YAML and .env files with each secret sealed in place, other files copied
---               (or sealed whole with --encrypt-all), then manifest.json and SHA256SUMS
---            3. verify the staged backup end to end (every value opened, every file's SHA-256)
---            4. publish it under config_backup_<UTC time> in one rename; rotate
---   restore  verify everything first (checksums, every value, every file's SHA-256), refuse to
---            replace existing files without --overwrite and to write through a symlink below
---            --to; stage every file beside its target, then rename them all into place, or on
---            any failure remove what was staged (all or nothing)
---   verify   SHA256SUMS, the manifest, and with the key every value and every file's SHA-256;
---            only regular files in real directories are read inside a backup
---   list     config backups, newest first
+-- One runbook per subcommand, below; docs/config-backup.md describes each. The steps call:
+--   lib/config_files.lua    file formats (YAML, .env: lib/config_format_*.lua), the cipher,
+--                           whole files
+--   lib/config_repo.lua     REPO/config: names, finding backups, staging and publishing,
+--                           rotation, the log
+--   lib/config_check.lua    checking a stored backup (verify; restore and backup before they act)
+--   lib/config_restore.lua  restoring all or nothing
 -- Exit codes: 0 ok, 1 failed, 2 usage or configuration, 3 integrity.
 local lfs = require "lfs"
 local fs = require "bkr.fs"
 local hash = require "bkr.hash"
-local crypto = require "bkr.crypto"
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
 local json = require "lib.json"
 local keys = require "lib.keys"
-local retention = require "lib.retention"
 local files = require "lib.config_files"
+local config_repo = require "lib.config_repo"
+local check = require "lib.config_check"
+local config_restore = require "lib.config_restore"
 
-local FORMAT = "bkr-config-1"
-local SUBDIR = "config"
-local NAME_PATTERN = "^config_backup_(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d%-?%d*)$"
-local PARTIAL_PREFIX = ".partial-"
-local PRIVATE = tonumber("700", 8)
-local PRIVATE_FILE = tonumber("600", 8)
 local SEE = "docs/config-backup.md"
 local EXIT_CODES = "0 ok, 1 failed, 2 usage or configuration error, 3 integrity check failed"
-
--- ------------------------------------------------------------------ small helpers
-
-local command = "config"
-
-local function say(fmt, ...)
-  io.stdout:write(string.format(fmt, ...), "\n")
-  io.stdout:flush()
-end
-
-local function warn(fmt, ...)
-  io.stderr:write("bkr ", command, ": ", string.format(fmt, ...), "\n")
-end
-
-local function octal(mode)
-  return string.format("%04o", mode)
-end
-
-local function dirname(path)
-  return path:match("^(.*)/[^/]*$") or "."
-end
-
-local function clean_message(err)
-  return (tostring(err):gsub("^[^:]*%.lua:%d+: ", ""):gsub("^crypto%.[%w_]+: ", ""))
-end
-
--- An absolute path with '.' and '..' resolved lexically, as `realpath -s` does.
-local function absolute(path)
-  if path:sub(1, 1) ~= "/" then path = lfs.currentdir() .. "/" .. path end
-  local parts = {}
-  for part in path:gmatch("[^/]+") do
-    if part == ".." then
-      parts[#parts] = nil
-    elseif part ~= "." then
-      parts[#parts + 1] = part
-    end
-  end
-  return "/" .. table.concat(parts, "/")
-end
-
--- A relative path that stays below its base: no empty, '.' or '..' component.
-local function safe_relative(path)
-  if type(path) ~= "string" or path == "" or path:sub(1, 1) == "/" then return false end
-  for part in (path .. "/"):gmatch("([^/]*)/") do
-    if part == "" or part == "." or part == ".." then return false end
-  end
-  return true
-end
-
-local function repository(cfg)
-  return config.repository(cfg) .. "/" .. SUBDIR
-end
-
--- ------------------------------------------------------------------ finding backups
-
--- Every config backup in REPO/config, newest first.
-local function scan(dir)
-  local backups = {}
-  if lfs.attributes(dir, "mode") ~= "directory" then return backups end
-  for name in lfs.dir(dir) do
-    local stamp = name:match(NAME_PATTERN)
-    local time, sequence = repo.parse_stamp(stamp or "")
-    -- (symlinkattributes: a symlink there is not a backup bkr wrote; never read or rotated)
-    if time and lfs.symlinkattributes(dir .. "/" .. name, "mode") == "directory" then
-      backups[#backups + 1] = { name = name, path = dir .. "/" .. name, stamp = stamp,
-        time = time, sequence = sequence, type = "daily" }
-    end
-  end
-  table.sort(backups, repo.newer)
-  return backups
-end
-
--- BACKUP as given on the command line: a directory, or a backup's name in REPO/config.
-local function resolve(options, word)
-  if word:find("/") or lfs.attributes(word, "mode") == "directory" then
-    if lfs.attributes(word, "mode") ~= "directory" then
-      cli.usage_error("%s: no such backup directory %s", command, word)
-    end
-    return (word:gsub("(.)/+$", "%1"))
-  end
-  if not word:match(NAME_PATTERN) then
-    cli.usage_error("%s: %s is neither a directory nor a config backup name (config_backup_YYYYMMDD_HHMMSS[-N])",
-      command, word)
-  end
-  local path = repository(config.load(options)) .. "/" .. word
-  if lfs.attributes(path, "mode") ~= "directory" then cli.usage_error("%s: no config backup %s", command, path) end
-  return path
-end
-
-local function latest(options)
-  local dir = repository(config.load(options))
-  local newest = scan(dir)[1]
-  if not newest then cli.fail(cli.EXIT_FAILED, "%s: no config backups in %s", command, dir) end
-  return newest.path
-end
-
--- ------------------------------------------------------------------ checking a backup
-
-local function has_secrets(file)
-  return file.whole_file_encrypted == true or #(file.encrypted_fields or {}) > 0
-end
-
--- The shape of one manifest entry, before anything is read or written through it.
-local function entry_problem(file)
-  if type(file) ~= "table" then return "an entry is not an object" end
-  if type(file.path) ~= "string" or file.path:sub(1, 1) ~= "/" or not safe_relative(file.path:sub(2)) then
-    return "an entry has an unsafe original path: " .. tostring(file.path)
-  end
-  if not safe_relative(file.stored) or not file.stored:match("^files/") then
-    return file.path .. ": unsafe stored path " .. tostring(file.stored)
-  end
-  if file.kind ~= "yaml" and file.kind ~= "env" and file.kind ~= "other" then
-    return file.path .. ": unknown kind " .. tostring(file.kind)
-  end
-  for _, field in ipairs({ "sha256", "stored_sha256" }) do
-    if type(file[field]) ~= "string" or not file[field]:match("^%x+$") or #file[field] ~= 64 then
-      return file.path .. ": manifest lacks a valid " .. field
-    end
-  end
-  if type(file.mode) ~= "string" or not tonumber(file.mode, 8) or tonumber(file.mode, 8) > tonumber("777", 8) then
-    return file.path .. ": invalid mode " .. tostring(file.mode)
-  end
-  if type(file.encrypted_fields or {}) ~= "table" then return file.path .. ": invalid encrypted_fields" end
-  return nil
-end
-
--- The manifest as a whole: its format, every entry, and no original path or stored copy listed
--- twice (restore would write one over the other) or both as a file and as a directory.
--- Returns nil or the problem.
-local function manifest_problem(manifest)
-  if manifest.format ~= FORMAT or type(manifest.files) ~= "table" then
-    return string.format("manifest.json is not a bkr config backup manifest (format %s)", tostring(manifest.format))
-  end
-  local paths, stored = {}, {}
-  for _, file in ipairs(manifest.files) do
-    local bad = entry_problem(file)
-    if bad then return "manifest: " .. bad end
-    if paths[file.path] then return "manifest: " .. file.path .. " is listed twice" end
-    if stored[file.stored] then return "manifest: stored copy " .. file.stored .. " is listed twice" end
-    paths[file.path], stored[file.stored] = true, true
-  end
-  for path in pairs(paths) do
-    local parent = dirname(path)
-    while parent ~= "" do
-      if paths[parent] then return "manifest: " .. parent .. " is listed as a file and as a directory" end
-      parent = dirname(parent)
-    end
-  end
-  return nil
-end
-
--- What stands at DIR/RELATIVE, as bkr reads a backup: every directory on the way a real
--- directory and the file itself a regular file; a symlink, FIFO, device or directory in their
--- place means the backup is damaged (someone else may have written it). Returns nil,
--- "missing", or the problem ("files/etc: a symlink where a directory belongs").
--- O_NOFOLLOW in the readers covers the last component; this covers the ones above it.
-local LFS_MODES = { link = "a symlink", file = "a regular file", directory = "a directory",
-  ["named pipe"] = "a named pipe", socket = "a socket", ["char device"] = "a character device",
-  ["block device"] = "a block device" }
-local function stored_file_problem(dir, relative)
-  local parts = {}
-  for part in relative:gmatch("[^/]+") do parts[#parts + 1] = part end
-  local path = dir
-  for i, part in ipairs(parts) do
-    path = path .. "/" .. part
-    local mode = lfs.symlinkattributes(path, "mode")
-    if not mode then return "missing" end
-    local want = i < #parts and "directory" or "file"
-    if mode ~= want then
-      return string.format("%s: %s where %s belongs", table.concat(parts, "/", 1, i),
-        LFS_MODES[mode] or ("a " .. mode), LFS_MODES[want])
-    end
-  end
-  return nil
-end
-
--- Files under files/ that the manifest does not name.
-local function unexpected_files(dir, expected)
-  local found = {}
-  local function walk(relative)
-    local path = dir .. "/" .. relative
-    for name in lfs.dir(path) do
-      if name ~= "." and name ~= ".." then
-        local child = relative .. "/" .. name
-        local mode = lfs.symlinkattributes(dir .. "/" .. child, "mode")
-        if mode == "directory" then
-          walk(child)
-        elseif not expected[child] then
-          found[#found + 1] = child
-        end
-      end
-    end
-  end
-  if lfs.symlinkattributes(dir .. "/files", "mode") == "directory" then walk("files") end
-  return found
-end
-
--- Check a backup directory. Without a key, only what needs none: SHA256SUMS, the manifest,
--- and the files that hold no secret. With the key, also every sealed value and every file's
--- SHA-256 after opening. Returns a report:
---   { manifest, problems = {...}, plain = { [file entry] = original text }, unchecked = n }
-local function inspect(dir, key)
-  local report = { problems = {}, plain = {}, unchecked = 0 }
-  local said = {}
-  local function problem(fmt, ...)
-    local text = string.format(fmt, ...)
-    if not said[text] then report.problems[#report.problems + 1] = text end
-    said[text] = true
-  end
-
-  -- 1. the manifest
-  if lfs.symlinkattributes(dir, "mode") ~= "directory" then
-    problem("%s is %s, not a backup directory", dir, LFS_MODES[lfs.symlinkattributes(dir, "mode")] or "missing")
-    return report
-  end
-  local manifest, merr = json.read_file(dir .. "/manifest.json")
-  if not manifest then
-    problem("manifest: %s", clean_message(merr))
-    return report
-  end
-  local bad = manifest_problem(manifest)
-  if bad then
-    problem("%s", bad)
-    return report
-  end
-  report.manifest = manifest
-
-  -- 2. SHA256SUMS, and the stored copies against it and against the manifest; a stored copy
-  -- that is not a regular file in real directories is reported once, as what it is
-  local actual, misplaced = {}, {}
-  local function digest_of(relative)
-    if actual[relative] == nil then
-      local wrong = stored_file_problem(dir, relative)
-      if wrong and wrong ~= "missing" then
-        problem("%s", wrong)
-        misplaced[relative] = true
-      end
-      actual[relative] = not wrong and hash.sha256_file(dir .. "/" .. relative) or false
-    end
-    return actual[relative]
-  end
-  local listed = {}
-  local sums_text, serr, skind = fs.read_file(dir .. "/SHA256SUMS")
-  local sums, perr
-  if sums_text then
-    sums, perr = files.parse_sums(sums_text)
-  else
-    perr = (skind == "missing" and "missing SHA256SUMS (" or "unreadable SHA256SUMS (") .. clean_message(serr) .. ")"
-  end
-  if not sums then
-    problem("%s", perr)
-    sums = {}
-  end
-  for _, line in ipairs(sums) do
-    if not safe_relative(line.name) then
-      problem("SHA256SUMS names an unsafe path %s", line.name)
-    else
-      listed[line.name] = line.digest
-      local digest = digest_of(line.name)
-      if not digest then
-        if not misplaced[line.name] then problem("%s: missing", line.name) end
-      elseif digest ~= line.digest then
-        problem("%s: SHA-256 mismatch (SHA256SUMS says %s, the file is %s)", line.name, line.digest, digest)
-      end
-    end
-  end
-  if sums_text and not listed["manifest.json"] then problem("SHA256SUMS does not cover manifest.json") end
-  local expected, intact = {}, {}
-  for _, file in ipairs(manifest.files) do
-    expected[file.stored] = true
-    local digest = digest_of(file.stored)
-    if not digest then
-      if not listed[file.stored] and not misplaced[file.stored] then
-        problem("%s: stored copy %s is missing", file.path, file.stored)
-      end
-    elseif digest ~= file.stored_sha256 then
-      -- (a mismatch with SHA256SUMS was reported above)
-      if not listed[file.stored] or listed[file.stored] == digest then
-        problem("%s: manifest says the stored copy's SHA-256 is %s, the file is %s", file.path,
-          file.stored_sha256, digest)
-      end
-    elseif sums_text and not listed[file.stored] then
-      problem("%s: stored copy %s is not listed in SHA256SUMS", file.path, file.stored)
-    else
-      intact[file] = true
-    end
-  end
-  for _, relative in ipairs(unexpected_files(dir, expected)) do
-    -- (a symlinked directory on the way to a stored copy was reported above, as what it is)
-    local shown = false
-    for name in pairs(misplaced) do
-      if name:sub(1, #relative + 1) == relative .. "/" then shown = true end
-    end
-    if not shown then problem("%s: not part of the backup (not in the manifest)", relative) end
-  end
-
-  -- 3. the content: what the original was, from what is stored
-  local cipher
-  if key then
-    local given = crypto.key_id(key)
-    if manifest.key_id and manifest.key_id ~= given then
-      problem("backup was encrypted with key %s, the key given is %s", manifest.key_id, given)
-      return report
-    end
-    cipher = files.cipher(key)
-  end
-  for _, file in ipairs(manifest.files) do
-    if intact[file] then
-      local secret = has_secrets(file)
-      local stored_path = dir .. "/" .. file.stored
-      if secret and not cipher then
-        report.unchecked = report.unchecked + 1
-      elseif file.whole_file_encrypted or file.kind == "other" then
-        local digest, err = files.read_whole(stored_path, { key = file.whole_file_encrypted and key or nil })
-        if not digest then
-          problem("%s: %s", file.path, clean_message(err))
-        elseif digest ~= file.sha256 then
-          problem("%s: content does not match the original's SHA-256", file.path)
-        end
-      else
-        local stored, rerr = fs.read_file(stored_path)
-        local plain, err = stored, nil
-        if not stored then
-          err = rerr
-        elseif secret then
-          plain, err = files.reveal(file.kind, stored, file.encrypted_fields, cipher)
-        end
-        if not plain then
-          problem("%s: %s", file.path, clean_message(err))
-        elseif hash.sha256_string(plain) ~= file.sha256 then
-          problem("%s: the restored content does not match the original's SHA-256%s", file.path,
-            secret and " (a legacy value opened with the wrong key?)" or "")
-        else
-          report.plain[file] = plain
-        end
-      end
-    end
-  end
-  return report
-end
-
-local function count_fields(manifest)
-  local fields, whole = 0, 0
-  for _, file in ipairs(manifest.files or {}) do
-    fields = fields + #(file.encrypted_fields or {})
-    if file.whole_file_encrypted then whole = whole + 1 end
-  end
-  return fields, whole
-end
 
 -- ------------------------------------------------------------------ backup
 
@@ -410,8 +48,23 @@ local function parse_backup(args)
   })
 end
 
--- What will be saved: each FILE as an absolute path, its kind and mode.
-local function describe_sources(args)
+-- An absolute path with '.' and '..' resolved lexically, as `realpath -s` does.
+local function absolute(path)
+  if path:sub(1, 1) ~= "/" then path = lfs.currentdir() .. "/" .. path end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then
+      parts[#parts] = nil
+    elseif part ~= "." then
+      parts[#parts + 1] = part
+    end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+-- What will be saved: each FILE as an absolute path, its kind and mode; each a regular file
+-- (a symlink is followed), a file named twice saved once. Anything else is a usage error.
+local function files_to_save(args)
   if #args == 0 then cli.usage_error("config backup: name at least one FILE (see --help)") end
   local sources, seen = {}, {}
   for _, word in ipairs(args) do
@@ -428,319 +81,125 @@ local function describe_sources(args)
   return sources
 end
 
-local function make_dirs(run, relative_dir)
-  local path = run.staging
-  for part in relative_dir:gmatch("[^/]+") do
-    path = path .. "/" .. part
-    if not run.dirs[path] then
-      local ok, err = fs.mkdirs(path, PRIVATE)
-      if not ok then error(err, 0) end
-      run.dirs[path] = true
-      run.dir_order[#run.dir_order + 1] = path
-    end
+-- How this run seals secrets: the key (required), the sensitive keys (config_backup.sensitive_keys
+-- or the default list), the cipher, and the options that change what is sealed how.
+local function sealing(cfg, options)
+  local seal = { encrypt_all = options.encrypt_all == true, legacy_xor = options.legacy_xor == true }
+  seal.key, seal.key_id = keys.require(cfg, options)
+  seal.patterns = (cfg.config_backup and cfg.config_backup.sensitive_keys) or files.DEFAULT_SENSITIVE_KEYS
+  seal.sensitive = files.sensitive_matcher(seal.patterns)
+  seal.cipher = files.cipher(seal.key, { legacy_xor = seal.legacy_xor })
+  seal.cipher_name = seal.legacy_xor and "xor-legacy" or "aes-256-gcm"
+  if seal.legacy_xor then
+    cli.warn("config backup", "WARNING: --legacy-xor writes secrets XOR-ed with a repeating key: "
+      .. "that is NOT encryption. Anyone who knows or guesses one value can recover the key and read "
+      .. "every other value. Use it only for a tool that cannot read ENCRYPTED:v2 values.")
   end
+  return seal
 end
 
--- One file into the staging directory; returns its manifest entry.
-local function store_file(run, source)
-  local entry = { path = source.path, kind = source.kind, mode = octal(source.mode),
+-- One file into the staged backup: a YAML or .env file with its secrets sealed field by field;
+-- one that cannot be, refused (or with --encrypt-all sealed whole, with a note saying why);
+-- any other file copied, or sealed whole with --encrypt-all. Returns its manifest entry;
+-- raises on failure (the caller discards the staged backup).
+local function store_file(staged, source, seal)
+  local entry = { path = source.path, kind = source.kind, mode = string.format("%04o", source.mode),
     encrypted_fields = {}, whole_file_encrypted = false }
-  local stored = "files" .. source.path
-  make_dirs(run, dirname(stored))
 
   if source.kind ~= "other" then
     -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
     local text, rerr = fs.read_file(source.path, { follow = true })
-    if not text then error(clean_message(rerr), 0) end
-    local sealed, fields = files.protect(source.kind, text, run.cipher, run.sensitive)
+    if not text then error(rerr, 0) end
+    local sealed, fields = files.protect(source.kind, text, seal.cipher, seal.sensitive)
     if sealed then
-      local ok, err = fs.write_file(run.staging .. "/" .. stored, sealed,
-        { mode = source.mode, overwrite = false })
+      local stored = config_repo.stored_name(source.path, false)
+      local ok, err = fs.write_file(staged:file(stored), sealed, { mode = source.mode, overwrite = false })
       if not ok then error(err, 0) end
       entry.size, entry.sha256 = #text, hash.sha256_string(text)
       entry.stored, entry.stored_sha256 = stored, hash.sha256_string(sealed)
       entry.encrypted_fields = fields
       return entry
     end
-    if not run.encrypt_all then
+    local why = fields
+    if not seal.encrypt_all then
       error(string.format("%s: %s; its secrets cannot be sealed field by field (--encrypt-all stores such "
-        .. "a file encrypted whole)", source.path, clean_message(fields)), 0)
+        .. "a file encrypted whole)", source.path, why), 0)
     end
-    entry.note = "encrypted whole: " .. clean_message(fields)
+    entry.note = "encrypted whole: " .. why
   end
 
-  local whole = run.encrypt_all
-  if whole then stored = stored .. ".enc" end
-  local result, err = files.store_whole(source.path, run.staging .. "/" .. stored,
-    { mode = source.mode, key = whole and run.key or nil })
-  if not result then error(source.path .. ": " .. clean_message(err), 0) end
+  local whole = seal.encrypt_all
+  local stored = config_repo.stored_name(source.path, whole)
+  local result, err = files.store_whole(source.path, staged:file(stored),
+    { mode = source.mode, key = whole and seal.key or nil })
+  if not result then error(source.path .. ": " .. err, 0) end
   entry.size, entry.sha256 = result.size, result.sha256
   entry.stored, entry.stored_sha256 = stored, result.stored_sha256
-  entry.whole_file_encrypted = whole == true
+  entry.whole_file_encrypted = whole
   return entry
-end
-
-local function write_manifest_and_sums(run, entries)
-  local manifest = {
-    format = FORMAT, name = run.name, time = repo.iso_time(run.epoch), bkr_version = bkr.version,
-    key_id = run.key_id, cipher = run.legacy_xor and "xor-legacy" or "aes-256-gcm",
-    sensitive_keys = run.patterns, files = entries,
-  }
-  local text = json.encode(manifest, true) .. "\n"
-  local ok, err = fs.write_file(run.staging .. "/manifest.json", text, { mode = PRIVATE_FILE, overwrite = false })
-  if not ok then error(err, 0) end
-  local lines = {}
-  for _, entry in ipairs(entries) do lines[#lines + 1] = files.sums_line(entry.stored_sha256, entry.stored) end
-  lines[#lines + 1] = files.sums_line(hash.sha256_string(text), "manifest.json")
-  ok, err = fs.write_file(run.staging .. "/SHA256SUMS", table.concat(lines),
-    { mode = PRIVATE_FILE, overwrite = false })
-  if not ok then error(err, 0) end
-  return manifest
-end
-
--- Every directory of the staged backup reaches the disk before the rename publishes it.
-local function sync_dirs(run)
-  for i = #run.dir_order, 1, -1 do
-    local ok, err = fs.fsync(run.dir_order[i])
-    if not ok then error(err, 0) end
-  end
-  local ok, err = fs.fsync(run.staging)
-  if not ok then error(err, 0) end
-end
-
--- Leftovers of a run that crashed before publishing (we hold the lock: nobody else writes).
-local function remove_stale_partials(dir)
-  for name in lfs.dir(dir) do
-    if name:sub(1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
-      fs.remove_tree(dir .. "/" .. name)
-      warn("removed %s/%s, left by an interrupted run", dir, name)
-    end
-  end
-end
-
--- Keep what lib/retention.lua keeps of the config backups (as daily backups: retention.daily
--- newest) and always the newest one. Every config backup was verified before it was published.
-local function rotate(run)
-  local backups = scan(run.dir)
-  for _, backup in ipairs(backups) do backup.verified = "passed" end
-  local keep = retention.keep(backups, run.cfg.retention, os.time())
-  if backups[1] then keep[backups[1]] = keep[backups[1]] or "newest config backup" end
-  local errors = {}
-  for _, backup in ipairs(backups) do
-    if not keep[backup] and backup.path ~= run.final then
-      local ok, err = fs.remove_tree(backup.path)
-      if ok then
-        say("removed %s (beyond retention)", backup.path)
-        repo.log(run.repo, { recipe = "config backup", file = SUBDIR .. "/" .. backup.name, result = "removed",
-          reason = "beyond retention" })
-      else
-        errors[#errors + 1] = err
-      end
-    end
-  end
-  return errors
 end
 
 local function backup(args)
   local options = parse_backup(args)
   if not options then return cli.EXIT_OK end
-  local sources = describe_sources(options.args)
+
+  -- 1. the files to save, the configuration, the key and how secrets are sealed
+  local sources = files_to_save(options.args)
   local cfg = config.load(options)
-  local run = { cfg = cfg, encrypt_all = options.encrypt_all, legacy_xor = options.legacy_xor,
-    dirs = {}, dir_order = {} }
-  run.key, run.key_id = keys.require(cfg, options)
-  run.patterns = (cfg.config_backup and cfg.config_backup.sensitive_keys) or files.DEFAULT_SENSITIVE_KEYS
-  run.sensitive = files.sensitive_matcher(run.patterns)
-  run.cipher = files.cipher(run.key, { legacy_xor = run.legacy_xor })
-  if run.legacy_xor then
-    warn("WARNING: --legacy-xor writes secrets XOR-ed with a repeating key: that is NOT encryption. "
-      .. "Anyone who knows or guesses one value can recover the key and read every other value. "
-      .. "Use it only for a tool that cannot read ENCRYPTED:v2 values.")
-  end
+  local seal = sealing(cfg, options)
 
-  run.repo = config.repository(cfg)
-  run.dir = run.repo .. "/" .. SUBDIR
-  local ok, err = fs.mkdirs(run.dir, PRIVATE)
-  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
-  local lock <close> = repo.lock(run.repo)
-  remove_stale_partials(run.dir)
+  -- 2. lock the repository (what a crashed run left is removed); begin under a temporary name
+  local root = config.repository(cfg)
+  local lock <close> = config_repo.lock(root)
+  local staged = config_repo.stage(root, os.time())
 
-  run.epoch = os.time()
-  run.name = "config_backup_" .. repo.new_stamp(run.epoch, function(second)
-    return repo.highest_sequence(run.dir, { "config_backup_", PARTIAL_PREFIX .. "config_backup_" }, second)
-  end)
-  run.final = run.dir .. "/" .. run.name
-  run.staging = run.dir .. "/" .. PARTIAL_PREFIX .. run.name
-  ok, err = fs.mkdirs(run.staging, PRIVATE)
-  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
-
-  local built, failure = pcall(function()
+  -- 3. store every file, then manifest.json and SHA256SUMS; verify the whole backup as
+  --    `config verify` does with the key; publish it under its name in one rename.
+  --    On any failure or interrupt the staged backup is removed: nothing is written.
+  local built, result = pcall(function()
     local entries = {}
     for _, source in ipairs(sources) do
       if bkr.interrupted() then error("interrupted", 0) end
-      entries[#entries + 1] = store_file(run, source)
+      entries[#entries + 1] = store_file(staged, source, seal)
     end
-    run.manifest = write_manifest_and_sums(run, entries)
-    local report = inspect(run.staging, run.key)
+    local manifest = staged:write_manifest({ key_id = seal.key_id, cipher = seal.cipher_name,
+      sensitive_keys = seal.patterns, files = entries })
+    local report = check.backup(staged.path, seal.key)
     if #report.problems > 0 then
       error("the new backup failed its own verification: " .. table.concat(report.problems, "; "), 0)
     end
-    sync_dirs(run)
-    local renamed, rerr = fs.rename(run.staging, run.final)
-    if not renamed then error(rerr, 0) end
+    staged:publish()
+    return manifest
   end)
   if not built then
-    fs.remove_tree(run.staging)
-    local message = clean_message(failure)
-    repo.log(run.repo, { recipe = "config backup", result = "failed", error = message })
+    staged:discard()
+    local message = cli.detail(result)
+    config_repo.log(root, "failed", nil, { error = message })
     cli.fail(cli.EXIT_FAILED, "config backup failed, nothing written: %s", message)
   end
 
-  local fields, whole = count_fields(run.manifest)
-  for _, entry in ipairs(run.manifest.files) do
+  -- 4. say what was saved, and log it
+  local manifest = result
+  local fields, whole = config_repo.counts(manifest)
+  for _, entry in ipairs(manifest.files) do
     local detail = #entry.encrypted_fields > 0 and (#entry.encrypted_fields .. " fields encrypted")
       or entry.whole_file_encrypted and "encrypted whole" or "copied"
-    say("  %s (%s): %s", entry.path, entry.kind, detail)
+    cli.say("  %s (%s): %s", entry.path, entry.kind, detail)
   end
-  say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
-    run.final, #run.manifest.files, fields, whole, run.key_id)
-  repo.log(run.repo, { recipe = "config backup", result = "ok", file = SUBDIR .. "/" .. run.name,
-    files = #run.manifest.files, encrypted_fields = fields })
+  cli.say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
+    staged.final, #manifest.files, fields, whole, seal.key_id)
+  config_repo.log(root, "ok", staged.name, { files = #manifest.files, encrypted_fields = fields })
 
+  -- 5. rotate: the config backups beyond retention.daily go, never the newest
   if not options.no_rotate then
-    local errors = rotate(run)
+    local removed, errors = config_repo.rotate(root, cfg.retention, staged.final)
+    for _, path in ipairs(removed) do cli.say("removed %s (beyond retention)", path) end
     if #errors > 0 then
-      warn("rotation: %s", table.concat(errors, "; "))
+      cli.warn("config backup", "rotation: %s", table.concat(errors, "; "))
       return cli.EXIT_FAILED
     end
   end
   return cli.EXIT_OK
-end
-
--- ------------------------------------------------------------------ restore: all or nothing
-
--- Where each file of the backup goes, checked before anything is written: TO/<original path>.
--- Below TO (the caller's own choice), every component that exists must be a real directory:
--- restore never writes through a symlink it did not create (`OUT/tmp -> /tmp/victim`). A target
--- that exists is refused without --overwrite, and even with it unless it is a regular file.
--- Returns { steps = { {file, target, replaces}, ... }, create = {directories, parents first} }
--- or stops the run (exit 1) with one line naming every offending path.
-local function plan_restore(manifest, to, overwrite)
-  local plan, links, existing, seen = { steps = {}, create = {} }, {}, {}, {}
-  local function note(list, item)
-    if not seen[item] then list[#list + 1] = item end
-    seen[item] = true
-  end
-  -- TO and its missing parents (TO's own components are the caller's: followed)
-  local path = to:sub(1, 1) == "/" and "" or nil
-  for part in to:gmatch("[^/]+") do
-    path = path and (path .. "/" .. part) or part
-    if not lfs.attributes(path, "mode") then note(plan.create, path) end
-  end
-  for _, file in ipairs(manifest.files) do
-    local parts = {}
-    for part in file.path:gmatch("[^/]+") do parts[#parts + 1] = part end
-    local path, blocked = to, false
-    for i = 1, #parts - 1 do
-      path = path .. "/" .. parts[i]
-      local mode = lfs.symlinkattributes(path, "mode")
-      if mode == nil then
-        note(plan.create, path)
-      elseif mode ~= "directory" then
-        note(links, string.format("%s is %s", path, LFS_MODES[mode] or ("a " .. mode)))
-        blocked = true
-        break
-      end
-    end
-    local target = to .. file.path
-    local mode = not blocked and lfs.symlinkattributes(target, "mode")
-    if mode and not overwrite then
-      existing[#existing + 1] = target
-    elseif mode and mode ~= "file" then
-      note(links, string.format("%s is %s, not a regular file", target, LFS_MODES[mode] or ("a " .. mode)))
-    end
-    plan.steps[#plan.steps + 1] = { file = file, target = target, replaces = mode and true or false }
-  end
-  if #links > 0 then
-    cli.fail(cli.EXIT_FAILED, "config restore: %s: restore does not write through or over what it did not "
-      .. "create; nothing was restored", table.concat(links, "; "))
-  end
-  if #existing > 0 then
-    cli.fail(cli.EXIT_FAILED, "config restore: refusing to replace existing files (use --overwrite): %s; "
-      .. "nothing was restored", table.concat(existing, ", "))
-  end
-  return plan
-end
-
--- A name beside `target` for its staged copy: bkr's temporary prefix, so that a leftover of a
--- killed run is recognisably bkr's, a random part, so that it is new, and the file's number in
--- the plan, so that two long names cut to the same prefix stay apart.
-local function staging_name(target, token, number)
-  local base = target:match("[^/]+$")
-  return string.format("%s/.bkr-tmp.%s.restore-%s-%d", dirname(target), base:sub(1, 180), token, number)
-end
-
--- Write every file of the plan under a staged name beside its target, check it, then rename
--- each into place. On any failure (no space, a stored file that changed, an interruption)
--- remove the staged files, the files it had put in place that were new and the directories it
--- created, and stop the run: the restore directory is as it was, except for files already
--- replaced by a failed rename in the last step (named in the message).
-local function restore_all(plan, dir, key, plain)
-  local created, staged, placed = {}, {}, {}
-  local token = crypto.random_bytes(6):gsub(".", function(c) return string.format("%02x", c:byte()) end)
-  local ok, failure = pcall(function()
-    for _, path in ipairs(plan.create) do
-      -- lfs.mkdir, not fs.mkdirs: it fails on anything already there (a symlink that appeared
-      -- since the plan), so every directory in `created` is one this run made
-      local made, err = lfs.mkdir(path)
-      if not made then error(path .. ": " .. tostring(err), 0) end
-      created[#created + 1] = path
-      made, err = fs.chmod(path, PRIVATE)
-      if not made then error(clean_message(err), 0) end
-    end
-    for number, step in ipairs(plan.steps) do
-      if bkr.interrupted() then error("interrupted", 0) end
-      local file, mode = step.file, tonumber(step.file.mode, 8)
-      step.staged = staging_name(step.target, token, number)
-      local done, err
-      if plain[file] then
-        done, err = fs.write_file(step.staged, plain[file], { mode = mode })
-      else
-        done, err = files.read_whole(dir .. "/" .. file.stored, {
-          key = file.whole_file_encrypted and key or nil, target = step.staged, mode = mode })
-        if done and done ~= file.sha256 then
-          staged[#staged + 1] = step.staged
-          cli.fail(cli.EXIT_INTEGRITY, "config restore: %s changed while restoring (SHA-256 mismatch)", file.stored)
-        end
-      end
-      if not done then error(file.path .. ": " .. clean_message(err), 0) end
-      staged[#staged + 1] = step.staged
-    end
-    for _, step in ipairs(plan.steps) do
-      if not step.replaces and lfs.symlinkattributes(step.target, "mode") then
-        error(step.target .. " appeared while restoring", 0)
-      end
-      local moved, err = fs.rename(step.staged, step.target)
-      if not moved then error(step.target .. ": " .. clean_message(err), 0) end
-      placed[#placed + 1] = step
-    end
-  end)
-  if ok then return end
-
-  local replaced = {}
-  for i = #placed, 1, -1 do
-    if placed[i].replaces then replaced[#replaced + 1] = placed[i].target else os.remove(placed[i].target) end
-  end
-  for _, path in ipairs(staged) do os.remove(path) end
-  for i = #created, 1, -1 do os.remove(created[i]) end -- (rmdir: only if still empty)
-  local code, message = cli.EXIT_FAILED, failure
-  if type(failure) == "table" then code, message = failure.exit_code, failure.message end
-  message = clean_message(message):gsub("^config restore: ", "")
-  if #replaced > 0 then
-    cli.fail(code, "config restore: %s; already replaced (the others were not): %s", message,
-      table.concat(replaced, ", "))
-  end
-  cli.fail(code, "config restore: %s; nothing was restored", message)
 end
 
 -- ------------------------------------------------------------------ restore
@@ -770,39 +229,40 @@ local function parse_restore(args)
   })
 end
 
-local function one_backup(options, what)
+-- The one backup BACKUP or --latest names.
+local function chosen_backup(options, what)
   if options.latest and #options.args > 0 then cli.usage_error("%s: give BACKUP or --latest, not both", what) end
-  if options.latest then return latest(options) end
+  if options.latest then return config_repo.latest(options, what) end
   if #options.args ~= 1 then cli.usage_error("%s: give one BACKUP (or --latest); see --help", what) end
-  return resolve(options, options.args[1])
+  return config_repo.resolve(options, options.args[1], what)
 end
 
 local function restore(args)
   local options = parse_restore(args)
   if not options then return cli.EXIT_OK end
   if not options.to then cli.usage_error("config restore: --to DIR is required") end
-  local dir = one_backup(options, "config restore")
+  local dir = chosen_backup(options, "config restore")
   local cfg = config.load(options)
   local key = keys.load(cfg, options)
 
   -- 1. check everything first (a backup with secrets needs the key)
-  local report = inspect(dir, key)
+  local report = check.backup(dir, key)
   if report.unchecked > 0 then keys.require(cfg, options) end
   if #report.problems > 0 then
-    for _, p in ipairs(report.problems) do warn("%s", p) end
+    for _, p in ipairs(report.problems) do cli.warn("config restore", "%s", p) end
     cli.fail(cli.EXIT_INTEGRITY, "config restore: %s failed its checks; nothing was restored", dir)
   end
   local manifest = report.manifest
 
   -- 2. where each file goes: nothing written through a symlink, nothing replaced without --overwrite
-  local plan = plan_restore(manifest, (options.to:gsub("/+$", "")), options.overwrite == true)
+  local plan = config_restore.plan(manifest, (options.to:gsub("/+$", "")), options.overwrite == true)
 
   -- 3. stage every file beside its target, then move them all into place (or none)
-  restore_all(plan, dir, key, report.plain)
+  config_restore.apply(plan, dir, key, report.plain)
   for _, step in ipairs(plan.steps) do
-    say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
+    cli.say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
   end
-  say("restored %d files from %s", #manifest.files, dir)
+  cli.say("restored %d files from %s", #manifest.files, dir)
   return cli.EXIT_OK
 end
 
@@ -829,41 +289,52 @@ local function parse_verify(args)
   })
 end
 
+-- The backups to verify: --all, those named, or the newest.
+local function backups_to_verify(options)
+  local dirs = {}
+  if options.all then
+    for _, b in ipairs(config_repo.scan(config_repo.dir(config.repository(config.load(options))))) do
+      dirs[#dirs + 1] = b.path
+    end
+  elseif #options.args > 0 then
+    for _, word in ipairs(options.args) do dirs[#dirs + 1] = config_repo.resolve(options, word, "config verify") end
+  else
+    dirs[1] = config_repo.latest(options, "config verify")
+  end
+  return dirs
+end
+
 local function verify(args)
   local options = parse_verify(args)
   if not options then return cli.EXIT_OK end
-  local dirs = {}
-  if options.all then
-    for _, b in ipairs(scan(repository(config.load(options)))) do dirs[#dirs + 1] = b.path end
-  elseif #options.args > 0 then
-    for _, word in ipairs(options.args) do dirs[#dirs + 1] = resolve(options, word) end
-  else
-    dirs[1] = latest(options)
-  end
+
+  -- 1. which backups, and the key when there is one (without it, files with secrets are not checked)
+  local dirs = backups_to_verify(options)
   local key = keys.load(config.load(options), options)
+
+  -- 2. check each; report its problems, or what was checked
   local failed = 0
   for _, dir in ipairs(dirs) do
-    local report = inspect(dir, key)
+    local report = check.backup(dir, key)
     if #report.problems > 0 then
       failed = failed + 1
-      say("%s: FAILED", dir)
-      for _, p in ipairs(report.problems) do say("  %s", p) end
+      cli.say("%s: FAILED", dir)
+      for _, p in ipairs(report.problems) do cli.say("  %s", p) end
     else
-      local fields = count_fields(report.manifest)
+      local fields = config_repo.counts(report.manifest)
       local note = report.unchecked > 0
         and string.format("; %d files with secrets not checked: no key", report.unchecked) or ""
-      say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files,
-        fields, note)
+      cli.say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files, fields, note)
     end
   end
-  if #dirs == 0 then say("no config backups") end
+  if #dirs == 0 then cli.say("no config backups") end
   return failed > 0 and cli.EXIT_INTEGRITY or cli.EXIT_OK
 end
 
 -- ------------------------------------------------------------------ list
 
-local function list(args)
-  local options = cli.parse(args, {
+local function parse_list(args)
+  return cli.parse(args, {
     name = "config list",
     usage = "bkr config list [--json] [--repo DIR] [--config FILE]",
     summary = "Config backups, newest first: time, name, files, encrypted fields, key id.",
@@ -875,21 +346,29 @@ local function list(args)
     exit_codes = "0 listed (also when empty), 2 usage or configuration error",
     see = SEE,
   })
+end
+
+local function list(args)
+  local options = parse_list(args)
   if not options then return cli.EXIT_OK end
-  local dir = repository(config.load(options))
+
+  -- 1. every config backup, newest first, with what its manifest says (or why it cannot be read)
+  local dir = config_repo.dir(config.repository(config.load(options)))
   local rows = {}
-  for _, b in ipairs(scan(dir)) do
-    local manifest, err = json.read_file(b.path .. "/manifest.json")
+  for _, b in ipairs(config_repo.scan(dir)) do
+    local manifest, err = config_repo.read_manifest(b.path)
     local row = { name = b.name, time = repo.iso_time(b.time), path = b.path }
     if manifest then
       row.files = #(manifest.files or {})
-      row.encrypted_fields, row.whole_files_encrypted = count_fields(manifest)
+      row.encrypted_fields, row.whole_files_encrypted = config_repo.counts(manifest)
       row.key_id, row.cipher = manifest.key_id, manifest.cipher
     else
-      row.error = clean_message(err)
+      row.error = err
     end
     rows[#rows + 1] = row
   end
+
+  -- 2. as JSON for scripts, or as a table for people
   if options.json then
     print(json.encode(rows, true))
     return cli.EXIT_OK
@@ -939,5 +418,4 @@ if not name or not SUBCOMMANDS[name] then
   io.stderr:write(OVERVIEW, "\n")
   cli.usage_error("config: %s", name and ("unknown subcommand '" .. name .. "'") or "name a subcommand")
 end
-command = "config " .. name
 return SUBCOMMANDS[name]({ table.unpack(args, 2) })

@@ -191,3 +191,174 @@ describe("lib.cli", function()
     assert.are.same({ nil, "plain", "plain" }, { cli.kind("plain"), cli.detail("plain"), cli.reason("plain") })
   end)
 end)
+
+describe("config backups (lib.repo sha256sum lines, lib.config_*)", function()
+  describe("sha256sum lines", function()
+    local digest = string.rep("ab", 32)
+
+    it("writes the lines sha256sum writes, escaping a name with a backslash or a newline", function()
+      for _, case in ipairs({
+        { "files/etc/app.yaml", digest .. "  files/etc/app.yaml\n" },
+        { "manifest.json", digest .. "  manifest.json\n" },
+        { "files/a\\b", "\\" .. digest .. "  files/a\\\\b\n" },
+        { "files/a\nb", "\\" .. digest .. "  files/a\\nb\n" },
+      }) do
+        assert.are.equal(case[2], repo.sums_line(digest, case[1]), case[1])
+      end
+    end)
+
+    it("reads back every name it writes, and text and binary lines as sha256sum -c does", function()
+      for _, name in ipairs({ "files/etc/app.yaml", "files/a\\b", "files/a\nb", "files/x y", "*star" }) do
+        local line = repo.sums_line(digest, name):gsub("\n$", "")
+        assert.are.same({ digest, name }, { repo.parse_sums_line(line) }, name)
+      end
+      assert.are.same({ digest, "backup.sql.gz" }, { repo.parse_sums_line(digest:upper() .. " *backup.sql.gz") })
+      assert.are.same({ digest, "*x" }, { repo.parse_sums_line(digest .. "  *x") })
+    end)
+
+    it("refuses lines that are not sha256sum's", function()
+      for _, line in ipairs({ "", digest, digest .. "  ", digest .. " name", digest:sub(2) .. "  name",
+        digest .. "0  name", "zz" .. digest:sub(3) .. "  name", digest .. "\tname", "\\" .. digest .. "  " }) do
+        assert.is_nil(repo.parse_sums_line(line), line)
+      end
+    end)
+  end)
+  describe("config file formats", function()
+    local files = require "lib.config_files"
+    local crypto = require "bkr.crypto"
+    local key = crypto.random_bytes(32)
+    local cipher = files.cipher(key)
+    local sensitive = files.sensitive_matcher()
+
+    it("tells a file's format by its name, and knows the kinds a manifest may name", function()
+      for path, kind in pairs({
+        ["/etc/app.yaml"] = "yaml", ["/etc/APP.YML"] = "yaml", ["/srv/.env"] = "env", ["/srv/prod.env"] = "env",
+        ["/srv/.env.local"] = "env", ["/etc/app.json"] = "other", ["/etc/env"] = "other", ["/etc/yaml"] = "other",
+      }) do
+        assert.are.equal(kind, files.kind(path), path)
+      end
+      for _, kind in ipairs({ "yaml", "env", "other" }) do assert.is_true(files.known_kind(kind), kind) end
+      for _, kind in ipairs({ "toml", "YAML", "", 1 }) do assert.is_false(files.known_kind(kind), tostring(kind)) end
+      assert.has_error(function() files.protect("other", "x", cipher, sensitive) end)
+      assert.has_error(function() files.reveal("toml", "x", {}, cipher) end)
+    end)
+
+    it("seals every secret of each format and puts the original back byte for byte", function()
+      for _, case in ipairs({
+        -- (each secret has a '-' or a space, which no token's base64 has)
+        { "yaml", "db:\n  host: h\n  password: \"hunter-2\"  # kept\ntokens: [tok-1, tok-2]\n",
+          { "db.password", "tokens[0]", "tokens[1]" }, { "hunter-2", "tok-1", "tok-2" } },
+        { "env", "# c\nexport DB_PASSWORD='p w'\r\nHOST=h\nAPI_KEY: key-1\n",
+          { "DB_PASSWORD", "API_KEY" }, { "p w", "key-1" } },
+      }) do
+        local kind, text, fields, secrets = case[1], case[2], case[3], case[4]
+        local stored, sealed = files.protect(kind, text, cipher, sensitive)
+        assert.are.same(fields, sealed, kind)
+        for _, secret in ipairs(secrets) do assert.is_nil(stored:find(secret, 1, true), kind .. ": " .. secret) end
+        assert.are.equal(text, files.reveal(kind, stored, sealed, cipher), kind)
+        -- sealing twice seals nothing more
+        assert.are.same({ stored, {} }, { files.protect(kind, stored, cipher, sensitive) }, kind)
+      end
+    end)
+
+    it("says why a value does not open by crypto's code, not by taking its message apart", function()
+      local stored = files.protect("env", "A_TOKEN=one\nB_TOKEN=two\n", cipher, sensitive)
+      local a = stored:match("A_TOKEN=(%S+)")
+      local b = stored:match("B_TOKEN=(%S+)")
+      local moved = "A_TOKEN=" .. b .. "\nB_TOKEN=" .. a .. "\n" -- B's value under A's key
+      assert.are.same({ nil, "A_TOKEN: authentication failed (tampered value or wrong field)", "auth" },
+        { files.reveal("env", moved, { "A_TOKEN" }, cipher) })
+      local other = files.cipher(crypto.random_bytes(32))
+      local plain, message, code = files.reveal("env", stored, { "A_TOKEN" }, other)
+      assert.are.same({ nil, "key" }, { plain, code })
+      assert.matches("encrypted with key " .. cipher.key_id .. ", the key given is " .. other.key_id, message, 1, true)
+      assert.are.same({ nil, "malformed encrypted value (invalid base64 or too short)", "format" },
+        { cipher.open("ENCRYPTED:v2:!!", "A_TOKEN") })
+      assert.are.same({ nil, "A_TOKEN: sealed field missing from the stored file" },
+        { files.reveal("env", "A_TOKEN=one\n", { "A_TOKEN" }, cipher) })
+    end)
+
+    it("refuses what it cannot seal field by field, naming the line or the field, never the value", function()
+      for _, case in ipairs({
+        { "env", "HOST=h\ndb/password=slashLEAK\n", "line 2 names a sensitive key" },
+        { "yaml", "password: [unclosed, LEAK\n", "yaml: line" },
+        { "yaml", "db:\n  password: !!int 12LEAK\n", "db.password: invalid !!int value" },
+      }) do
+        local stored, message = files.protect(case[1], case[2], cipher, sensitive)
+        assert.is_nil(stored)
+        assert.matches(case[3], message, 1, true)
+        assert.is_nil(message:find("LEAK", 1, true), message)
+      end
+    end)
+  end)
+  describe("config backups in the repository and their checks", function()
+    local config_repo = require "lib.config_repo"
+    local check = require "lib.config_check"
+    local digest = string.rep("0f", 32)
+
+    local function entry(overrides)
+      local e = { path = "/etc/app.yaml", kind = "yaml", mode = "0640", sha256 = digest, stored_sha256 = digest,
+        stored = "files/etc/app.yaml", encrypted_fields = { "db.password" }, whole_file_encrypted = false }
+      for k, v in pairs(overrides or {}) do e[k] = v end
+      return e
+    end
+
+    it("stores a file under files/ by its original path, .enc appended when it is encrypted whole", function()
+      assert.are.equal("files/etc/app.yaml", config_repo.stored_name("/etc/app.yaml", false))
+      assert.are.equal("files/etc/tls.pem.enc", config_repo.stored_name("/etc/tls.pem", true))
+      assert.are.equal("/srv/repo/config", config_repo.dir("/srv/repo"))
+    end)
+
+    it("reads SHA256SUMS line by line, naming the first malformed line", function()
+      local text = repo.sums_line(digest, "files/etc/app.yaml") .. repo.sums_line(digest, "manifest.json")
+      assert.are.same({ { digest = digest, name = "files/etc/app.yaml" }, { digest = digest, name = "manifest.json" } },
+        config_repo.parse_sums(text))
+      assert.are.same({}, config_repo.parse_sums(""))
+      assert.are.same({ nil, "SHA256SUMS line 2 is malformed" },
+        { config_repo.parse_sums(text:gsub("\n", "\nnot a line\n", 1)) })
+    end)
+
+    it("counts the values encrypted field by field and the files encrypted whole", function()
+      assert.are.same({ 3, 1 }, { config_repo.counts({ files = {
+        entry(), entry({ encrypted_fields = { "a", "b" } }), entry({ encrypted_fields = {}, whole_file_encrypted = true }),
+      } }) })
+      assert.are.same({ 0, 0 }, { config_repo.counts({}) })
+    end)
+
+    it("accepts the manifests bkr writes and names what is wrong with any other", function()
+      local function manifest(list) return { format = "bkr-config-1", files = list } end
+      assert.is_nil(check.manifest_problem(manifest({ entry(), entry({ path = "/etc/.env", stored = "files/etc/.env",
+        kind = "env" }) })))
+      for _, case in ipairs({
+        { { format = "bkr-config-2", files = {} }, "manifest.json is not a bkr config backup manifest (format bkr-config-2)" },
+        { { format = "bkr-config-1" }, "manifest.json is not a bkr config backup manifest (format bkr-config-1)" },
+        { manifest({ "x" }), "manifest: an entry is not an object" },
+        { manifest({ entry({ path = "/../../escaped" }) }), "manifest: an entry has an unsafe original path: /../../escaped" },
+        { manifest({ entry({ path = "etc/app.yaml" }) }), "manifest: an entry has an unsafe original path: etc/app.yaml" },
+        { manifest({ entry({ stored = "files/../../x" }) }), "manifest: /etc/app.yaml: unsafe stored path files/../../x" },
+        { manifest({ entry({ stored = "manifest.json" }) }), "manifest: /etc/app.yaml: unsafe stored path manifest.json" },
+        { manifest({ entry({ kind = "toml" }) }), "manifest: /etc/app.yaml: unknown kind toml" },
+        { manifest({ entry({ sha256 = "abc" }) }), "manifest: /etc/app.yaml: manifest lacks a valid sha256" },
+        { manifest({ entry({ stored_sha256 = 1 }) }), "manifest: /etc/app.yaml: manifest lacks a valid stored_sha256" },
+        { manifest({ entry({ mode = "1777" }) }), "manifest: /etc/app.yaml: invalid mode 1777" },
+        { manifest({ entry({ mode = 420 }) }), "manifest: /etc/app.yaml: invalid mode 420" },
+        { manifest({ entry({ encrypted_fields = "x" }) }), "manifest: /etc/app.yaml: invalid encrypted_fields" },
+        { manifest({ entry(), entry({ stored = "files/other" }) }), "manifest: /etc/app.yaml is listed twice" },
+        { manifest({ entry(), entry({ path = "/etc/b" }) }), "manifest: stored copy files/etc/app.yaml is listed twice" },
+        { manifest({ entry(), entry({ path = "/etc/app.yaml/x", stored = "files/x" }) }),
+          "manifest: /etc/app.yaml is listed as a file and as a directory" },
+      }) do
+        assert.are.equal(case[2], check.manifest_problem(case[1]))
+      end
+    end)
+
+    it("knows relative paths that stay below their base, and names what stands where a file belongs", function()
+      for _, path in ipairs({ "a", "files/etc/app.yaml", "a/.b", "a/..b" }) do assert.is_true(check.safe_relative(path), path) end
+      for _, path in ipairs({ "", "/a", "a//b", "a/./b", "a/../b", "..", "a/", 1 }) do
+        assert.is_false(check.safe_relative(path), tostring(path))
+      end
+      assert.are.same({ "a symlink", "a named pipe", "a directory", "a whiteout" },
+        { check.what("link"), check.what("named pipe"), check.what("directory"), check.what("whiteout") })
+    end)
+  end)
+end)

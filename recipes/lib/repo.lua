@@ -396,10 +396,35 @@ function repo.write_manifest(entry_path, manifest)
     { mode = tonumber("600", 8), overwrite = true })
 end
 
+-- One line as GNU sha256sum writes it, "<hex>  <name>\n". A name with a '\' or a newline is
+-- escaped sha256sum's way: the line starts with '\', and the name has '\\' and '\n' for them.
+-- The one writer of the format: sidecars and config backups' SHA256SUMS.
+function repo.sums_line(digest, name)
+  if name:find("[\\\n]") then
+    return "\\" .. digest .. "  " .. name:gsub("\\", "\\\\"):gsub("\n", "\\n") .. "\n"
+  end
+  return digest .. "  " .. name .. "\n"
+end
+
+-- One line of sha256sum's output (without its newline), as `sha256sum -c` reads it: the
+-- digest (64 hex digits, returned in lower case), one space, ' ' (text) or '*' (binary), the
+-- name, unescaped when the line starts with '\'. Returns digest, name; or nil.
+-- The one reader of the format: sidecars and config backups' SHA256SUMS.
+function repo.parse_sums_line(line)
+  local escaped = line:sub(1, 1) == "\\"
+  if escaped then line = line:sub(2) end
+  local digest, name = line:match("^(%x+) [ %*](.+)$")
+  if not digest or #digest ~= 64 then return nil end
+  if escaped then
+    name = name:gsub("\\(.)", function(c) return c == "n" and "\n" or c end)
+  end
+  return digest:lower(), name
+end
+
 -- The sidecar `sha256sum -c` reads, run from the file's directory: "<hex>  <name>".
 function repo.write_sidecar(entry_path, digest)
   local name = entry_path:match("([^/]+)$")
-  return fs.write_file(entry_path .. ".sha256", digest .. "  " .. name .. "\n",
+  return fs.write_file(entry_path .. ".sha256", repo.sums_line(digest, name),
     { mode = tonumber("600", 8), overwrite = true })
 end
 
@@ -413,13 +438,12 @@ function repo.read_sidecar(entry)
     if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
     return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, cli.REASONS[kind] or err), kind
   end
-  local line = text:match("^[^\n]*")
-  local digest, name = line:match("^(%x+)  %*?(.+)$")
-  if not digest or #digest ~= 64 then return nil, "unreadable sidecar " .. entry.sidecar, "corrupt" end
+  local digest, name = repo.parse_sums_line(text:match("^[^\n]*"))
+  if not digest then return nil, "unreadable sidecar " .. entry.sidecar, "corrupt" end
   if name ~= entry.file and name ~= entry.original_file then
     return nil, "sidecar " .. entry.sidecar .. " names another file: " .. name, "corrupt"
   end
-  return digest:lower()
+  return digest
 end
 
 -- Remove a backup and its sidecars together.
