@@ -357,6 +357,9 @@ local function list(args)
   local rows = {}
   for _, b in ipairs(config_repo.scan(dir)) do
     local manifest, err = config_repo.read_manifest(b.path)
+    -- the same schema check as verify's, so a malformed manifest is reported, never a crash
+    local bad = manifest and check.manifest_problem(manifest)
+    if bad then manifest, err = nil, bad end
     local row = { name = b.name, time = repo.iso_time(b.time), path = b.path }
     if manifest then
       row.files = #(manifest.files or {})

@@ -8,6 +8,7 @@
 -- in real directories are read (a symlink, FIFO, device or directory where a stored file or a
 -- directory of files/ belongs is damage, reported as what it is, and nothing is read through it).
 local lfs = require "lfs"
+local cli = require "lib.cli"
 local fs = require "bkr.fs"
 local hash = require "bkr.hash"
 local crypto = require "bkr.crypto"
@@ -118,9 +119,9 @@ end
 -- twice (restore would write one over the other) or both as a file and as a directory.
 -- Returns nil or the problem.
 function check.manifest_problem(manifest)
-  if manifest.format ~= config_repo.FORMAT or type(manifest.files) ~= "table" then
+  if type(manifest) ~= "table" or manifest.format ~= config_repo.FORMAT or type(manifest.files) ~= "table" then
     return string.format("%s is not a bkr config backup manifest (format %s)", config_repo.MANIFEST,
-      tostring(manifest.format))
+      cli.printable(type(manifest) == "table" and tostring(manifest.format) or type(manifest)))
   end
   local paths, stored = {}, {}
   for _, file in ipairs(manifest.files) do
