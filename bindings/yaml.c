@@ -991,9 +991,7 @@ static const luaL_Reg yaml_functions[] = {
 
 int luaopen_bkr_yaml(lua_State *L)
 {
-    luaL_newmetatable(L, BKR_YAMLREADER);
-    luaL_setfuncs(L, reader_metamethods, 0);
-    lua_pop(L, 1);
+    bkr_createmeta(L, BKR_YAMLREADER, reader_metamethods, NULL);
 
     luaL_newlibtable(L, yaml_functions);
     lua_newuserdatauv(L, 0, 0); /* yaml.null: unique, and not a table, so type() tells it apart */

@@ -34,7 +34,7 @@ local function verified(entry)
   local v = entry.manifest and entry.manifest.verification
   if v then return v.result end
   if entry.manifest then return "never" end
-  if entry.manifest_error and entry.manifest_error:find("^missing manifest") then return "incomplete" end
+  if entry.manifest_kind == "missing" then return "incomplete" end
   return "damaged"
 end
 

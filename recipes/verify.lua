@@ -74,16 +74,16 @@ local function describe_path(path)
     kind = kind or "database", encrypted = encrypted or file:match("%.enc$") ~= nil,
     database = escaped and repo.unescape_name(escaped),
   }
-  local manifest, err = repo.read_manifest(entry.manifest_path)
+  local manifest, err, kind = repo.read_manifest(entry.manifest_path)
   if manifest and not kind then
     -- a renamed copy: what it is comes from its manifest
     entry.kind, entry.database, entry.encrypted = manifest.kind, manifest.database, manifest.encrypted == true
   end
   if manifest then
     entry.original_file = manifest.file
-    entry.manifest, entry.manifest_error = repo.load_manifest(entry)
+    entry.manifest, entry.manifest_error, entry.manifest_kind = repo.load_manifest(entry)
   else
-    entry.manifest_error = err
+    entry.manifest_error, entry.manifest_kind = err, kind
   end
   if stamp then entry.time, entry.sequence = repo.parse_stamp(stamp) end
   entry.future = entry.time ~= nil and repo.is_future(entry)

@@ -172,6 +172,17 @@ describe("malformed and forged manifests", function()
     end)
   end
 
+  it("lists a backup without its manifest as incomplete, and one with a bad manifest as damaged", function()
+    local repo, path = fresh_repo()
+    os.remove(path .. ".json")
+    local row = json.decode((run("list --json --repo " .. q(repo))))[1]
+    assert.are.equal("incomplete", row.verified)
+    assert.matches("missing manifest", row.problem)
+    util.write(path .. ".json", "{}")
+    row = json.decode((run("list --json --repo " .. q(repo))))[1]
+    assert.are.equal("damaged", row.verified)
+  end)
+
   it("reports invalid JSON as invalid, not as a missing manifest; data after the JSON too", function()
     local repo, path = fresh_repo()
     util.write(path .. ".json", util.read(path .. ".json") .. "garbage")

@@ -217,7 +217,7 @@ local function describe(dir, type_, file, stamp, db, kind, encrypted)
   }
   entry.stored_bytes = entry.regular and lfs.symlinkattributes(path, "size") or nil
   entry.has_sidecar = exists(entry.sidecar)
-  entry.manifest, entry.manifest_error = repo.load_manifest(entry)
+  entry.manifest, entry.manifest_error, entry.manifest_kind = repo.load_manifest(entry)
   return entry
 end
 

@@ -2,7 +2,7 @@
  * fuzz_yaml.c - libFuzzer target for bkr.yaml: yaml.decode and yaml.scalars on arbitrary bytes.
  *
  * Build and run: scripts/fuzz.sh yaml [SECONDS] (or make fuzz for every target).
- * fuzz-sources: bindings/yaml.c runtime/fail.c */
+ * fuzz-sources: bindings/yaml.c runtime/fail.c runtime/support.c */
 /*
  *
  * Beyond the sanitizers, it checks what callers rely on: a call never raises for a string; a
