@@ -107,11 +107,7 @@ local function new_database(sql)
   return util.new_database("rs", sql)
 end
 
-local function backup_file(repo, db, extra)
-  local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db .. " " .. (extra or ""))
-  assert(rc == 0, out)
-  return util.sh("ls " .. q(repo .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", "")
-end
+local backup_file = util.backup_newest
 
 describe("bkr drill: reports, steps and targets", function()
   local function scratch_databases()

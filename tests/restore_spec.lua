@@ -13,11 +13,7 @@ local function exists(db)
   return util.psql("select count(*) from pg_database where datname = '" .. db .. "'") == "1"
 end
 
-local function backup(repo, db, extra)
-  local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db " .. db .. " " .. (extra or ""))
-  assert(rc == 0, out)
-  return util.sh("ls " .. q(repo .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", "")
-end
+local backup = util.backup_newest
 
 local function stamp_of(file)
   return file:match("^backup_(%d+_%d+)_")

@@ -154,6 +154,14 @@ function util.backups_of(repo, db, type_)
   return list
 end
 
+-- Back up db into repo (daily, no globals) with the bkr under test; returns the newest
+-- backup file's name. extra: more arguments, already quoted.
+function util.backup_newest(repo, db, extra)
+  local out, rc = util.bkr("backup --no-globals --repo " .. quote(repo) .. " --db " .. db .. " " .. (extra or ""))
+  assert(rc == 0, out)
+  return (util.sh("ls " .. quote(repo .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", ""))
+end
+
 -- Run the bkr under test with arguments (already quoted as needed) and an optional shell
 -- prefix such as "PGUSER=x"; return stdout and stderr together, and the exit code.
 function util.bkr(args, env)
