@@ -16,7 +16,12 @@
  *   bkr.version, bkr.debug, bkr.recipe_path (array), bkr.script (path),
  *   bkr.interrupted() -> signal name or nil, bkr.monotonic() -> seconds (for durations),
  *   bkr.sleep(seconds) -> true, or nil, "interrupted" (no shell, wakes on SIGINT/SIGTERM),
- *   bkr.exit_codes {ok, failed, usage, integrity}
+ *   bkr.exit_codes {ok, failed, usage, integrity},
+ *   bkr.at_exit(fn): fn(outcome) runs once the recipe has ended, however it ended (last
+ *     registered first), with outcome = {exit_code, message (nil on success),
+ *     error (the error object, when one), interrupted ("SIGTERM"/"SIGINT" or nil)}.
+ *     Notifications and the run's last log line live there. An error in fn is printed
+ *     and never changes the exit status; SIGINT/SIGTERM no longer interrupt it.
  *
  * Exit status: the integer the main chunk returns (default 0); 1 for an error; an
  * error object `{exit_code = n, message = "..."}` chooses its own; 128+signal after
@@ -313,6 +318,18 @@ static int l_sleep(lua_State *L)
     return 1;
 }
 
+/* The at-exit functions, in the registry: the host keeps no Lua state in C globals. */
+#define BKR_AT_EXIT "bkr.at_exit"
+
+static int l_at_exit(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, BKR_AT_EXIT);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    return 0;
+}
+
 static void preload_modules(lua_State *L)
 {
     static const luaL_Reg modules[] = {
@@ -373,6 +390,8 @@ static void set_bkr_global(lua_State *L, const recipe_path *rp, const char *scri
     lua_setfield(L, -2, "monotonic");
     lua_pushcfunction(L, l_sleep);
     lua_setfield(L, -2, "sleep");
+    lua_pushcfunction(L, l_at_exit);
+    lua_setfield(L, -2, "at_exit");
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, BKR_EXIT_OK);
     lua_setfield(L, -2, "ok");
@@ -457,6 +476,56 @@ static int report_error(lua_State *L)
     return code;
 }
 
+/* The outcome table given to each at-exit function: the error value (or nil) is on top. */
+static void push_outcome(lua_State *L, int error_index, int code)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, code);
+    lua_setfield(L, -2, "exit_code");
+    if (error_index != 0) {
+        if (lua_istable(L, error_index)) {
+            lua_pushvalue(L, error_index);
+            lua_setfield(L, -2, "error");
+            lua_getfield(L, error_index, "message");
+        } else {
+            lua_pushvalue(L, error_index);
+        }
+        if (lua_type(L, -1) == LUA_TSTRING)
+            lua_setfield(L, -2, "message");
+        else
+            lua_pop(L, 1);
+    }
+    if (interrupt_signal != 0) {
+        lua_pushstring(L, interrupt_signal == SIGINT ? "SIGINT" : "SIGTERM");
+        lua_setfield(L, -2, "interrupted");
+    }
+}
+
+/* Run the at-exit functions, last registered first. The interrupt hook is off: a second
+ * SIGTERM must not cut a failure notification short (systemd's stop timeout still bounds it). */
+static void run_at_exit(lua_State *L, int error_index, int code)
+{
+    lua_sethook(L, NULL, 0, 0);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, BKR_AT_EXIT) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    int list = lua_gettop(L);
+    for (lua_Integer i = (lua_Integer)lua_rawlen(L, list); i >= 1; i--) {
+        lua_pushcfunction(L, message_handler);
+        int handler = lua_gettop(L);
+        lua_rawgeti(L, list, i);
+        push_outcome(L, error_index, code);
+        if (lua_pcall(L, 1, 0, handler) != LUA_OK) {
+            const char *msg = lua_tostring(L, -1);
+            fprintf(stderr, "bkr: after the run: %s\n", msg ? msg : "(error object)");
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1); /* handler */
+    }
+    lua_pop(L, 1);
+}
+
 static int run_script(lua_State *L, const char *file, int argc, char **argv)
 {
     /* arg table, as the standalone lua interpreter builds it */
@@ -478,23 +547,29 @@ static int run_script(lua_State *L, const char *file, int argc, char **argv)
     for (int i = 0; i < argc; i++)
         lua_pushstring(L, argv[i]);
     int status = lua_pcall(L, argc, 1, handler);
+    int result = lua_gettop(L); /* the error value, or what the main chunk returned */
+    int code;
     if (interrupt_signal != 0) {
         /* A recipe's own message (an error object) says what the interrupt left behind; a
          * plain error raised on the way out is only the interrupt itself, wherever a recipe
          * happened to be: say that, without a recipe's file and line. */
         if (status != LUA_OK && !lua_istable(L, -1)) {
-            lua_pop(L, 1);
             lua_pushfstring(L, "interrupted by %s", interrupt_signal == SIGINT ? "SIGINT" : "SIGTERM");
+            lua_replace(L, result);
         }
         if (status != LUA_OK)
             report_error(L);
-        return 128 + interrupt_signal;
+        code = 128 + interrupt_signal;
+    } else if (status != LUA_OK) {
+        code = report_error(L);
+    } else if (lua_isinteger(L, -1)) {
+        code = (int)lua_tointeger(L, -1);
+    } else {
+        code = BKR_EXIT_OK;
     }
-    if (status != LUA_OK)
-        return report_error(L);
-    if (lua_isinteger(L, -1))
-        return (int)lua_tointeger(L, -1);
-    return BKR_EXIT_OK;
+    fflush(stdout);
+    run_at_exit(L, status != LUA_OK ? result : 0, code);
+    return code;
 }
 
 int main(int argc, char **argv)

@@ -105,6 +105,24 @@ local function section(fields)
   end
 end
 
+-- The validators, for the sections whose schema lives beside the code that uses them
+-- (schedule, notify, logging): one way to validate, one message style.
+config.validators = {
+  fail = fail,
+  is_null = is_null,
+  section = section,
+  string_value = string_value,
+  integer_in = integer_in,
+  list_of_strings = list_of_strings,
+}
+
+-- A section validated by its owner module (required only when the key is present).
+local function owned_by(module)
+  return function(value, path)
+    return require(module).validate(value, path, config.validators)
+  end
+end
+
 config.schema = section{
   connection = section{
     host = string_value,
@@ -141,6 +159,11 @@ config.schema = section{
     smoke_queries = smoke_queries_value,
     steps = list_of_strings,
   },
+  -- running on a schedule (docs/schedule.md), telling a person (docs/notify.md), the log
+  -- (docs/logging.md)
+  schedule = owned_by("lib.schedule"),
+  notify = owned_by("lib.notify"),
+  logging = owned_by("lib.logging"),
 }
 
 -- ------------------------------------------------------------------ loading
@@ -214,6 +237,7 @@ function config.load(options)
   cfg.file = path
   if options.repo then cfg.repository = options.repo end
   if options.db then cfg.databases = unique(options.db) end
+  require("lib.logging").configure(cfg)
   return cfg
 end
 

@@ -464,18 +464,9 @@ end
 -- One JSON line per event in REPO/bkr.log, for the admin and for monitoring. The log names
 -- databases and errors, so it is private: 0600, or 0640 when the repository's group may read
 -- the repository (a backup group). A log left world-readable by bkr 0.1 is tightened.
+-- One record in the run log (lib/logging.lua owns where it goes and what it carries).
 function repo.log(dir, record)
-  record.time = record.time or repo.iso_time(os.time())
-  local path = dir .. "/bkr.log"
-  local group = ((fs.mode(dir) or 0) & tonumber("040", 8)) ~= 0
-  local mode = tonumber(group and "640" or "600", 8)
-  local current = lfs.symlinkattributes(path, "mode") == "file" and fs.mode(path)
-  if current and (current & ~mode) ~= 0 then fs.chmod(path, current & mode) end
-  local ok, err = fs.append(path, json.encode(record) .. "\n", { mode = mode })
-  if not ok and not repo.log_warned then
-    repo.log_warned = true -- once per run: the log is for monitoring, the run goes on
-    io.stderr:write("bkr: cannot write the repository log: ", err, "\n")
-  end
+  require("lib.logging").write(dir, record)
 end
 
 return repo
