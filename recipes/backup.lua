@@ -23,6 +23,7 @@ local dump = require "bkr.dump"
 local proc = require "bkr.proc"
 local fs = require "bkr.fs"
 local crypto = require "bkr.crypto"
+local logging = require "lib.logging"
 
 -- pg_dump ends with its completion marker, then (since 15.14) a \unrestrict line: keep
 -- enough of the end to find the marker whatever short trailer follows it.
@@ -76,6 +77,7 @@ local function check_free_space(run)
     cli.fail(cli.EXIT_FAILED, "not enough free space in %s: %s available, about %s needed for %s",
       run.repo, cli.size(available), cli.size(needed), table.concat(detail, ", "))
   end
+  return available, needed
 end
 
 -- With a key, the compressed stream is encrypted before it is hashed and stored.
@@ -182,6 +184,7 @@ end
 local function backup_globals(run)
   if not postgres.can_read_globals(run.conn) then
     warn("skipping roles and tablespaces: user may not read them (pg_dumpall needs a superuser)")
+    logging.step("globals", { level = "warning", result = "skipped", reason = "the user may not read roles" })
     return true
   end
   local relative = repo.globals_file(run.type, run.stamp, run.key ~= nil)
@@ -221,6 +224,7 @@ local function backup_globals(run)
     return nil, werr
   end
   run.written[#run.written + 1] = path
+  logging.step("globals", { result = "ok", file = relative, bytes = result.bytes_out, seconds = result.elapsed })
   say("backed up globals: %s", relative)
   return true
 end
@@ -236,10 +240,12 @@ if not repo.valid_type(run.type) then
   cli.usage_error("backup: --type must be daily, weekly or monthly, not '%s'", run.type)
 end
 run.repo = config.repository(run.cfg)
+logging.start()
 run.key, run.key_id = keys.load(run.cfg, options)
 run.chunk_size = 65536
 repo.ensure(run.repo)
 local lock <close> = repo.lock(run.repo)
+logging.step("lock", { level = "debug" })
 
 run.conn = postgres.connect(run.cfg)
 local server_num, server_version = run.conn:server_version()
@@ -247,9 +253,12 @@ run.server_version = server_version
 local server_major = server_num // 10000
 run.pg_dump, run.pg_dump_version = postgres.find_program("pg_dump", server_major, run.cfg)
 if not options.no_globals then run.pg_dumpall = postgres.find_program("pg_dumpall", server_major, run.cfg) end
+logging.step("connect", { server_version = server_version, pg_dump = run.pg_dump, pg_dump_version = run.pg_dump_version })
 run.databases = postgres.databases(run.conn, run.cfg)
+logging.step("databases", { level = "debug", databases = run.databases })
 if #run.databases == 0 then cli.fail(cli.EXIT_FAILED, "backup: no databases to back up") end
-check_free_space(run)
+local available, needed = check_free_space(run)
+logging.step("free_space", { available_bytes = available, needed_bytes = needed })
 -- One stamp for every file of this run; a run in the same second as the last one gets "-2".
 run.stamp = repo.new_stamp(os.time(), function(second)
   return repo.highest_sequence(run.repo .. "/" .. run.type, { "backup_", "globals_" }, second)
@@ -275,14 +284,14 @@ for _, db in ipairs(run.databases) do
     say("backed up %s: %s, %s raw -> %s stored (%.1fx) in %.1f s", cli.printable(db), relative,
       cli.size(manifest.raw_bytes), cli.size(manifest.stored_bytes),
       manifest.raw_bytes / math.max(manifest.stored_bytes, 1), manifest.seconds)
-    repo.log(run.repo, { recipe = "backup", database = db, type = run.type, result = "ok", file = relative,
+    repo.log(run.repo, { step = "dump", database = db, type = run.type, result = "ok", file = relative,
       bytes = manifest.stored_bytes, raw_bytes = manifest.raw_bytes, seconds = manifest.seconds })
   else
     failed = failed + 1
     remove_partial(run.repo .. "/" .. relative)
     local message = cli.detail(manifest)
     warn('database "%s" failed: %s', cli.printable(db), cli.printable(message))
-    repo.log(run.repo, { recipe = "backup", database = db, type = run.type,
+    repo.log(run.repo, { step = "dump", database = db, type = run.type,
       result = bkr.interrupted() and "interrupted" or "failed", error = message, seconds = bkr.monotonic() - started })
   end
 end
@@ -295,7 +304,7 @@ if not options.no_globals and not bkr.interrupted() then
     remove_partial(run.repo .. "/" .. repo.globals_file(run.type, run.stamp, run.key ~= nil))
     failed = failed + 1
     warn("globals failed: %s", cli.detail(err))
-    repo.log(run.repo, { recipe = "backup", database = "(globals)", type = run.type, result = "failed",
+    repo.log(run.repo, { step = "globals", database = "(globals)", type = run.type, result = "failed",
       error = cli.detail(err) })
   end
 end
@@ -310,7 +319,8 @@ if failed > 0 then
   return cli.EXIT_FAILED
 end
 if not options.no_rotate then
-  local _, errors = rotation.run(run.repo, run.cfg, { protect = run.written })
+  local removed, errors = rotation.run(run.repo, run.cfg, { protect = run.written })
+  logging.step("rotate", { removed = removed, errors = errors[1] and errors, level = errors[1] and "error" or nil })
   if #errors > 0 then
     warn("rotation: %s", table.concat(errors, "; "))
     return cli.EXIT_FAILED

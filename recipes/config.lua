@@ -19,6 +19,7 @@ local files = require "lib.config_files"
 local config_repo = require "lib.config_repo"
 local check = require "lib.config_check"
 local config_restore = require "lib.config_restore"
+local logging = require "lib.logging"
 
 local SEE = "docs/config-backup.md"
 local EXIT_CODES = "0 ok, 1 failed, 2 usage or configuration error, 3 integrity check failed"
@@ -146,11 +147,13 @@ local function backup(args)
   -- 1. the files to save, the configuration, the key and how secrets are sealed
   local sources = files_to_save(options.args)
   local cfg = config.load(options)
+  logging.start("config backup")
   local seal = sealing(cfg, options)
 
   -- 2. lock the repository (what a crashed run left is removed); begin under a temporary name
   local root = config.repository(cfg)
   local lock <close> = config_repo.lock(root)
+  logging.step("lock", { level = "debug" })
   local staged = config_repo.stage(root, os.time())
 
   -- 3. store every file, then manifest.json and SHA256SUMS; verify the whole backup as
@@ -193,6 +196,7 @@ local function backup(args)
   -- 5. rotate: the config backups beyond retention.daily go, never the newest
   if not options.no_rotate then
     local removed, errors = config_repo.rotate(root, cfg.retention, staged.final)
+    logging.step("rotate", { removed = #removed, errors = errors[1] and errors, level = errors[1] and "error" or nil })
     for _, path in ipairs(removed) do cli.say("removed %s (beyond retention)", path) end
     if #errors > 0 then
       cli.warn("config backup", "rotation: %s", table.concat(errors, "; "))
@@ -243,6 +247,7 @@ local function restore(args)
   if not options.to then cli.usage_error("config restore: --to DIR is required") end
   local dir = chosen_backup(options, "config restore")
   local cfg = config.load(options)
+  logging.start("config restore")
   local key = keys.load(cfg, options)
 
   -- 1. check everything first (a backup with secrets needs the key)
@@ -253,6 +258,7 @@ local function restore(args)
     cli.fail(cli.EXIT_INTEGRITY, "config restore: %s failed its checks; nothing was restored", dir)
   end
   local manifest = report.manifest
+  logging.step("check", { backup = dir, result = "passed" })
 
   -- 2. where each file goes: nothing written through a symlink, nothing replaced without --overwrite
   local plan = config_restore.plan(manifest, (options.to:gsub("/+$", "")), options.overwrite == true)
@@ -262,6 +268,7 @@ local function restore(args)
   for _, step in ipairs(plan.steps) do
     cli.say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
   end
+  logging.step("apply", { backup = dir, files = #manifest.files, to = options.to })
   cli.say("restored %d files from %s", #manifest.files, dir)
   return cli.EXIT_OK
 end
@@ -311,6 +318,7 @@ local function verify(args)
   -- 1. which backups, and the key when there is one (without it, files with secrets are not checked)
   local dirs = backups_to_verify(options)
   local key = keys.load(config.load(options), options)
+  logging.start("config verify")
 
   -- 2. check each; report its problems, or what was checked
   local failed = 0
@@ -318,13 +326,15 @@ local function verify(args)
     local report = check.backup(dir, key)
     if #report.problems > 0 then
       failed = failed + 1
-      cli.say("%s: FAILED", dir)
-      for _, p in ipairs(report.problems) do cli.say("  %s", p) end
+      cli.report("%s: FAILED", dir)
+      for _, p in ipairs(report.problems) do cli.report("  %s", p) end
+      logging.step("check", { backup = dir, result = "failed", error = table.concat(report.problems, "; ") })
     else
       local fields = config_repo.counts(report.manifest)
       local note = report.unchecked > 0
         and string.format("; %d files with secrets not checked: no key", report.unchecked) or ""
       cli.say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files, fields, note)
+      logging.step("check", { backup = dir, result = "passed", unchecked = report.unchecked })
     end
   end
   if #dirs == 0 then cli.say("no config backups") end

@@ -14,6 +14,7 @@ local restore = require "lib.restore"
 local steps = require "lib.drill_steps"
 local json = require "lib.json"
 local fs = require "bkr.fs"
+local logging = require "lib.logging"
 
 local options = cli.parse({ ... }, {
   name = "drill",
@@ -39,6 +40,7 @@ if not options then return cli.EXIT_OK end
 
 local cfg = config.load(options)
 local drill = { cfg = cfg, repo = config.repository(cfg), started = os.time() }
+logging.start()
 -- Two drills in one second keep two reports: the second takes the stamp "-2".
 drill.stamp = repo.new_stamp(drill.started, function(second)
   return repo.highest_sequence(drill.repo .. "/drills", { "drill_" }, second)
@@ -80,6 +82,7 @@ local function run_step(name, db)
   else
     record.result, record.detail = "failed", detail or "failed"
   end
+  logging.step(name, { database = db.name, result = record.result, seconds = record.seconds, detail = record.detail })
   return record
 end
 
@@ -219,7 +222,7 @@ report.seconds = os.time() - drill.started
 report.result = failed and "failed" or incomplete and "incomplete" or "passed"
 drill.run.conn:close()
 local base = write_report(report)
-repo.log(drill.repo, { recipe = "drill", result = report.result, seconds = report.seconds, report = base .. ".json" })
+repo.log(drill.repo, { step = "report", result = report.result, seconds = report.seconds, report = base .. ".json" })
 print(string.format("drill %s: %d database(s), report %s.json and %s.md", report.result, #names, base, base))
 -- On stderr too: a scheduler that throws stdout away must still see a drill that did not pass.
 for _, db in ipairs(report.databases) do

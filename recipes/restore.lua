@@ -23,6 +23,7 @@ local config = require "lib.config"
 local repo = require "lib.repo"
 local keys = require "lib.keys"
 local restore = require "lib.restore"
+local logging = require "lib.logging"
 
 local options = cli.parse({ ... }, {
   name = "restore",
@@ -101,6 +102,7 @@ local function choose_backup(job)
     cli.usage_error("restore: %s is a backup of %s, not %s", entry.file, entry.database, options.db)
   end
   job.entry = entry
+  logging.step("choose_backup", { database = entry.database, file = entry.type .. "/" .. entry.file })
   cli.say("backup:  %s", describe(entry))
 end
 
@@ -111,6 +113,7 @@ local function verify_backup(job)
     cli.fail(cli.EXIT_INTEGRITY, "restore: %s failed verification, %s left untouched: %s", job.entry.file,
       job.options.into, problem)
   end
+  logging.step("verify_backup", { result = "passed" })
   cli.say("verify:  checksum matches the sidecar and the manifest")
 end
 
@@ -118,6 +121,7 @@ end
 local function connect(job)
   job.run = restore.prepare(job.cfg, (keys.load(job.cfg, job.options)))
   job.target = job.options.into
+  logging.step("connect", { target = job.target })
 end
 
 -- An encrypted backup needs a key, and the one it was encrypted with.
@@ -165,7 +169,8 @@ local function restore_globals(job)
   local result, err = restore.globals(job.run, job.entry)
   if not result then cli.fail(cli.EXIT_FAILED, "restore: globals: %s", tostring(err)) end
   if #result.existing > 0 then cli.say("globals: existing roles kept: %s", table.concat(result.existing, ", ")) end
-  for _, line in ipairs(result.errors) do cli.say("globals: %s", line) end
+  for _, line in ipairs(result.errors) do cli.report("globals: %s", line) end
+  logging.step("restore_globals", { existing_roles = #result.existing, errors = #result.errors })
   cli.say("globals: restored")
 end
 
@@ -203,6 +208,7 @@ local function stream_into_database(job)
   if not ok then
     abandon(job, cli.EXIT_FAILED, "restore: failed, nothing was committed: %s", cli.detail(result))
   end
+  logging.step("stream_into_database", { into = job.into, bytes = result.bytes_out, seconds = result.elapsed })
   cli.say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), job.into, result.elapsed)
 end
 
@@ -210,7 +216,7 @@ end
 -- applied is a warning.
 local function apply_properties(job)
   for _, warning in ipairs(restore.apply_properties(job.run.conn, job.into, job.entry.manifest.database_properties)) do
-    cli.say("warning: %s", warning)
+    cli.report("warning: %s", warning)
   end
 end
 
@@ -223,10 +229,11 @@ local function compare_tables(job)
   for _, item in ipairs(results) do
     if not item.ok then
       differences = differences + 1
-      cli.say("DIFFERS %s: %s", item.table, item.reason)
+      cli.report("DIFFERS %s: %s", item.table, item.reason)
     end
   end
   cli.say("compare: %d of %d tables match the backup", #results - differences, #results)
+  logging.step("compare_tables", { tables = #results, differences = differences, level = differences > 0 and "error" or nil })
   if differences > 0 then
     if job.into ~= job.target then
       abandon(job, cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup; %s left as it was", differences,
@@ -265,11 +272,13 @@ local function swap_in(job)
     abandon(job, cli.EXIT_FAILED, "restore: could not swap the databases (%s left as it was): %s", target, err)
   end
   job.created:keep()
+  logging.step("swap_in", { target = target, previous = old })
   cli.say("replace: %s is the restored database; the previous one is kept as %s (drop it when done)", target, old)
 end
 
 -- What was restored, and the time from the check to a usable, checked database (the RTO).
 local function report(job)
+  logging.step("report", { target = job.target, file = job.entry.file, rto_seconds = bkr.monotonic() - job.clock_start })
   cli.say("done:    %s restored from %s in %.1f s (RTO)", job.target, job.entry.file, bkr.monotonic() - job.clock_start)
   job.run.conn:close()
 end
@@ -278,6 +287,7 @@ end
 
 local job = { options = options, how = check_arguments() }
 job.cfg = config.load(options)
+logging.start()
 choose_backup(job)
 if options.dry_run then return cli.EXIT_OK end
 

@@ -4,6 +4,7 @@ local config = require "lib.config"
 local repo = require "lib.repo"
 local rotation = require "lib.rotation"
 local fs = require "bkr.fs"
+local logging = require "lib.logging"
 
 local options = cli.parse({ ... }, {
   name = "rotate",
@@ -23,7 +24,9 @@ if not options then return cli.EXIT_OK end
 
 local cfg = config.load(options)
 local dir = config.repository(cfg)
+logging.start()
 local lock <close> = (not options.dry_run) and repo.lock(dir) or nil
+logging.step("lock", { level = "debug", dry_run = options.dry_run })
 -- A dry run takes no lock, so it cannot tell a killed run's temporary file from a live one:
 -- it lists temporaries only when no run holds the lock (and lets go of it at once).
 local quiet_temporaries = false
@@ -32,6 +35,7 @@ if options.dry_run then
   if probe then probe:close() else quiet_temporaries = true end
 end
 local count, errors = rotation.run(dir, cfg, { dry_run = options.dry_run, skip_temporaries = quiet_temporaries })
+logging.step("rotate", { dry_run = options.dry_run, removed = count, errors = errors[1] and errors, level = errors[1] and "error" or nil })
 if count == 0 then print("nothing to remove") end
 if #errors > 0 then
   io.stderr:write("bkr rotate: ", table.concat(errors, "; "), "\n")

@@ -20,6 +20,7 @@ local hash = require "bkr.hash"
 local dump = require "bkr.dump"
 local crypto = require "bkr.crypto"
 local keys = require "lib.keys"
+local logging = require "lib.logging"
 
 local lfs = require "lfs"
 
@@ -220,6 +221,7 @@ if not options then return cli.EXIT_OK end
 if options.latest and options.all then cli.usage_error("verify: --latest and --all exclude each other") end
 
 local cfg = config.load(options)
+logging.start()
 local backups, dir = select_backups(options, cfg)
 if #backups == 0 then cli.fail(cli.EXIT_FAILED, "verify: no backups found%s", dir and (" in " .. dir) or "") end
 
@@ -236,6 +238,7 @@ if not options.no_record then
   for name in pairs(repos) do sorted[#sorted + 1] = name end
   table.sort(sorted)
   for _, name in ipairs(sorted) do locks[#locks + 1] = repo.lock(name) end
+  logging.step("lock", { level = "debug", repositories = sorted })
 end
 
 -- The key, read once, and only when an encrypted backup is to be checked.
@@ -274,7 +277,7 @@ for _, entry in ipairs(backups) do
       .. "--latest, the drill and rotation pass it by", label))
   end
   if dir then
-    repo.log(dir, { recipe = "verify", database = entry.database or "(globals)", file = label,
+    repo.log(dir, { step = "check", database = entry.database or "(globals)", file = label,
       result = verdict(reason, partial), error = reason })
   end
 end

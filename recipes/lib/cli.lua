@@ -13,7 +13,15 @@
 --   })
 -- Returns nil after printing help for --help (the recipe then returns 0).
 -- Option values land under their name without dashes, '-' turned into '_': options.dry_run.
+--
+-- Every recipe also takes the global options (cli.GLOBAL_OPTIONS), added to each spec and
+-- its --help by cli.parse: --quiet (cli.say prints nothing; errors, warnings and
+-- cli.report lines still show) and --log-level LEVEL (what goes to the log file, read by
+-- lib/logging.lua through cli.globals: options are parsed before the configuration).
 local cli = {}
+
+-- The global options as this run gave them: { quiet = true|nil, log_level = "debug"|...|nil }.
+cli.globals = {}
 
 -- The exit codes are the host's (runtime/bkr.h, as bkr.exit_codes): one owner.
 cli.EXIT_OK = bkr.exit_codes.ok
@@ -34,8 +42,16 @@ function cli.usage_error(fmt, ...)
 end
 
 -- Progress and results for the admin: one line on stdout, flushed (a scheduler's log shows
--- it in order with stderr).
+-- it in order with stderr). --quiet silences it.
 function cli.say(fmt, ...)
+  if cli.globals.quiet then return end
+  io.stdout:write(string.format(fmt, ...), "\n")
+  io.stdout:flush()
+end
+
+-- A line on stdout that --quiet keeps: a failure, a difference or a warning that belongs with
+-- a recipe's results (what went wrong is never silenced).
+function cli.report(fmt, ...)
   io.stdout:write(string.format(fmt, ...), "\n")
   io.stdout:flush()
 end
@@ -49,6 +65,27 @@ local function key_of(flag)
   return (flag:gsub("^%-%-", ""):gsub("%-", "_"))
 end
 
+-- Options every recipe takes; cli.parse adds them to each spec (a spec that names one itself
+-- keeps its own).
+cli.GLOBAL_OPTIONS = {
+  { "--quiet", nil, "no progress lines (errors, warnings and failures still show)" },
+  { "--log-level", "LEVEL", "debug, info, warning or error: what the log file gets (overrides logging.level)" },
+}
+local LOG_LEVELS = { debug = true, info = true, warning = true, error = true }
+
+-- The spec's options followed by the global ones it does not name itself.
+local function all_options(spec)
+  local list, named = {}, {}
+  for _, option in ipairs(spec.options) do
+    list[#list + 1] = option
+    named[option[1]] = true
+  end
+  for _, option in ipairs(cli.GLOBAL_OPTIONS) do
+    if not named[option[1]] then list[#list + 1] = option end
+  end
+  return list
+end
+
 local function print_help(spec)
   local lines = { "usage: " .. spec.usage, "" }
   if spec.summary then
@@ -56,7 +93,7 @@ local function print_help(spec)
     lines[#lines + 1] = ""
   end
   lines[#lines + 1] = "options:"
-  for _, option in ipairs(spec.options) do
+  for _, option in ipairs(all_options(spec)) do
     local left = option[1] .. (option[2] and (" " .. option[2]) or "")
     lines[#lines + 1] = string.format("  %-22s %s", left, option[3])
   end
@@ -73,7 +110,7 @@ end
 
 function cli.parse(args, spec)
   local by_flag = {}
-  for _, option in ipairs(spec.options) do
+  for _, option in ipairs(all_options(spec)) do
     by_flag[option[1]] = option
   end
   local options = { args = {} }
@@ -124,6 +161,11 @@ function cli.parse(args, spec)
     end
     i = i + 1
   end
+  if options.log_level and not LOG_LEVELS[options.log_level] then
+    cli.usage_error("%s: --log-level must be debug, info, warning or error, not '%s'", spec.name or "bkr",
+      cli.printable(options.log_level))
+  end
+  cli.globals = { quiet = options.quiet, log_level = options.log_level }
   return options
 end
 

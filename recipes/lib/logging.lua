@@ -1,50 +1,237 @@
 -- The run log: one JSON line per step and per result, by default REPO/bkr.log
--- (docs/logging.md). repo.log is how recipes write to it; this module owns where the
--- lines go, what each one carries, and this run's records, which the notification at the
--- end of a run (lib/notify.lua) reads to say what failed.
+-- (docs/logging.md). repo.log is how recipes write results to it, logging.step their steps;
+-- this module owns where the lines go, what each one carries, rotation, and this run's
+-- records, which the notification at the end of a run (lib/notify.lua) reads to say what
+-- failed.
 --
 --   logging.validate(value, path, validators)   the `logging:` section of the configuration
---   logging.configure(cfg)                      once the configuration is loaded
+--   logging.configure(cfg)                      once the configuration is loaded (config.load)
+--   logging.start([recipe])                     the run's first line; the `finish` line follows
+--                                               at exit, however the run ends
+--   logging.step(name[, fields])                one line for a named step of the run
 --   logging.write(dir, record)                  append one record (dir: the repository)
 --   logging.records()                           this run's records, oldest first
+--
+-- Every line carries the run's identity: run_id (UTC start time and pid, shared by the run's
+-- lines), recipe, host, job (env BKR_JOB, when set) and a level (debug, info, warning,
+-- error). Lines below the configured level (logging.level, or --log-level) are not written;
+-- records() keeps them all.
+--
+-- Rotation: a writer that finds the file would grow past logging.max_bytes renames it to
+-- FILE.1 (FILE.1 to FILE.2, ... up to logging.keep) under its own lock, FILE.lock, and
+-- checks the size again once it holds it, so two runs never both rotate the same file. Lines
+-- are appended with O_APPEND in one write(2), never through a symlink: a line written by a
+-- run that opened the file just before the rename lands in FILE.1, never nowhere.
 local lfs = require "lfs"
 local fs = require "bkr.fs"
 local json = require "lib.json"
 
 local logging = {}
 
+-- The levels, lowest first.
+logging.LEVELS = { "debug", "info", "warning", "error" }
+local RANK = { debug = 1, info = 2, warning = 3, error = 4 }
+
+logging.DEFAULTS = { level = "info", max_bytes = 10 * 1024 * 1024, keep = 5 }
+
 local settings = {}   -- the validated `logging:` section, once configured
+local dir_of_run      -- the repository, when the configuration names one
 local records = {}    -- this run's records, for the notification at its end
 local warned = false  -- a log that cannot be written is said once per run
+local run             -- this run's identity (run_id, recipe, host, job), made at the first record
+local finish_registered = false
+local identity
+
+local function level_value(value, path, v)
+  if type(value) ~= "string" or not RANK[value] then v.fail(path, "expected debug, info, warning or error") end
+  return value
+end
+
+local function absolute_path(value, path, v)
+  v.string_value(value, path)
+  if value:sub(1, 1) ~= "/" then v.fail(path, "expected an absolute path") end
+  if value:sub(-1) == "/" then v.fail(path, "expected a file, not a directory") end
+  return value
+end
 
 function logging.validate(value, path, v)
   return v.section{
-    file = v.string_value,
+    file = absolute_path,
+    level = level_value,
+    max_bytes = v.integer_in(1024),
+    keep = v.integer_in(1, 1000),
   }(value, path)
 end
 
+-- The settings with their defaults; the level from --log-level when given (the command line
+-- is parsed before the configuration is read: lib/cli.lua keeps it).
 function logging.configure(cfg)
-  settings = cfg.logging or {}
+  settings = {}
+  for key, default in pairs(logging.DEFAULTS) do settings[key] = default end
+  for key, value in pairs(cfg.logging or {}) do settings[key] = value end
+  local from_command_line = require("lib.cli").globals.log_level
+  if from_command_line then settings.level = from_command_line end
+  dir_of_run = cfg.repository
+  identity() -- the run's clock starts now, for the finish line's seconds
 end
 
 function logging.records()
   return records
 end
 
-function logging.write(dir, record)
-  record.time = record.time or require("lib.repo").iso_time(os.time())
-  records[#records + 1] = record
-  local path = settings.file or (dir .. "/bkr.log")
+-- ------------------------------------------------------------------ the run's identity
+
+local function read_line(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local line = f:read("l")
+  f:close()
+  return line
+end
+
+identity = function()
+  if run then return run end
+  local started = os.time()
+  local pid = (read_line("/proc/self/stat") or ""):match("^(%d+)") or "0"
+  local recipe = (bkr.script or ""):match("([^/]+)%.lua$") or "bkr"
+  local job = os.getenv("BKR_JOB")
+  run = {
+    run_id = os.date("!%Y%m%dT%H%M%SZ", started) .. "-" .. pid,
+    recipe = recipe,
+    host = read_line("/proc/sys/kernel/hostname") or read_line("/etc/hostname") or "unknown",
+    job = job ~= "" and job or nil,
+    clock = bkr.monotonic(),
+  }
+  return run
+end
+
+-- ------------------------------------------------------------------ the file
+
+local function log_path(dir)
+  if settings.file then return settings.file end
+  if dir then return dir .. "/bkr.log" end
+  return nil
+end
+
+-- The log's mode: private, or readable by the group when its directory is (a backup group).
+-- A log left looser by bkr 0.1 is tightened.
+local function private_mode(path)
   local parent = path:match("^(.*)/[^/]*$") or "."
+  if parent == "" then parent = "/" end
   local group = ((fs.mode(parent) or 0) & tonumber("040", 8)) ~= 0
-  local mode = tonumber(group and "640" or "600", 8)
+  return tonumber(group and "640" or "600", 8)
+end
+
+-- The file's size when it is a regular file (never a symlink's target), else nil.
+local function size_of(path)
+  if lfs.symlinkattributes(path, "mode") ~= "file" then return nil end
+  return lfs.symlinkattributes(path, "size")
+end
+
+local function over_limit(path, incoming)
+  local size = size_of(path)
+  return size ~= nil and size > 0 and size + incoming > (settings.max_bytes or logging.DEFAULTS.max_bytes)
+end
+
+-- FILE -> FILE.1 -> ... -> FILE.keep (the oldest beyond keep is replaced), by the one writer
+-- that holds FILE.lock. A writer that finds the lock taken appends without rotating: the
+-- holder is rotating. The size is checked again under the lock: another writer may have
+-- rotated between our look and our lock, and the file we would rename is then a fresh one.
+local function rotate(path, incoming)
+  local lock = fs.lock(path .. ".lock")
+  if not lock then return end
+  if over_limit(path, incoming) then
+    local keep = settings.keep or logging.DEFAULTS.keep
+    for n = keep - 1, 1, -1 do
+      local from = path .. "." .. n
+      if lfs.symlinkattributes(from, "mode") then fs.rename(from, path .. "." .. (n + 1)) end
+    end
+    fs.rename(path, path .. ".1")
+  end
+  lock:close()
+end
+
+-- Lines whose directory does not exist yet (a first backup creates the repository after its
+-- first line): written, in order, by the first append that finds the directory. A repository
+-- that never comes to exist gets no log, and no warning about it (a configured logging.file
+-- whose directory is missing does get one).
+local pending = {}
+
+local function append(path, line)
+  pending[#pending + 1] = line
+  local text = table.concat(pending)
+  local mode = private_mode(path)
   local current = lfs.symlinkattributes(path, "mode") == "file" and fs.mode(path)
   if current and (current & ~mode) ~= 0 then fs.chmod(path, current & mode) end
-  local ok, err = fs.append(path, json.encode(record) .. "\n", { mode = mode })
-  if not ok and not warned then
+  if over_limit(path, #text) then rotate(path, #text) end
+  local ok, err, kind = fs.append(path, text, { mode = mode })
+  -- (a configured logging.file in a missing directory is a mistake to report, not to wait out)
+  local waiting = not ok and kind == "missing" and not settings.file
+  if not waiting then pending = {} end
+  if not ok and not waiting and not warned then
     warned = true -- once per run: the log is for monitoring, the run goes on
     io.stderr:write("bkr: cannot write the log: ", err, "\n")
   end
+end
+
+-- ------------------------------------------------------------------ records
+
+-- A record's level when it names none: a failure is an error, anything else info.
+local function default_level(record)
+  if record.error or record.result == "failed" or record.result == "interrupted" then return "error" end
+  return "info"
+end
+
+local finish
+
+function logging.write(dir, record)
+  local who = identity()
+  record.time = record.time or require("lib.repo").iso_time(os.time())
+  record.level = record.level or default_level(record)
+  record.run_id = record.run_id or who.run_id
+  record.recipe = record.recipe or who.recipe
+  record.host = record.host or who.host
+  record.job = record.job or who.job
+  records[#records + 1] = record
+  if not finish_registered then
+    finish_registered = true
+    bkr.at_exit(finish)
+  end
+  local path = log_path(dir or dir_of_run)
+  if not path then return end
+  if RANK[record.level] < RANK[settings.level or logging.DEFAULTS.level] then return end
+  append(path, json.encode(record) .. "\n")
+end
+
+-- One line for a named step of this run, in the configured repository's log: {step = name,
+-- ...fields}. fields.level chooses the level (default: error when the fields carry an error,
+-- else info).
+function logging.step(name, fields)
+  local record = {}
+  for key, value in pairs(fields or {}) do record[key] = value end
+  record.step = name
+  logging.write(dir_of_run, record)
+end
+
+-- The run's first line. recipe: the name its lines carry (default: the recipe file's name;
+-- `config backup` for a subcommand).
+function logging.start(recipe)
+  local who = identity()
+  if recipe then who.recipe = recipe end
+  logging.step("start", { bkr_version = bkr.version })
+end
+
+-- The run's last line, from bkr.at_exit: its exit code, its message when it failed, the
+-- signal that stopped it, how long it ran.
+finish = function(outcome)
+  local who = identity()
+  logging.step("finish", {
+    level = outcome.exit_code == 0 and "info" or "error",
+    exit_code = outcome.exit_code,
+    message = outcome.message or (outcome.interrupted and "interrupted by " .. outcome.interrupted),
+    interrupted = outcome.interrupted,
+    seconds = math.floor((bkr.monotonic() - who.clock) * 1000 + 0.5) / 1000,
+  })
 end
 
 return logging

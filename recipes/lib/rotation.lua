@@ -1,6 +1,7 @@
 -- Rotation: apply the retention policy (lib/retention.lua) to a repository. Used by
 -- `bkr rotate` and at the end of a successful `bkr backup`. The caller holds the lock.
 local lfs = require "lfs"
+local cli = require "lib.cli"
 local repo = require "lib.repo"
 local retention = require "lib.retention"
 
@@ -51,12 +52,12 @@ end
 -- Returns the number of backups removed (or that would be), and a list of errors.
 function rotation.run(dir, cfg, opts)
   opts = opts or {}
-  local say = opts.say or print
+  local say = opts.say or function(line) cli.say("%s", line) end -- progress: --quiet silences it
   local backups = {}
   for _, backup in ipairs(repo.scan(dir, { globals = true })) do
     local reason = stray_reason(backup)
     if reason then
-      say(string.format("left alone %s/%s: %s", backup.type, backup.file, reason))
+      cli.report("left alone %s/%s: %s", backup.type, backup.file, reason) -- a warning: always shown
     else
       backup.verified = repo.verified(backup)
       backups[#backups + 1] = backup
@@ -73,7 +74,7 @@ function rotation.run(dir, cfg, opts)
       local ok, err = repo.remove(backup)
       if ok then
         say(string.format("%s %s/%s (%s)", verb, backup.type, backup.file, item.reason))
-        repo.log(dir, { recipe = "rotate", database = backup.database, file = backup.type .. "/" .. backup.file,
+        repo.log(dir, { step = "remove", database = backup.database, file = backup.type .. "/" .. backup.file,
           result = "removed", reason = item.reason })
       else
         errors[#errors + 1] = string.format("%s: %s", backup.path, err)
