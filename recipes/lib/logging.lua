@@ -42,19 +42,17 @@ local run             -- this run's identity (run_id, recipe, host, job), made a
 local finish_registered = false
 local identity
 
-local function level_value(value, path, v)
-  if type(value) ~= "string" or not RANK[value] then v.fail(path, "expected debug, info, warning or error") end
-  return value
-end
-
-local function absolute_path(value, path, v)
-  v.string_value(value, path)
-  if value:sub(1, 1) ~= "/" then v.fail(path, "expected an absolute path") end
-  if value:sub(-1) == "/" then v.fail(path, "expected a file, not a directory") end
-  return value
-end
-
 function logging.validate(value, path, v)
+  local function level_value(item, at)
+    if type(item) ~= "string" or not RANK[item] then v.fail(at, "expected debug, info, warning or error") end
+    return item
+  end
+  local function absolute_path(item, at)
+    v.string_value(item, at)
+    if item:sub(1, 1) ~= "/" then v.fail(at, "expected an absolute path") end
+    if item:sub(-1) == "/" then v.fail(at, "expected a file, not a directory") end
+    return item
+  end
   return v.section{
     file = absolute_path,
     level = level_value,
@@ -134,9 +132,11 @@ local function over_limit(path, incoming)
 end
 
 -- FILE -> FILE.1 -> ... -> FILE.keep (the oldest beyond keep is replaced), by the one writer
--- that holds FILE.lock. A writer that finds the lock taken appends without rotating: the
--- holder is rotating. The size is checked again under the lock: another writer may have
--- rotated between our look and our lock, and the file we would rename is then a fresh one.
+-- that holds FILE.lock: two writers shifting the names at once would rename one's fresh
+-- FILE.1 over the other's, and lose it. A writer that finds the lock taken appends without
+-- rotating: the holder is rotating. The size is checked again under the lock: another writer
+-- may have rotated between our look and our lock, and the file is then a fresh one that must
+-- not be rotated again (that would drop the oldest file early).
 local function rotate(path, incoming)
   local lock = fs.lock(path .. ".lock")
   if not lock then return end
