@@ -158,12 +158,14 @@ config.schema = section{
     rpo_seconds = integer_in(1),
     smoke_queries = smoke_queries_value,
     steps = list_of_strings,
+    interval_days = integer_in(1, 366),   -- how old the last drill may be (bkr check)
   },
   -- running on a schedule (docs/schedule.md), telling a person (docs/notify.md), the log
   -- (docs/logging.md)
   schedule = owned_by("lib.schedule"),
   notify = owned_by("lib.notify"),
   logging = owned_by("lib.logging"),
+  check = owned_by("lib.check"),   -- monitoring thresholds (docs/check.md)
 }
 
 -- ------------------------------------------------------------------ loading

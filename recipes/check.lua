@@ -1,0 +1,460 @@
+-- Monitoring check for Nagios, Icinga, Zabbix and Prometheus: are the backups fresh, verified and drilled?
+--
+-- The runbook (docs/check.md):
+--   1. the options and the configuration            (anything wrong: UNKNOWN)
+--   2. the repository: there and readable            (else UNKNOWN)
+--   3. which databases: --db, the configured list; with `databases: all`, those with backups
+--      in the repository, and every database of the cluster when the server answers
+--   4. per database: the newest backup, the newest verified one, future-dated ones
+--   5. per database: its last drill, from REPO/drills/drill_*.json
+--   6. the repository's free space
+--   7. the verdict, by the rules of lib/check.lua
+--   8. one line of plugin output (or --json), --prometheus FILE for node_exporter
+-- Exit codes are the monitoring plugin's, NOT bkr's usual ones: 0 OK, 1 WARNING,
+-- 2 CRITICAL, 3 UNKNOWN (also for a usage or configuration error). It only reads: no lock,
+-- nothing written in the repository, no log line.
+local lfs = require "lfs"
+local fs = require "bkr.fs"
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local json = require "lib.json"
+local rules = require "lib.check"
+
+local SPEC = {
+  name = "check",
+  usage = "bkr check [--db NAME]... [--json] [--prometheus FILE] [--repo DIR] [--config FILE]",
+  summary = "Monitoring plugin: one line of output (BKR OK|WARNING|CRITICAL|UNKNOWN - ... | perfdata).\n"
+    .. "CRITICAL: a database without a verified backup newer than drill.rpo_seconds, or whose\n"
+    .. "last drill failed. WARNING: the newest backup not verified yet, no drill within\n"
+    .. "drill.interval_days, free space below check.min_free_percent or check.min_free_bytes.\n"
+    .. "Reads only; no server needed (with databases: all it asks the server when it answers).",
+  options = {
+    { "--db", "NAME", "check this database (repeatable; default: the configured ones)", repeatable = true },
+    { "--json", nil, "print the same facts as one JSON object instead of the plugin line" },
+    { "--prometheus", "FILE", "also write them as metrics for node_exporter's textfile collector" },
+    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--config", "FILE", "configuration file" },
+  },
+  exit_codes = "the monitoring plugin's, not bkr's usual ones:\n"
+    .. "            0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (no verdict: a missing repository, an invalid\n"
+    .. "            configuration or option, any error)",
+  see = "docs/check.md",
+}
+
+-- ------------------------------------------------------------------ the facts
+
+-- The repository must be a directory bkr can list: a missing or unreadable one is no
+-- verdict at all (UNKNOWN), never "no backups" (CRITICAL for the wrong reason).
+local function check_repository(dir)
+  local mode = lfs.attributes(dir, "mode")
+  if mode == nil then cli.fail(rules.UNKNOWN, "repository %s does not exist", dir) end
+  if mode ~= "directory" then cli.fail(rules.UNKNOWN, "repository %s is not a directory", dir) end
+  local ok, err = pcall(function() for _ in lfs.dir(dir) do end end)
+  if not ok then cli.fail(rules.UNKNOWN, "repository %s cannot be read: %s", dir, tostring(err)) end
+end
+
+-- A backup as the output shows it.
+local function backup_facts(entry, now)
+  return {
+    file = entry.type .. "/" .. entry.file,
+    time = repo.iso_time(entry.time),
+    timestamp = entry.time,
+    age_seconds = math.max(0, now - entry.time),
+    stored_bytes = entry.stored_bytes,
+    verified = repo.verified(entry) or "never",
+  }
+end
+
+-- Every database's backups, from one scan: { [name] = { newest, newest_verified,
+-- future_backups, backups, damaged } }. A file with a backup's name that is not a regular
+-- file with a valid manifest is no backup (it is counted as damaged); a future-dated one is
+-- not fresh (repo.is_future): counted, never the newest.
+local function backups_by_database(dir, now)
+  local by_name = {}
+  for _, entry in ipairs(repo.scan(dir, { future = true })) do
+    local db = by_name[entry.database]
+    if not db then
+      db = { backups = 0, future_backups = 0, damaged = 0 }
+      by_name[entry.database] = db
+    end
+    if not entry.regular or not entry.manifest then
+      db.damaged = db.damaged + 1
+    elseif entry.future then
+      db.future_backups = db.future_backups + 1
+    else
+      db.backups = db.backups + 1
+      local facts = backup_facts(entry, now)
+      db.newest = db.newest or facts
+      if facts.verified == "passed" then db.newest_verified = db.newest_verified or facts end
+    end
+  end
+  return by_name
+end
+
+-- The cluster's databases (as `bkr backup` with databases: all would take them), or nil and
+-- why not. Never waits longer than check.connect_timeout_seconds.
+local function server_databases(cfg, targets)
+  local pg = require "bkr.pg"
+  local postgres = require "lib.postgres"
+  local got, conninfo = pcall(config.conninfo, cfg)
+  if not got then return nil, cli.detail(conninfo) end
+  conninfo.connect_timeout = targets.connect_timeout_seconds
+  local conn, err = pg.connect(conninfo)
+  if not conn then return nil, err end
+  local ok, names = pcall(postgres.databases, conn, cfg)
+  conn:close()
+  if not ok then return nil, cli.detail(names) end
+  return names
+end
+
+-- Which databases to judge, and where the list came from (for the output).
+local function databases_to_check(options, cfg, backups, targets)
+  if options.db then return options.db, "command line" end
+  if cfg.databases ~= "all" then return cfg.databases, "configuration" end
+  local excluded, seen, names = {}, {}, {}
+  for _, name in ipairs(cfg.exclude or {}) do excluded[name] = true end
+  local function add(name)
+    if not seen[name] and not excluded[name] then
+      seen[name] = true
+      names[#names + 1] = name
+    end
+  end
+  for name in pairs(backups) do add(name) end
+  local from_server, err = server_databases(cfg, targets)
+  for _, name in ipairs(from_server or {}) do add(name) end
+  table.sort(names)
+  if from_server then return names, "repository and server" end
+  return names, "repository", err
+end
+
+-- The newest drill report of each database in REPO/drills (drill_<stamp>.json, newest
+-- first by its stamp), read until each database has one. A report that cannot be read is
+-- named; one dated in the future is not fresh and is skipped.
+local function last_drills(dir, names, now)
+  local drills_dir = dir .. "/drills"
+  local reports = {}
+  if lfs.symlinkattributes(drills_dir, "mode") == "directory" then
+    for file in lfs.dir(drills_dir) do
+      local stamp = file:match("^drill_(.+)%.json$")
+      local time, sequence = repo.parse_stamp(stamp or "")
+      if time and lfs.symlinkattributes(drills_dir .. "/" .. file, "mode") == "file" then
+        reports[#reports + 1] = { path = drills_dir .. "/" .. file, time = time, sequence = sequence }
+      end
+    end
+  end
+  table.sort(reports, repo.newer)
+  local wanted, missing = {}, 0
+  for _, name in ipairs(names) do
+    wanted[name] = true
+    missing = missing + 1
+  end
+  local found, unreadable = {}, {}
+  for _, report in ipairs(reports) do
+    if missing == 0 then break end
+    if report.time <= now + repo.FUTURE_TOLERANCE then
+      local value, err = json.read_file(report.path)
+      if type(value) ~= "table" or type(value.databases) ~= "table" then
+        unreadable[#unreadable + 1] = report.path
+        if value then err = "not a drill report" end
+      else
+        for _, db in ipairs(value.databases) do
+          if type(db) == "table" and wanted[db.database] and not found[db.database] then
+            found[db.database] = {
+              report = report.path, time = repo.iso_time(report.time), timestamp = report.time,
+              age_seconds = math.max(0, now - report.time),
+              result = type(db.result) == "string" and db.result or "unknown",
+              rto_seconds = tonumber(db.rto_seconds), rpo_seconds = tonumber(db.rpo_seconds),
+            }
+            missing = missing - 1
+          end
+        end
+      end
+    end
+  end
+  return found, unreadable
+end
+
+local function free_space(dir)
+  local free, total = fs.free_space(dir)
+  if not free then cli.fail(rules.UNKNOWN, "repository %s: %s", dir, tostring(total)) end
+  return { free_bytes = free, total_bytes = total, free_percent = total > 0 and free * 100 / total or 0 }
+end
+
+-- ------------------------------------------------------------------ the check
+
+local known_repository = "" -- for the metrics of a check that found no verdict
+
+local function run_check(options)
+  local cfg = config.load(options)
+  local dir = config.repository(cfg)
+  known_repository = dir
+  check_repository(dir)
+  local targets = rules.targets(cfg)
+  local now = os.time()
+
+  local backups = backups_by_database(dir, now)
+  local names, source, server_error = databases_to_check(options, cfg, backups, targets)
+  local drills, unreadable = last_drills(dir, names, now)
+
+  local result = {
+    time = repo.iso_time(now), timestamp = now, repository = dir, targets = targets,
+    databases_from = source, server_error = server_error, databases = {},
+    space = free_space(dir),
+  }
+  local status = rules.OK
+  for _, name in ipairs(names) do
+    local found = backups[name] or { backups = 0, future_backups = 0, damaged = 0 }
+    local db = rules.judge_database({
+      database = name, backups = found.backups, newest = found.newest, newest_verified = found.newest_verified,
+      future_backups = found.future_backups, damaged = found.damaged, drill = drills[name],
+    }, targets)
+    result.databases[#result.databases + 1] = db
+    status = rules.worst(status, db.status)
+  end
+  result.problems = rules.judge_repository({ space = result.space, databases = #names,
+    unreadable_drill_reports = unreadable }, targets)
+  for _, p in ipairs(result.problems) do status = rules.worst(status, p.status) end
+  result.status = status
+  return result
+end
+
+-- ------------------------------------------------------------------ plugin output
+
+-- Text in the one line of plugin output: no control character (a newline would end the
+-- line), no '|' (it starts the performance data).
+local function text(value)
+  return (cli.printable(value):gsub("|", "\\x7c"))
+end
+
+-- A performance-data label: quoted, a quote doubled, no '=' (the plugin guidelines allow
+-- neither in a label).
+local function label(value)
+  return "'" .. text(value):gsub("=", "\\x3d"):gsub("'", "''") .. "'"
+end
+
+-- A number as short as it can be written and read back the same: 0.1, not 0.10000000000000001.
+local function number_text(value)
+  if value == true then return "1" end
+  if value == false then return "0" end
+  if math.type(value) == "integer" then return tostring(value) end
+  if value == math.floor(value) and math.abs(value) < 2 ^ 53 then return string.format("%d", value) end
+  for digits = 6, 17 do
+    local s = string.format("%." .. digits .. "g", value)
+    if tonumber(s) == value then return s end
+  end
+  return string.format("%.17g", value)
+end
+
+local function perf(name, value, unit, warn, crit, min, max)
+  if value == nil then return label(name) .. "=U" end
+  local number = number_text(value)
+  return string.format("%s=%s%s;%s;%s;%s;%s", label(name), number, unit or "", warn or "", crit or "", min or "",
+    max or ""):gsub(";+$", "")
+end
+
+-- What is wrong, the worst first: each database's problems together ("shop: no verified
+-- backup (...), last drill failed (...)"), then the repository's.
+local function summary(result)
+  local lines = {}
+  for status = rules.CRITICAL, rules.WARNING, -1 do
+    for _, db in ipairs(result.databases) do
+      if db.status == status then
+        local messages = {}
+        for severity = rules.CRITICAL, rules.WARNING, -1 do
+          for _, p in ipairs(db.problems) do
+            if p.status == severity then messages[#messages + 1] = p.message end
+          end
+        end
+        lines[#lines + 1] = text(db.database) .. ": " .. table.concat(messages, ", ")
+      end
+    end
+  end
+  for status = rules.CRITICAL, rules.WARNING, -1 do
+    for _, p in ipairs(result.problems) do
+      if p.status == status then lines[#lines + 1] = text(p.message) end
+    end
+  end
+  if #lines == 0 then
+    local oldest, drill = 0, nil
+    for _, db in ipairs(result.databases) do
+      oldest = math.max(oldest, db.newest_verified.age_seconds)
+      if db.drill and (not drill or db.drill.age_seconds > drill) then drill = db.drill.age_seconds end
+    end
+    lines[1] = string.format("%d database(s): verified backups %s old at most (RPO %s), drills passed, "
+      .. "oldest %s ago; %d%% free", #result.databases, rules.duration(oldest),
+      rules.duration(result.targets.rpo_seconds), rules.duration(drill or 0), math.floor(result.space.free_percent))
+  end
+  if result.databases_from == "repository" and result.server_error then
+    lines[#lines + 1] = "databases from the repository only: server not reached"
+  end
+  return table.concat(lines, "; ")
+end
+
+local function plugin_line(result)
+  local t = result.targets
+  local data = {}
+  for _, db in ipairs(result.databases) do
+    local name = db.database
+    data[#data + 1] = perf(name .. " verified_age", db.newest_verified and db.newest_verified.age_seconds, "s", nil,
+      t.rpo_seconds, 0)
+    data[#data + 1] = perf(name .. " newest_age", db.newest and db.newest.age_seconds, "s", nil, nil, 0)
+    data[#data + 1] = perf(name .. " newest_size", db.newest and db.newest.stored_bytes, "B", nil, nil, 0)
+    data[#data + 1] = perf(name .. " drill_age", db.drill and db.drill.age_seconds, "s", t.drill_interval_seconds,
+      nil, 0)
+  end
+  local space = result.space
+  data[#data + 1] = perf("free", space.free_bytes, "B", t.min_free_bytes > 0 and (t.min_free_bytes .. ":") or nil,
+    nil, 0, space.total_bytes)
+  data[#data + 1] = perf("free_percent", math.floor(space.free_percent * 10) / 10, "%", t.min_free_percent .. ":", nil,
+    0, 100)
+  return string.format("BKR %s - %s | %s", rules.NAMES[result.status], summary(result), table.concat(data, " "))
+end
+
+-- ------------------------------------------------------------------ --json
+
+local function json_object(result)
+  local out = {
+    status = rules.NAMES[result.status], exit_code = result.status, summary = summary(result),
+    time = result.time, repository = result.repository, databases_from = result.databases_from,
+    server_error = result.server_error, targets = result.targets, space = result.space,
+    problems = {}, databases = {},
+  }
+  for _, p in ipairs(result.problems) do
+    out.problems[#out.problems + 1] = { status = rules.NAMES[p.status], message = p.message }
+  end
+  for _, db in ipairs(result.databases) do
+    local problems = {}
+    for _, p in ipairs(db.problems) do problems[#problems + 1] = { status = rules.NAMES[p.status], message = p.message } end
+    out.databases[#out.databases + 1] = {
+      database = db.database, status = rules.NAMES[db.status], problems = problems, backups = db.backups,
+      future_backups = db.future_backups, damaged = db.damaged, newest = db.newest,
+      newest_verified = db.newest_verified, drill = db.drill,
+    }
+  end
+  return out
+end
+
+-- ------------------------------------------------------------------ --prometheus
+
+-- A label value or HELP text in the exposition format: '\', '"' and newline escaped (HELP
+-- escapes no quote). Bytes that are not UTF-8 (a database name may hold any) are shown as
+-- \xNN text, since the format is UTF-8.
+local function exposition_escape(value, quote)
+  local s = tostring(value)
+  if not utf8.len(s) then
+    s = s:gsub("[\128-\255]", function(c) return string.format("\\x%02x", c:byte()) end)
+  end
+  s = s:gsub("\\", "\\\\"):gsub("\n", "\\n")
+  if quote then s = s:gsub('"', '\\"') end
+  return s
+end
+
+-- The metrics, one family after another (HELP, TYPE, samples), every sample labelled with the
+-- repository; a family without a sample is left out.
+local function metrics_text(result)
+  local lines = {}
+  local repository = 'repository="' .. exposition_escape(result.repository, true) .. '"'
+  local function family(name, help, samples)
+    if #samples == 0 then return end
+    lines[#lines + 1] = "# HELP " .. name .. " " .. exposition_escape(help)
+    lines[#lines + 1] = "# TYPE " .. name .. " gauge"
+    for _, sample in ipairs(samples) do
+      local labels = repository
+      if sample.database then labels = labels .. ',database="' .. exposition_escape(sample.database, true) .. '"' end
+      lines[#lines + 1] = string.format("%s{%s} %s", name, labels, number_text(sample.value))
+    end
+  end
+  local function per_database(get)
+    local samples = {}
+    for _, db in ipairs(result.databases or {}) do
+      local value = get(db)
+      if value ~= nil then samples[#samples + 1] = { database = db.database, value = value } end
+    end
+    return samples
+  end
+  family("bkr_check_status", "Verdict of bkr check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    { { value = result.status } })
+  family("bkr_check_timestamp_seconds", "When bkr check wrote these metrics (Unix time).",
+    { { value = result.timestamp } })
+  family("bkr_check_database_status", "Verdict for one database: 0 OK, 1 WARNING, 2 CRITICAL.",
+    per_database(function(db) return db.status end))
+  family("bkr_backup_newest_age_seconds", "Age of the newest backup, verified or not.",
+    per_database(function(db) return db.newest and db.newest.age_seconds end))
+  family("bkr_backup_newest_timestamp_seconds", "When the newest backup was taken (Unix time).",
+    per_database(function(db) return db.newest and db.newest.timestamp end))
+  family("bkr_backup_newest_size_bytes", "Stored size of the newest backup.",
+    per_database(function(db) return db.newest and db.newest.stored_bytes end))
+  family("bkr_backup_newest_verified", "1 when the newest backup passed bkr verify, else 0.",
+    per_database(function(db) return db.newest ~= nil and db.newest.verified == "passed" end))
+  family("bkr_backup_newest_verified_age_seconds", "Age of the newest backup that passed bkr verify.",
+    per_database(function(db) return db.newest_verified and db.newest_verified.age_seconds end))
+  family("bkr_backup_future_dated", "Backups dated in the future (clock skew), not counted as fresh.",
+    per_database(function(db) return db.future_backups end))
+  family("bkr_backup_rpo_target_seconds", "RPO target: how old the newest verified backup may be (drill.rpo_seconds).",
+    result.targets and { { value = result.targets.rpo_seconds } } or {})
+  family("bkr_drill_last_success", "1 when the last drill of the database passed, else 0.",
+    per_database(function(db) return db.drill and db.drill.result == "passed" end))
+  family("bkr_drill_last_age_seconds", "Age of the last drill of the database.",
+    per_database(function(db) return db.drill and db.drill.age_seconds end))
+  family("bkr_drill_last_rto_seconds", "RTO measured by the last drill of the database.",
+    per_database(function(db) return db.drill and db.drill.rto_seconds end))
+  family("bkr_drill_last_rpo_seconds", "RPO measured by the last drill of the database.",
+    per_database(function(db) return db.drill and db.drill.rpo_seconds end))
+  family("bkr_drill_interval_target_seconds", "How old the last drill may be (drill.interval_days).",
+    result.targets and { { value = result.targets.drill_interval_seconds } } or {})
+  family("bkr_repository_free_bytes", "Bytes available to bkr on the repository's file system.",
+    result.space and { { value = result.space.free_bytes } } or {})
+  family("bkr_repository_size_bytes", "Size of the repository's file system.",
+    result.space and { { value = result.space.total_bytes } } or {})
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- Atomically, readable by node_exporter's user; the temporary name (.bkr-tmp.*) does not end
+-- in .prom, so the collector never reads half a file.
+local function write_metrics(path, result)
+  local ok, err = fs.write_file(path, metrics_text(result), { mode = "0644", overwrite = true })
+  if not ok then return nil, err end
+  return true
+end
+
+-- ------------------------------------------------------------------ the run
+
+local options
+local args = { ... }
+local ok, result = pcall(function()
+  options = cli.parse(args, SPEC)
+  if not options then return nil end
+  return run_check(options)
+end)
+if ok and result == nil then return cli.EXIT_OK end -- --help
+
+if not ok then
+  -- No verdict: UNKNOWN, whatever went wrong (a usage or configuration error included).
+  local message = type(result) == "table" and result.message or tostring(result)
+  result = { status = rules.UNKNOWN, timestamp = os.time(), time = repo.iso_time(os.time()), message = message,
+    repository = known_repository }
+end
+
+if options and options.prometheus then
+  local written, err = write_metrics(options.prometheus, result)
+  if not written then
+    result = { status = rules.UNKNOWN, timestamp = result.timestamp, time = result.time,
+      message = "cannot write the metrics: " .. tostring(err), repository = result.repository }
+  end
+end
+
+if result.message then
+  if options and options.json then
+    print(json.encode({ status = "UNKNOWN", exit_code = rules.UNKNOWN, summary = result.message, time = result.time }))
+  else
+    print("BKR UNKNOWN - " .. text(result.message))
+  end
+  return rules.UNKNOWN
+end
+if options.json then
+  print(json.encode(json_object(result)))
+else
+  print(plugin_line(result))
+end
+return result.status
