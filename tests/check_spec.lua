@@ -1,0 +1,406 @@
+-- bkr check: the monitoring plugin's verdicts (OK, WARNING, CRITICAL, UNKNOWN) on repositories
+-- built to match, with real backups, verifies and drills against the test cluster, and stand-in
+-- backups (util.fake_backup) to age them. The output is checked with independent parsers: the
+-- plugin guidelines' perfdata grammar, jq, and python3's prometheus_client.
+local util = require "support.util"
+local q = util.quote
+local run = util.bkr
+
+local HOUR, DAY = 3600, 86400
+
+local function check(args, env)
+  return run("check " .. args, env)
+end
+
+local function config_file(text)
+  local path = util.scratch("cfg") .. "/bkr.yaml"
+  util.write(path, text)
+  return path
+end
+
+-- The stamp of a backup taken `seconds` ago (negative: in the future).
+local function stamp_ago(seconds)
+  return os.date("!%Y%m%d_%H%M%S", os.time() - seconds)
+end
+
+local function iso_ago(seconds)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - seconds)
+end
+
+-- A database name in a file name, as docs/backup.md says: letters, digits, _ - . stay.
+local function escape(name)
+  return (name:gsub("[^%w_%-%.]", function(c) return string.format("%%%02X", c:byte()) end):gsub("^%.", "%%2E"))
+end
+
+-- A stand-in backup of db taken `age` seconds ago, with the verdict `verified` ("passed",
+-- "failed", or nil for none).
+local function aged_backup(repo, db, age, verified)
+  util.sh("mkdir -p " .. q(repo .. "/daily"))
+  local path = repo .. "/daily/backup_" .. stamp_ago(age) .. "_" .. escape(db) .. ".sql.gz"
+  util.fake_backup(path, { database = db,
+    verification = verified and { time = iso_ago(math.max(age - 60, 0)), result = verified } or false })
+  return path
+end
+
+-- A drill report as bkr drill writes it (docs/drill.md), taken `age` seconds ago.
+local function drill_report(repo, age, databases)
+  util.sh("mkdir -p " .. q(repo .. "/drills"))
+  local list = {}
+  for db, result in pairs(databases) do
+    list[#list + 1] = { database = db, result = result, rto_seconds = 12.5, rpo_seconds = 3600 }
+  end
+  util.write(repo .. "/drills/drill_" .. stamp_ago(age) .. ".json", require("dkjson").encode({
+    format = "bkr-drill-1", time = iso_ago(age), databases = list, result = "passed",
+  }))
+end
+
+-- The performance data after '|', as the Nagios plugin guidelines define it: space-separated
+-- 'label'=value[UOM];[warn];[crit];[min];[max], a quoted label with '' for a quote, no '=' in
+-- a label, value a number or U. Returns { {label, value, uom, warn, crit, min, max} }.
+local function parse_perfdata(data)
+  local items, i = {}, 1
+  while i <= #data do
+    local label
+    if data:sub(i, i) == "'" then
+      local parts, k = {}, i + 1
+      while true do
+        local c = data:sub(k, k)
+        assert(c ~= "", "unterminated label in: " .. data)
+        if c == "'" and data:sub(k + 1, k + 1) == "'" then
+          parts[#parts + 1], k = "'", k + 2
+        elseif c == "'" then
+          break
+        else
+          parts[#parts + 1], k = c, k + 1
+        end
+      end
+      label, i = table.concat(parts), k + 1
+    else
+      label = data:match("^[^%s=']+", i)
+      assert(label, "no label at " .. i .. " in: " .. data)
+      i = i + #label
+    end
+    assert(not label:find("[=\n]"), "a label may hold neither '=' nor a newline: " .. label)
+    local spec = data:match("^=(%S+)", i)
+    assert(spec, "no '=value' after label " .. label)
+    i = i + 1 + #spec
+    local fields = {}
+    for f in (spec .. ";"):gmatch("([^;]*);") do fields[#fields + 1] = f end
+    assert(#fields <= 5, "too many fields: " .. spec)
+    local value, uom = fields[1]:match("^(%-?[%d%.]+)([%a%%]*)$")
+    if fields[1] == "U" then value = "U" end
+    assert(value, "not a value: " .. fields[1])
+    for n = 2, #fields do
+      assert(fields[n] == "" or fields[n]:match("^@?~?%-?[%d%.]*:?%-?[%d%.]*$"), "not a range: " .. fields[n])
+    end
+    items[#items + 1] = { label = label, value = value, uom = uom, warn = fields[2], crit = fields[3],
+      min = fields[4], max = fields[5] }
+    if data:sub(i, i) == " " then i = i + 1 end
+  end
+  return items
+end
+
+-- One line of plugin output: "BKR STATE - text | perfdata" with nothing after it.
+local function plugin_output(out)
+  assert.matches("^BKR %u+ %- [^\n]*\n$", out, nil, false, "one line: " .. out)
+  local state, text, data = out:match("^BKR (%u+) %- ([^|]*) | ([^\n]*)\n$")
+  assert(state, "no ' | ' before the performance data: " .. out)
+  local perf = {}
+  for _, item in ipairs(parse_perfdata(data)) do perf[item.label] = item end
+  return state, text, perf
+end
+
+-- The samples in a textfile-collector file, as prometheus_client's parser reads them
+-- (Debian's python3-prometheus-client, in the system python), and a check of each line
+-- against the text format's grammar. Returns { "name{sorted labels}" = value }.
+local PROM_PARSE = [[
+import json, re, sys
+from prometheus_client.parser import text_string_to_metric_families
+text = open(sys.argv[1], encoding="utf-8").read()
+assert text.endswith("\n"), "the file ends with a newline"
+name = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+value = r'"(?:[^"\\\n]|\\[\\"n])*"'
+sample = re.compile(r"^(%s)(\{%s=%s(?:,%s=%s)*\})? (-?[0-9.eE+-]+|NaN|[+-]Inf)$" % (name, name, value, name, value))
+seen = []
+for line in text.splitlines():
+    if line.startswith("# HELP ") or line.startswith("# TYPE "):
+        parts = line.split(" ", 3)
+        assert re.fullmatch(name, parts[2]), line
+        if parts[1] == "TYPE":
+            assert parts[3] == "gauge", line
+            assert parts[2] not in seen, "one family once: " + line
+            seen.append(parts[2])
+        continue
+    m = sample.match(line)
+    assert m, "not a sample line: " + repr(line)
+    assert m.group(1) == seen[-1], "a sample under its own family's TYPE: " + line
+out = {}
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        labels = ",".join("%s=%s" % (k, v) for k, v in sorted(s.labels.items()))
+        out[s.name + "{" + labels + "}"] = s.value
+print(json.dumps(out))
+]]
+
+local function prometheus_samples(path)
+  local script = util.scratch("py") .. "/parse.py"
+  util.write(script, PROM_PARSE)
+  local out, rc = util.sh("/usr/bin/python3 " .. q(script) .. " " .. q(path) .. " 2>&1")
+  assert.are.equal(0, rc, "the metrics do not parse (is python3-prometheus-client installed?): " .. out)
+  return require("dkjson").decode(out)
+end
+
+local function jq(json_text, filter)
+  local file = util.scratch("json") .. "/out.json"
+  util.write(file, json_text)
+  local out, rc = util.sh("jq -r " .. q(filter) .. " " .. q(file) .. " 2>&1")
+  assert.are.equal(0, rc, "jq: " .. out .. " in " .. json_text)
+  return (out:gsub("\n$", ""))
+end
+
+describe("bkr check", function()
+  local db = util.new_database("checked", "create table t (n int); insert into t select generate_series(1, 50);")
+  local repo = util.scratch("repo")
+  local cfg = config_file("repository: " .. repo .. "\ndatabases: [" .. db .. "]\n")
+
+  it("is OK with a verified backup within the RPO and a passed drill; perfdata per the plugin guidelines", function()
+    util.backup_newest(repo, db)
+    local out, rc = run("verify --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    out, rc = run("drill --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    out, rc = check("--config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local state, text, perf = plugin_output(out)
+    assert.are.equal("OK", state)
+    assert.matches("1 database%(s%)", text)
+    local age = perf[db .. " verified_age"]
+    assert.are.equal("s", age.uom)
+    assert.is_true(tonumber(age.value) >= 0 and tonumber(age.value) < 600)
+    assert.are.equal("86400", age.crit)
+    assert.are.equal("B", perf[db .. " newest_size"].uom)
+    assert.are.equal(util.sh("stat -c %s " .. q(repo) .. "/daily/backup_*_" .. db .. ".sql.gz"):gsub("\n", ""),
+      perf[db .. " newest_size"].value)
+    assert.are.equal("10:", perf.free_percent.warn)
+    -- --help says the exit codes are the plugin's
+    local help = check("--help")
+    assert.matches("0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN", help, 1, true)
+    assert.matches("not bkr's usual ones", help, 1, true)
+  end)
+
+  it("WARNs when the newest backup is not verified yet, and says the same in --json", function()
+    util.backup_newest(repo, db)
+    local out, rc = check("--config " .. q(cfg))
+    assert.are.equal(1, rc, out)
+    local state, text = plugin_output(out)
+    assert.are.equal("WARNING", state)
+    assert.matches(db .. ": newest backup %(.-%) not verified", text)
+    out, rc = check("--json --config " .. q(cfg))
+    assert.are.equal(1, rc, out)
+    assert.are.equal("WARNING 1 " .. db .. " WARNING never passed", jq(out,
+      '"\\(.status) \\(.exit_code) \\(.databases[0].database) \\(.databases[0].status) '
+      .. '\\(.databases[0].newest.verified) \\(.databases[0].newest_verified.verified)"'))
+    out, rc = run("verify --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(0, select(2, check("--config " .. q(cfg))))
+  end)
+
+  it("WARNs when the last drill is older than drill.interval_days, or there is none, or free space is low", function()
+    local late = config_file("repository: " .. repo .. "\ndatabases: [" .. db .. "]\ndrill:\n  interval_days: 1\n")
+    assert.are.equal(0, select(2, check("--config " .. q(late))))
+    local other = util.scratch("repo")
+    util.sh("cp -a " .. q(repo) .. "/. " .. q(other))
+    local report = util.sh("ls " .. q(other .. "/drills") .. " | grep json$"):gsub("\n", "")
+    util.sh("mv " .. q(other .. "/drills/" .. report) .. " " .. q(other .. "/drills/drill_" .. stamp_ago(2 * DAY) .. ".json"))
+    local out, rc = check("--config " .. q(late) .. " --repo " .. q(other))
+    assert.are.equal(1, rc, out)
+    assert.matches("last drill 2 d ago, interval 24 h", out, 1, true)
+    assert.are.equal(0, select(2, check("--config " .. q(cfg) .. " --repo " .. q(other))), "8 days by default")
+
+    util.sh("rm -r " .. q(other .. "/drills"))
+    out, rc = check("--config " .. q(cfg) .. " --repo " .. q(other))
+    assert.are.equal(1, rc, out)
+    assert.matches(db .. ": no drill report", out, 1, true)
+
+    local full = config_file("repository: " .. repo .. "\ndatabases: [" .. db .. "]\ncheck:\n  min_free_percent: 100\n")
+    out, rc = check("--config " .. q(full))
+    assert.are.equal(1, rc, out)
+    assert.matches("%d+%% free in the repository, below 100%%", out)
+    local bytes = config_file("repository: " .. repo .. "\ndatabases: [" .. db .. "]\ncheck:\n  min_free_bytes: "
+      .. math.tointeger(2 ^ 62) .. "\n")
+    out, rc = check("--config " .. q(bytes))
+    assert.are.equal(1, rc, out)
+    assert.matches("bytes free in the repository, below", out, 1, true)
+  end)
+
+  it("is CRITICAL when a configured database has no backup, or none verified within the RPO", function()
+    local none = util.new_database("nobackup")
+    local both = config_file("repository: " .. repo .. "\ndatabases: [" .. db .. ", " .. none .. "]\n")
+    local out, rc = check("--config " .. q(both))
+    assert.are.equal(2, rc, out)
+    local state, text, perf = plugin_output(out)
+    assert.are.equal("CRITICAL", state)
+    assert.matches("^" .. none .. ": no backup", text)
+    assert.are.equal("U", perf[none .. " verified_age"].value)
+
+    local old = util.scratch("repo")
+    aged_backup(old, "shop", 30 * HOUR, "passed")
+    drill_report(old, HOUR, { shop = "passed" })
+    out, rc = check("--repo " .. q(old) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.matches("shop: newest verified backup 30 h old, older than the RPO target 24 h", out, 1, true)
+    local rpo = config_file("drill:\n  rpo_seconds: 172800\n")
+    assert.are.equal(0, select(2, check("--config " .. q(rpo) .. " --repo " .. q(old) .. " --db shop")))
+
+    -- a newer backup that was never verified does not help; one that failed is CRITICAL itself
+    aged_backup(old, "shop", 2 * HOUR, nil)
+    out, rc = check("--repo " .. q(old) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    local failed = util.scratch("repo")
+    aged_backup(failed, "shop", 5 * HOUR, "passed")
+    aged_backup(failed, "shop", HOUR, "failed")
+    drill_report(failed, HOUR, { shop = "passed" })
+    out, rc = check("--repo " .. q(failed) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.matches("shop: newest backup failed verification", out, 1, true)
+  end)
+
+  it("is CRITICAL when the last drill failed", function()
+    local smoke = config_file("repository: " .. repo .. "\ndatabases: [" .. db .. "]\ndrill:\n  smoke_queries:\n"
+      .. "    - select count(*) = 0 from t\n")
+    local out, rc = run("drill --config " .. q(smoke))
+    assert.are.equal(1, rc, out)
+    out, rc = check("--config " .. q(cfg))
+    assert.are.equal(2, rc, out)
+    assert.matches(db .. ": last drill failed", out, 1, true)
+    out, rc = run("drill --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(0, select(2, check("--config " .. q(cfg))), "the newest drill passed again")
+  end)
+
+  it("is UNKNOWN (3) without a verdict: missing repository, invalid configuration, unknown option", function()
+    local out, rc = check("--repo " .. q(util.scratch("gone") .. "/nothing") .. " --db x")
+    assert.are.equal(3, rc, out)
+    assert.matches("^BKR UNKNOWN %- repository .* does not exist\n$", out)
+    out, rc = check("--config " .. q(config_file("retention:\n  dayly: 3\n")) .. " --repo " .. q(repo))
+    assert.are.equal(3, rc, out)
+    assert.matches("^BKR UNKNOWN %- configuration: retention.dayly: unknown key\n$", out)
+    out, rc = check("--config " .. q(config_file("check:\n  min_free_percent: 101\n")) .. " --repo " .. q(repo))
+    assert.are.equal(3, rc, out)
+    assert.matches("check.min_free_percent: expected an integer from 0 to 100", out, 1, true)
+    out, rc = check("--frobnicate")
+    assert.are.equal(3, rc, out)
+    assert.matches("^BKR UNKNOWN %- check: unknown option %-%-frobnicate", out)
+    out, rc = check("--json --repo " .. q(util.scratch("gone") .. "/nothing") .. " --db x")
+    assert.are.equal(3, rc, out)
+    assert.are.equal("UNKNOWN 3", jq(out, '"\\(.status) \\(.exit_code)"'))
+  end)
+
+  it("does not count a future-dated backup as fresh, and uses the real clock", function()
+    local skewed = util.scratch("repo")
+    aged_backup(skewed, "shop", 30 * HOUR, "passed")
+    aged_backup(skewed, "shop", -3 * DAY, "passed")
+    drill_report(skewed, HOUR, { shop = "passed" })
+    local out, rc = check("--repo " .. q(skewed) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.matches("newest verified backup 30 h old", out, 1, true)
+    assert.matches("1 backup%(s%) dated in the future", out)
+    out = check("--json --repo " .. q(skewed) .. " --db shop")
+    assert.are.equal("1 " .. stamp_ago(30 * HOUR):sub(1, 8), jq(out,
+      '"\\(.databases[0].future_backups) \\(.databases[0].newest.file | sub("daily/backup_"; "") | .[0:8])"'))
+
+    -- a fresh, verified backup is CRITICAL for a clock three days ahead
+    local asan = (os.getenv("ASAN_OPTIONS") or "") .. ":verify_asan_link_order=0"
+    out, rc = check("--config " .. q(cfg), "FAKETIME_DONT_FAKE_MONOTONIC=1 ASAN_OPTIONS=" .. q(asan) .. " faketime -f +3d")
+    assert.are.equal(2, rc, out)
+    assert.matches(db .. ": newest verified backup 3 d old", out, 1, true)
+  end)
+
+  it("writes --prometheus metrics that parse, atomically, with a status also when UNKNOWN", function()
+    local dir = util.scratch("textfile")
+    local file = dir .. "/bkr.prom"
+    local out, rc = check("--config " .. q(cfg) .. " --prometheus " .. q(file))
+    assert.are.equal(0, rc, out)
+    plugin_output(out)
+    local samples = prometheus_samples(file)
+    local labels = "{database=" .. db .. ",repository=" .. repo .. "}"
+    assert.are.equal(0, samples["bkr_check_status{repository=" .. repo .. "}"])
+    assert.are.equal(1, samples["bkr_backup_newest_verified" .. labels])
+    assert.are.equal(1, samples["bkr_drill_last_success" .. labels])
+    assert.are.equal(0, samples["bkr_check_database_status" .. labels])
+    assert.is_true(samples["bkr_backup_newest_age_seconds" .. labels] < 3600)
+    assert.is_true(samples["bkr_backup_newest_verified_age_seconds" .. labels] < 3600)
+    assert.is_true(samples["bkr_backup_newest_size_bytes" .. labels] > 0)
+    assert.is_true(samples["bkr_drill_last_rto_seconds" .. labels] > 0)
+    assert.is_number(samples["bkr_drill_last_rpo_seconds" .. labels])
+    assert.is_number(samples["bkr_drill_last_age_seconds" .. labels])
+    assert.is_true(samples["bkr_repository_free_bytes{repository=" .. repo .. "}"] > 0)
+    assert.are.equal("644", util.sh("stat -c %a " .. q(file)):match("%d+"))
+    assert.are.same({ "bkr.prom" }, util.listdir(dir), "no temporary left beside it")
+
+    out, rc = check("--repo " .. q(util.scratch("gone") .. "/nothing") .. " --db x --prometheus " .. q(file))
+    assert.are.equal(3, rc, out)
+    samples = prometheus_samples(file)
+    local statuses = 0
+    for key, value in pairs(samples) do
+      if key:match("^bkr_check_status{") then
+        statuses = statuses + 1
+        assert.are.equal(3, value)
+      end
+    end
+    assert.are.equal(1, statuses)
+
+    out, rc = check("--config " .. q(cfg) .. " --prometheus " .. q(util.scratch("gone") .. "/no/dir/bkr.prom"))
+    assert.are.equal(3, rc, out)
+    assert.matches("^BKR UNKNOWN %- cannot write the metrics", out)
+  end)
+
+  it("escapes a database name with a quote, a backslash, a newline, '=' and '|' in every output", function()
+    local odd = 'we"ird\\na\nme=\'x|y'
+    local weird = util.scratch("repo")
+    aged_backup(weird, odd, HOUR, "passed")
+    aged_backup(weird, "plain", 40 * HOUR, "passed")
+    local file = util.scratch("textfile") .. "/bkr.prom"
+    local names = util.scratch("names") .. "/db"
+    local out, rc = check("--repo " .. q(weird) .. " --db " .. q(odd) .. " --db plain --prometheus " .. q(file))
+    assert.are.equal(2, rc, out)
+    local state, text, perf = plugin_output(out)
+    assert.are.equal("CRITICAL", state)
+    assert.matches("^plain: newest verified backup 40 h old", text)
+    assert.matches('we"ird\\\\na\\nme=\'x\\x7cy: no drill report', text, 1, true)
+    assert.is_table(perf['we"ird\\\\na\\nme\\x3d\'x\\x7cy verified_age'])
+
+    local samples = prometheus_samples(file)
+    local wanted = "bkr_backup_newest_verified{database=" .. odd .. ",repository=" .. weird .. "}"
+    assert.are.equal(1, samples[wanted], "the label reads back as the name itself")
+
+    out, rc = check("--json --repo " .. q(weird) .. " --db " .. q(odd) .. " --db plain")
+    assert.are.equal(2, rc, out)
+    util.write(names, odd)
+    assert.are.equal(util.read(names), jq(out, ".databases[0].database"))
+  end)
+
+  it("with databases: all judges the repository's databases and the server's, or says the server was not reached",
+    function()
+    local all = util.scratch("repo")
+    aged_backup(all, "shop", HOUR, "passed")
+    drill_report(all, HOUR, { shop = "passed" })
+    local unreachable = config_file("repository: " .. all .. "\nconnection:\n  host: " .. util.scratch("nosocket")
+      .. "\n")
+    local out, rc = check("--config " .. q(unreachable))
+    assert.are.equal(0, rc, out)
+    assert.matches("databases from the repository only: server not reached", out, 1, true)
+    out = check("--json --config " .. q(unreachable))
+    assert.are.equal("repository shop", jq(out, '"\\(.databases_from) \\([.databases[].database] | join(","))"'))
+
+    local lonely = util.new_database("lonely")
+    out, rc = check("--json --repo " .. q(all))
+    assert.are.equal(2, rc, out)
+    assert.are.equal("repository and server CRITICAL no backup OK", jq(out, '"\\(.databases_from) '
+      .. '\\(.databases[] | select(.database == "' .. lonely .. '") | .status + " " + .problems[0].message) '
+      .. '\\(.databases[] | select(.database == "shop") | .status)"'))
+    local excluded = config_file("exclude: [" .. lonely .. "]\n")
+    out = check("--json --config " .. q(excluded) .. " --repo " .. q(all))
+    assert.are.equal("", jq(out, '.databases[] | select(.database == "' .. lonely .. '") | .database'))
+  end)
+end)
