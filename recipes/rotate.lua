@@ -36,7 +36,7 @@ if options.dry_run then
 end
 local count, errors = rotation.run(dir, cfg, { dry_run = options.dry_run, skip_temporaries = quiet_temporaries })
 logging.step("rotate", { dry_run = options.dry_run, removed = count, errors = errors[1] and errors, level = errors[1] and "error" or nil })
-if count == 0 then print("nothing to remove") end
+if count == 0 then cli.say("nothing to remove") end
 if #errors > 0 then
   io.stderr:write("bkr rotate: ", table.concat(errors, "; "), "\n")
   return cli.EXIT_FAILED

@@ -71,7 +71,6 @@ cli.GLOBAL_OPTIONS = {
   { "--quiet", nil, "no progress lines (errors, warnings and failures still show)" },
   { "--log-level", "LEVEL", "debug, info, warning or error: what the log file gets (overrides logging.level)" },
 }
-local LOG_LEVELS = { debug = true, info = true, warning = true, error = true }
 
 -- The spec's options followed by the global ones it does not name itself.
 local function all_options(spec)
@@ -161,7 +160,8 @@ function cli.parse(args, spec)
     end
     i = i + 1
   end
-  if options.log_level and not LOG_LEVELS[options.log_level] then
+  -- the levels are lib/logging.lua's (loaded only when a level is given)
+  if options.log_level and not require("lib.logging").RANK[options.log_level] then
     cli.usage_error("%s: --log-level must be debug, info, warning or error, not '%s'", spec.name or "bkr",
       cli.printable(options.log_level))
   end

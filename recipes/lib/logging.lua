@@ -31,6 +31,7 @@ local logging = {}
 -- The levels, lowest first.
 logging.LEVELS = { "debug", "info", "warning", "error" }
 local RANK = { debug = 1, info = 2, warning = 3, error = 4 }
+logging.RANK = RANK
 
 logging.DEFAULTS = { level = "info", max_bytes = 10 * 1024 * 1024, keep = 5 }
 
