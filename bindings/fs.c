@@ -29,6 +29,8 @@
  *   fs.owner(path)                      -> uid, gid, user  of path itself (lstat: a symlink is not
  *        followed); user is the owner's name, or nil when the passwd database has none
  *   fs.chown(path, uid, gid)            -> true            lchown(2): never through a symlink
+ *   fs.access(path, how)                -> true            may bkr (its effective uid) read ("r"),
+ *        write ("w") or enter ("x") path? how: any of "rwx"; else nil, msg, kind ("permission")
  *   fs.user([name])                     -> uid, gid, name  the user bkr runs as (effective uid,
  *        and its group), or the user called name: nil, msg, "missing" when there is none
  *   fs.temp_dir([prefix])               -> path            new directory under $TMPDIR or /tmp
@@ -334,8 +336,6 @@ static long read_holder_pid(int fd)
 static int fs_lock_new(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    if (!lua_isnoneornil(L, 2))
-        luaL_checktype(L, 2, LUA_TTABLE);
     uid_t uid = 0;
     gid_t gid = 0;
     int chown_to = atomic_file_checkowner(L, 2, "fs.lock", &uid, &gid);
@@ -490,6 +490,33 @@ static int fs_chown(lua_State *L)
     if (fchownat(AT_FDCWD, path, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) != 0) {
         int err = errno;
         return bkr_pusherrno(L, err, "fs.chown: %s", path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* May the effective user read/write/enter path? faccessat with AT_EACCESS: the effective
+ * ids, as open(2) would judge them, without opening anything (a FIFO or a tape device is
+ * never touched). */
+static int fs_access(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    const char *how = luaL_checkstring(L, 2);
+    int mode = 0;
+    for (const char *p = how; *p; p++) {
+        if (*p == 'r')
+            mode |= R_OK;
+        else if (*p == 'w')
+            mode |= W_OK;
+        else if (*p == 'x')
+            mode |= X_OK;
+        else
+            return luaL_argerror(L, 2, "expected letters of \"rwx\"");
+    }
+    luaL_argcheck(L, mode != 0, 2, "expected letters of \"rwx\"");
+    if (faccessat(AT_FDCWD, path, mode, AT_EACCESS) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.access: %s", path);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -715,6 +742,7 @@ static const luaL_Reg fs_funcs[] = {
     {"owner", fs_owner},
     {"chown", fs_chown},
     {"user", fs_user},
+    {"access", fs_access},
     {"temp_dir", fs_temp_dir},
     {"remove_tree", fs_remove_tree},
     {NULL, NULL},
