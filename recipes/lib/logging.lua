@@ -40,7 +40,9 @@ function logging.write(dir, record)
   local mode = tonumber(group and "640" or "600", 8)
   local current = lfs.symlinkattributes(path, "mode") == "file" and fs.mode(path)
   if current and (current & ~mode) ~= 0 then fs.chmod(path, current & mode) end
-  local ok, err = fs.append(path, json.encode(record) .. "\n", { mode = mode })
+  -- (root on another user's repository gives the log to that user: lib/repo.lua)
+  local ok, err = fs.append(path, json.encode(record) .. "\n",
+    { mode = mode, owner = require("lib.repo").owner_for(path) })
   if not ok and not warned then
     warned = true -- once per run: the log is for monitoring, the run goes on
     io.stderr:write("bkr: cannot write the log: ", err, "\n")
