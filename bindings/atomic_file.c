@@ -42,23 +42,55 @@ int atomic_file_parse_mode(lua_State *L, int idx, mode_t *out)
     return 0;
 }
 
-void atomic_file_checkopts(lua_State *L, int idx, const char *fname, mode_t *mode, int *overwrite)
+/* One id of opts.owner: a non-negative integer that fits uid_t/gid_t, and not -1 (which
+ * chown reads as "leave alone"). */
+static lua_Integer owner_id(lua_State *L, int owner, int i, const char *fname)
 {
-    *mode = ATOMIC_FILE_DEFAULT_MODE;
-    *overwrite = 0;
+    lua_rawgeti(L, owner, i);
+    int isint;
+    lua_Integer id = lua_tointegerx(L, -1, &isint);
+    lua_pop(L, 1);
+    if (!isint || id < 0 || id >= (lua_Integer)0xFFFFFFFF)
+        luaL_error(L, "%s: opts.owner must be {uid, gid}, two non-negative integers", fname);
+    return id;
+}
+
+int atomic_file_checkowner(lua_State *L, int idx, const char *fname, uid_t *uid, gid_t *gid)
+{
+    if (!lua_istable(L, idx))
+        return 0;
+    int t = lua_getfield(L, idx, "owner");
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (t != LUA_TTABLE)
+        luaL_error(L, "%s: opts.owner must be {uid, gid}, two non-negative integers", fname);
+    int owner = lua_gettop(L);
+    *uid = (uid_t)owner_id(L, owner, 1, fname);
+    *gid = (gid_t)owner_id(L, owner, 2, fname);
+    lua_pop(L, 1);
+    return 1;
+}
+
+void atomic_file_checkopts(lua_State *L, int idx, const char *fname, atomic_file_opts *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->mode = ATOMIC_FILE_DEFAULT_MODE;
     if (lua_isnoneornil(L, idx))
         return;
     luaL_checktype(L, idx, LUA_TTABLE);
-    if (lua_getfield(L, idx, "mode") != LUA_TNIL && atomic_file_parse_mode(L, -1, mode) != 0)
+    if (lua_getfield(L, idx, "mode") != LUA_TNIL && atomic_file_parse_mode(L, -1, &opts->mode) != 0)
         luaL_error(L, "%s: opts." ATOMIC_FILE_MODE_RULE, fname);
     lua_pop(L, 1);
     int t = lua_getfield(L, idx, "overwrite");
     if (t != LUA_TNIL) {
         if (t != LUA_TBOOLEAN)
             luaL_error(L, "%s: opts.overwrite must be a boolean", fname);
-        *overwrite = lua_toboolean(L, -1);
+        opts->overwrite = lua_toboolean(L, -1);
     }
     lua_pop(L, 1);
+    opts->chown = atomic_file_checkowner(L, idx, fname, &opts->uid, &opts->gid);
 }
 
 int bkr_open_regular(const char *path, int follow_symlinks)
@@ -134,13 +166,12 @@ static char *dir_of(const char *path, size_t *base_start, size_t *base_len)
     return strndup(path, dlen);
 }
 
-int atomic_file_open(atomic_file *af, const char *path, mode_t mode, int overwrite)
+int atomic_file_open(atomic_file *af, const char *path, const atomic_file_opts *opts)
 {
     af->fd = -1;
     af->path = NULL;
     af->tmp = NULL;
-    af->mode = mode;
-    af->overwrite = overwrite;
+    af->opts = *opts;
     size_t bstart, blen;
     char *dir = dir_of(path, &bstart, &blen);
     af->path = strdup(path);
@@ -194,8 +225,13 @@ int atomic_file_write(atomic_file *af, const void *data, size_t len)
 
 int atomic_file_commit(atomic_file *af, const char **what)
 {
+    /* The owner first (fchown may clear set-id bits; the mode is set after it), and before
+     * the final name exists: no reader ever sees the file with the wrong owner. */
+    *what = "chown";
+    if (af->opts.chown && fchown(af->fd, af->opts.uid, af->opts.gid) != 0)
+        return errno;
     *what = "chmod";
-    if (fchmod(af->fd, af->mode) != 0)
+    if (fchmod(af->fd, af->opts.mode) != 0)
         return errno;
     *what = "fsync";
     if (fsync(af->fd) != 0)
@@ -205,7 +241,7 @@ int atomic_file_commit(atomic_file *af, const char **what)
     af->fd = -1;
     if (rc != 0)
         return errno;
-    if (af->overwrite) {
+    if (af->opts.overwrite) {
         *what = "rename";
         if (rename(af->tmp, af->path) != 0)
             return errno;

@@ -19,18 +19,33 @@
 #define ATOMIC_FILE_TMP_PREFIX ".bkr-tmp."
 #define ATOMIC_FILE_DEFAULT_MODE 0600
 
+/* How a file is written: its mode, whether it may replace a file, and its owner. */
+typedef struct atomic_file_opts {
+    mode_t mode;
+    int overwrite;   /* 1: rename over an existing file; 0: fail with EEXIST instead */
+    int chown;       /* 1: give the file to uid:gid before it gets its final name */
+    uid_t uid;
+    gid_t gid;
+} atomic_file_opts;
+
 typedef struct atomic_file {
     int fd;          /* -1 once closed */
     char *path;      /* final name */
     char *tmp;       /* temporary name; NULL once committed or removed */
-    mode_t mode;
-    int overwrite;   /* 1: rename over an existing file; 0: fail with EEXIST instead */
+    atomic_file_opts opts;
 } atomic_file;
 
 /* Options shared by both writers, read from the table at index idx (may be none/nil):
- * mode (octal string "0600" or integer 0..0777, default 0600) and overwrite (boolean,
- * default false). Raises on misuse, naming `fname`. */
-void atomic_file_checkopts(lua_State *L, int idx, const char *fname, mode_t *mode, int *overwrite);
+ * mode (octal string "0600" or integer 0..0777, default 0600), overwrite (boolean,
+ * default false) and owner ({uid, gid}: the temporary file is chowned before the rename,
+ * so the final name never exists with another owner; root runs on another user's
+ * repository need it). Raises on misuse, naming `fname`. */
+void atomic_file_checkopts(lua_State *L, int idx, const char *fname, atomic_file_opts *opts);
+
+/* opts.owner ({uid, gid}, or nil) of the options table at idx, as atomic_file_checkopts reads
+ * it; also used by fs.append, fs.lock and fs.mkdirs. Returns 1 when one is given. Raises on
+ * misuse, naming `fname`. */
+int atomic_file_checkowner(lua_State *L, int idx, const char *fname, uid_t *uid, gid_t *gid);
 
 /* A permission mode at stack index idx: an integer 0..0777, or a string of octal digits.
  * Returns 0, or -1 if invalid (Lua's 0600 is decimal 600 = 01130: refused). */
@@ -39,12 +54,12 @@ int atomic_file_parse_mode(lua_State *L, int idx, mode_t *out);
     "mode must be 0..0777: an integer such as tonumber(\"644\", 8) or an octal string \"0644\""
 
 /* Create the temporary file for path. Returns 0, or an errno (af is then closed). */
-int atomic_file_open(atomic_file *af, const char *path, mode_t mode, int overwrite);
+int atomic_file_open(atomic_file *af, const char *path, const atomic_file_opts *opts);
 
 /* Append len bytes. Returns 0, or an errno (EINTR once bkr_interrupted()). */
 int atomic_file_write(atomic_file *af, const void *data, size_t len);
 
-/* Make it final. Returns 0, or an errno with *what set to the step that failed
+/* Make it final: fchown (when asked), fchmod, fsync, rename or link. Returns 0, or an errno with *what set to the step that failed
  * ("fsync", "rename", ...); on failure the temporary file is still there for abort. */
 int atomic_file_commit(atomic_file *af, const char **what);
 

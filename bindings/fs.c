@@ -10,18 +10,29 @@
  *        symlink (unless opts.follow) and at most opts.max bytes (default 64 MiB); else
  *        nil, msg, kind ("not_regular", "too_large", or the errno's kind)
  *   fs.append(path, data[, opts])       -> true            append to a log file, created with
- *        opts.mode (default 0600); never through a symlink, never to a FIFO or device
+ *        opts.mode (default 0600), given to opts.owner ({uid, gid}) when that is set;
+ *        never through a symlink, never to a FIFO or device
  *   fs.write_file(path, data[, opts])   -> true            atomic whole-file write;
- *        opts = {mode = "0600", overwrite = false} (the defaults, as
- *        stream.to_file's: both are atomic_file.c); overwrite = false never replaces a file
- *   fs.lock(path)                       -> Lock            exclusive flock, "PID\n" written inside
+ *        opts = {mode = "0600", overwrite = false, owner = nil} (the defaults, as
+ *        stream.to_file's: both are atomic_file.c); overwrite = false never replaces a file;
+ *        owner = {uid, gid} chowns the temporary file before it takes its final name
+ *   fs.lock(path[, opts])               -> Lock            exclusive flock, "PID\n" written inside
+ *        (opts.owner = {uid, gid}: the lock file is given to that owner)
  *        held elsewhere: nil, "fs.lock: PATH is held by process N", "locked"
  *   lock:pid()                          -> integer         the pid written in the file (ours)
  *   lock:close()                        -> true            empty the file, unlock (also __gc, __close)
  *   fs.free_space(path)                 -> avail, total    bytes, from statvfs
  *   fs.chmod(path, mode)                -> true            mode: "0640" or tonumber("640", 8)
  *   fs.mode(path)                       -> integer         permission bits (st_mode & 07777)
- *   fs.mkdirs(path[, mode])             -> true            mkdir -p, default mode "0755" (umask applies)
+ *   fs.mkdirs(path[, mode[, opts]])     -> true            mkdir -p, default mode "0755" (umask applies);
+ *        opts.owner = {uid, gid}: each directory it creates is given to that owner
+ *   fs.owner(path)                      -> uid, gid, user  of path itself (lstat: a symlink is not
+ *        followed); user is the owner's name, or nil when the passwd database has none
+ *   fs.chown(path, uid, gid)            -> true            lchown(2): never through a symlink
+ *   fs.access(path, how)                -> true            may bkr (its effective uid) read ("r"),
+ *        write ("w") or enter ("x") path? how: any of "rwx"; else nil, msg, kind ("permission")
+ *   fs.user([name])                     -> uid, gid, name  the user bkr runs as (effective uid,
+ *        and its group), or the user called name: nil, msg, "missing" when there is none
  *   fs.temp_dir([prefix])               -> path            new directory under $TMPDIR or /tmp
  *   fs.remove_tree(path)                -> true            rm -r without following symlinks
  *
@@ -36,6 +47,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +213,9 @@ static int fs_append(lua_State *L)
             return luaL_error(L, "fs.append: opts." ATOMIC_FILE_MODE_RULE);
         lua_pop(L, 1);
     }
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int chown_to = atomic_file_checkowner(L, 3, "fs.append", &uid, &gid);
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, mode);
     if (fd < 0) {
         int err = errno;
@@ -210,6 +225,11 @@ static int fs_append(lua_State *L)
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
         return bkr_pushfail(L, "not_regular", "fs.append: %s: not a regular file", path);
+    }
+    if (chown_to && (st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) != 0) {
+        int err = errno;
+        close(fd);
+        return bkr_pusherrno(L, err, "fs.append: %s", path);
     }
     int err = bkr_write_all(fd, data, len);
     if (close(fd) != 0 && err == 0)
@@ -226,12 +246,11 @@ static int fs_write_file(lua_State *L)
     const char *path = luaL_checkstring(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    mode_t mode;
-    int overwrite;
-    atomic_file_checkopts(L, 3, "fs.write_file", &mode, &overwrite);
+    atomic_file_opts opts;
+    atomic_file_checkopts(L, 3, "fs.write_file", &opts);
     atomic_file file;
     const char *what = "";
-    int err = atomic_file_open(&file, path, mode, overwrite);
+    int err = atomic_file_open(&file, path, &opts);
     if (err == 0 && (err = atomic_file_write(&file, data, len)) == 0)
         err = atomic_file_commit(&file, &what);
     atomic_file_abort(&file);
@@ -317,6 +336,9 @@ static long read_holder_pid(int fd)
 static int fs_lock_new(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int chown_to = atomic_file_checkowner(L, 2, "fs.lock", &uid, &gid);
     fs_lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
     lk->fd = -1;
     lk->pid = 0;
@@ -340,6 +362,12 @@ static int fs_lock_new(lua_State *L)
     }
     lk->fd = fd;
     lk->pid = getpid();
+    struct stat st;
+    if (chown_to && fstat(fd, &st) == 0 && (st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) != 0) {
+        int err = errno;
+        lock_release(lk);
+        return bkr_pusherrno(L, err, "fs.lock: %s", path);
+    }
 
     /* The flock is the lock; the PID inside only names the holder for the "busy" message.
      * Writing it is best effort: on a full disk the run that would free space (rotate) must
@@ -393,14 +421,144 @@ static int fs_mode(lua_State *L)
 }
 
 /* ===================================================================== */
+/* owner, chown, user                                                     */
+/* ===================================================================== */
+
+/* Push a user's name from the passwd database (getpwuid_r/getpwnam_r, never the static
+ * getpwuid), or nil when there is none. `name` NULL looks uid up. Returns 0, or an errno
+ * (other than "no such user") when the lookup itself failed; nothing is pushed then. */
+static int push_user(lua_State *L, uid_t uid, const char *name, uid_t *uid_out, gid_t *gid_out)
+{
+    long size = sysconf(_SC_GETPW_R_SIZE_MAX);
+    if (size <= 0)
+        size = 16384;
+    for (;;) {
+        /* the buffer is a userdata: a memory error in Lua frees it */
+        char *buf = lua_newuserdatauv(L, (size_t)size, 0);
+        struct passwd pw, *found = NULL;
+        int err = name ? getpwnam_r(name, &pw, buf, (size_t)size, &found)
+                       : getpwuid_r(uid, &pw, buf, (size_t)size, &found);
+        if (err == ERANGE && size < (1L << 20)) {
+            lua_pop(L, 1);
+            size *= 2;
+            continue;
+        }
+        if (err != 0 && err != ENOENT && err != ESRCH && err != EBADF && err != EPERM) {
+            lua_pop(L, 1);
+            return err;
+        }
+        if (found == NULL) {
+            lua_pop(L, 1);
+            lua_pushnil(L);
+            return 0;
+        }
+        if (uid_out)
+            *uid_out = found->pw_uid;
+        if (gid_out)
+            *gid_out = found->pw_gid;
+        lua_pushstring(L, found->pw_name);
+        lua_remove(L, -2);
+        return 0;
+    }
+}
+
+/* Who owns path itself (lstat: a symlink's own owner): uid, gid, the owner's name or nil. */
+static int fs_owner(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.owner: %s", path);
+    }
+    lua_pushinteger(L, (lua_Integer)st.st_uid);
+    lua_pushinteger(L, (lua_Integer)st.st_gid);
+    int err = push_user(L, st.st_uid, NULL, NULL, NULL);
+    if (err != 0)
+        return bkr_pusherrno(L, err, "fs.owner: %s: looking up uid %lu", path, (unsigned long)st.st_uid);
+    return 3;
+}
+
+/* Give path (never a symlink's target) to uid:gid. */
+static int fs_chown(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer uid = luaL_checkinteger(L, 2);
+    lua_Integer gid = luaL_checkinteger(L, 3);
+    luaL_argcheck(L, uid >= 0 && uid < (lua_Integer)0xFFFFFFFF, 2, "not a uid");
+    luaL_argcheck(L, gid >= 0 && gid < (lua_Integer)0xFFFFFFFF, 3, "not a gid");
+    if (fchownat(AT_FDCWD, path, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.chown: %s", path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* May the effective user read/write/enter path? faccessat with AT_EACCESS: the effective
+ * ids, as open(2) would judge them, without opening anything (a FIFO or a tape device is
+ * never touched). */
+static int fs_access(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    const char *how = luaL_checkstring(L, 2);
+    int mode = 0;
+    for (const char *p = how; *p; p++) {
+        if (*p == 'r')
+            mode |= R_OK;
+        else if (*p == 'w')
+            mode |= W_OK;
+        else if (*p == 'x')
+            mode |= X_OK;
+        else
+            return luaL_argerror(L, 2, "expected letters of \"rwx\"");
+    }
+    luaL_argcheck(L, mode != 0, 2, "expected letters of \"rwx\"");
+    if (faccessat(AT_FDCWD, path, mode, AT_EACCESS) != 0) {
+        int err = errno;
+        return bkr_pusherrno(L, err, "fs.access: %s", path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The user bkr runs as (effective uid, effective gid, name), or the user called `name`
+ * (uid, primary gid, name). */
+static int fs_user(lua_State *L)
+{
+    const char *name = luaL_optstring(L, 1, NULL);
+    if (name == NULL) {
+        uid_t uid = geteuid();
+        lua_pushinteger(L, (lua_Integer)uid);
+        lua_pushinteger(L, (lua_Integer)getegid());
+        int err = push_user(L, uid, NULL, NULL, NULL);
+        if (err != 0)
+            return bkr_pusherrno(L, err, "fs.user: looking up uid %lu", (unsigned long)uid);
+        return 3;
+    }
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int err = push_user(L, 0, name, &uid, &gid);
+    if (err != 0)
+        return bkr_pusherrno(L, err, "fs.user: looking up %s", name);
+    if (lua_isnil(L, -1))
+        return bkr_pushfail(L, "missing", "fs.user: no user named %s", name);
+    lua_pushinteger(L, (lua_Integer)uid);
+    lua_pushinteger(L, (lua_Integer)gid);
+    lua_rotate(L, -3, -1); /* uid, gid, name */
+    return 3;
+}
+
+/* ===================================================================== */
 /* mkdirs, temp_dir                                                       */
 /* ===================================================================== */
 
-/* mkdir that accepts an existing directory (a symlink to one too). Returns 0 or errno. */
-static int mkdir_one(const char *path, mode_t mode)
+/* mkdir that accepts an existing directory (a symlink to one too), and gives a directory it
+ * creates to owner (when chown_to). Returns 0 or errno. */
+static int mkdir_one(const char *path, mode_t mode, int chown_to, uid_t uid, gid_t gid)
 {
     if (mkdir(path, mode) == 0)
-        return 0;
+        return chown_to && lchown(path, uid, gid) != 0 ? errno : 0;
     int err = errno;
     struct stat st;
     if (stat(path, &st) == 0)
@@ -413,18 +571,23 @@ static int fs_mkdirs(lua_State *L)
     size_t len;
     const char *path = luaL_checklstring(L, 1, &len);
     mode_t mode = lua_isnoneornil(L, 2) ? 0755 : check_mode(L, 2);
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int chown_to = atomic_file_checkowner(L, 3, "fs.mkdirs", &uid, &gid);
     char *buf = push_scratch(L, path, len);
     int err = 0;
     for (size_t i = 1; i < len && !err; i++) {
         if (buf[i] != '/' || buf[i - 1] == '/')
             continue;
         buf[i] = '\0';
-        err = mkdir_one(buf, mode);
+        err = mkdir_one(buf, mode, chown_to, uid, gid);
         if (!err)
             buf[i] = '/';
     }
     if (!err)
-        err = mkdir_one(buf, mode);
+        err = mkdir_one(buf, mode, chown_to, uid, gid);
     if (err)
         return bkr_pusherrno(L, err, "fs.mkdirs: %s", buf);
     lua_pushboolean(L, 1);
@@ -576,6 +739,10 @@ static const luaL_Reg fs_funcs[] = {
     {"chmod", fs_chmod},
     {"mode", fs_mode},
     {"mkdirs", fs_mkdirs},
+    {"owner", fs_owner},
+    {"chown", fs_chown},
+    {"user", fs_user},
+    {"access", fs_access},
     {"temp_dir", fs_temp_dir},
     {"remove_tree", fs_remove_tree},
     {NULL, NULL},

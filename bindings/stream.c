@@ -17,7 +17,8 @@
  *                                         device or directory gives kind "not_regular"
  *   stream.from_string(s[, opts])         source
  *   stream.to_file(path[, opts])          atomic file sink; opts.mode (default 0600),
- *                                         opts.overwrite (default false); result: path.
+ *                                         opts.overwrite (default false), opts.owner
+ *                                         ({uid, gid}, set before the rename); result: path.
  *                                         nil, msg if the temporary file cannot be created
  *   stream.to_string([opts])              sink; result: the bytes (opts.max, default 256 MiB)
  *   stream.to_null([opts])                sink that discards

@@ -189,14 +189,13 @@ static int stream_to_file(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     const char *name = bkr_stage_optname(L, 2);
-    mode_t mode;
-    int overwrite;
-    atomic_file_checkopts(L, 2, "stream.to_file", &mode, &overwrite);
+    atomic_file_opts opts;
+    atomic_file_checkopts(L, 2, "stream.to_file", &opts);
     bkr_stage *st = bkr_stage_new(L, &file_sink_ops);
     file_sink *fs = calloc(1, sizeof *fs);
     if (fs == NULL)
         return luaL_error(L, "stream.to_file: out of memory");
-    int e = atomic_file_open(&fs->file, path, mode, overwrite);
+    int e = atomic_file_open(&fs->file, path, &opts);
     if (e != 0) {
         free(fs);
         if (e == ENOMEM)

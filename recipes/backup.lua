@@ -33,7 +33,7 @@ local function parse_arguments(args)
   return cli.parse(args, {
     name = "backup",
     usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--key-file FILE]\n"
-      .. "                  [--no-rotate] [--no-globals]",
+      .. "                  [--no-rotate] [--no-globals] [--create-repo]",
     summary = "Dump each database with pg_dump into REPO/<type>/backup_<UTC time>_<db>.sql.gz\n"
       .. "with a .sha256 sidecar and a .json manifest, in one pass; then rotate.\n"
       .. "With a key (--key-file or encryption.key_file), the dump is encrypted: .sql.gz.enc.",
@@ -41,12 +41,14 @@ local function parse_arguments(args)
       { "--config", "FILE", "configuration file (default ./bkr.yaml, then /etc/bkr/bkr.yaml)" },
       { "--db", "NAME", "database to back up (repeatable; default: from the configuration, else all)", repeatable = true },
       { "--type", "TYPE", "daily (default), weekly or monthly" },
-      { "--repo", "DIR", "repository directory (overrides the configuration)" },
+      { "--repo", "DIR", "repository directory (overrides the configuration); it must exist" },
+      { "--create-repo", nil, "create the repository directory when it does not exist (else: bkr init)" },
       { "--no-rotate", nil, "do not apply the retention policy afterwards" },
       { "--no-globals", nil, "do not dump roles and tablespaces" },
       { "--key-file", "FILE", "encrypt with this key (bkr keygen; overrides encryption.key_file)" },
     },
-    exit_codes = "0 all backed up, 1 a backup failed, 2 usage or configuration error",
+    exit_codes = "0 all backed up, 1 a backup failed, 2 usage or configuration error (no repository at DIR,\n"
+      .. "            a --db that is not on the server)",
     see = "docs/backup.md",
   })
 end
@@ -118,7 +120,7 @@ local function dump_database(run, db, path, size)
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
-  stages[#stages + 1] = stream.to_file(path)
+  stages[#stages + 1] = stream.to_file(path, repo.file_options(path))
   local result = stream.run(stages)
   child:close()
   return result
@@ -202,7 +204,7 @@ local function backup_globals(run)
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
-  stages[#stages + 1] = stream.to_file(path)
+  stages[#stages + 1] = stream.to_file(path, repo.file_options(path))
   local ok, result = pcall(stream.run, stages)
   child:close()
   if not ok then return nil, result end
@@ -229,6 +231,28 @@ local function backup_globals(run)
   return true
 end
 
+-- Databases named with --db must be on the server, or nothing is dumped (not even the
+-- globals): a typo is a usage error, exit 2, that lists the server's databases. (A name from
+-- the configuration that is gone fails that database alone; the others still run.)
+local function check_named_databases(run, named)
+  if not named then return end
+  local all, err = postgres.list_databases(run.conn)
+  if not all then cli.fail(cli.EXIT_FAILED, "%s", err) end
+  local present, names = {}, {}
+  for _, db in ipairs(all) do
+    present[db.name] = true
+    names[#names + 1] = cli.printable(db.name)
+  end
+  local missing = {}
+  for _, name in ipairs(named) do
+    if not present[name] then missing[#missing + 1] = cli.printable(name) end
+  end
+  if #missing > 0 then
+    cli.usage_error("backup: no database %s on the server; its databases: %s", table.concat(missing, ", "),
+      #names > 0 and table.concat(names, ", ") or "(none)")
+  end
+end
+
 -- ------------------------------------------------------------------ the run
 
 local options = parse_arguments({ ... })
@@ -239,7 +263,7 @@ run.type = options.type or "daily"
 if not repo.valid_type(run.type) then
   cli.usage_error("backup: --type must be daily, weekly or monthly, not '%s'", run.type)
 end
-run.repo = config.repository(run.cfg)
+run.repo = repo.open(config.repository(run.cfg), { create = options.create_repo })
 logging.start()
 run.key, run.key_id = keys.load(run.cfg, options)
 run.chunk_size = 65536
@@ -254,6 +278,7 @@ local server_major = server_num // 10000
 run.pg_dump, run.pg_dump_version = postgres.find_program("pg_dump", server_major, run.cfg)
 if not options.no_globals then run.pg_dumpall = postgres.find_program("pg_dumpall", server_major, run.cfg) end
 logging.step("connect", { server_version = server_version, pg_dump = run.pg_dump, pg_dump_version = run.pg_dump_version })
+check_named_databases(run, options.db)
 run.databases = postgres.databases(run.conn, run.cfg)
 logging.step("databases", { level = "debug", databases = run.databases })
 if #run.databases == 0 then cli.fail(cli.EXIT_FAILED, "backup: no databases to back up") end

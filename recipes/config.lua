@@ -114,7 +114,8 @@ local function store_file(staged, source, seal)
     local sealed, fields = files.protect(source.kind, text, seal.cipher, seal.sensitive)
     if sealed then
       local stored = config_repo.stored_name(source.path, false)
-      local ok, err = fs.write_file(staged:file(stored), sealed, { mode = source.mode, overwrite = false })
+      local path = staged:file(stored)
+      local ok, err = fs.write_file(path, sealed, repo.file_options(path, { mode = source.mode, overwrite = false }))
       if not ok then error(err, 0) end
       entry.size, entry.sha256 = #text, hash.sha256_string(text)
       entry.stored, entry.stored_sha256 = stored, hash.sha256_string(sealed)
@@ -131,8 +132,9 @@ local function store_file(staged, source, seal)
 
   local whole = seal.encrypt_all
   local stored = config_repo.stored_name(source.path, whole)
-  local result, err = files.store_whole(source.path, staged:file(stored),
-    { mode = source.mode, key = whole and seal.key or nil })
+  local path = staged:file(stored)
+  local result, err = files.store_whole(source.path, path,
+    { mode = source.mode, key = whole and seal.key or nil, owner = repo.owner_for(path) })
   if not result then error(source.path .. ": " .. err, 0) end
   entry.size, entry.sha256 = result.size, result.sha256
   entry.stored, entry.stored_sha256 = stored, result.stored_sha256
@@ -147,11 +149,11 @@ local function backup(args)
   -- 1. the files to save, the configuration, the key and how secrets are sealed
   local sources = files_to_save(options.args)
   local cfg = config.load(options)
+  local root = repo.open(config.repository(cfg))
   logging.start("config backup")
   local seal = sealing(cfg, options)
 
   -- 2. lock the repository (what a crashed run left is removed); begin under a temporary name
-  local root = config.repository(cfg)
   local lock <close> = config_repo.lock(root)
   logging.step("lock", { level = "debug" })
   local staged = config_repo.stage(root, os.time())
@@ -250,7 +252,9 @@ local function restore(args)
   logging.start("config restore")
   local key = keys.load(cfg, options)
 
-  -- 1. check everything first (a backup with secrets needs the key)
+  -- 1. check everything first (a backup with secrets needs the key); a file bkr may not read
+  --    is a permission problem (exit 1, with the fix), not damage
+  check.require_readable(dir)
   local report = check.backup(dir, key)
   if report.unchecked > 0 then keys.require(cfg, options) end
   if #report.problems > 0 then
@@ -300,7 +304,7 @@ end
 local function backups_to_verify(options)
   local dirs = {}
   if options.all then
-    for _, b in ipairs(config_repo.scan(config_repo.dir(config.repository(config.load(options))))) do
+    for _, b in ipairs(config_repo.scan(config_repo.dir(repo.open(config.repository(config.load(options)))))) do
       dirs[#dirs + 1] = b.path
     end
   elseif #options.args > 0 then
@@ -322,6 +326,9 @@ local function verify(args)
 
   -- 2. check each; report its problems, or what was checked
   local failed = 0
+  for _, dir in ipairs(dirs) do
+    check.require_readable(dir)
+  end
   for _, dir in ipairs(dirs) do
     local report = check.backup(dir, key)
     if #report.problems > 0 then
@@ -353,7 +360,8 @@ local function parse_list(args)
       { "--repo", "DIR", "repository directory" },
       { "--config", "FILE", "configuration file" },
     },
-    exit_codes = "0 listed (also when empty), 2 usage or configuration error",
+    exit_codes = "0 listed (also when empty), 1 a manifest cannot be read (a permission problem: the fix is\n"
+      .. "            printed), 2 usage or configuration error (no repository at DIR)",
     see = SEE,
   })
 end
@@ -363,10 +371,14 @@ local function list(args)
   if not options then return cli.EXIT_OK end
 
   -- 1. every config backup, newest first, with what its manifest says (or why it cannot be read)
-  local dir = config_repo.dir(config.repository(config.load(options)))
-  local rows = {}
+  local dir = config_repo.dir(repo.open(config.repository(config.load(options))))
+  local rows, unreadable = {}, nil
   for _, b in ipairs(config_repo.scan(dir)) do
-    local manifest, err = config_repo.read_manifest(b.path)
+    local manifest, err, kind = config_repo.read_manifest(b.path)
+    if not manifest and kind == "permission" then
+      unreadable = unreadable or (b.path .. "/" .. config_repo.MANIFEST)
+      err = "unreadable"
+    end
     -- the same schema check as verify's, so a malformed manifest is reported, never a crash
     local bad = manifest and check.manifest_problem(manifest)
     if bad then manifest, err = nil, bad end
@@ -382,9 +394,15 @@ local function list(args)
   end
 
   -- 2. as JSON for scripts, or as a table for people
+  -- a manifest bkr may not read ends the run after the listing, with the fix (exit 1)
+  local function done()
+    io.stdout:flush()
+    if unreadable then repo.permission_failure(unreadable) end
+    return cli.EXIT_OK
+  end
   if options.json then
     print(json.encode(rows, true))
-    return cli.EXIT_OK
+    return done()
   end
   if #rows == 0 then
     print("no config backups in " .. dir)
@@ -392,14 +410,16 @@ local function list(args)
   end
   print(string.format("%-20s  %-30s  %5s  %9s  %s", "time", "name", "files", "encrypted", "key"))
   for _, row in ipairs(rows) do
-    if row.error then
+    if row.error == "unreadable" then
+      print(string.format("%-20s  %-30s  %s", row.time, row.name, "unreadable (a permission problem)"))
+    elseif row.error then
       print(string.format("%-20s  %-30s  %s", row.time, row.name, "unreadable manifest: " .. row.error))
     else
       print(string.format("%-20s  %-30s  %5d  %9d  %s%s", row.time, row.name, row.files, row.encrypted_fields,
         row.key_id or "-", row.cipher == "xor-legacy" and " (legacy XOR)" or ""))
     end
   end
-  return cli.EXIT_OK
+  return done()
 end
 
 -- ------------------------------------------------------------------ dispatch

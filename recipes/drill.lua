@@ -39,7 +39,9 @@ if not options then return cli.EXIT_OK end
 -- ------------------------------------------------------------------ set-up
 
 local cfg = config.load(options)
-local drill = { cfg = cfg, repo = config.repository(cfg), started = os.time() }
+-- The repository must exist: a drill of a typo creates nothing and writes no report.
+local drill = { cfg = cfg, repo = repo.open(config.repository(cfg)), started = os.time() }
+repo.require_backups_of(drill.repo, options.db)
 logging.start()
 -- Two drills in one second keep two reports: the second takes the stamp "-2".
 drill.stamp = repo.new_stamp(drill.started, function(second)
@@ -176,9 +178,12 @@ local function write_report(report)
   local base = options.report and options.report:gsub("%.json$", ""):gsub("%.md$", "")
     or (drill.repo .. "/drills/drill_" .. drill.stamp)
   local dir = base:match("^(.*)/[^/]+$")
-  if dir then fs.mkdirs(dir) end
-  local ok, err = fs.write_file(base .. ".json", json.encode(report, true) .. "\n", { mode = "0644", overwrite = true })
-  if ok then ok, err = fs.write_file(base .. ".md", report_markdown(report), { mode = "0644", overwrite = true }) end
+  if dir then fs.mkdirs(dir, nil, repo.file_options(dir)) end
+  local ok, err = fs.write_file(base .. ".json", json.encode(report, true) .. "\n",
+    repo.file_options(base, { mode = "0644", overwrite = true }))
+  if ok then
+    ok, err = fs.write_file(base .. ".md", report_markdown(report), repo.file_options(base, { mode = "0644", overwrite = true }))
+  end
   if not ok then cli.fail(cli.EXIT_FAILED, "drill: cannot write the report: %s", err) end
   return base
 end
@@ -195,6 +200,11 @@ end
 
 local names = databases()
 if #names == 0 then cli.fail(cli.EXIT_FAILED, "drill: no databases with backups in %s", drill.repo) end
+-- A backup bkr may not read stops the drill before it starts (exit 1, with the fix).
+for _, name in ipairs(names) do
+  local newest = repo.scan(drill.repo, { db = { name } })[1]
+  if newest then repo.require_readable(newest) end
+end
 drill.run = restore.prepare(cfg, (keys.load(cfg, options)))
 
 local report = {

@@ -16,7 +16,8 @@ local options = cli.parse({ ... }, {
     { "--repo", "DIR", "repository directory (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
   },
-  exit_codes = "0 listed (also when empty), 2 usage or configuration error",
+  exit_codes = "0 listed (also when empty), 1 a backup cannot be read (a permission problem: the fix is\n"
+    .. "            printed), 2 usage or configuration error (no repository at DIR, a --db without backups)",
   see = "docs/list.md",
 })
 if not options then return cli.EXIT_OK end
@@ -25,11 +26,14 @@ if options.type and not repo.valid_type(options.type) then
 end
 
 local cfg = config.load(options)
-local dir = config.repository(cfg)
+local dir = repo.open(config.repository(cfg))
+repo.require_backups_of(dir, options.db)
 local backups = repo.scan(dir, { db = options.db, type = options.type, globals = options.globals, future = true })
 
--- The verification column: the last verdict, or why there can be none.
+-- The verification column: the last verdict, or why there can be none. A backup bkr may not
+-- read is "unreadable" (a permission problem), never "incomplete" or "damaged".
 local function verified(entry)
+  if entry.unreadable then return "unreadable" end
   if not entry.regular then return "damaged" end
   local v = entry.manifest and entry.manifest.verification
   if v then return v.result end
@@ -53,18 +57,28 @@ local function describe(entry)
       and math.floor(m.raw_bytes / entry.stored_bytes * 10 + 0.5) / 10 or nil,
     verified = verified(entry),
     verified_time = verification.time,
-    problem = (not entry.regular and "not a regular file") or entry.manifest_error,
+    problem = (entry.unreadable and repo.permission_message(entry.unreadable))
+      or (not entry.regular and "not a regular file") or entry.manifest_error,
     future = entry.future or nil,
     encrypted = m.encrypted == true or entry.encrypted == true,
   }
 end
 
-local rows = {}
-for _, entry in ipairs(backups) do rows[#rows + 1] = describe(entry) end
+local rows, unreadable = {}, nil
+for _, entry in ipairs(backups) do
+  rows[#rows + 1] = describe(entry)
+  unreadable = unreadable or entry.unreadable
+end
+
+-- After the listing, a backup bkr may not read ends the run with the fix (exit 1).
+local function done()
+  if unreadable then repo.permission_failure(unreadable) end
+  return cli.EXIT_OK
+end
 
 if options.json then
   print(json.encode(rows, true))
-  return cli.EXIT_OK
+  return done()
 end
 if #rows == 0 then
   print("no backups in " .. dir)
@@ -78,4 +92,5 @@ for _, row in ipairs(rows) do
     row.verified, row.encrypted and "yes" or "no",
     row.future and "  DATED IN THE FUTURE: not counted as newest (clock skew or a copied file?)" or ""))
 end
-return cli.EXIT_OK
+io.stdout:flush()
+return done()

@@ -95,8 +95,10 @@ end
 -- The backup: by --latest, --at, --before or FILE; a FILE must be a backup of --db, if given.
 local function choose_backup(job)
   local options, how = job.options, job.how
-  local dir = how.file and "." or config.repository(job.cfg)
+  local dir = how.file and "." or repo.open(config.repository(job.cfg))
   local entry = restore.choose(dir, options.db or "", how)
+  -- a file bkr may not read is a permission problem (exit 1, with the fix), not damage
+  repo.require_readable(entry)
   if how.file and not options.db then options.db = entry.database end
   if entry.database ~= options.db then
     cli.usage_error("restore: %s is a backup of %s, not %s", entry.file, entry.database, options.db)

@@ -17,13 +17,14 @@ local options = cli.parse({ ... }, {
     { "--repo", "DIR", "repository directory (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
   },
-  exit_codes = "0 done, 1 a removal failed or the repository is busy, 2 usage or configuration error",
+  exit_codes = "0 done, 1 a removal failed, the repository is busy or a file in it cannot be read\n"
+    .. "            (a permission problem: the fix is printed), 2 usage or configuration error (no repository at DIR)",
   see = "docs/rotation.md",
 })
 if not options then return cli.EXIT_OK end
 
 local cfg = config.load(options)
-local dir = config.repository(cfg)
+local dir = repo.open(config.repository(cfg))
 logging.start()
 local lock <close> = (not options.dry_run) and repo.lock(dir) or nil
 logging.step("lock", { level = "debug", dry_run = options.dry_run })
@@ -31,7 +32,7 @@ logging.step("lock", { level = "debug", dry_run = options.dry_run })
 -- it lists temporaries only when no run holds the lock (and lets go of it at once).
 local quiet_temporaries = false
 if options.dry_run then
-  local probe = fs.lock(dir .. "/.lock")
+  local probe = fs.lock(dir .. "/.lock", repo.file_options(dir .. "/.lock"))
   if probe then probe:close() else quiet_temporaries = true end
 end
 local count, errors = rotation.run(dir, cfg, { dry_run = options.dry_run, skip_temporaries = quiet_temporaries })

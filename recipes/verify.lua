@@ -9,7 +9,11 @@
 --   3. compare: stored SHA-256 with sidecar and manifest, raw size and tables with the
 --      manifest, and pg_dump's completion marker at the very end (a truncated dump is not
 --      a backup)
---   4. record the verdict (time, result, reason) in the manifest
+--   4. record the verdict (time, result, reason) in the manifest; a weaker verdict never
+--      replaces a stronger one that still holds: a checksum-only pass of a backup that
+--      passed in full keeps "passed" (and notes the time of the checksum check)
+-- --latest checks the newest backup of each database and the globals file of the same run.
+-- A file bkr may not read is a permission problem: exit 1 with the fix, never "FAILED".
 -- Exit 0 when every file passes, 3 when any fails.
 local cli = require "lib.cli"
 local config = require "lib.config"
@@ -29,13 +33,13 @@ local function parse_arguments(args)
     name = "verify",
     usage = "bkr verify [PATH | --latest | --all] [--db NAME]... [--repo DIR] [--config FILE] [--key-file FILE]",
     summary = "Check backups end to end and record the verdict in each manifest.\n"
-      .. "PATH is a backup file; --latest (the default) checks the newest backup of each database;\n"
-      .. "--all checks every backup in the repository.\n"
+      .. "PATH is a backup file; --latest (the default) checks the newest backup of each database\n"
+      .. "and the globals file of the same run; --all checks every backup in the repository.\n"
       .. "Encrypted backups are authenticated chunk by chunk with the key (--key-file or\n"
       .. "encryption.key_file); without a key only their SHA-256 is checked.",
     positional = "PATH",
     options = {
-      { "--latest", nil, "the newest backup of each database (default)" },
+      { "--latest", nil, "the newest backup of each database and its run's globals (default)" },
       { "--all", nil, "every backup in the repository, globals included" },
       { "--db", "NAME", "only backups of this database (repeatable)", repeatable = true },
       { "--repo", "DIR", "repository directory (overrides the configuration)" },
@@ -43,7 +47,8 @@ local function parse_arguments(args)
       { "--key-file", "FILE", "key of encrypted backups (overrides encryption.key_file)" },
       { "--no-record", nil, "do not write the verdict into the manifests" },
     },
-    exit_codes = "0 all passed, 3 a backup failed verification, 1 verification could not run, 2 usage",
+    exit_codes = "0 all passed, 3 a backup failed verification, 1 verification could not run (a file bkr\n"
+      .. "            may not read: the fix is printed), 2 usage (no repository at DIR, a --db without backups)",
     see = "docs/verify.md",
   })
 end
@@ -97,15 +102,24 @@ local function select_backups(options, cfg)
     for _, path in ipairs(options.args) do list[#list + 1] = describe_path(path) end
     return list
   end
-  local dir = config.repository(cfg)
-  local all = repo.scan(dir, { db = options.db, globals = options.all and not options.db, future = options.all })
-  if options.all then return all, dir end
-  local newest, seen = {}, {}
+  local dir = repo.open(config.repository(cfg))
+  repo.require_backups_of(dir, options.db)
+  if options.all then
+    return repo.scan(dir, { db = options.db, globals = not options.db, future = true }), dir
+  end
+  -- The newest backup of each database, then the globals of the same run(s): rotation keeps
+  -- the newest verified globals, so they must be verified with the databases.
+  local all = repo.scan(dir, { db = options.db, globals = true })
+  local newest, seen, runs = {}, {}, {}
   for _, entry in ipairs(all) do
-    if not seen[entry.database] then
+    if entry.kind == "database" and not seen[entry.database] then
       seen[entry.database] = true
       newest[#newest + 1] = entry
+      runs[entry.type .. "/" .. entry.stamp] = true
     end
+  end
+  for _, entry in ipairs(all) do
+    if entry.kind == "globals" and runs[entry.type .. "/" .. entry.stamp] then newest[#newest + 1] = entry end
   end
   return newest, dir
 end
@@ -199,19 +213,29 @@ local function verdict(reason, partial)
   return reason and "failed" or partial or "passed"
 end
 
+-- The verdict to record, from the last one and this run's. A failure always counts (a file
+-- that fails its checksum is failed). A checksum-only pass of a backup whose last verdict is
+-- "passed" keeps that verdict, with its time: the stored bytes are still those a full check
+-- passed; the checksum check's own time is kept beside it (checksum_only_time).
+local function verdict_to_record(previous, reason, partial, now)
+  local result = verdict(reason, partial)
+  if result == "checksum-only" and previous and previous.result == "passed" then
+    return { time = previous.time, result = "passed", checksum_only_time = now }
+  end
+  return { time = now, result = result, reason = reason }
+end
+
+-- Returns the verdict recorded (nil when there is none to record), or nil, the error.
 local function record(entry, reason, partial, kind)
   if not entry.manifest then return end
   -- The wrong key says nothing about the backup: keep its last verdict.
   if kind == "key" then return end
-  entry.manifest.verification = {
-    time = repo.iso_time(os.time()),
-    result = verdict(reason, partial),
-    reason = reason,
-  }
+  local recorded = verdict_to_record(entry.manifest.verification, reason, partial, repo.iso_time(os.time()))
+  entry.manifest.verification = recorded
   -- An unrecorded "passed" would leave the backup unprotected from rotation: say so.
   local ok, err = repo.write_manifest(entry.path, entry.manifest)
   if not ok then return nil, err end
-  return true
+  return recorded
 end
 
 -- ------------------------------------------------------------------ the run
@@ -241,6 +265,10 @@ if not options.no_record then
   logging.step("lock", { level = "debug", repositories = sorted })
 end
 
+-- A file bkr may not read stops the run before any verdict (exit 1, with the fix): it says
+-- nothing about the backup.
+for _, entry in ipairs(backups) do repo.require_readable(entry) end
+
 -- The key, read once, and only when an encrypted backup is to be checked.
 local key
 for _, entry in ipairs(backups) do
@@ -255,8 +283,10 @@ for _, entry in ipairs(backups) do
   if bkr.interrupted() then break end
   local reason, partial, kind = check(entry, key)
   if kind == "interrupted" then break end
+  local recorded
   if not options.no_record then
-    local recorded, rerr = record(entry, reason, partial, kind)
+    local rerr
+    recorded, rerr = record(entry, reason, partial, kind)
     if recorded == nil and rerr then
       unrecorded = unrecorded + 1
       cli.warn("verify", "the verdict for %s was not recorded: %s", cli.printable(entry.file), rerr)
@@ -268,7 +298,9 @@ for _, entry in ipairs(backups) do
     print(string.format("FAILED  %s: %s", label, cli.printable(reason)))
   elseif partial then
     partial_count = partial_count + 1
-    print(string.format("ok      %s (checksum only: no key to authenticate the chunks)", label))
+    local holds = recorded and recorded.result == "passed"
+      and string.format("; it passed in full at %s, which still holds", recorded.time) or ""
+    print(string.format("ok      %s (checksum only: no key to authenticate the chunks%s)", label, holds))
   else
     print(string.format("ok      %s", label))
   end

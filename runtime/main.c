@@ -1,7 +1,9 @@
 /*
  * main.c - the bkr host: command line, Lua state, recipe path, signals, error reporting.
  *
- *   bkr [--debug] RECIPE [args...]     run RECIPE.lua from the recipe path
+ *   bkr [--debug] RECIPE [args...]     run RECIPE.lua from the recipe path (--debug, or
+ *                                      BKR_DEBUG=1: errors keep the recipe's file and line,
+ *                                      and a traceback; without it no message names them)
  *   bkr [--debug] run FILE.lua [args]  run any Lua file
  *   bkr --help | --version
  *
@@ -419,16 +421,52 @@ static int has_position(const char *msg)
     return *p == ':';
 }
 
+/* The length of a leading "chunk:line: " that Lua's error() puts before a message raised
+ * from a Lua file ("x/recipes/config.lua:102: ", "[string \"...\"]:3: "), or 0. Only a chunk
+ * name that is a Lua file or a string chunk counts: "db.example:5432: refused" is a message. */
+static size_t position_length(const char *msg)
+{
+    if (!has_position(msg))
+        return 0;
+    const char *colon = strchr(msg, ':');
+    size_t chunk = (size_t)(colon - msg);
+    int lua_file = chunk >= 4 && strncmp(colon - 4, ".lua", 4) == 0;
+    int string_chunk = msg[0] == '[' && colon[-1] == ']';
+    if (!lua_file && !string_chunk)
+        return 0;
+    const char *p = colon + 1;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    p++; /* the second ':' */
+    if (*p == ' ')
+        p++;
+    return (size_t)(p - msg);
+}
+
 /*
- * Message handler: errors raised inside C functions carry no position, so name the
- * innermost Lua line that led there; the admin sees which recipe step failed.
- * --debug adds a traceback. Error objects (tables) pass through untouched.
+ * Message handler. Without --debug (or BKR_DEBUG) a message is for the admin: it never
+ * names a recipe's file and line, so a leading "chunk:line: " (added by Lua's error() to a
+ * string raised from a recipe, as many times as it was re-raised) is removed. With --debug
+ * the message keeps its position; an error raised inside a C function is given the
+ * innermost Lua line that led there, and a traceback follows. Error objects (tables) pass
+ * through untouched.
  */
 static int message_handler(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
     if (msg == NULL)
         return 1;
+    lua_getglobal(L, "bkr");
+    lua_getfield(L, -1, "debug");
+    int debug = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    if (!debug) {
+        size_t skip;
+        while ((skip = position_length(msg)) > 0)
+            msg += skip;
+        lua_pushstring(L, msg);
+        return 1;
+    }
     /* After SIGINT/SIGTERM the message says what was interrupted; where a recipe happened
      * to be is noise. */
     if (!has_position(msg) && interrupt_signal == 0) {
@@ -442,14 +480,7 @@ static int message_handler(lua_State *L)
             }
         }
     }
-    lua_getglobal(L, "bkr");
-    lua_getfield(L, -1, "debug");
-    int debug = lua_toboolean(L, -1);
-    lua_pop(L, 2);
-    if (debug)
-        luaL_traceback(L, L, msg, 1);
-    else
-        lua_pushstring(L, msg);
+    luaL_traceback(L, L, msg, 1);
     return 1;
 }
 

@@ -30,6 +30,8 @@ compression_level: 6
 retention: { daily: 7, weekly: 4, monthly: 0 }
 YAML
 
+step "bkr init --config $work/bkr.yaml: the repository, once (every other command refuses a missing one)"
+"$bkr" init --config "$work/bkr.yaml"
 step "bkr backup --config $work/bkr.yaml"
 "$bkr" backup --config "$work/bkr.yaml"
 step "bkr verify --latest"

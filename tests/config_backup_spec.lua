@@ -136,7 +136,7 @@ local ENV_SECRETS = { "p@ss", "plain-api-key", "spaced-secret", "multi-line-key-
 local function fixture()
   local base = util.scratch("cfg")
   local f = { base = base, src = base .. "/etc/app", repo = base .. "/repo", out = base .. "/out" }
-  util.sh("mkdir -p " .. q(f.src))
+  util.sh("mkdir -p " .. q(f.src) .. " " .. q(f.repo)) -- the repository exists (bkr init)
   f.key = new_key(base)
   f.yaml, f.env, f.bin = f.src .. "/app.yaml", f.src .. "/.env", f.src .. "/data.bin"
   util.write(f.yaml, YAML)
@@ -802,6 +802,7 @@ describe("bkr config list and rotation", function()
     local second = listing:find(rows[2].name, 1, true)
     assert.is_truthy(first and second and first < second, listing)
     assert.matches(rows[2].key_id, listing, 1, true)
+    util.sh("mkdir " .. q(f.base .. "/empty"))
     listing, rc = run("config list --repo " .. q(f.base .. "/empty"))
     assert.are.equal(0, rc, listing)
     assert.matches("no config backups", listing)

@@ -62,7 +62,8 @@ describe("the run log", function()
     out, rc = run("verify --repo " .. q(repo))
     assert.are.equal(0, rc, out)
     assert.are.equal(2, #distinct(log, ".run_id"))
-    assert.are.same({ '"start"', '"check"', '"finish"' }, jq_lines(log, 'select(.recipe == "verify") | .step'))
+    -- (the globals of the same run are verified with it)
+    assert.are.same({ '"start"', '"check"', '"check"', '"finish"' }, jq_lines(log, 'select(.recipe == "verify") | .step'))
   end)
 
   it("writes only lines at or above the level: info by default, --log-level debug adds the details, "
@@ -78,10 +79,10 @@ describe("the run log", function()
     assert.are.same({ '"lock"', '"databases"' }, jq_lines(debug .. "/bkr.log", 'select(.level == "debug") | .step'))
 
     -- the file says error; the command line wins over it
-    local cfg = config_file("logging:\n  level: error\n")
+    -- (a configured database that is gone fails on its own; --db would refuse it before starting)
+    local cfg = config_file("logging:\n  level: error\ndatabases: [" .. db .. ", no_such_database]\n")
     local quiet = util.scratch("repo")
-    out, rc = run("backup --no-globals --config " .. q(cfg) .. " --repo " .. q(quiet) .. " --db " .. db
-      .. " --db no_such_database")
+    out, rc = run("backup --no-globals --config " .. q(cfg) .. " --repo " .. q(quiet))
     assert.are.equal(1, rc, out)
     assert.are.same({ '"dump,no_such_database,error"', '"finish,null,error"' },
       field(quiet .. "/bkr.log", ".step, .database, .level"))
@@ -197,7 +198,8 @@ describe("--quiet", function()
     local stdout, rc = util.sh(q(util.bkr_bin()) .. " backup --quiet --repo " .. q(repo) .. " --db " .. db .. " 2>/dev/null")
     assert.are.equal(0, rc)
     assert.are.equal("", stdout)
-    local out, rc2 = run("backup --quiet --no-globals --repo " .. q(repo) .. " --db no_such_database")
+    local gone = config_file("databases: [no_such_database]\n")
+    local out, rc2 = run("backup --quiet --no-globals --config " .. q(gone) .. " --repo " .. q(repo))
     assert.are.equal(1, rc2, out)
     assert.matches('database "no_such_database" failed', out)
     -- and it is in every recipe's help
@@ -210,13 +212,14 @@ end)
 describe("the finish line", function()
   it("carries the exit code of a run that failed", function()
     local repo = util.scratch("repo")
-    local out, rc = run("backup --no-globals --repo " .. q(repo) .. " --db no_such_database")
+    local gone = config_file("databases: [no_such_database]\n")
+    local out, rc = run("backup --no-globals --config " .. q(gone) .. " --repo " .. q(repo))
     assert.are.equal(1, rc, out)
     assert.are.same({ '"1,error"' }, field(repo .. "/bkr.log", 'select(.step == "finish") | .exit_code, .level'))
     -- a run stopped by an error object: its message too
     out, rc = run("verify --repo " .. q(repo) .. " --db no_such_database")
-    assert.are.equal(1, rc, out)
-    assert.are.same({ '"1,verify: no backups found in ' .. repo .. '"' },
+    assert.are.equal(2, rc, out)
+    assert.are.same({ '"2,no backups of no_such_database in ' .. repo .. '; databases with backups: none"' },
       field(repo .. "/bkr.log", 'select(.step == "finish" and .recipe == "verify") | .exit_code, .message'))
   end)
 
@@ -262,9 +265,9 @@ describe("secrets", function()
   it("never reach the log, not even at level debug", function()
     local repo = util.scratch("repo")
     local secret = "pw-" .. math.random(1e9) .. "-s3cret"
-    local cfg = config_file("connection:\n  password_env: BKR_TEST_SECRET\n")
-    local out, rc = run("backup --log-level debug --config " .. q(cfg) .. " --repo " .. q(repo) .. " --db " .. db
-      .. " --db no_such_database", "BKR_TEST_SECRET=" .. q(secret))
+    local cfg = config_file("connection:\n  password_env: BKR_TEST_SECRET\ndatabases: [" .. db .. ", no_such_database]\n")
+    local out, rc = run("backup --log-level debug --config " .. q(cfg) .. " --repo " .. q(repo),
+      "BKR_TEST_SECRET=" .. q(secret))
     assert.are.equal(1, rc, out)
     assert.is_true(#jq_lines(repo .. "/bkr.log") >= 8)
     assert.is_nil(util.read(repo .. "/bkr.log"):find(secret, 1, true))

@@ -319,6 +319,7 @@ describe("docs/RECOVERY_GUIDE.md", function()
       "repository: " .. repo .. "\nencryption:\n  key_file: " .. key .. "\n")
     local env = write_config(dir .. "/etc/app/app.env", "DB_PASSWORD=s3cret-prep\nPORT=8080\n")
     local conf = write_config(dir .. "/etc/postgresql/postgresql.conf", "shared_buffers = 128MB\n")
+    bkr("init --config " .. q(cfg))
     local outputs = run_procedure(0, { CONFIG = cfg, CONFIG_FILES = table.concat({ cfg, env, conf }, " ") })
     assert.matches("config backup [^\n]+: 3 files, %d+ encrypted fields", outputs[2])
     local list = json.decode(bkr("config list --json --repo " .. q(repo)))
@@ -427,6 +428,7 @@ describe("docs/RECOVERY_GUIDE.md", function()
     local env_text = "DB_PASSWORD=s3cret-rebuild\n"
     local env = write_config(old_server .. "/etc/app/app.env", env_text)
     util.sh("chmod 0640 " .. q(cfg))
+    bkr("init --config " .. q(cfg))
     bkr("backup --config " .. q(cfg))
     bkr("config backup --config " .. q(cfg) .. " " .. q(cfg) .. " " .. q(env))
     -- the server is lost: its databases, its roles, its configuration
@@ -530,6 +532,7 @@ describe("docs/RECOVERY_GUIDE.md", function()
     local cfg = write_config(dir .. "/bkr.yaml", "repository: " .. repo .. "\ndatabases: [" .. a .. ", " .. b .. "]\n"
       .. "encryption:\n  key_file: " .. key .. "\n"
       .. "drill:\n  smoke_queries:\n    - select count(*) > 0 from pg_class where relkind = 'r'\n")
+    bkr("init --config " .. q(cfg))
     bkr("backup --config " .. q(cfg))
     bkr("config backup --config " .. q(cfg) .. " " .. q(cfg))
 
@@ -578,6 +581,7 @@ describe("docs/drill.md", function()
     assert.matches("\nrepository: [^\n]+\n", "\n" .. config_text)
     local cfg = write_config(custom .. "/bkr.yaml", (config_text:gsub("repository: [^\n]+", "repository: " .. repo)))
     local env = "BKR_RECIPE_PATH=" .. q(custom)
+    bkr("init --config " .. q(cfg))
     bkr("backup --no-globals --config " .. q(cfg))
 
     local out = bkr("drill --config " .. q(cfg) .. " --report " .. q(custom .. "/report"), env)

@@ -199,6 +199,43 @@ function cli.failure(message, kind, path)
   return tostring(message)
 end
 
+-- A file bkr may not read (or write) is a permission problem, never damage: one line that
+-- names the file, who owns it and its mode, the user bkr runs as, and the fix. When the file
+-- itself cannot even be looked at, its nearest directory that can is described instead.
+-- opts.verb ("read" by default, "write"), opts.fix_tree: the directory the fix gives to bkr's
+-- user as a whole (the repository: `chown -R`); without it the fix names the file alone.
+function cli.permission_message(path, opts)
+  opts = opts or {}
+  local fs = require "bkr.fs"
+  local my_uid, _, me = fs.user()
+  me = me or tostring(my_uid)
+  local subject = path
+  local uid, _, owner = fs.owner(subject)
+  while not uid and subject:find("/[^/]*[^/]") do
+    subject = subject:match("^(.*)/[^/]*$")
+    if subject == "" then subject = "/" end
+    uid, _, owner = fs.owner(subject)
+  end
+  local described = "owned by ?"
+  if uid then
+    local mode = fs.mode(subject)
+    described = string.format("owned by %s%s", owner or tostring(uid), mode and string.format(", mode %04o", mode) or "")
+  end
+  if subject ~= path then described = "its directory " .. subject .. " is " .. described end
+  local fix
+  if uid == my_uid then
+    fix = opts.fix_tree and ("chmod -R u+rwX " .. opts.fix_tree) or ("chmod u+rw " .. path)
+  else
+    fix = string.format("sudo chown %s%s: %s", opts.fix_tree and "-R " or "", me, opts.fix_tree or path)
+  end
+  return string.format("cannot %s %s: %s, bkr runs as %s; fix: %s", opts.verb or "read", path, described, me, fix)
+end
+
+-- Stop the run (exit 1) with cli.permission_message.
+function cli.permission_failure(path, opts)
+  cli.fail(cli.EXIT_FAILED, "%s", cli.permission_message(path, opts))
+end
+
 -- The kind of an error object (runtime/error.h), or nil for a plain message.
 function cli.kind(err)
   return type(err) == "table" and err.kind or nil

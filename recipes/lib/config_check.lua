@@ -14,6 +14,7 @@ local hash = require "bkr.hash"
 local crypto = require "bkr.crypto"
 local files = require "lib.config_files"
 local config_repo = require "lib.config_repo"
+local repo = require "lib.repo"
 
 local check = {}
 
@@ -286,6 +287,26 @@ local function check_content(report, dir, file, key, cipher)
       report.plain[file] = plain
     end
   end
+end
+
+-- Every directory and file of a backup must be one bkr may read: else the run stops (exit 1)
+-- naming the first that is not, its owner and mode, bkr's user and the fix. A permission
+-- problem is not damage: it is said before any check, never as a failed check.
+function check.require_readable(dir)
+  local function walk(path)
+    local mode = lfs.symlinkattributes(path, "mode")
+    if mode == "directory" then
+      local ok, _, kind = fs.access(path, "rx")
+      if not ok and kind == "permission" then repo.permission_failure(path) end
+      for name in lfs.dir(path) do
+        if name ~= "." and name ~= ".." then walk(path .. "/" .. name) end
+      end
+    elseif mode == "file" then
+      local ok, _, kind = fs.access(path, "r")
+      if not ok and kind == "permission" then repo.permission_failure(path) end
+    end
+  end
+  walk(dir)
 end
 
 -- Check a backup directory. Without a key, only what needs none: SHA256SUMS, the manifest,

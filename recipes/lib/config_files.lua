@@ -150,7 +150,8 @@ local function run_pipeline(stages)
   return result
 end
 
--- Copy a file byte for byte into the backup, sealed whole with opts.key when given.
+-- Copy a file byte for byte into the backup, sealed whole with opts.key when given, written
+-- with opts.mode and given to opts.owner ({uid, gid}, when set).
 -- Returns { sha256, stored_sha256, size, stored_size } or nil, message, kind.
 function files.store_whole(source_path, stored_path, opts)
   -- the admin's own file: a symlink to it is followed (/etc/alternatives...), a FIFO is not
@@ -159,7 +160,7 @@ function files.store_whole(source_path, stored_path, opts)
   local stages = { source, hash.sha256{ name = "original" } }
   if opts.key then stages[#stages + 1] = require("bkr.crypto").encrypt{ key = opts.key } end
   stages[#stages + 1] = hash.sha256{ name = "stored" }
-  local sink, serr, skind = stream.to_file(stored_path, { mode = opts.mode })
+  local sink, serr, skind = stream.to_file(stored_path, { mode = opts.mode, owner = opts.owner })
   if not sink then
     for _, stage in ipairs(stages) do stage:close() end
     return nil, serr, skind

@@ -54,6 +54,8 @@ end
 function config_repo.scan(dir)
   local backups = {}
   if lfs.attributes(dir, "mode") ~= "directory" then return backups end
+  local readable, _, kind = fs.access(dir, "rx")
+  if not readable and kind == "permission" then repo.permission_failure(dir) end
   for name in lfs.dir(dir) do
     local stamp = name:match(NAME_PATTERN)
     local time, sequence = repo.parse_stamp(stamp or "")
@@ -81,7 +83,7 @@ function config_repo.resolve(options, word, what)
     cli.usage_error("%s: %s is neither a directory nor a config backup name "
       .. "(config_backup_YYYYMMDD_HHMMSS[-N])", what, word)
   end
-  local path = config_repo.dir(config.repository(config.load(options))) .. "/" .. word
+  local path = config_repo.dir(repo.open(config.repository(config.load(options)))) .. "/" .. word
   if lfs.attributes(path, "mode") ~= "directory" then
     cli.usage_error("%s: no config backup %s", what, path)
   end
@@ -90,7 +92,7 @@ end
 
 -- The newest config backup's directory, or the run stops (exit 1) when there is none.
 function config_repo.latest(options, what)
-  local dir = config_repo.dir(config.repository(config.load(options)))
+  local dir = config_repo.dir(repo.open(config.repository(config.load(options))))
   local newest = config_repo.scan(dir)[1]
   if not newest then cli.fail(cli.EXIT_FAILED, "%s: no config backups in %s", what, dir) end
   return newest.path
@@ -140,9 +142,12 @@ end
 -- a to-be-closed variable.
 function config_repo.lock(root)
   local dir = config_repo.dir(root)
-  local ok, err = fs.mkdirs(dir, PRIVATE)
-  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
   local lock = repo.lock(root)
+  local ok, err, kind = fs.mkdirs(dir, PRIVATE, repo.file_options(dir))
+  if not ok and kind == "permission" then repo.permission_failure(dir, "create") end
+  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
+  local readable, _, rkind = fs.access(dir, "rwx")
+  if not readable and rkind == "permission" then repo.permission_failure(dir, "write") end
   for name in lfs.dir(dir) do
     if name:sub(1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
       fs.remove_tree(dir .. "/" .. name)
@@ -171,7 +176,7 @@ function config_repo.stage(root, epoch)
   end)
   local staged = setmetatable({ root = root, name = name, epoch = epoch, final = dir .. "/" .. name,
     path = dir .. "/" .. PARTIAL_PREFIX .. name, made = {}, made_order = {} }, Staged)
-  local ok, err = fs.mkdirs(staged.path, PRIVATE)
+  local ok, err = fs.mkdirs(staged.path, PRIVATE, repo.file_options(staged.path))
   if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
   return staged
 end
@@ -181,7 +186,7 @@ function Staged:file(stored)
   for part in (stored:match("^(.*)/[^/]*$") or ""):gmatch("[^/]+") do
     path = path .. "/" .. part
     if not self.made[path] then
-      local ok, err = fs.mkdirs(path, PRIVATE)
+      local ok, err = fs.mkdirs(path, PRIVATE, repo.file_options(path))
       if not ok then error(err, 0) end
       self.made[path] = true
       self.made_order[#self.made_order + 1] = path
@@ -197,7 +202,7 @@ function Staged:write_manifest(manifest)
   manifest.time, manifest.bkr_version = repo.iso_time(self.epoch), bkr.version
   local text = json.encode(manifest, true) .. "\n"
   local ok, err = fs.write_file(self.path .. "/" .. config_repo.MANIFEST, text,
-    { mode = PRIVATE_FILE, overwrite = false })
+    repo.file_options(self.path, { mode = PRIVATE_FILE, overwrite = false }))
   if not ok then error(err, 0) end
   local lines = {}
   for _, entry in ipairs(manifest.files) do
@@ -205,7 +210,7 @@ function Staged:write_manifest(manifest)
   end
   lines[#lines + 1] = repo.sums_line(hash.sha256_string(text), config_repo.MANIFEST)
   ok, err = fs.write_file(self.path .. "/" .. config_repo.SUMS, table.concat(lines),
-    { mode = PRIVATE_FILE, overwrite = false })
+    repo.file_options(self.path, { mode = PRIVATE_FILE, overwrite = false }))
   if not ok then error(err, 0) end
   return manifest
 end

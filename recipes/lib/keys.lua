@@ -35,6 +35,8 @@ end
 
 local function read_key_file(path)
   local mode, err, kind = fs.mode(path)
+  -- a key bkr may not read is a permission problem (exit 1): who owns it, and the fix
+  if not mode and kind == "permission" then cli.permission_failure(path) end
   if not mode then cli.usage_error("key file %s", cli.failure(err, kind, path)) end
   if mode & tonumber("044", 8) ~= 0 then
     cli.usage_error("key file %s is readable by group or others (mode %04o); run: chmod 600 %s", path, mode, path)
@@ -42,11 +44,10 @@ local function read_key_file(path)
   if mode & tonumber("022", 8) ~= 0 then
     cli.usage_error("key file %s is writable by group or others (mode %04o); run: chmod 600 %s", path, mode, path)
   end
-  local f, open_err = io.open(path, "rb")
-  if not f then cli.usage_error("key file %s: %s", path, open_err) end
-  local text = f:read(MAX_KEY_TEXT + 1) or ""
-  f:close()
-  local key = #text <= MAX_KEY_TEXT and keys.decode(text)
+  local text, read_err, read_kind = fs.read_file(path, { follow = true, max = MAX_KEY_TEXT })
+  if not text and read_kind == "permission" then cli.permission_failure(path) end
+  if not text and read_kind ~= "too_large" then cli.usage_error("key file %s", cli.failure(read_err, read_kind, path)) end
+  local key = text and keys.decode(text)
   if not key then
     cli.usage_error("key file %s is not a bkr key (expected the base64 of %d bytes, as bkr keygen writes)",
       path, keys.KEY_BYTES)

@@ -139,7 +139,7 @@ end
 -- may have rotated between our look and our lock, and the file is then a fresh one that must
 -- not be rotated again (that would drop the oldest file early).
 local function rotate(path, incoming)
-  local lock = fs.lock(path .. ".lock")
+  local lock = fs.lock(path .. ".lock", { owner = require("lib.repo").owner_for(path) })
   if not lock then return end
   if over_limit(path, incoming) then
     local keep = settings.keep or logging.DEFAULTS.keep
@@ -165,12 +165,18 @@ local function append(path, line)
   local current = lfs.symlinkattributes(path, "mode") == "file" and fs.mode(path)
   if current and (current & ~mode) ~= 0 then fs.chmod(path, current & mode) end
   if over_limit(path, #text) then rotate(path, #text) end
-  local ok, err, kind = fs.append(path, text, { mode = mode })
+  -- (root on another user's repository gives the log to that user: lib/repo.lua)
+  local ok, err, kind = fs.append(path, text, { mode = mode, owner = require("lib.repo").owner_for(path) })
   -- (a configured logging.file in a missing directory is a mistake to report, not to wait out)
   local waiting = not ok and kind == "missing" and not settings.file
   if not waiting then pending = {} end
   if not ok and not waiting and not warned then
     warned = true -- once per run: the log is for monitoring, the run goes on
+    if kind == "permission" then
+      -- named as what it is, with its owner and the fix (lib/cli.lua), like every file bkr may not use
+      local cli = require "lib.cli"
+      err = cli.permission_message(path, { verb = "write", fix_tree = dir })
+    end
     io.stderr:write("bkr: cannot write the log: ", err, "\n")
   end
 end

@@ -139,8 +139,9 @@ local function check(m)
   if m.verification ~= nil then
     local v = m.verification
     if not is_object(v) or not RESULTS[v.result] or not is_time(v.time)
-        or (v.reason ~= nil and type(v.reason) ~= "string") then
-      return "verification: not {time, result, reason}"
+        or (v.reason ~= nil and type(v.reason) ~= "string")
+        or (v.checksum_only_time ~= nil and not is_time(v.checksum_only_time)) then
+      return "verification: not {time, result, reason, checksum_only_time}"
     end
   end
   return nil

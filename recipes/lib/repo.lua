@@ -9,6 +9,11 @@
 --   REPO/<type>/backup_..._<db>.sql.gz.enc, globals_....sql.gz.enc   the same, encrypted
 --       (docs/encryption.md); sidecars are named after the stored file: FILE.enc.sha256, FILE.enc.json
 --
+-- A repository is an existing directory (bkr init or backup --create-repo makes one; no marker
+-- file): every command but those two refuses a path where there is none (repo.open), so a
+-- typo is an error, not a new empty repository. When bkr runs as root on a repository that
+-- belongs to another user, everything it creates there is given to that user (repo.owner_for).
+--
 -- Timestamps are UTC. A database name unsafe in a file name is escaped reversibly (%XX).
 -- A run's stamp is its UTC second, YYYYMMDD_HHMMSS; when an earlier run of the same second
 -- already used that stamp in the directory, the run takes YYYYMMDD_HHMMSS-2, -3, ... instead
@@ -115,6 +120,8 @@ end
 function repo.highest_sequence(dir, prefixes, second)
   local highest = 0
   if lfs.symlinkattributes(dir, "mode") ~= "directory" then return highest end
+  local ok, _, kind = fs.access(dir, "rx")
+  if not ok and kind == "permission" then repo.permission_failure(dir) end
   for file in lfs.dir(dir) do
     for _, prefix in ipairs(prefixes) do
       local head = prefix .. second
@@ -166,6 +173,104 @@ function repo.globals_file(type_, stamp, encrypted)
   return string.format("%s/globals_%s.sql.gz%s", type_, stamp, encrypted and ".enc" or "")
 end
 
+-- ------------------------------------------------------------------ opening
+
+-- The repositories this run works on: dir -> the owner ({uid, gid, name}) to give new files
+-- to, or false when they keep bkr's own user.
+local opened = {}
+
+local function strip_slashes(dir)
+  return (dir:gsub("(.)/+$", "%1"))
+end
+
+-- When bkr runs as root on a repository directory owned by another user, every file and
+-- directory it creates there goes to that owner (and the directory's group), so the user
+-- who operates bkr (postgres) can read them later. Said once per repository.
+local function adopt(dir)
+  if opened[dir] ~= nil then return opened[dir] or nil end
+  opened[dir] = false
+  local euid = fs.user()
+  local uid, gid, name = fs.owner(dir)
+  if euid == 0 and uid and uid ~= 0 then
+    name = name or tostring(uid)
+    opened[dir] = { uid = uid, gid = gid, name = name }
+    io.stderr:write(string.format("bkr: running as root on a repository owned by %s: files will be owned by %s\n",
+      name, name))
+  end
+  return opened[dir] or nil
+end
+
+-- The repository `dir` for a command that uses one: it must exist (a path that does not is a
+-- usage error, exit 2, with the command that creates one) and be a directory bkr may enter
+-- and read (else exit 1, cli.permission_failure). Returns dir without trailing slashes.
+-- opts.create: make it first when it is missing (bkr backup --create-repo), mode 0750,
+-- owned by the invoking user.
+function repo.open(dir, opts)
+  opts = opts or {}
+  dir = strip_slashes(dir)
+  local uid, err, kind = fs.owner(dir)
+  if not uid and kind == "missing" and opts.create then
+    local ok, merr, mkind = fs.mkdirs(dir, tonumber("750", 8))
+    if not ok then
+      if mkind == "permission" then cli.permission_failure(dir, { verb = "create" }) end
+      cli.fail(cli.EXIT_FAILED, "cannot create the repository %s: %s", dir, cli.failure(merr, mkind, dir))
+    end
+    cli.say("created the repository %s", dir)
+    uid, err, kind = fs.owner(dir)
+  end
+  if not uid then
+    if kind == "missing" then
+      cli.usage_error("no repository at %s (create one with: bkr init --repo %s)", dir, dir)
+    end
+    if kind == "permission" then cli.permission_failure(dir) end
+    cli.fail(cli.EXIT_FAILED, "repository %s: %s", dir, cli.failure(err, kind, dir))
+  end
+  if lfs.attributes(dir, "mode") ~= "directory" then
+    cli.usage_error("repository %s is not a directory", dir)
+  end
+  local ok, _, akind = fs.access(dir, "rx")
+  if not ok and akind == "permission" then cli.permission_failure(dir, { fix_tree = dir }) end
+  adopt(dir)
+  return dir
+end
+
+-- The owner ({uid, gid}, as the writers' opts.owner) a new file or directory at `path` gets:
+-- that of the repository it is in, when bkr runs as root on another user's repository; else
+-- nil (bkr's own user, as usual).
+function repo.owner_for(path)
+  for dir, owner in pairs(opened) do
+    if owner and path:sub(1, #dir + 1) == dir .. "/" then return { owner.uid, owner.gid } end
+  end
+  return nil
+end
+
+-- Writer options (fs.write_file, stream.to_file, fs.mkdirs) for `path`: opts with the owner
+-- repo.owner_for gives.
+function repo.file_options(path, opts)
+  opts = opts or {}
+  opts.owner = repo.owner_for(path)
+  return opts
+end
+
+-- The repository a file in it belongs to (the fix of a permission message gives it all back
+-- to bkr's user at once), or nil.
+local function repository_of(path)
+  for dir in pairs(opened) do
+    if path:sub(1, #dir + 1) == dir .. "/" then return dir end
+  end
+  return nil
+end
+
+-- Stop the run, exit 1: bkr may not read (or write: verb) `path` in a repository.
+function repo.permission_failure(path, verb)
+  cli.permission_failure(path, { verb = verb, fix_tree = repository_of(path) })
+end
+
+-- The message of repo.permission_failure, for a listing that goes on.
+function repo.permission_message(path)
+  return cli.permission_message(path, { fix_tree = repository_of(path) })
+end
+
 -- ------------------------------------------------------------------ scanning
 
 local function exists(path)
@@ -204,6 +309,29 @@ function repo.load_manifest(entry)
   return m
 end
 
+-- The first of a backup's files (itself, its sidecar, its manifest) that bkr may not read,
+-- or nil. Such a backup is unreadable, not damaged: a permission problem (exit 1).
+function repo.unreadable_file(entry)
+  for _, path in ipairs({ entry.path, entry.sidecar, entry.manifest_path }) do
+    if lfs.symlinkattributes(path, "mode") == "file" then
+      local ok, _, kind = fs.access(path, "r")
+      if not ok and kind == "permission" then return path end
+    elseif lfs.symlinkattributes(path, "mode") == nil then
+      -- not even its attributes can be read when the directory may not be entered
+      local ok, _, kind = fs.owner(path)
+      if not ok and kind == "permission" then return path end
+    end
+  end
+  return nil
+end
+
+-- Every backup that is to be read must be readable: else the run stops (exit 1) naming the
+-- file, its owner and mode, bkr's user and the fix.
+function repo.require_readable(entry)
+  local path = entry.unreadable or repo.unreadable_file(entry)
+  if path then repo.permission_failure(path) end
+end
+
 -- One backup (or globals) file with what is known about it from its sidecars.
 local function describe(dir, type_, file, stamp, db, kind, encrypted)
   local path = dir .. "/" .. type_ .. "/" .. file
@@ -218,6 +346,7 @@ local function describe(dir, type_, file, stamp, db, kind, encrypted)
   entry.stored_bytes = entry.regular and lfs.symlinkattributes(path, "size") or nil
   entry.has_sidecar = exists(entry.sidecar)
   entry.manifest, entry.manifest_error, entry.manifest_kind = repo.load_manifest(entry)
+  entry.unreadable = repo.unreadable_file(entry)
   return entry
 end
 
@@ -234,7 +363,16 @@ local warned_symlinks = {}
 function repo.type_dir(dir, type_)
   local subdir = dir .. "/" .. type_
   local mode = lfs.symlinkattributes(subdir, "mode")
-  if mode == "directory" then return subdir end
+  if mode == "directory" then
+    -- a directory bkr may not list is a permission problem (exit 1), never "no backups"
+    local ok, _, kind = fs.access(subdir, "rx")
+    if not ok and kind == "permission" then repo.permission_failure(subdir) end
+    return subdir
+  end
+  if mode == nil then
+    local ok, _, kind = fs.owner(subdir)
+    if not ok and kind == "permission" then repo.permission_failure(subdir) end
+  end
   if mode ~= nil and not warned_symlinks[subdir] then
     warned_symlinks[subdir] = true
     io.stderr:write("bkr: ", subdir, " is not a real directory (a symlink?): left alone\n")
@@ -322,6 +460,38 @@ function repo.scan(dir, filter)
   return entries
 end
 
+-- The databases that have at least one backup in the repository (any type, future-dated
+-- too), sorted.
+function repo.databases_with_backups(dir)
+  local seen, names = {}, {}
+  for _, entry in ipairs(repo.scan(dir, { future = true })) do
+    if not seen[entry.database] then
+      seen[entry.database] = true
+      names[#names + 1] = entry.database
+    end
+  end
+  table.sort(names)
+  return names
+end
+
+-- A --db that matches no backup is a usage error (exit 2) naming the databases that have
+-- some: a typo must not look like "nothing to do".
+function repo.require_backups_of(dir, names)
+  if not names then return end
+  local have = repo.databases_with_backups(dir)
+  local present = {}
+  for _, name in ipairs(have) do present[name] = true end
+  local missing = {}
+  for _, name in ipairs(names) do
+    if not present[name] then missing[#missing + 1] = cli.printable(name) end
+  end
+  if #missing == 0 then return end
+  local shown = {}
+  for i, name in ipairs(have) do shown[i] = cli.printable(name) end
+  cli.usage_error("no backups of %s in %s; databases with backups: %s", table.concat(missing, ", "), dir,
+    #shown > 0 and table.concat(shown, ", ") or "none")
+end
+
 -- The verdict of the last verify, from the manifest: "passed", "failed" or nil.
 function repo.verified(entry)
   local v = entry.manifest and entry.manifest.verification
@@ -332,7 +502,9 @@ end
 
 function repo.ensure(dir)
   for _, type_ in ipairs(repo.TYPES) do
-    local ok, err = fs.mkdirs(dir .. "/" .. type_, tonumber("750", 8))
+    local subdir = dir .. "/" .. type_
+    local ok, err, kind = fs.mkdirs(subdir, tonumber("750", 8), repo.file_options(subdir))
+    if not ok and kind == "permission" then repo.permission_failure(subdir, "create") end
     if not ok then cli.fail(cli.EXIT_FAILED, "repository %s: %s", dir, err) end
     if not repo.type_dir(dir, type_) then
       cli.fail(cli.EXIT_FAILED, "repository %s: %s/%s is not a directory of its own (a symlink?); bkr keeps "
@@ -377,9 +549,14 @@ end
 -- Take the repository lock or fail fast naming the holder. Holding it proves that no other
 -- run is writing, so the temporary files of killed runs are removed at once.
 function repo.lock(dir)
-  local lock, err, code = fs.lock(dir .. "/.lock")
+  dir = strip_slashes(dir)
+  adopt(dir)
+  local lock, err, code = fs.lock(dir .. "/.lock", repo.file_options(dir .. "/.lock"))
   if not lock then
     if code == "locked" then cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", dir, err) end
+    if code == "permission" then
+      repo.permission_failure(lfs.symlinkattributes(dir .. "/.lock", "mode") and dir .. "/.lock" or dir, "write")
+    end
     cli.fail(cli.EXIT_FAILED, "repository %s cannot be locked: %s", dir, err)
   end
   for _, path in ipairs(repo.temporaries(dir)) do
@@ -393,7 +570,7 @@ end
 
 function repo.write_manifest(entry_path, manifest)
   return fs.write_file(entry_path .. ".json", json.encode(manifest, true) .. "\n",
-    { mode = tonumber("600", 8), overwrite = true })
+    repo.file_options(entry_path, { mode = tonumber("600", 8), overwrite = true }))
 end
 
 -- One line as GNU sha256sum writes it, "<hex>  <name>\n". A name with a '\' or a newline is
@@ -425,7 +602,7 @@ end
 function repo.write_sidecar(entry_path, digest)
   local name = entry_path:match("([^/]+)$")
   return fs.write_file(entry_path .. ".sha256", repo.sums_line(digest, name),
-    { mode = tonumber("600", 8), overwrite = true })
+    repo.file_options(entry_path, { mode = tonumber("600", 8), overwrite = true }))
 end
 
 

@@ -132,6 +132,8 @@ function restore.choose(dir, db, how)
     cli.usage_error("restore: %s is not a backup in a bkr repository (REPO/daily|weekly|monthly/backup_*.sql.gz)",
       how.file)
   end
+  -- a name without any backup is a usage error (exit 2) naming those that have some
+  repo.require_backups_of(dir, { db })
   local backups = repo.scan(dir, { db = { db } })
   if #backups == 0 then cli.fail(cli.EXIT_FAILED, "restore: no backups of %s in %s", db, dir) end
   if at then
@@ -161,6 +163,7 @@ end
 
 -- The file is what the sidecar and the manifest say it is. Returns nil or the reason.
 function restore.check_backup(entry)
+  repo.require_readable(entry)
   local expected, err = repo.check_sidecars(entry)
   if not expected then return err end
   local actual, herr = hash.sha256_file(entry.path)

@@ -55,6 +55,9 @@ function rotation.run(dir, cfg, opts)
   local say = opts.say or function(line) cli.say("%s", line) end -- progress: --quiet silences it
   local backups = {}
   for _, backup in ipairs(repo.scan(dir, { globals = true })) do
+    -- a backup bkr may not read cannot be proved bkr's, nor left alone as a stray: the
+    -- admin must fix the permissions first (exit 1, with the fix)
+    if backup.unreadable then repo.permission_failure(backup.unreadable) end
     local reason = stray_reason(backup)
     if reason then
       cli.report("left alone %s/%s: %s", backup.type, backup.file, reason) -- a warning: always shown
