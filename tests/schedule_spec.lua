@@ -228,6 +228,26 @@ describe("bkr schedule show", function()
 end)
 
 describe("bkr schedule configuration", function()
+  it("accepts the commented schedule and config_backup sections of docs/bkr.example.yaml", function()
+    local lines, on = {}, false
+    for line in (util.read(SOURCE .. "/docs/bkr.example.yaml") .. "\n"):gmatch("([^\n]*)\n") do
+      if line == "# schedule:" or line == "# config_backup:" then on = true end
+      if on and line:match("^# ") then
+        lines[#lines + 1] = line:sub(3)
+      elseif on then
+        on = false
+      elseif not line:match("^#") then
+        lines[#lines + 1] = line
+      end
+    end
+    local dir = util.scratch("sched")
+    local cfg = yaml_config(dir, table.concat(lines, "\n") .. "\n")
+    local out, rc = run("schedule show --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("schedule: schedule.jobs of", out, 1, true)
+    assert.matches("drill%-weekly%s+Mon at 04:00%s+drill", out)
+  end)
+
   local function refused(schedule_yaml, key, message)
     local dir = util.scratch("sched")
     local cfg = yaml_config(dir, schedule_yaml)
