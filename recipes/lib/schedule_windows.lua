@@ -397,7 +397,9 @@ if ($Unregister -and -not $Register -and -not $Job) {
     exit 0
 }
 if ($Job -and -not $Register -and -not $Unregister) {
-    exit (Invoke-Job $Job)
+    # the last value only: a function returns whatever its statements left in the pipeline
+    $status = @(Invoke-Job $Job)
+    exit ([int]$status[-1])
 }
 Write-Output 'usage: bkr-task.ps1 -Register [-User DOMAIN\NAME] | -Unregister | -Job NAME'
 exit 2
