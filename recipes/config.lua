@@ -29,12 +29,13 @@ local EXIT_CODES = "0 ok, 1 failed, 2 usage or configuration error, 3 integrity 
 local function parse_backup(args)
   return cli.parse(args, {
     name = "config backup",
-    usage = "bkr config backup FILE... [--repo DIR] [--config FILE] [--key-file KEY] [--encrypt-all] "
+    usage = "bkr config backup [FILE...] [--repo DIR] [--config FILE] [--key-file KEY] [--encrypt-all] "
       .. "[--legacy-xor] [--no-rotate]",
     summary = "Save configuration files into REPO/config/config_backup_<UTC time>/: YAML and .env files\n"
       .. "with every value under a sensitive key encrypted in place (AES-256-GCM), other files copied\n"
       .. "as they are (or encrypted whole with --encrypt-all), a manifest.json and a SHA256SUMS.\n"
-      .. "The backup is verified before it is published; then the oldest beyond retention.daily go.",
+      .. "The backup is verified before it is published; then the oldest beyond retention.daily go.\n"
+      .. "With no FILE, the files listed in config_backup.files are saved.",
     positional = "FILE",
     options = {
       { "--repo", "DIR", "repository directory (overrides the configuration)" },
@@ -49,31 +50,26 @@ local function parse_backup(args)
   })
 end
 
--- An absolute path with '.' and '..' resolved lexically, as `realpath -s` does.
-local function absolute(path)
-  if path:sub(1, 1) ~= "/" then path = lfs.currentdir() .. "/" .. path end
-  local parts = {}
-  for part in path:gmatch("[^/]+") do
-    if part == ".." then
-      parts[#parts] = nil
-    elseif part ~= "." then
-      parts[#parts + 1] = part
-    end
+-- What will be saved: each FILE as an absolute path (or, with none, config_backup.files), its
+-- kind and mode; each a regular file (a symlink is followed), a file named twice saved once.
+-- Anything else is a usage error. A configured file is named by its key, not its value.
+local function files_to_save(args, cfg)
+  local words, names = args, {}
+  if #args == 0 then
+    words = (cfg.config_backup and cfg.config_backup.files) or {}
+    for i = 1, #words do names[i] = "config_backup.files[" .. i .. "]" end
   end
-  return "/" .. table.concat(parts, "/")
-end
-
--- What will be saved: each FILE as an absolute path, its kind and mode; each a regular file
--- (a symlink is followed), a file named twice saved once. Anything else is a usage error.
-local function files_to_save(args)
-  if #args == 0 then cli.usage_error("config backup: name at least one FILE (see --help)") end
+  if #words == 0 then
+    cli.usage_error("config backup: name at least one FILE, or list them in config_backup.files (see --help)")
+  end
   local sources, seen = {}, {}
-  for _, word in ipairs(args) do
-    local path = absolute(word)
+  for i, word in ipairs(words) do
+    local name = names[i] or word
+    local path = cli.absolute(word)
     local mode = lfs.attributes(path, "mode")
-    if not mode then cli.usage_error("config backup: %s: no such file", word) end
-    if mode ~= "file" then cli.usage_error("config backup: %s is a %s, not a regular file", word, mode) end
-    if path:find("[\\\n]") then cli.usage_error("config backup: %s: unsupported character in the path", word) end
+    if not mode then cli.usage_error("config backup: %s: no such file", name) end
+    if mode ~= "file" then cli.usage_error("config backup: %s is a %s, not a regular file", name, mode) end
+    if path:find("[\\\n]") then cli.usage_error("config backup: %s: unsupported character in the path", name) end
     if not seen[path] then
       seen[path] = true
       sources[#sources + 1] = { path = path, kind = files.kind(path), mode = fs.mode(path) & tonumber("777", 8) }
@@ -146,9 +142,10 @@ local function backup(args)
   local options = parse_backup(args)
   if not options then return cli.EXIT_OK end
 
-  -- 1. the files to save, the configuration, the key and how secrets are sealed
-  local sources = files_to_save(options.args)
+  -- 1. the configuration, the files to save (named, else configured), the key and how
+  --    secrets are sealed
   local cfg = config.load(options)
+  local sources = files_to_save(options.args, cfg)
   local root = repo.open(config.repository(cfg))
   logging.start("config backup")
   local seal = sealing(cfg, options)
@@ -432,7 +429,7 @@ usage: bkr config SUBCOMMAND [options]
 Configuration backups with field-level encryption of secrets.
 
 subcommands:
-  backup FILE...         save files into REPO/config/config_backup_<UTC time>/
+  backup [FILE...]       save files (default: config_backup.files) into REPO/config/config_backup_<UTC time>/
   restore BACKUP --to D  restore every file of a backup under D, secrets decrypted
   verify [BACKUP]        check checksums, manifest and (with the key) every encrypted value
   list [--json]          config backups, newest first

@@ -16,7 +16,8 @@ set -eu
 #           systemd (systemd-analyze verify of generated units), python3-croniter (cron lines
 #           parse), libxml2-utils (xmllint: Task Scheduler XML), nodejs npm (PowerShell parse
 #           check with tree-sitter; npm only when no npm is on the PATH already),
-#           python3-prometheus-client (bkr check --prometheus: the metrics parse as Prometheus reads them)
+#           python3-prometheus-client (bkr check --prometheus: the metrics parse as Prometheus reads them);
+#           then the npm packages below
 packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted lua-cjson
     libpq-dev zlib1g-dev libssl-dev libyaml-dev libcurl4-openssl-dev postgresql postgresql-client
     gzip coreutils util-linux mount procps iproute2 python3 python3-cryptography python3-yaml time jq faketime strace
@@ -27,14 +28,34 @@ for p in $packages; do
 done
 # npm comes with Node.js from some sources (NodeSource) and as its own package from Debian.
 command -v npm >/dev/null 2>&1 || missing="$missing npm"
-[ -z "$missing" ] && exit 0
-if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: missing packages:$missing" >&2
-    echo "install-deps: run as root: apt-get install -y$missing" >&2
-    exit 1
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install-deps: missing packages:$missing" >&2
+        echo "install-deps: run as root: apt-get install -y$missing" >&2
+        exit 1
+    fi
+    echo "install-deps: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-echo "install-deps: installing$missing"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+
+# npm packages for the tests, at pinned versions, into tests/node (not committed: .gitignore):
+# web-tree-sitter and the PowerShell grammar (its .wasm) parse the generated bkr-task.ps1
+# (tests/support/ps_parse.js). The grammar 0.26.4 is ABI 15, which web-tree-sitter 0.26.3
+# loads. No install scripts: the grammar's native binding (and its tree-sitter peer) is not used.
+node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/node"
+need=""
+for spec in web-tree-sitter@0.26.3 tree-sitter-powershell@0.26.4; do
+    name=${spec%@*}
+    version=${spec##*@}
+    have=$(node -p "require('$node_dir/node_modules/$name/package.json').version" 2>/dev/null || true)
+    [ "$have" = "$version" ] || need="$need $spec"
+done
+if [ -n "$need" ]; then
+    echo "install-deps: npm installing$need into tests/node"
+    mkdir -p "$node_dir"
+    # shellcheck disable=SC2086
+    npm install --prefix "$node_dir" --no-audit --no-fund --ignore-scripts --legacy-peer-deps --loglevel=error $need
+fi

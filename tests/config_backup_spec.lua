@@ -544,6 +544,46 @@ describe("bkr config backup and restore", function()
     assert.are.equal(0, rc, out)
     assert.are.equal(util.read(yaml_file), util.read(f.out .. yaml_file))
   end)
+
+  it("with no FILE saves config_backup.files (what a scheduled job runs); FILEs given still win", function()
+    local f = fixture()
+    local cfg = f.base .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. f.repo .. "\nencryption:\n  key_file: " .. f.key .. "\n"
+      .. "config_backup:\n  files: [" .. f.yaml .. ", " .. f.env .. "]\n")
+    local out, rc = run("config backup --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local paths = {}
+    for _, entry in ipairs(manifest_of(newest(f.repo)).files) do paths[#paths + 1] = entry.path end
+    table.sort(paths)
+    assert.are.same({ f.env, f.yaml }, paths)
+    -- explicit FILEs replace the configured list
+    util.sh("sleep 1.1")
+    out, rc = run("config backup " .. q(f.bin) .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(1, #manifest_of(newest(f.repo)).files)
+    assert.are.equal(f.bin, manifest_of(newest(f.repo)).files[1].path)
+    -- a configured file that is gone is named by its key, exit 2, nothing written
+    util.write(cfg, "repository: " .. f.repo .. "\nencryption:\n  key_file: " .. f.key .. "\n"
+      .. "config_backup:\n  files: [" .. f.yaml .. ", " .. f.base .. "/gone.yaml]\n")
+    out, rc = run("config backup --config " .. q(cfg))
+    assert.are.equal(2, rc, out)
+    assert.matches("config_backup.files[2]: no such file", out, 1, true)
+    assert.are.equal(2, #backups(f.repo))
+  end)
+
+  it("with no FILE and no config_backup.files is a usage error; a relative configured path is refused at load", function()
+    local f = fixture()
+    local cfg = f.base .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. f.repo .. "\nencryption:\n  key_file: " .. f.key .. "\n")
+    local out, rc = run("config backup --config " .. q(cfg))
+    assert.are.equal(2, rc, out)
+    assert.matches("name at least one FILE, or list them in config_backup.files", out, 1, true)
+    util.write(cfg, "repository: " .. f.repo .. "\nconfig_backup:\n  files: [etc/app.yaml]\n")
+    out, rc = run("config backup --config " .. q(cfg))
+    assert.are.equal(2, rc, out)
+    assert.matches("configuration: config_backup.files[1]: expected an absolute path", out, 1, true)
+    assert.are.equal(0, #backups(f.repo))
+  end)
 end)
 
 describe("bkr config verify and restore on damaged backups", function()
@@ -840,7 +880,7 @@ describe("bkr config command line", function()
     end
     local out, rc = run("config --help")
     assert.are.equal(0, rc, out)
-    assert.matches("backup FILE", out, 1, true)
+    assert.matches("backup [FILE...]", out, 1, true)
     out, rc = run("config")
     assert.are.equal(2, rc, out)
     out, rc = run("config frobnicate")

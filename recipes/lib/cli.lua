@@ -169,6 +169,21 @@ function cli.parse(args, spec)
   return options
 end
 
+-- A path from the command line as an absolute path, '.' and '..' resolved lexically (as
+-- `realpath -s` does: symlinks are kept), for what outlives this run's working directory.
+function cli.absolute(path)
+  if path:sub(1, 1) ~= "/" then path = require("lfs").currentdir() .. "/" .. path end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then
+      parts[#parts] = nil
+    elseif part ~= "." then
+      parts[#parts + 1] = part
+    end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
 -- What went wrong, for people, from an error object (stream.run's: "STAGE: reason"), or
 -- any other error value as it prints.
 function cli.detail(err)

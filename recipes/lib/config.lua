@@ -58,6 +58,15 @@ local function list_of_strings(value, path)
   return out
 end
 
+-- Files named for a run that has no working directory of its own (a scheduled job).
+local function list_of_absolute_paths(value, path)
+  local out = list_of_strings(value, path)
+  for i, item in ipairs(out) do
+    if item:sub(1, 1) ~= "/" then fail(path .. "[" .. i .. "]", "expected an absolute path") end
+  end
+  return out
+end
+
 -- A list of queries for every database, or a mapping from database name to its own list.
 local function smoke_queries_value(value, path)
   if type(value) == "table" and value[1] == nil and next(value) ~= nil then
@@ -151,6 +160,7 @@ config.schema = section{
   },
   config_backup = section{
     sensitive_keys = list_of_strings,
+    files = list_of_absolute_paths,  -- what `bkr config backup` saves when it names no FILE
   },
   -- recovery drills (docs/drill.md)
   drill = section{
