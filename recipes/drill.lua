@@ -52,10 +52,8 @@ for _, name in ipairs(order) do
   end
 end
 
--- Which databases: --db, else the configured list, else every database with a backup.
-local function databases()
-  if options.db then return options.db end
-  if cfg.databases ~= "all" then return cfg.databases end
+-- Every database with a backup in the repository, in name order.
+local function databases_with_backups()
   local names, seen = {}, {}
   for _, entry in ipairs(repo.scan(drill.repo)) do
     if not seen[entry.database] then
@@ -65,6 +63,13 @@ local function databases()
   end
   table.sort(names)
   return names
+end
+
+-- Which databases: --db, else the configured list, else every database with a backup.
+local function databases()
+  if options.db then return options.db end
+  if cfg.databases ~= "all" then return cfg.databases end
+  return databases_with_backups()
 end
 
 -- ------------------------------------------------------------------ running the steps
@@ -192,6 +197,11 @@ end
 
 local names = databases()
 if #names == 0 then cli.fail(cli.EXIT_FAILED, "drill: no databases with backups in %s", drill.repo) end
+-- With `databases: all`, the smoke queries' database names are checked here, against the
+-- databases `all` drills (a configured list was checked when the configuration was loaded).
+if cfg.databases == "all" then
+  config.check_smoke_query_databases(cfg, options.db and databases_with_backups() or names)
+end
 drill.run = restore.prepare(cfg, (keys.load(cfg, options)))
 
 local report = {

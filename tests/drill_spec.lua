@@ -228,6 +228,36 @@ return steps
     assert.matches("select count%(%*%) > 0 from contacts: returned false", data.databases[2].steps[5].detail)
   end)
 
+  it("refuses a smoke_queries key that names no database, exit 2, before drilling anything", function()
+    local billing = new_database("create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup_file(repo, billing)
+    local typo = billing:sub(1, 3) .. billing:sub(5) -- one letter dropped, as "biling" for "billing"
+    local queries = "drill:\n  smoke_queries:\n    " .. typo .. ":\n      - select count(*) = 0 from t\n"
+    -- databases: a list -> a configuration error when the file is loaded
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndatabases: [" .. billing .. ", shop]\n" .. queries)
+    local report = util.scratch("r") .. "/d"
+    local out, rc = run("drill --config " .. q(cfg) .. " --report " .. q(report))
+    assert.are.equal(2, rc, out)
+    assert.matches("configuration: drill.smoke_queries." .. typo .. ": no such database (databases: " .. billing
+      .. ", shop); did you mean " .. billing .. "?", out, 1, true)
+    -- databases: all -> checked against the databases the drill would drill, before any step
+    util.write(cfg, "repository: " .. repo .. "\n" .. queries)
+    out, rc = run("drill --config " .. q(cfg) .. " --report " .. q(report))
+    assert.are.equal(2, rc, out)
+    assert.matches("configuration: drill.smoke_queries." .. typo .. ": no such database (databases: " .. billing
+      .. "); did you mean " .. billing .. "?", out, 1, true)
+    assert.is_falsy(out:find("pick_backup", 1, true), out)
+    assert.is_nil(io.open(report .. ".json"), "a report was written")
+    assert.are.equal("0", scratch_databases())
+    -- spelled right, the query runs (and fails: the table has a row), so the key was used
+    util.write(cfg, "repository: " .. repo .. "\n" .. queries:gsub(typo, billing))
+    out, rc = run("drill --config " .. q(cfg) .. " --report " .. q(report))
+    assert.are.equal(1, rc, out)
+    assert.matches("select count(*) = 0 from t: returned false", out, 1, true)
+  end)
+
   it("refuses an unknown step name in the configuration, exit 2", function()
     local cfg = util.scratch("cfg") .. "/bkr.yaml"
     util.write(cfg, "repository: /tmp\ndrill:\n  steps: [pick_backup, no_such_step]\n")
