@@ -70,7 +70,7 @@ else
   local sink, err, kind = stream.to_file(options.out, { mode = tonumber("600", 8), overwrite = false })
   if not sink then cli.fail(cli.EXIT_FAILED, "decrypt: %s", cli.failure(err, kind, options.out)) end
   local result = run_pass(pipeline(sink))
-  io.stderr:write(string.format("decrypted %s -> %s (%d chunks, key id %s)\n", file, options.out,
-    result.decrypt.chunks, key_id))
+  io.stderr:write(string.format("decrypted %s -> %s (%s, key id %s)\n", file, options.out,
+    cli.plural(result.decrypt.chunks, "chunk", "chunks"), key_id))
 end
 return cli.EXIT_OK
