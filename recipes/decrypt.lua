@@ -60,6 +60,10 @@ local function run_pass(stages)
     cli.fail(cli.EXIT_INTEGRITY, "decrypt: %s: %s", file, result.stage == "decrypt" and cli.reason(result)
       or cli.detail(result))
   end
+  -- the output's fault, not the input's: name the output (--out is never replaced)
+  if cli.kind(result) == "exists" and options.out then
+    cli.fail(cli.EXIT_FAILED, "decrypt: %s: already exists; --out never replaces a file", options.out)
+  end
   cli.fail(cli.EXIT_FAILED, "decrypt: %s: %s", file, cli.detail(result))
 end
 

@@ -7,7 +7,7 @@
 --   REPO/<type>/backup_..._<db>.sql.gz.json                manifest (docs/manifest.md)
 --   REPO/<type>/globals_YYYYMMDD_HHMMSS.sql.gz (+ .sha256, .json)   roles and tablespaces
 --   REPO/<type>/backup_..._<db>.sql.gz.enc, globals_....sql.gz.enc   the same, encrypted
---       (docs/encryption.md); sidecars are named after the stored file: FILE.enc.sha256, FILE.enc.json
+--       (docs/format.md); sidecars are named after the stored file: FILE.enc.sha256, FILE.enc.json
 --
 -- Timestamps are UTC. A database name unsafe in a file name is escaped reversibly (%XX).
 -- A run's stamp is its UTC second, YYYYMMDD_HHMMSS; when an earlier run of the same second
