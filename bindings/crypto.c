@@ -1,6 +1,6 @@
 /*
  * crypto.c - bkr.crypto: AES-256-GCM through OpenSSL 3's EVP interface, for encrypted
- * backups (a chunked stream format, docs/encryption.md) and for single values in
+ * backups (a chunked stream format, docs/format.md) and for single values in
  * configuration files; plus the legacy XOR scheme, kept only to read old backups.
  *
  * A key is always 32 raw bytes (a Lua string); passing anything else raises. Keys never
@@ -62,7 +62,7 @@
 #define VALUE_PREFIX "ENCRYPTED:v2:"
 #define LEGACY_PREFIX "ENCRYPTED:"
 
-/* The chunked stream format (docs/encryption.md). */
+/* The chunked stream format (docs/format.md). */
 #define MAGIC "BKRENC"
 #define MAGIC_LEN 6
 #define FORMAT_VERSION 1

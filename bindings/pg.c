@@ -76,41 +76,52 @@
  * Messages
  * ------------------------------------------------------------------------------------------- */
 
-/* Copy src into dst (cap bytes) on one line: each line break and the indentation after it
- * becomes one space; leading and trailing blanks go. Returns dst. */
-static char *pg_flatten(char *dst, size_t cap, const char *src)
+/* Every message of bkr.pg keeps libpq's lines, as psql shows them, instead of running them
+ * together ("...: No such file or directory Is the server running locally ..."): the first line
+ * as it is, each further line indented by two spaces (PG_LINE_BREAK). The indentation also
+ * means no line of a server's text can pass for a line of bkr's own output. */
+#define PG_LINE_BREAK "\n  "
+
+/* Copy src into dst (cap bytes) as lines joined by PG_LINE_BREAK: each line's own leading and
+ * trailing blanks go, tabs become spaces, empty lines are dropped. Returns dst. */
+static char *pg_lines(char *dst, size_t cap, const char *src)
 {
-    size_t n = 0;
+    size_t n = 0, brk = strlen(PG_LINE_BREAK);
     if (cap == 0)
         return dst;
-    while (*src == ' ' || *src == '\t' || *src == '\n' || *src == '\r')
-        src++;
     while (*src && n + 1 < cap) {
-        if (*src == '\n' || *src == '\r') {
-            while (*src == '\n' || *src == '\r' || *src == ' ' || *src == '\t')
-                src++;
-            if (*src)
-                dst[n++] = ' ';
-            continue;
+        while (*src == ' ' || *src == '\t')
+            src++;
+        size_t len = strcspn(src, "\r\n");
+        while (len > 0 && (src[len - 1] == ' ' || src[len - 1] == '\t'))
+            len--;
+        if (len > 0) {
+            if (n > 0) {
+                if (n + brk + 1 >= cap)
+                    break;
+                memcpy(dst + n, PG_LINE_BREAK, brk);
+                n += brk;
+            }
+            for (size_t i = 0; i < len && n + 1 < cap; i++)
+                dst[n++] = src[i] == '\t' ? ' ' : src[i];
         }
-        dst[n++] = *src == '\t' ? ' ' : *src;
-        src++;
+        src += strcspn(src, "\r\n");
+        while (*src == '\r' || *src == '\n')
+            src++;
     }
-    while (n > 0 && dst[n - 1] == ' ')
-        n--;
     dst[n] = '\0';
     return dst;
 }
 
-/* The connection's last error on one line. */
+/* The connection's last error, as lines. */
 char *pg_connmsg(PGconn *c, char *buf, size_t cap)
 {
     const char *m = c ? PQerrorMessage(c) : "out of memory";
-    pg_flatten(buf, cap, m && *m ? m : "unknown error");
+    pg_lines(buf, cap, m && *m ? m : "unknown error");
     return buf;
 }
 
-/* An error result on one line: "ERROR:  primary DETAIL: ... [CONTEXT: ...]". */
+/* An error result as lines: "ERROR:  primary", "  DETAIL:  ...", ["  CONTEXT:  ..."]. */
 char *pg_resultmsg(const PGresult *res, int with_context, char *buf, size_t cap)
 {
     char tmp[PG_MSG];
@@ -120,13 +131,13 @@ char *pg_resultmsg(const PGresult *res, int with_context, char *buf, size_t cap)
     const char *context = with_context ? PQresultErrorField(res, PG_DIAG_CONTEXT) : NULL;
     if (primary) {
         snprintf(tmp, sizeof tmp, "%s:  %s%s%s%s%s", sev ? sev : "ERROR", primary,
-                 detail ? " DETAIL: " : "", detail ? detail : "",
-                 context ? " CONTEXT: " : "", context ? context : "");
+                 detail ? "\nDETAIL:  " : "", detail ? detail : "",
+                 context ? "\nCONTEXT:  " : "", context ? context : "");
     } else {
         const char *m = PQresultErrorMessage(res);
         snprintf(tmp, sizeof tmp, "%s", m && *m ? m : PQresStatus(PQresultStatus(res)));
     }
-    return pg_flatten(buf, cap, tmp);
+    return pg_lines(buf, cap, tmp);
 }
 
 const char *pg_sqlstate(const PGresult *res)
@@ -143,7 +154,7 @@ static void pg_notice(void *arg, const char *message)
         pc->dropped++;
         return;
     }
-    pg_flatten(tmp, sizeof tmp, message);
+    pg_lines(tmp, sizeof tmp, message);
     char *s = strdup(tmp);
     if (!s) {
         pc->dropped++;

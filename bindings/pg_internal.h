@@ -16,7 +16,7 @@
 
 #define BKR_PGCONN "bkr.pg.Conn"
 
-/* Size of a one-line message buffer (connection and server errors). */
+/* Size of a message buffer (connection and server errors). */
 #define PG_MSG 2048
 
 #define PG_MAX_NOTICES 100
@@ -45,10 +45,10 @@ const char *pg_checksql(lua_State *L, int idx);
 
 /* ---- Messages: each writes into the caller's buffer and returns it ---- */
 
-/* The connection's last error on one line (c NULL: "out of memory"). */
+/* The connection's last error, libpq's lines joined by "\n  " (c NULL: "out of memory"). */
 char *pg_connmsg(PGconn *c, char *buf, size_t cap);
 
-/* An error result on one line: "ERROR:  primary DETAIL: ...", with " CONTEXT: ..." if
+/* An error result: "ERROR:  primary", then "\n  DETAIL:  ...", and "\n  CONTEXT:  ..." if
  * with_context. */
 char *pg_resultmsg(const PGresult *res, int with_context, char *buf, size_t cap);
 

@@ -527,6 +527,14 @@ static int parser_error(walk *w)
     }
     case YAML_SCANNER_ERROR:
     case YAML_PARSER_ERROR:
+        /* libyaml's words for a tab ("found character that cannot start any token", "found a tab
+         * character that violates indentation") do not say what to do. Only the character at
+         * the problem mark is looked at, never shown. */
+        if (p->error == YAML_SCANNER_ERROR && p->problem_mark.index < w->r->len) {
+            size_t at = reader_offset(w->r, p->problem_mark.index);
+            if (at < w->r->len && w->r->text[at] == '\t')
+                return fail_mark(w, p->problem_mark, "a tab character; YAML indents with spaces only");
+        }
         if (p->context != NULL && p->context_mark.index == p->problem_mark.index)
             return fail_mark(w, p->problem_mark, "%s (%s)", p->problem, p->context);
         if (p->context != NULL)

@@ -336,7 +336,7 @@ end
 run.conn:close()
 
 if bkr.interrupted() then
-  warn("interrupted: %d database(s) backed up, the rest skipped; rotation skipped", done - failed)
+  warn("interrupted: %s backed up, the rest skipped; rotation skipped", cli.plural(done - failed, "database", "databases"))
   return cli.EXIT_FAILED
 end
 if failed > 0 then

@@ -184,12 +184,13 @@ local function backup(args)
   local manifest = result
   local fields, whole = config_repo.counts(manifest)
   for _, entry in ipairs(manifest.files) do
-    local detail = #entry.encrypted_fields > 0 and (#entry.encrypted_fields .. " fields encrypted")
+    local detail = #entry.encrypted_fields > 0 and (cli.plural(#entry.encrypted_fields, "field", "fields") .. " encrypted")
       or entry.whole_file_encrypted and "encrypted whole" or "copied"
     cli.say("  %s (%s): %s", entry.path, entry.kind, detail)
   end
-  cli.say("config backup %s: %d files, %d encrypted fields, %d files encrypted whole (key %s)",
-    staged.final, #manifest.files, fields, whole, seal.key_id)
+  cli.say("config backup %s: %s, %s, %s encrypted whole (key %s)", staged.final,
+    cli.plural(#manifest.files, "file", "files"), cli.plural(fields, "encrypted field", "encrypted fields"),
+    cli.plural(whole, "file", "files"), seal.key_id)
   config_repo.log(root, "ok", staged.name, { files = #manifest.files, encrypted_fields = fields })
 
   -- 5. rotate: the config backups beyond retention.daily go, never the newest
@@ -270,7 +271,7 @@ local function restore(args)
     cli.say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
   end
   logging.step("apply", { backup = dir, files = #manifest.files, to = options.to })
-  cli.say("restored %d files from %s", #manifest.files, dir)
+  cli.say("restored %s from %s", cli.plural(#manifest.files, "file", "files"), dir)
   return cli.EXIT_OK
 end
 
@@ -336,8 +337,9 @@ local function verify(args)
     else
       local fields = config_repo.counts(report.manifest)
       local note = report.unchecked > 0
-        and string.format("; %d files with secrets not checked: no key", report.unchecked) or ""
-      cli.say("%s: ok (%d files, %d encrypted fields%s)", dir, #report.manifest.files, fields, note)
+        and string.format("; %s with secrets not checked: no key", cli.plural(report.unchecked, "file", "files")) or ""
+      cli.say("%s: ok (%s, %s%s)", dir, cli.plural(#report.manifest.files, "file", "files"),
+        cli.plural(fields, "encrypted field", "encrypted fields"), note)
       logging.step("check", { backup = dir, result = "passed", unchecked = report.unchecked })
     end
   end
@@ -405,14 +407,15 @@ local function list(args)
     print("no config backups in " .. dir)
     return cli.EXIT_OK
   end
-  print(string.format("%-20s  %-30s  %5s  %9s  %s", "time", "name", "files", "encrypted", "key"))
+  -- the header style of `bkr list`: upper-case names, UTC said once, two spaces between columns
+  print(string.format("%-20s  %-30s  %5s  %16s  %s", "TIME (UTC)", "NAME", "FILES", "ENCRYPTED FIELDS", "KEY"))
   for _, row in ipairs(rows) do
     if row.error == "unreadable" then
       print(string.format("%-20s  %-30s  %s", row.time, row.name, "unreadable (a permission problem)"))
     elseif row.error then
       print(string.format("%-20s  %-30s  %s", row.time, row.name, "unreadable manifest: " .. row.error))
     else
-      print(string.format("%-20s  %-30s  %5d  %9d  %s%s", row.time, row.name, row.files, row.encrypted_fields,
+      print(string.format("%-20s  %-30s  %5d  %16d  %s%s", row.time, row.name, row.files, row.encrypted_fields,
         row.key_id or "-", row.cipher == "xor-legacy" and " (legacy XOR)" or ""))
     end
   end

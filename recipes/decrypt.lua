@@ -60,6 +60,10 @@ local function run_pass(stages)
     cli.fail(cli.EXIT_INTEGRITY, "decrypt: %s: %s", file, result.stage == "decrypt" and cli.reason(result)
       or cli.detail(result))
   end
+  -- the output's fault, not the input's: name the output (--out is never replaced)
+  if cli.kind(result) == "exists" and options.out then
+    cli.fail(cli.EXIT_FAILED, "decrypt: %s: already exists; --out never replaces a file", options.out)
+  end
   cli.fail(cli.EXIT_FAILED, "decrypt: %s: %s", file, cli.detail(result))
 end
 
@@ -70,7 +74,7 @@ else
   local sink, err, kind = stream.to_file(options.out, { mode = tonumber("600", 8), overwrite = false })
   if not sink then cli.fail(cli.EXIT_FAILED, "decrypt: %s", cli.failure(err, kind, options.out)) end
   local result = run_pass(pipeline(sink))
-  io.stderr:write(string.format("decrypted %s -> %s (%d chunks, key id %s)\n", file, options.out,
-    result.decrypt.chunks, key_id))
+  io.stderr:write(string.format("decrypted %s -> %s (%s, key id %s)\n", file, options.out,
+    cli.plural(result.decrypt.chunks, "chunk", "chunks"), key_id))
 end
 return cli.EXIT_OK

@@ -56,10 +56,8 @@ for _, name in ipairs(order) do
   end
 end
 
--- Which databases: --db, else the configured list, else every database with a backup.
-local function databases()
-  if options.db then return options.db end
-  if cfg.databases ~= "all" then return cfg.databases end
+-- Every database with a backup in the repository, in name order.
+local function databases_with_backups()
   local names, seen = {}, {}
   for _, entry in ipairs(repo.scan(drill.repo)) do
     if not seen[entry.database] then
@@ -69,6 +67,13 @@ local function databases()
   end
   table.sort(names)
   return names
+end
+
+-- Which databases: --db, else the configured list, else every database with a backup.
+local function databases()
+  if options.db then return options.db end
+  if cfg.databases ~= "all" then return cfg.databases end
+  return databases_with_backups()
 end
 
 -- ------------------------------------------------------------------ running the steps
@@ -151,14 +156,23 @@ local function report_markdown(report)
       lines[#lines + 1] = "**Incomplete:** " .. db.incomplete .. "."
       lines[#lines + 1] = ""
     end
-    lines[#lines + 1] = string.format("Backup: `%s` · RTO: %s s · RPO: %s s", db.backup or "-",
-      db.rto_seconds or "-", db.rpo_seconds or "-")
+    lines[#lines + 1] = string.format("Backup: `%s` · %s", db.backup or "none",
+      db.rto_seconds and string.format("RTO: %s s · RPO: %s s", db.rto_seconds, db.rpo_seconds)
+        or "RTO and RPO: not measured (the drill of this database stopped before measure)")
     lines[#lines + 1] = ""
     lines[#lines + 1] = "| step | result | seconds | detail |"
     lines[#lines + 1] = "|------|--------|---------|--------|"
     for _, s in ipairs(db.steps) do
       lines[#lines + 1] = string.format("| %s | %s | %s | %s |", md(s.name), s.result, s.seconds or "",
         md(s.detail or ""))
+    end
+    if db.smoke_queries and #db.smoke_queries > 0 then
+      lines[#lines + 1] = ""
+      lines[#lines + 1] = "| smoke query | result | detail |"
+      lines[#lines + 1] = "|-------------|--------|--------|"
+      for _, query in ipairs(db.smoke_queries) do
+        lines[#lines + 1] = string.format("| %s | %s | %s |", md(query.query), query.result, md(query.detail or ""))
+      end
     end
     if db.tables and #db.tables > 0 then
       lines[#lines + 1] = ""
@@ -205,6 +219,11 @@ for _, name in ipairs(names) do
   local newest = repo.scan(drill.repo, { db = { name } })[1]
   if newest then repo.require_readable(newest) end
 end
+-- With `databases: all`, the smoke queries' database names are checked here, against the
+-- databases `all` drills (a configured list was checked when the configuration was loaded).
+if cfg.databases == "all" then
+  config.check_smoke_query_databases(cfg, options.db and databases_with_backups() or names)
+end
 drill.run = restore.prepare(cfg, (keys.load(cfg, options)))
 
 local report = {
@@ -223,7 +242,7 @@ for _, name in ipairs(names) do
     backup = db.backup and (db.backup.type .. "/" .. db.backup.file),
     backup_time = db.backup and repo.iso_time(db.backup.time),
     rto_seconds = db.rto_seconds, rpo_seconds = db.rpo_seconds,
-    tables = db.tables, warnings = db.warnings,
+    tables = db.tables, smoke_queries = db.smoke_queries, warnings = db.warnings,
   }
 end
 report.seconds = os.time() - drill.started
@@ -233,7 +252,8 @@ report.result = failed and "failed" or incomplete and "incomplete" or "passed"
 drill.run.conn:close()
 local base = write_report(report)
 repo.log(drill.repo, { step = "report", result = report.result, seconds = report.seconds, report = base .. ".json" })
-print(string.format("drill %s: %d database(s), report %s.json and %s.md", report.result, #names, base, base))
+print(string.format("drill %s: %s, report %s.json and %s.md", report.result, cli.plural(#names, "database", "databases"),
+  base, base))
 -- On stderr too: a scheduler that throws stdout away must still see a drill that did not pass.
 for _, db in ipairs(report.databases) do
   if db.result == "incomplete" then

@@ -159,8 +159,8 @@ local function check_target(job)
   if job.exists and not options.force then
     local active = restore.active_connections(conn, target)
     if active > 0 then
-      cli.fail(cli.EXIT_FAILED, "restore: database %s has %d active connection(s); stop the application or add --force",
-        target, active)
+      cli.fail(cli.EXIT_FAILED, "restore: database %s has %s; stop the application or add --force",
+        target, cli.plural(active, "active connection", "active connections"))
     end
   end
 end
@@ -238,12 +238,12 @@ local function compare_tables(job)
   logging.step("compare_tables", { tables = #results, differences = differences, level = differences > 0 and "error" or nil })
   if differences > 0 then
     if job.into ~= job.target then
-      abandon(job, cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup; %s left as it was", differences,
-        job.target)
+      abandon(job, cli.EXIT_INTEGRITY, "restore: %s from the backup; %s left as it was",
+        cli.plural(differences, "table differs", "tables differ"), job.target)
     end
     if job.created then job.created:keep() end
-    cli.fail(cli.EXIT_INTEGRITY, "restore: %d tables differ from the backup (kept for inspection: %s)", differences,
-      job.into)
+    cli.fail(cli.EXIT_INTEGRITY, "restore: %s from the backup (kept for inspection: %s)",
+      cli.plural(differences, "table differs", "tables differ"), job.into)
   end
 end
 
@@ -253,8 +253,8 @@ local function swap_in(job)
   if into == target then return end
   local active = restore.active_connections(conn, target)
   if active > 0 and not options.force then
-    abandon(job, cli.EXIT_FAILED, "restore: %s gained %d connection(s) during the restore; nothing swapped", target,
-      active)
+    abandon(job, cli.EXIT_FAILED, "restore: %s gained %s during the restore; nothing swapped", target,
+      cli.plural(active, "connection", "connections"))
   end
   local old = restore.derived_name(target, "_before_" .. job.stamp)
   if options.force then

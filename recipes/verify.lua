@@ -131,14 +131,15 @@ local function compare_tables(found, recorded)
   local by_name = {}
   for _, t in ipairs(recorded or {}) do by_name[t.schema .. "." .. t.name] = t end
   if #found ~= #(recorded or {}) then
-    return string.format("manifest mismatch: %d tables in the dump, %d in the manifest", #found, #(recorded or {}))
+    return string.format("manifest mismatch: %s in the dump, %d in the manifest", cli.plural(#found, "table", "tables"),
+      #(recorded or {}))
   end
   for _, t in ipairs(found) do
     local r = by_name[t.schema .. "." .. t.name]
     if not r then return "manifest mismatch: table " .. t.schema .. "." .. t.name .. " not in the manifest" end
     if r.rows ~= t.rows or r.digest ~= t.digest then
-      return string.format("manifest mismatch: table %s.%s has %d rows (digest %s), manifest says %d (%s)",
-        t.schema, t.name, t.rows, t.digest:sub(1, 12), r.rows, tostring(r.digest):sub(1, 12))
+      return string.format("manifest mismatch: table %s.%s has %s (digest %s), manifest says %d (%s)",
+        t.schema, t.name, cli.plural(t.rows, "row", "rows"), t.digest:sub(1, 12), r.rows, tostring(r.digest):sub(1, 12))
     end
   end
   return nil
@@ -314,8 +315,8 @@ for _, entry in ipairs(backups) do
   end
 end
 if partial_count > 0 then
-  io.stderr:write(string.format("bkr verify: %d encrypted backup(s) not decrypted: no key given "
-    .. "(--key-file FILE or encryption.key_file)\n", partial_count))
+  io.stderr:write(string.format("bkr verify: %s not decrypted: no key given "
+    .. "(--key-file FILE or encryption.key_file)\n", cli.plural(partial_count, "encrypted backup", "encrypted backups")))
 end
 if failures > 0 then
   io.stderr:write(string.format("bkr verify: %d of %d backups failed verification\n", failures, #backups))
@@ -323,8 +324,8 @@ if failures > 0 then
 end
 if unrecorded > 0 then
   -- rotation protects only a recorded "passed": the run did not do all it was asked
-  cli.warn("verify", "%d verdict(s) could not be recorded; rotation will not know these backups passed",
-    unrecorded)
+  cli.warn("verify", "%s could not be recorded; rotation will not know these backups passed",
+    cli.plural(unrecorded, "verdict", "verdicts"))
   return cli.EXIT_FAILED
 end
 return cli.EXIT_OK

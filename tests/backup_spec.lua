@@ -307,6 +307,30 @@ describe("bkr configuration", function()
     assert.matches("missing.yaml: no such file", out)
   end)
 
+  it("says how to fix a configuration mistake: the key meant, spaces for a tab, the list form", function()
+    local dir = util.scratch("cfg")
+    local cases = {
+      { "retension:\n  daily: 3\n", "configuration: retension: unknown key; did you mean retention?" },
+      { "retention:\n  dayly: 3\n", "configuration: retention.dayly: unknown key; did you mean daily?" },
+      { "connection:\n  hots: db1\n", "configuration: connection.hots: unknown key; did you mean host?" },
+      { "colour: blue\n", "configuration: colour: unknown key\n" },
+      { "repository: /r\nretention:\n  daily: 3\n\tweekly: 2\n",
+        "bkr.yaml: line 4, column 1: a tab character; YAML indents with spaces only\n" },
+      { "connection:\n\thost: db1\n", "bkr.yaml: line 2, column 1: a tab character; YAML indents with spaces only\n" },
+      { "databases: shop, billing\n", "configuration: databases: expected a list of names, e.g. [shop, billing]\n" },
+      { "exclude: template1\n", "configuration: exclude: expected a list of names, e.g. [template1]\n" },
+      -- anything but a plain list of names is not echoed: a generic example instead
+      { "databases: \"s3cr3t pass!\"\n", "configuration: databases: expected a list of names, e.g. [appdb, crm]\n" },
+    }
+    for _, case in ipairs(cases) do
+      util.write(dir .. "/bkr.yaml", case[1])
+      local out, rc = run("list --config " .. q(dir .. "/bkr.yaml") .. " --repo " .. q(dir))
+      assert.are.equal(2, rc, out)
+      assert.matches(case[2], out, 1, true)
+      assert.is_falsy(out:find("s3cr3t", 1, true), out)
+    end
+  end)
+
   it("needs a repository from the file or --repo", function()
     local out, rc = run("list", "cd " .. q(util.scratch("empty")) .. " &&")
     assert.are.equal(2, rc)

@@ -1,6 +1,6 @@
 -- bkr.crypto: encrypted values, the legacy XOR scheme, base64, and the chunked AES-256-GCM
 -- stream format, checked against independent tools (sha256sum, base64, Python's cryptography)
--- and against the worked example in docs/encryption.md.
+-- and against the worked example in docs/format.md.
 local crypto = require "bkr.crypto"
 local stream = require "bkr.stream"
 local proc = require "bkr.proc"
@@ -91,8 +91,8 @@ print(AESGCM(key).decrypt(blob[8:20], blob[20:], sys.argv[3].encode()).decode())
     assert.are.equal("tell no one", plain)
   end)
 
-  it("decrypts the value of the worked example in docs/encryption.md", function()
-    local doc = util.read(SOURCE .. "/docs/encryption.md")
+  it("decrypts the value of the worked example in docs/format.md", function()
+    local doc = util.read(SOURCE .. "/docs/format.md")
     local example = doc:match("(ENCRYPTED:v2:[A-Za-z0-9+/=]+)")
     local doc_key = crypto.base64_decode(doc:match("key file text `([A-Za-z0-9+/=]+)`"))
     assert.are.equal("s3cret", crypto.decrypt_value(doc_key, example, "database.password"))
@@ -224,8 +224,8 @@ describe("crypto.encrypt and crypto.decrypt stages", function()
     assert.are_not.equal(a:sub(21, 27), b:sub(21, 27))
   end)
 
-  it("decrypt the worked example of docs/encryption.md", function()
-    local doc = util.read(SOURCE .. "/docs/encryption.md")
+  it("decrypt the worked example of docs/format.md", function()
+    local doc = util.read(SOURCE .. "/docs/format.md")
     local file_hex = doc:match("the file %(70 bytes%):\n(.-)\n```")
     local doc_key = crypto.base64_decode(doc:match("key file text `([A-Za-z0-9+/=]+)`"))
     local dec = decrypt_string(doc_key, fromhex(file_hex))

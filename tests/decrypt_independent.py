@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Decrypt a bkr encrypted file (docs/encryption.md, format bkr-chunked-1) independently of bkr.
+"""Decrypt a bkr encrypted file (docs/format.md, format bkr-chunked-1) independently of bkr.
 
     decrypt_independent.py KEY_FILE ENCRYPTED_FILE [OUT]     (OUT default: standard output)
 
-Written from docs/encryption.md alone, with Python's `cryptography` (Debian python3-cryptography).
+Written from docs/format.md alone, with Python's `cryptography` (Debian python3-cryptography).
 Writes nothing unless the whole file authenticates. Exit 0 on success, 1 on any failure.
 """
 import base64

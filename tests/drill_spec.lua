@@ -228,6 +228,77 @@ return steps
     assert.matches("select count%(%*%) > 0 from contacts: returned false", data.databases[2].steps[5].detail)
   end)
 
+  it("writes sizes and counts as people do, and reports each smoke query with its result", function()
+    local a = new_database("create table t (x text); insert into t select md5(i::text) from generate_series(1, 3000) i;")
+    local repo = util.scratch("repo")
+    local file = backup_file(repo, a)
+    -- the size of the SQL, counted by gunzip and wc, in the units `bkr backup` and `bkr list` use
+    local sql_bytes = tonumber((util.sh("gunzip -c " .. q(repo .. "/daily/" .. file) .. " | wc -c")))
+    assert.is_true(sql_bytes >= 1024 and sql_bytes < 1024 * 1024, tostring(sql_bytes))
+    local size = string.format("%.1f KiB", sql_bytes / 1024)
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    - select count(*) = 3000 from t\n")
+    local report = util.scratch("r") .. "/d"
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --report " .. q(report))
+    assert.are.equal(0, rc, out)
+    assert.matches(" " .. size .. " of SQL into ", out, 1, true)
+    assert.matches("compare_tables   1 table matches\n", out, 1, true)
+    assert.matches("smoke_queries    1 query passed\n", out, 1, true)
+    assert.matches("drill passed: 1 database, report ", out, 1, true)
+    assert.is_falsy(out:find("bytes", 1, true), out)
+    local data = json.decode(util.read(report .. ".json"))
+    assert.are.same({ { query = "select count(*) = 3000 from t", result = "passed", detail = "returned true" } },
+      data.databases[1].smoke_queries)
+    local md = util.read(report .. ".md")
+    assert.matches("| select count(*) = 3000 from t | passed | returned true |", md, 1, true)
+    assert.matches("RTO: [%d.]+ s · RPO: %d+ s", md)
+
+    -- two queries, one failing: both shown; a drill stopped before measure says RTO was not measured
+    util.write(cfg, "repository: " .. repo .. "\ndrill:\n  smoke_queries:\n    - select count(*) = 1 from t\n"
+      .. "    - select count(*) > 0 from t\n")
+    out, rc = run("drill --config " .. q(cfg) .. " --db " .. a .. " --report " .. q(report))
+    assert.are.equal(1, rc, out)
+    data = json.decode(util.read(report .. ".json"))
+    assert.are.same({ "failed", "passed" }, { data.databases[1].smoke_queries[1].result,
+      data.databases[1].smoke_queries[2].result })
+    assert.is_nil(data.databases[1].rto_seconds)
+    md = util.read(report .. ".md")
+    assert.matches("| select count(*) = 1 from t | failed | returned false, not true or a non-zero number |", md, 1, true)
+    assert.matches("| select count(*) > 0 from t | passed | returned true |", md, 1, true)
+    assert.matches("RTO and RPO: not measured", md, 1, true)
+    assert.is_falsy(md:find("RTO: - s", 1, true), md)
+  end)
+
+  it("refuses a smoke_queries key that names no database, exit 2, before drilling anything", function()
+    local billing = new_database("create table t (x int); insert into t values (1);")
+    local repo = util.scratch("repo")
+    backup_file(repo, billing)
+    local typo = billing:sub(1, 3) .. billing:sub(5) -- one letter dropped, as "biling" for "billing"
+    local queries = "drill:\n  smoke_queries:\n    " .. typo .. ":\n      - select count(*) = 0 from t\n"
+    -- databases: a list -> a configuration error when the file is loaded
+    local cfg = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(cfg, "repository: " .. repo .. "\ndatabases: [" .. billing .. ", shop]\n" .. queries)
+    local report = util.scratch("r") .. "/d"
+    local out, rc = run("drill --config " .. q(cfg) .. " --report " .. q(report))
+    assert.are.equal(2, rc, out)
+    assert.matches("configuration: drill.smoke_queries." .. typo .. ": no such database (databases: " .. billing
+      .. ", shop); did you mean " .. billing .. "?", out, 1, true)
+    -- databases: all -> checked against the databases the drill would drill, before any step
+    util.write(cfg, "repository: " .. repo .. "\n" .. queries)
+    out, rc = run("drill --config " .. q(cfg) .. " --report " .. q(report))
+    assert.are.equal(2, rc, out)
+    assert.matches("configuration: drill.smoke_queries." .. typo .. ": no such database (databases: " .. billing
+      .. "); did you mean " .. billing .. "?", out, 1, true)
+    assert.is_falsy(out:find("pick_backup", 1, true), out)
+    assert.is_nil(io.open(report .. ".json"), "a report was written")
+    assert.are.equal("0", scratch_databases())
+    -- spelled right, the query runs (and fails: the table has a row), so the key was used
+    util.write(cfg, "repository: " .. repo .. "\n" .. queries:gsub(typo, billing))
+    out, rc = run("drill --config " .. q(cfg) .. " --report " .. q(report))
+    assert.are.equal(1, rc, out)
+    assert.matches("select count(*) = 0 from t: returned false", out, 1, true)
+  end)
+
   it("refuses an unknown step name in the configuration, exit 2", function()
     local cfg = util.scratch("cfg") .. "/bkr.yaml"
     util.write(cfg, "repository: /tmp\ndrill:\n  steps: [pick_backup, no_such_step]\n")

@@ -176,6 +176,23 @@ describe("lib.cli", function()
     assert.are.same({ "--odd" }, cli.parse({ "--db=--odd" }, spec).db)
   end)
 
+  it("suggests the closest known word for a typo, and nothing for a word unlike any", function()
+    local keys = { "connection", "databases", "exclude", "repository", "retention", "drill" }
+    assert.are.equal("retention", cli.closest("retension", keys))
+    assert.are.equal("repository", cli.closest("repsoitory", keys))
+    assert.are.equal("databases", cli.closest("Databases", keys))
+    assert.is_nil(cli.closest("colour", keys))
+    assert.is_nil(cli.closest("x", { "y" }))
+    assert.are.equal("; did you mean billing?", cli.did_you_mean("biling", { "shop", "billing" }))
+    assert.are.equal("", cli.did_you_mean("crm", { "shop", "billing" }))
+  end)
+
+  it("writes counts with the noun in the singular for one", function()
+    assert.are.equal("1 query", cli.plural(1, "query", "queries"))
+    assert.are.equal("0 queries", cli.plural(0, "query", "queries"))
+    assert.are.equal("2 tables", cli.plural(2, "table", "tables"))
+  end)
+
   it("takes its exit codes from the host", function()
     assert.are.same({ 0, 1, 2, 3 }, { cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_INTEGRITY })
     assert.are.equal(bkr.exit_codes.integrity, cli.EXIT_INTEGRITY)

@@ -28,4 +28,26 @@ describe("bkr list", function()
     assert.matches("daily +" .. db, text)
     assert.not_matches("weekly", text)
   end)
+
+  it("shares its header style with config list: upper-case names, the time zone said once", function()
+    local db = new_database("create table t (x int);")
+    local repo = util.scratch("repo")
+    assert.are.equal(0, select(2, run("backup --no-globals --repo " .. q(repo) .. " --db " .. db)))
+    local key = util.scratch("key") .. "/k"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key))))
+    local conf = util.scratch("conf") .. "/app.env"
+    util.write(conf, "PASSWORD=x\n")
+    assert.are.equal(0, select(2, run("config backup " .. q(conf) .. " --key-file " .. q(key) .. " --repo " .. q(repo))))
+    local headers = {}
+    for i, command in ipairs({ "list", "config list" }) do
+      local out, rc = run(command .. " --repo " .. q(repo))
+      assert.are.equal(0, rc, out)
+      headers[i] = out:match("^[^\n]+")
+      assert.matches("^TIME %(UTC%)  ", headers[i])
+      assert.are.equal(headers[i]:upper(), headers[i])
+      -- the rows line up under the header: the second column starts where its name does
+      local row = out:match("\n([^\n]+)")
+      assert.are.equal(headers[i]:find("  %S"), row:find("  %S"), out)
+    end
+  end)
 end)

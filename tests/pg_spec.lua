@@ -99,7 +99,7 @@ describe("pg.connect", function()
     assert.is_truthy(msg:find('database "dbname=template1" does not exist', 1, true), msg)
   end)
 
-  it("returns nil and a one-line message for an unreachable server, a bad conninfo, a wrong database",
+  it("returns nil and a message with libpq's lines for an unreachable server, a bad conninfo, a wrong database",
     function()
     local cases = {
       { "host=/nonexistent-dir", "No such file or directory" },
@@ -112,8 +112,19 @@ describe("pg.connect", function()
       assert.is_nil(conn)
       assert.is_truthy(msg:find("^pg%.connect: "), msg)
       assert.is_truthy(msg:find(case[2], 1, true), msg)
-      assert.is_falsy(msg:find("\n"), msg)
+      -- each further line of libpq's is a line of its own, indented; none is empty or blank-ended
+      for line in msg:gmatch("\n([^\n]*)") do assert.matches("^  %S", line) end
+      assert.is_falsy(msg:find("%s\n") or msg:find("%s$"), msg)
     end
+    local _, msg = pg.connect("host=/nonexistent-dir")
+    assert.matches(": No such file or directory\n  Is the server running locally and accepting connections on that "
+      .. "socket?", msg, 1, true)
+    -- a server error's DETAIL and CONTEXT go on lines of their own, as psql shows them
+    local conn = assert(pg.connect())
+    local ok, err = conn:exec("do $$ begin raise exception 'boom' using detail = 'first' || chr(10) || 'second'; end $$")
+    assert.is_nil(ok)
+    assert.are.equal("pg.exec: ERROR:  boom\n  DETAIL:  first\n  second", err)
+    conn:close()
   end)
 
   it("never puts the password in an error message", function()
@@ -558,6 +569,7 @@ describe("conn:copy_in", function()
     assert.is_false(ok)
     assert.is_truthy(tostring(err):find("22P02", 1, true), tostring(err))
     assert.is_truthy(tostring(err):find("line 1001", 1, true), tostring(err))
+    assert.matches("\n  CONTEXT:  COPY copy_dst, line 1001", tostring(err), 1, true)
     assert.are.equal("1|kept", psql("select count(*), max(label) from copy_dst"))
     assert.are.equal(1, conn:query("select 1 as x")[1].x)
   end)

@@ -270,6 +270,52 @@ function cli.printable(name)
   end))
 end
 
+-- A count with its noun, singular for one: cli.plural(1, "query", "queries") -> "1 query".
+function cli.plural(n, singular, plural)
+  return string.format("%d %s", n, n == 1 and singular or plural)
+end
+
+-- Edits (insert, delete, replace, swap two neighbours) that turn a into b.
+local function distance(a, b)
+  local previous, current, before = {}, {}, nil
+  for j = 0, #b do previous[j] = j end
+  for i = 1, #a do
+    current = { [0] = i }
+    for j = 1, #b do
+      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+      current[j] = math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+      if before and i > 1 and j > 1 and a:sub(i, i) == b:sub(j - 1, j - 1) and a:sub(i - 1, i - 1) == b:sub(j, j) then
+        current[j] = math.min(current[j], before[j - 2] + 1)
+      end
+    end
+    before, previous = previous, current
+  end
+  return previous[#b]
+end
+
+-- The candidate closest to a mistyped word, when one is close enough to be what was meant
+-- (at most 2 edits, and fewer than half the word): "retension" -> "retention". Ties go to the
+-- first in sorted order, so the suggestion is the same on every run.
+function cli.closest(word, candidates)
+  word = tostring(word)
+  local sorted = {}
+  for _, candidate in ipairs(candidates) do sorted[#sorted + 1] = tostring(candidate) end
+  table.sort(sorted)
+  local best, best_distance = nil, math.huge
+  for _, candidate in ipairs(sorted) do
+    local d = distance(word:lower(), candidate:lower())
+    if d < best_distance then best, best_distance = candidate, d end
+  end
+  if best and best_distance <= 2 and best_distance * 2 < #word then return best end
+  return nil
+end
+
+-- "; did you mean X?" for a message about a mistyped word, or "" when nothing is close.
+function cli.did_you_mean(word, candidates)
+  local best = cli.closest(word, candidates)
+  return best and ("; did you mean " .. cli.printable(best) .. "?") or ""
+end
+
 -- Human-readable sizes for listings and progress: 1536 -> "1.5 KiB".
 function cli.size(bytes)
   local units = { "B", "KiB", "MiB", "GiB", "TiB" }

@@ -92,13 +92,43 @@ local function unique(names)
   return out
 end
 
-local function databases_value(value, path)
-  if value == "all" then return "all" end
-  return unique(list_of_strings(value, path))
+-- What a list of names looks like, for a message about a string written where a list belongs
+-- (`databases: shop, billing`): that text as a list when it is a plain comma list of simple
+-- names, else a generic example. Nothing else of the text is shown (the same message style
+-- serves keys whose values may be secrets).
+local function list_example(value)
+  local names = {}
+  if type(value) == "string" and #value <= 200 then
+    for item in (value .. ","):gmatch("([^,]*),") do
+      item = item:match("^%s*(.-)%s*$")
+      if not item:match("^[%a_][%w_%-]*$") or #item > 63 then
+        names = {}
+        break
+      end
+      names[#names + 1] = item
+    end
+  end
+  if #names == 0 then names = { "appdb", "crm" } end
+  return "[" .. table.concat(names, ", ") .. "]"
 end
 
--- A table with known keys: each key's validator; unknown keys are errors.
+-- A list of database names (databases, exclude): as list_of_strings, and a string in its place
+-- is answered with the list it probably meant.
+local function names_value(value, path)
+  if type(value) == "string" then fail(path, "expected a list of names, e.g. %s", list_example(value)) end
+  return list_of_strings(value, path)
+end
+
+local function databases_value(value, path)
+  if value == "all" then return "all" end
+  return unique(names_value(value, path))
+end
+
+-- A table with known keys: each key's validator; unknown keys are errors, with the known key
+-- the typo is closest to ("retension: unknown key; did you mean retention?").
 local function section(fields)
+  local known = {}
+  for key in pairs(fields) do known[#known + 1] = key end
   return function(value, path)
     if type(value) ~= "table" or (value[1] ~= nil and path == "") then
       fail(path == "" and "(top level)" or path, "expected a mapping of settings")
@@ -107,7 +137,7 @@ local function section(fields)
     for key, item in pairs(value) do
       local child = path == "" and tostring(key) or (path .. "." .. tostring(key))
       local validate = fields[key]
-      if not validate then fail(child, "unknown key") end
+      if not validate then fail(child, "unknown key%s", cli.did_you_mean(key, known)) end
       if not is_null(item) then out[key] = validate(item, child) end
     end
     return out
@@ -143,7 +173,7 @@ config.schema = section{
     sslmode = string_value,
   },
   databases = databases_value,
-  exclude = list_of_strings,
+  exclude = names_value,
   repository = string_value,
   compression_level = integer_in(0, 9),
   lock_wait_seconds = integer_in(1, 86400),
@@ -177,6 +207,32 @@ config.schema = section{
   logging = owned_by("lib.logging"),
   check = owned_by("lib.check"),   -- monitoring thresholds (docs/check.md)
 }
+
+-- ------------------------------------------------------------------ database names as keys
+
+-- Each key of the drill.smoke_queries mapping names a database: one that is not in `names` (the
+-- configured list, or with `databases: all` the databases the drill would drill) is a typo that
+-- would leave that database without its smoke queries and let the drill pass. Exit 2, naming
+-- the key, the databases it may name, and the closest of them.
+function config.check_smoke_query_databases(cfg, names)
+  local queries = cfg.drill and cfg.drill.smoke_queries
+  if type(queries) ~= "table" or queries[1] ~= nil then return end
+  local known, shown = {}, {}
+  for _, name in ipairs(names) do
+    known[name] = true
+    if #shown < 20 then shown[#shown + 1] = cli.printable(name) end
+  end
+  if #names > #shown then shown[#shown + 1] = "..." end
+  local keys = {}
+  for key in pairs(queries) do keys[#keys + 1] = key end
+  table.sort(keys)
+  for _, key in ipairs(keys) do
+    if not known[key] then
+      fail("drill.smoke_queries." .. cli.printable(key), "no such database (databases: %s)%s",
+        #shown > 0 and table.concat(shown, ", ") or "none", cli.did_you_mean(key, names))
+    end
+  end
+end
 
 -- ------------------------------------------------------------------ loading
 
@@ -246,6 +302,7 @@ function config.load(options)
     end
   end
   local cfg = merge_defaults(config.schema(raw, ""))
+  if cfg.databases ~= "all" then config.check_smoke_query_databases(cfg, cfg.databases) end
   cfg.file = path
   if options.repo then cfg.repository = options.repo end
   if options.db then cfg.databases = unique(options.db) end

@@ -63,7 +63,7 @@ function steps.restore_scratch(drill, db)
   local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
   db.warnings = warnings
   db.restored = true
-  return true, string.format("%d bytes of SQL into %s in %.1f s", result.bytes_out, db.scratch, result.elapsed)
+  return true, string.format("%s of SQL into %s in %.1f s", cli.size(result.bytes_out), db.scratch, result.elapsed)
 end
 
 -- Every table's row count and digest against the manifest.
@@ -78,29 +78,40 @@ function steps.compare_tables(drill, db)
     db.integrity_failed = true
     return nil, table.concat(bad, "; ")
   end
-  return true, string.format("%d tables match", #results)
+  return true, cli.plural(#results, "table matches", "tables match")
 end
 
 -- The configured smoke queries (drill.smoke_queries): each must run and return a row whose
 -- first value is true or a non-zero number (`select count(*) > 0 from invoices`,
 -- `select count(*) from invoices`). NULL, false, 0 and text fail: say what "works" means.
 -- drill.smoke_queries is a list for every database, or a mapping from database name to its own.
+-- Every query runs, so the report shows each one with its result (db.smoke_queries).
 function steps.smoke_queries(drill, db)
   local configured = drill.cfg.drill and drill.cfg.drill.smoke_queries or {}
   local queries = configured[1] ~= nil and configured or configured[db.name] or {}
   if #queries == 0 then return true, "none configured" end
   local postgres = require "lib.postgres"
   local conn <close> = postgres.connect(drill.cfg, db.scratch)
+  db.smoke_queries = {}
+  local failures = {}
   for _, sql in ipairs(queries) do
+    local record = { query = sql, result = "passed" }
     local rows, columns = conn:query(sql)
-    if not rows then return nil, sql .. ": " .. columns end
-    local first = rows[1] and rows[1][columns[1]]
-    if not (first == true or (type(first) == "number" and first ~= 0)) then
-      return nil, string.format("%s: returned %s, not true or a non-zero number", sql,
+    local first = rows and rows[1] and rows[1][columns[1]]
+    if not rows then
+      record.result, record.detail = "failed", columns
+    elseif not (first == true or (type(first) == "number" and first ~= 0)) then
+      record.result = "failed"
+      record.detail = string.format("returned %s, not true or a non-zero number",
         first == nil and "no row" or first == restore.null and "NULL" or tostring(first))
+    else
+      record.detail = "returned " .. tostring(first)
     end
+    db.smoke_queries[#db.smoke_queries + 1] = record
+    if record.result == "failed" then failures[#failures + 1] = sql .. ": " .. record.detail end
   end
-  return true, string.format("%d queries passed", #queries)
+  if #failures > 0 then return nil, table.concat(failures, "; ") end
+  return true, cli.plural(#queries, "query", "queries") .. " passed"
 end
 
 -- RTO: from the start of this database's drill to a usable, checked database.

@@ -7,7 +7,7 @@
 --   REPO/<type>/backup_..._<db>.sql.gz.json                manifest (docs/manifest.md)
 --   REPO/<type>/globals_YYYYMMDD_HHMMSS.sql.gz (+ .sha256, .json)   roles and tablespaces
 --   REPO/<type>/backup_..._<db>.sql.gz.enc, globals_....sql.gz.enc   the same, encrypted
---       (docs/encryption.md); sidecars are named after the stored file: FILE.enc.sha256, FILE.enc.json
+--       (docs/format.md); sidecars are named after the stored file: FILE.enc.sha256, FILE.enc.json
 --
 -- A repository is an existing directory (bkr init or backup --create-repo makes one; no marker
 -- file): every command but those two refuses a path where there is none (repo.open), so a

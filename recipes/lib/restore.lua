@@ -506,10 +506,10 @@ function restore.compare_tables(run, target, manifest)
       else
         item.rows, item.digest = result.rows.rows, result.rows.digest
         if item.rows ~= t.rows then
-          item.reason = string.format("%d rows, the backup has %d", item.rows, t.rows)
+          item.reason = string.format("%s, the backup has %d", cli.plural(item.rows, "row", "rows"), t.rows)
         elseif item.digest ~= t.digest then
-          item.reason = string.format("same %d rows but different contents (digest %s, backup %s)", item.rows,
-            item.digest:sub(1, 12), t.digest:sub(1, 12))
+          item.reason = string.format("same %s but different contents (digest %s, backup %s)",
+            cli.plural(item.rows, "row", "rows"), item.digest:sub(1, 12), t.digest:sub(1, 12))
         end
       end
     end

@@ -1,6 +1,6 @@
 /*
  * fuzz_decrypt.c - libFuzzer target for bkr.crypto's decrypt filter (the chunked AES-256-GCM
- * format of docs/encryption.md), driven through its stage callbacks in random chunkings.
+ * format of docs/format.md), driven through its stage callbacks in random chunkings.
  *
  * Build and run (from the repository root): scripts/fuzz.sh decrypt [SECONDS], or by hand:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
