@@ -53,8 +53,8 @@ local CASES = {
     "failed verification, [%w_]+ left untouched", row = "the backup failed its check (target untouched)" },
 
   { "list.md", "list", 0, "list --repo {repo}", "TIME %(UTC%)" },
-  { "list.md", "list", 1, "list --repo {unreadable_repo}", "Permission denied", as = "other user",
-    row = "cannot be read" },
+  { "list.md", "list", 1, "list --repo {unreadable_repo}", "cannot read [^\n]*daily: owned by", as = "other user",
+    row = "may not read" },
   { "list.md", "list", 2, "list --type hourly --repo {repo}", "%-%-type must be daily, weekly or monthly",
     row = "bad `--type`" },
 
@@ -210,6 +210,7 @@ describe("exit codes, run", function()
     f.app_yaml = scratch .. "/app.yaml"
     util.write(f.app_yaml, "database:\n  password: s3cret\n")
     f.config_repo = scratch .. "/config-repo"
+    util.sh("mkdir " .. q(f.config_repo))
     local out, rc = util.bkr("config backup " .. q(f.app_yaml) .. " --repo " .. q(f.config_repo) .. " --key-file " .. q(f.key))
     assert(rc == 0, out)
     f.config_restored = scratch .. "/restored"

@@ -155,9 +155,9 @@ function util.backups_of(repo, db, type_)
 end
 
 -- Back up db into repo (daily, no globals) with the bkr under test; returns the newest
--- backup file's name. extra: more arguments, already quoted.
+-- backup file's name (the repository is created when missing). extra: more arguments, already quoted.
 function util.backup_newest(repo, db, extra)
-  local out, rc = util.bkr("backup --no-globals --repo " .. quote(repo) .. " --db " .. db .. " " .. (extra or ""))
+  local out, rc = util.bkr("backup --no-globals --create-repo --repo " .. quote(repo) .. " --db " .. db .. " " .. (extra or ""))
   assert(rc == 0, out)
   return (util.sh("ls " .. quote(repo .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", ""))
 end
