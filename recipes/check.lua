@@ -281,8 +281,8 @@ local function summary(result)
       oldest = math.max(oldest, db.newest_verified.age_seconds)
       if db.drill and (not drill or db.drill.age_seconds > drill) then drill = db.drill.age_seconds end
     end
-    lines[1] = string.format("%d database(s): verified backups %s old at most (RPO %s), drills passed, "
-      .. "oldest %s ago; %d%% free", #result.databases, rules.duration(oldest),
+    lines[1] = string.format("%s: verified backups %s old at most (RPO %s), drills passed, "
+      .. "oldest %s ago; %d%% free", cli.plural(#result.databases, "database", "databases"), rules.duration(oldest),
       rules.duration(result.targets.rpo_seconds), rules.duration(drill or 0), math.floor(result.space.free_percent))
   end
   if result.databases_from == "repository" and result.server_error then

@@ -90,7 +90,8 @@ function check.judge_database(db, targets)
     problem(db, check.WARNING, "newest backup (%s old) not verified", check.duration(newest.age_seconds))
   end
   if (db.future_backups or 0) > 0 then
-    problem(db, check.WARNING, "%d backup(s) dated in the future (clock skew?), not counted", db.future_backups)
+    problem(db, check.WARNING, "%s dated in the future (clock skew?), not counted",
+      require("lib.cli").plural(db.future_backups, "backup", "backups"))
   end
 
   -- the drill: a failed one is CRITICAL, a missing, late or incomplete one a WARNING
