@@ -345,6 +345,7 @@ static void preload_modules(lua_State *L)
         {"bkr.yaml", luaopen_bkr_yaml},
         {"bkr.dump", luaopen_bkr_dump},
         {"bkr.crypto", luaopen_bkr_crypto},
+        {"bkr.curl", luaopen_bkr_curl},
         {NULL, NULL},
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
