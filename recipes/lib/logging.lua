@@ -5,6 +5,7 @@
 --
 --   logging.validate(value, path, validators)   the `logging:` section of the configuration
 --   logging.configure(cfg)                      once the configuration is loaded
+--   logging.path(dir)                           where the records go (dir: the repository)
 --   logging.write(dir, record)                  append one record (dir: the repository)
 --   logging.records()                           this run's records, oldest first
 local lfs = require "lfs"
@@ -31,10 +32,15 @@ function logging.records()
   return records
 end
 
+-- Where the records of a run on repository `dir` go: logging.file, else REPO/bkr.log.
+function logging.path(dir)
+  return settings.file or (dir .. "/bkr.log")
+end
+
 function logging.write(dir, record)
   record.time = record.time or require("lib.repo").iso_time(os.time())
   records[#records + 1] = record
-  local path = settings.file or (dir .. "/bkr.log")
+  local path = logging.path(dir)
   local parent = path:match("^(.*)/[^/]*$") or "."
   local group = ((fs.mode(parent) or 0) & tonumber("040", 8)) ~= 0
   local mode = tonumber(group and "640" or "600", 8)
