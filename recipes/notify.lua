@@ -89,7 +89,7 @@ if testing then
     message = "A test message from bkr notify test: this channel works.",
   }
   event.summary = "TEST notification from " .. host
-  return report(notify.send(cfg, event, cfg.notify.channels, { retries = false, no_record = true }))
+  return report(notify.send(cfg, event, cfg.notify.channels, { retries = false, quiet = true, no_record = true }))
 end
 
 -- ------------------------------------------------------------------ bkr notify --unit UNIT

@@ -279,17 +279,14 @@ end
 -- absolute path, and, when `databases` is given, only those (--db). Arguments never carry a
 -- secret (passwords travel in the environment and in files), so they may be shown.
 function notify.command_line(cfg, recipe, args, databases)
-  local words, rest, has_config = { "bkr", recipe }, {}, false
+  local words, rest, config_file = { "bkr", recipe }, {}, cfg.file
   local i = 1
   while i <= #args do
     local word = args[i]
     if word == "--config" and args[i + 1] then
-      rest[#rest + 1] = "--config"
-      rest[#rest + 1] = absolute(args[i + 1])
-      has_config, i = true, i + 1
+      config_file, i = args[i + 1], i + 1
     elseif word:match("^%-%-config=") then
-      rest[#rest + 1] = "--config=" .. absolute(word:sub(10))
-      has_config = true
+      config_file = word:sub(10)
     elseif databases and word == "--db" then
       i = i + 1
     elseif not (databases and word:match("^%-%-db=")) then
@@ -297,15 +294,15 @@ function notify.command_line(cfg, recipe, args, databases)
     end
     i = i + 1
   end
-  -- the subcommand (bkr config backup) stays first
+  -- the subcommand (bkr config backup) stays first, then the configuration file
   local lead = 1
   while rest[lead] and rest[lead]:sub(1, 1) ~= "-" do
     words[#words + 1] = rest[lead]
     lead = lead + 1
   end
-  if not has_config and cfg.file then
+  if config_file then
     words[#words + 1] = "--config"
-    words[#words + 1] = absolute(cfg.file)
+    words[#words + 1] = absolute(config_file)
   end
   for j = lead, #rest do words[#words + 1] = rest[j] end
   for _, db in ipairs(databases or {}) do
@@ -662,9 +659,10 @@ function notify.wants(channel, event)
   return false
 end
 
--- Send `event` on each of `channels` (default: those that want it). opts.retries = false
--- tries once. Failures are logged and said on stderr; one "notified" record follows when
--- any channel delivered. Returns a list of { channel, ok, error, kind, attempts }.
+-- Send `event` on each of `channels`. Failures are logged and said on stderr; one "notified"
+-- record follows when any channel delivered. opts: retries = false (try once), quiet (no
+-- stderr line), no_record (nothing in the log: a test is not a run). Returns a list of
+-- { channel, ok, error, kind, attempts }.
 function notify.send(cfg, event, channels, opts)
   opts = opts or {}
   local settings = cfg.notify
@@ -676,11 +674,13 @@ function notify.send(cfg, event, channels, opts)
       attempts = err
       sent[#sent + 1] = channel.type
     else
-      io.stderr:write(string.format("bkr: notification by %s failed: %s (%s, %s, %d attempt%s)\n", channel.type,
-        cli.printable(err), channel.path, kind or "io", attempts, attempts == 1 and "" or "s"))
-      log(cfg, { recipe = event.recipe, event = "notify failed", result = "notify failed", job = event.job,
+      if not opts.quiet then
+        io.stderr:write(string.format("bkr: notification by %s failed: %s (%s, %s, %d attempt%s)\n", channel.type,
+          cli.printable(err), kind or "io", channel.path, attempts, attempts == 1 and "" or "s"))
+      end
+      if not opts.no_record then log(cfg, { recipe = event.recipe, event = "notify failed", result = "notify failed", job = event.job,
         channel = channel.type, channel_path = channel.path, notification = event.event, kind = kind or "io",
-        error = err, attempts = attempts })
+        error = err, attempts = attempts }) end
     end
     results[#results + 1] = { channel = channel, ok = ok or false, error = not ok and err or nil, kind = kind,
       attempts = attempts }
