@@ -614,3 +614,34 @@ describe("the notify: examples in the documentation", function()
     assert.are.equal("3\n", out)
   end)
 end)
+
+describe("lib/notify_email", function()
+  it("writes a message Python's parser reads back exactly: long lines, '=', UTF-8, a long non-ASCII subject", function()
+    local dir = util.scratch("mail")
+    local body = "Fehler: " .. string.rep("Größe=100% ", 40) .. "\nline two ends with a space \n.\n-- \nend"
+    local subject = string.rep("Sicherung fehlgeschlagen für Datenbank «Kunden» ", 4)
+    util.write(dir .. "/make.lua", "local m = require('lib.notify_email').message{ from = 'bkr@example.com',"
+      .. " to = { 'a@example.com' }, subject = " .. string.format("%q", subject) .. ", body = "
+      .. string.format("%q", body) .. ", host = 'db1.test', time = 1796004007, event = 'failure' }\n"
+      .. "local f = assert(io.open(" .. string.format("%q", dir .. "/m.eml") .. ", 'wb')) f:write(m) f:close()\n"
+      .. "for line in m:gmatch('([^\\n]*)\\n') do assert(#line <= 78 or line:match('^Subject'), line) end\n")
+    local out, rc = util.bkr("run " .. q(dir .. "/make.lua"))
+    assert.are.equal(0, rc, out)
+    local raw = util.read(dir .. "/m.eml")
+    assert.is_nil(raw:find("[\128-\255]"), "8-bit byte in the message")
+    assert.is_nil(raw:gsub("\r\n", ""):find("[\r\n]"), "a bare CR or LF")
+    local out2, rc2 = util.sh(PYTHON .. " " .. q(SOURCE .. "/tests/support/read_mail.py") .. " " .. q(dir .. "/m.eml"))
+    assert.are.equal(0, rc2, out2)
+    local mail = json.decode(out2)
+    assert.are.same({}, mail.defects)
+    assert.are.equal(body .. "\n", (mail.body:gsub("\r\n", "\n")))
+    local decoded
+    for _, h in ipairs(mail.headers) do if h[1] == "Subject" then decoded = h[2] end end
+    -- cut to 200 bytes on a character boundary, and said so
+    assert.is_true(#decoded <= 200 and #decoded > 190, decoded)
+    local kept = decoded:sub(1, -4)
+    assert.are.equal("...", decoded:sub(-3))
+    assert.are.equal(subject:sub(1, #kept), kept)
+    assert.is_truthy(utf8.len(decoded))
+  end)
+end)

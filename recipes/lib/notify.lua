@@ -350,9 +350,12 @@ end
 
 -- The subject's headline and the first line of the body.
 local function headline(event)
-  local names = {}
+  local names, seen = {}, {}
   for _, db in ipairs(event.databases or {}) do
-    if event.event ~= "failure" or FAILED[db.result] then names[#names + 1] = db.database end
+    if (event.event ~= "failure" or FAILED[db.result]) and not seen[db.database] then
+      seen[db.database] = true
+      names[#names + 1] = db.database
+    end
   end
   local subject = #names == 0 and "" or #names <= 3 and (" of " .. table.concat(names, ", "))
     or string.format(" of %d databases", #names)
