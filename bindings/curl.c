@@ -179,8 +179,8 @@ static int single_line(const char *s, size_t len)
     return memchr(s, '\r', len) == NULL && memchr(s, '\n', len) == NULL && strlen(s) == len;
 }
 
-/* Parse and check the URL: one of the schemes, no credentials in it (they would show up in
- * libcurl's messages). Returns the scheme (owned by r's parse, freed with curl_free). */
+/* Parse and check the URL into r->url: one of the schemes, no credentials in it (they would
+ * show up in libcurl's messages). The scheme is copied to scheme_out. Raises on misuse. */
 static void check_url(lua_State *L, curl_request *r, const char *fn, const char *url,
                       const char *const *schemes, char *scheme_out, size_t scheme_size)
 {
