@@ -22,9 +22,10 @@ local function start_server(script, args)
     util.read(dir .. "/server.log") or ""))
   local server = { dir = dir, port = tonumber(util.read(dir .. "/port"):match("%d+")),
     pid = util.read(dir .. "/pid"):match("%d+") }
+  -- Stop it (this pid only, which the spec started), and wait until it is gone.
   function server.stop()
     util.sh("kill -TERM " .. server.pid .. " 2>/dev/null; for i in $(seq 50); do kill -0 " .. server.pid
-      .. " 2>/dev/null || break; sleep 0.1; done")
+      .. " 2>/dev/null || break; sleep 0.1; done; kill -KILL " .. server.pid .. " 2>/dev/null")
   end
   -- The files PREFIX-N.EXT received so far, in order.
   function server.received(prefix, ext)
@@ -504,8 +505,12 @@ describe("notifications under attack", function()
   end)
 
   it("a webhook that answers 500 and then 200 is retried and delivered", function()
-    local flaky = new_http("--statuses 500,200")
-    finally(flaky.stop)
+    -- (busted keeps one finally per test: it stops both servers)
+    local flaky, refusing = new_http("--statuses 500,200"), nil
+    finally(function()
+      flaky.stop()
+      if refusing then refusing.stop() end
+    end)
     local repo = util.scratch("repo")
     local cfg = config(repo, webhook_channel(flaky.port))
     local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
@@ -515,8 +520,7 @@ describe("notifications under attack", function()
     assert.are.same({}, records_where(repo, "result", "notify failed"))
     assert.are.same({ "webhook" }, records_where(repo, "event", "notified")[1].channels)
     -- a 4xx is not worth another try: one call, logged as rejected
-    local refusing = new_http("--statuses 403")
-    finally(refusing.stop)
+    refusing = new_http("--statuses 403")
     cfg = config(repo, webhook_channel(refusing.port))
     out = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
     assert.are.equal(1, refusing.count())
