@@ -60,10 +60,13 @@
 /* The only process-wide mutable state: a signal handler can reach nothing else. */
 static volatile sig_atomic_t interrupt_signal = 0;
 static lua_State *volatile global_state = NULL;
+/* Set while the at-exit functions run: they report the run (a notification after SIGTERM
+ * above all), so neither the signal that ended the run nor a second one may cut them short. */
+static volatile sig_atomic_t in_at_exit = 0;
 
 int bkr_interrupted(void)
 {
-    return interrupt_signal != 0;
+    return interrupt_signal != 0 && !in_at_exit;
 }
 
 static int message_handler(lua_State *L);
@@ -95,7 +98,7 @@ static void on_signal(int sig)
 {
     if (interrupt_signal == 0)
         interrupt_signal = sig;
-    if (global_state != NULL)
+    if (global_state != NULL && !in_at_exit)
         lua_sethook(global_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
@@ -309,7 +312,7 @@ static int l_sleep(lua_State *L)
     luaL_argcheck(L, seconds >= 0 && seconds <= 86400, 1, "seconds must be between 0 and 86400");
     struct timespec ts = { (time_t)seconds, (long)((seconds - (lua_Number)(time_t)seconds) * 1e9) };
     while (nanosleep(&ts, &ts) != 0) {
-        if (errno != EINTR || interrupt_signal != 0) {
+        if (errno != EINTR || bkr_interrupted()) {
             bkr_interrupt_delivered(L); /* the caller hears it here, and may clean up */
             luaL_pushfail(L);
             lua_pushliteral(L, "interrupted");
@@ -344,6 +347,7 @@ static void preload_modules(lua_State *L)
         {"bkr.yaml", luaopen_bkr_yaml},
         {"bkr.dump", luaopen_bkr_dump},
         {"bkr.crypto", luaopen_bkr_crypto},
+        {"bkr.curl", luaopen_bkr_curl},
         {NULL, NULL},
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -532,10 +536,13 @@ static void push_outcome(lua_State *L, int error_index, int code)
     }
 }
 
-/* Run the at-exit functions, last registered first. The interrupt hook is off: a second
- * SIGTERM must not cut a failure notification short (systemd's stop timeout still bounds it). */
+/* Run the at-exit functions, last registered first. The interrupt hook is off and bindings
+ * see no interrupt (bkr_interrupted() is false): a second SIGTERM must not cut a failure
+ * notification short, nor may the first make its child process or transfer give up at once
+ * (systemd's stop timeout still bounds it). bkr.interrupted() still names the signal. */
 static void run_at_exit(lua_State *L, int error_index, int code)
 {
+    in_at_exit = 1;
     lua_sethook(L, NULL, 0, 0);
     if (lua_getfield(L, LUA_REGISTRYINDEX, BKR_AT_EXIT) != LUA_TTABLE) {
         lua_pop(L, 1);

@@ -307,6 +307,7 @@ function config.load(options)
   if options.repo then cfg.repository = options.repo end
   if options.db then cfg.databases = unique(options.db) end
   require("lib.logging").configure(cfg)
+  if cfg.notify then require("lib.notify").arm(cfg) end
   return cfg
 end
 

@@ -9,6 +9,7 @@
 --   logging.start([recipe])                     the run's first line; the `finish` line follows
 --                                               at exit, however the run ends
 --   logging.step(name[, fields])                one line for a named step of the run
+--   logging.path(dir)                           where the records go (dir: the repository)
 --   logging.write(dir, record)                  append one record (dir: the repository)
 --   logging.records()                           this run's records, oldest first
 --
@@ -106,11 +107,14 @@ end
 
 -- ------------------------------------------------------------------ the file
 
+-- Where the records of a run on repository `dir` go: logging.file, else REPO/bkr.log (nil
+-- with neither).
 local function log_path(dir)
   if settings.file then return settings.file end
   if dir then return dir .. "/bkr.log" end
   return nil
 end
+logging.path = log_path
 
 -- The log's mode: private, or readable by the group when its directory is (a backup group).
 -- A log left looser by bkr 0.1 is tightened.
