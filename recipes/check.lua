@@ -186,7 +186,7 @@ end
 local known_repository = "" -- for the metrics of a check that found no verdict
 
 local function run_check(options)
-  local cfg = config.load(options)
+  local cfg = config.load(options, { notify = false })
   local dir = config.repository(cfg)
   known_repository = dir
   check_repository(dir)

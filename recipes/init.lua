@@ -29,7 +29,7 @@ local options = cli.parse({ ... }, {
 })
 if not options then return cli.EXIT_OK end
 
-local cfg = config.load(options)
+local cfg = config.load(options, { notify = false })
 local dir = (config.repository(cfg):gsub("(.)/+$", "%1"))
 
 -- The owner of a new repository: --owner, else the invoking user.

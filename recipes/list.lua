@@ -25,7 +25,7 @@ if options.type and not repo.valid_type(options.type) then
   cli.usage_error("list: --type must be daily, weekly or monthly, not '%s'", options.type)
 end
 
-local cfg = config.load(options)
+local cfg = config.load(options, { notify = false })
 local dir = repo.open(config.repository(cfg))
 repo.require_backups_of(dir, options.db)
 local backups = repo.scan(dir, { db = options.db, type = options.type, globals = options.globals, future = true })

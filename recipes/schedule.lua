@@ -110,7 +110,7 @@ local function make_plan(name, options)
   if options.windows_dir and platform.name ~= "windows" then
     cli.usage_error("%s: --windows-dir goes with --windows", what)
   end
-  local cfg = config.load(options)
+  local cfg = config.load(options, { notify = false })
   local plan = {
     platform = platform,
     cfg = cfg,

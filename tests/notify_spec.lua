@@ -101,11 +101,14 @@ local function webhook_channel(port, extra)
     .. "      url: http://127.0.0.1:" .. port .. "/hook/secret-path-token\n" .. (extra or "")
 end
 
--- A configuration file: a repository and a notify: section with `channels` (YAML lines).
+-- A configuration file: a repository, the database nosuchdb (a scheduled backup of a database
+-- that is gone fails that database, exit 1; --db names another) and a notify: section with
+-- `channels` (YAML lines).
 local function config(repo, channels, extra)
   local dir = util.scratch("cfg")
   local path = dir .. "/bkr.yaml"
-  util.write(path, "repository: " .. repo .. "\n" .. (extra or "")
+  local databases = (extra or ""):find("databases:", 1, true) and "" or "databases: [nosuchdb]\n"
+  util.write(path, "repository: " .. repo .. "\n" .. databases .. (extra or "")
     .. "notify:\n  host_name: db1.test\n  retries: 1\n  retry_delay_seconds: 0\n  channels:\n" .. channels)
   return path
 end
@@ -160,11 +163,11 @@ describe("notifications", function()
     plant_backup(repo, "nosuchdb", "20260101_020304")
     local cfg = config(repo, email_channel(smtp.port) .. webhook_channel(http.port))
     local plain = util.scratch("cfg") .. "/plain.yaml"
-    util.write(plain, "repository: " .. repo .. "\n")
-    local _, plain_rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(plain))
+    util.write(plain, "repository: " .. repo .. "\ndatabases: [nosuchdb]\n")
+    local _, plain_rc = util.bkr("backup --no-globals --config " .. q(plain))
     local mails, posts = smtp.count(), http.count()
 
-    local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+    local out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
     assert.are.equal(1, plain_rc)
     assert.are.equal(plain_rc, rc, out)
     local new_mails, new_posts = since(smtp, mails), since(http, posts)
@@ -204,7 +207,7 @@ describe("notifications", function()
       local repo = util.scratch("repo")
       local cfg = config(repo, email_channel(1) .. webhook_channel(http.port))
       local posts = http.count()
-      local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+      local out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
       assert.are.equal(1, rc, out)
       assert.matches("bkr: notification by email failed: curl.smtp_send: 127.0.0.1:1: [^\n]*refused", out)
       assert.matches("2 attempts", out, 1, true)
@@ -299,7 +302,7 @@ describe("notifications", function()
         .. "      smtp: { host: 127.0.0.1, port: " .. plain.port .. ", security: starttls, user: bkr,"
         .. " password_env: BKR_TEST_SMTP_PASSWORD }\n"
         .. "      from: bkr@example.com\n      to: [admin@example.com]\n")
-      local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg),
+      local out, rc = util.bkr("backup --no-globals --config " .. q(cfg),
         "BKR_TEST_SMTP_PASSWORD=hunter2-secret")
       assert.are.equal(1, rc, out)
       assert.matches("bkr: notification by email failed: [^\n]*STARTTLS[^\n]*%(tls, notify.channels%[1%], 1 attempt%)", out)
@@ -332,7 +335,7 @@ describe("notifications", function()
         .. "      from: bkr@example.com\n      to: [admin@example.com]\n"
       local cfg = config(repo, channel .. webhook_channel(http.port))
       local posts = http.count()
-      local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+      local out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
       assert.are.equal(1, rc, out)
       assert.are.equal(1, server.count(), out .. server.commands())
       local mail = read_mail(server.received("mail", "eml")[1])
@@ -362,7 +365,7 @@ describe("notifications", function()
     local repo = util.scratch("repo")
     local command = recording_command()
     local cfg = config(repo, "    - type: command\n      run: [" .. command .. "/notify.sh, --team, db]\n")
-    local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+    local out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
     assert.are.equal(1, rc, out)
     local event = json.decode(util.read(command .. "/event-1.json"))
     assert.are.same({ "failure", "backup", "nosuchdb" }, { event.event, event.recipe, event.databases[1].database })
@@ -370,7 +373,7 @@ describe("notifications", function()
 
     local failing = recording_command(3)
     cfg = config(repo, "    - type: command\n      run: [" .. failing .. "/notify.sh]\n")
-    out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+    out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
     assert.are.equal(1, rc, out)
     assert.matches("notification by command failed: [^\n]*exited with code 3: the pager says no", out)
     local failed = records_where(repo, "result", "notify failed")
@@ -385,7 +388,7 @@ describe("notifications", function()
     local unit = "bkr-nightly.service"
 
     -- the run fails and reports it itself: --unit sends nothing more
-    local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg), "BKR_JOB=nightly")
+    local out, rc = util.bkr("backup --no-globals --config " .. q(cfg), "BKR_JOB=nightly")
     assert.are.equal(1, rc, out)
     local posts = http.count()
     out, rc = util.bkr("notify --unit " .. unit .. " --config " .. q(cfg))
@@ -397,7 +400,12 @@ describe("notifications", function()
     out, rc = util.bkr("backup --no-globals --db " .. db .. " --config " .. q(cfg), "BKR_JOB=nightly")
     assert.are.equal(137, rc, out)
     local records = log_records(repo)
-    assert.are.same({ "started", "nightly" }, { records[#records].event, records[#records].job })
+    -- (its last lines are its start and its steps up to the kill: no "notified", no finish)
+    assert.are.equal("nightly", records[#records].job)
+    for _, r in ipairs(records_where(repo, "run_id", records[#records].run_id)) do
+      assert.are_not.equal("notified", r.event)
+      assert.are_not.equal("finish", r.step)
+    end
     out, rc = util.bkr("notify --unit " .. unit .. " --config " .. q(cfg))
     assert.are.equal(0, rc, out)
     local new_posts = since(http, posts)
@@ -448,8 +456,10 @@ describe("notifications under attack", function()
     local cfg = config(repo, email_channel(smtp.port) .. webhook_channel(http.port))
     local mails, posts = smtp.count(), http.count()
     local evil = "evil\r\nBcc: victim@example.com\r\nX-Injected: yes\r\n\r\nfake body"
-    local out, rc = util.bkr("backup --no-globals --db \"$(printf 'evil\\r\\nBcc: victim@example.com\\r\\n"
-      .. "X-Injected: yes\\r\\n\\r\\nfake body')\" --config " .. q(cfg))
+    -- (a database in the configuration: an unknown --db is refused before anything runs)
+    local evil_cfg = config(repo, email_channel(smtp.port) .. webhook_channel(http.port),
+      "databases: [\"evil\\r\\nBcc: victim@example.com\\r\\nX-Injected: yes\\r\\n\\r\\nfake body\"]\n")
+    local out, rc = util.bkr("backup --no-globals --config " .. q(evil_cfg))
     assert.are.equal(1, rc, out)
     local mail = read_mail(since(smtp, mails)[1])
     local names = {}
@@ -478,7 +488,7 @@ describe("notifications under attack", function()
     assert.is_true(#out > 400000)
     local mail = read_mail(since(smtp, mails)[1])
     assert.is_true(#mail.header.Subject <= 210, mail.header.Subject)
-    assert.matches("^%[bkr%] FAILED huge on db1.test: [^ ]*huge.lua:2: éxxx", mail.header.Subject)
+    assert.matches("^%[bkr%] FAILED huge on db1.test: éxxx", mail.header.Subject)
     assert.is_true(#mail.body < 6000, tostring(#mail.body))
     assert.matches("%(%d+ more bytes%)", mail.body)
     local event = read_post(since(http, posts)[1])
@@ -492,7 +502,7 @@ describe("notifications under attack", function()
     local repo = util.scratch("repo")
     local cfg = config(repo, webhook_channel(hung.port, "      timeout_seconds: 2\n"))
     local started = os.time()
-    local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+    local out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
     assert.are.equal(1, rc, out)
     -- two attempts of 2 s each (retries: 1), not 30 s
     assert.is_true(os.time() - started < 12, "took " .. (os.time() - started) .. " s")
@@ -513,7 +523,7 @@ describe("notifications under attack", function()
     end)
     local repo = util.scratch("repo")
     local cfg = config(repo, webhook_channel(flaky.port))
-    local out, rc = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+    local out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
     assert.are.equal(1, rc, out)
     assert.are.equal(2, flaky.count())
     assert.not_matches("notification by webhook failed", out)
@@ -522,7 +532,7 @@ describe("notifications under attack", function()
     -- a 4xx is not worth another try: one call, logged as rejected
     refusing = new_http("--statuses 403")
     cfg = config(repo, webhook_channel(refusing.port))
-    out = util.bkr("backup --no-globals --db nosuchdb --config " .. q(cfg))
+    out = util.bkr("backup --no-globals --config " .. q(cfg))
     assert.are.equal(1, refusing.count())
     assert.matches("HTTP 403 (rejected, notify.channels[1], 1 attempt)", out, 1, true)
   end)

@@ -280,8 +280,10 @@ local function merge_defaults(value)
 end
 
 -- Find, read and validate the configuration; apply command-line overrides.
--- options: the recipe's parsed flags (config, repo, db).
-function config.load(options)
+-- options: the recipe's parsed flags (config, repo, db). how.notify = false: this recipe
+-- only reads or reports (check, list, schedule, init), and its failures are the admin's to
+-- see at once, not a notification's (a monitoring check that warns is no failed job).
+function config.load(options, how)
   options = options or {}
   local path = options.config
   if path then
@@ -307,7 +309,7 @@ function config.load(options)
   if options.repo then cfg.repository = options.repo end
   if options.db then cfg.databases = unique(options.db) end
   require("lib.logging").configure(cfg)
-  if cfg.notify then require("lib.notify").arm(cfg) end
+  if cfg.notify and not (how and how.notify == false) then require("lib.notify").arm(cfg) end
   return cfg
 end
 

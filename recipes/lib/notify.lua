@@ -735,7 +735,8 @@ end
 -- How much of the end of the log is read to find a job's newest record.
 local LOG_TAIL = 4 * 1024 * 1024
 
--- The newest record of `job` in the run log (started, notified, ...), or nil.
+-- The newest record of `job` in the run log: its newest run's "notified" record when it has
+-- one, else that run's newest record (started, a step, finish), or nil.
 function notify.newest_job_record(cfg, job)
   if not cfg.repository and not (cfg.logging and cfg.logging.file) then return nil end
   local path = logging.path(cfg.repository or ".")
@@ -748,13 +749,20 @@ function notify.newest_job_record(cfg, job)
   f:close()
   local lines = {}
   for line in text:gmatch("[^\n]+") do lines[#lines + 1] = line end
+  -- The job's newest run is the run of its newest record; that run reported itself when one
+  -- of its records is "notified" (the log's own finish line may come after it).
+  local newest
   for i = #lines, 1, -1 do
     if lines[i]:find('"job"', 1, true) then
       local record = json.decode(lines[i], path)
-      if type(record) == "table" and record.job == job then return record end
+      if type(record) == "table" and record.job == job then
+        newest = newest or record
+        if record.run_id ~= newest.run_id then break end
+        if record.event == "notified" then return record end
+      end
     end
   end
-  return nil
+  return newest
 end
 
 return notify
