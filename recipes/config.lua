@@ -95,6 +95,13 @@ local function sealing(cfg, options)
   return seal
 end
 
+-- Why an application's file could not be read: a permission problem says whose it is and the
+-- fix that leaves the file's owner and mode alone (the application still needs them): an ACL.
+local function unreadable_source(path, message, kind)
+  if kind ~= "permission" then return message end
+  return cli.permission_message(path, { fix = "sudo setfacl -m u:USER:r " .. path .. " (docs/config-backup.md)" })
+end
+
 -- One file into the staged backup: a YAML or .env file with its secrets sealed field by field;
 -- one that cannot be, refused (or with --encrypt-all sealed whole, with a note saying why);
 -- any other file copied, or sealed whole with --encrypt-all. Returns its manifest entry;
@@ -105,8 +112,8 @@ local function store_file(staged, source, seal)
 
   if source.kind ~= "other" then
     -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
-    local text, rerr = fs.read_file(source.path, { follow = true })
-    if not text then error(rerr, 0) end
+    local text, rerr, rkind = fs.read_file(source.path, { follow = true })
+    if not text then error(unreadable_source(source.path, rerr, rkind), 0) end
     local sealed, fields = files.protect(source.kind, text, seal.cipher, seal.sensitive)
     if sealed then
       local stored = config_repo.stored_name(source.path, false)
@@ -129,9 +136,10 @@ local function store_file(staged, source, seal)
   local whole = seal.encrypt_all
   local stored = config_repo.stored_name(source.path, whole)
   local path = staged:file(stored)
-  local result, err = files.store_whole(source.path, path,
+  local result, err, kind = files.store_whole(source.path, path,
     { mode = source.mode, key = whole and seal.key or nil, owner = repo.owner_for(path) })
-  if not result then error(source.path .. ": " .. err, 0) end
+  -- (the staged directory is bkr's own: a permission problem is the source's)
+  if not result then error(kind == "permission" and unreadable_source(source.path, err, kind) or (source.path .. ": " .. err), 0) end
   entry.size, entry.sha256 = result.size, result.sha256
   entry.stored, entry.stored_sha256 = stored, result.stored_sha256
   entry.whole_file_encrypted = whole

@@ -16,12 +16,13 @@ set -eu
 #           systemd (systemd-analyze verify of generated units), python3-croniter (cron lines
 #           parse), libxml2-utils (xmllint: Task Scheduler XML), nodejs npm (PowerShell parse
 #           check with tree-sitter; npm only when no npm is on the PATH already),
-#           python3-prometheus-client (bkr check --prometheus: the metrics parse as Prometheus reads them);
+#           python3-prometheus-client (bkr check --prometheus: the metrics parse as Prometheus reads them),
+#           acl (setfacl: docs/first-hour.md lets postgres read an application's root-only file);
 #           then the npm packages below
 packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted lua-cjson
     libpq-dev zlib1g-dev libssl-dev libyaml-dev libcurl4-openssl-dev postgresql postgresql-client
     gzip coreutils util-linux mount procps iproute2 python3 python3-cryptography python3-yaml time jq faketime strace
-    python3-aiosmtpd systemd python3-croniter libxml2-utils nodejs python3-prometheus-client"
+    python3-aiosmtpd systemd python3-croniter libxml2-utils nodejs python3-prometheus-client acl"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -26,10 +26,12 @@ local NEVER_RUN = { "apt%-get", "systemctl", "make install" }
 
 local function start_smtp(dir)
   util.sh("mkdir -p " .. q(dir))
-  util.sh("python3 " .. q(SOURCE .. "/tests/support/smtp_server.py") .. " " .. q(dir)
+  util.sh("/usr/bin/python3 " .. q(SOURCE .. "/tests/support/smtp_server.py") .. " " .. q(dir)
     .. " >" .. q(dir .. "/server.log") .. " 2>&1 & echo $! > " .. q(dir .. "/pid"))
   for _ = 1, 100 do
-    local port = util.read(dir .. "/port")
+    local f = io.open(dir .. "/port")
+    local port = f and f:read("a")
+    if f then f:close() end
     if port and port:match("^%d+") then return port:match("^%d+") end
     util.sh("sleep 0.1")
   end
@@ -88,7 +90,7 @@ describe("docs/first-hour.md", function()
 
     local replacements = {
       { "/var/backups/bkr", work .. "/repo" },
-      { "/etc/bkr", work .. "/etc" },
+      { "/etc/bkr", work .. "/bkr-etc" },
       { "/etc/shop", app },
       { "/etc/systemd/system", work .. "/units" },
       { "[shop, billing]", "[" .. shop .. ", " .. billing .. "]" },
@@ -139,7 +141,7 @@ describe("docs/first-hour.md", function()
     -- everything in the repository belongs to postgres, whoever ran the command
     assert.are.equal("", util.sh("find " .. q(repo) .. " ! -user postgres"))
     -- the key is postgres's and private
-    assert.are.equal("postgres 600\n", util.sh("stat -c '%U %a' " .. q(work .. "/etc/backup.key")))
+    assert.are.equal("postgres 600\n", util.sh("stat -c '%U %a' " .. q(work .. "/bkr-etc/backup.key")))
     -- encrypted backups of both databases, each matching its sidecar
     for _, db in ipairs({ shop, billing }) do
       local files = util.sh("ls " .. q(repo .. "/daily") .. " | grep '_" .. db .. "\\.sql\\.gz\\.enc$'")

@@ -209,6 +209,28 @@ describe("a file bkr cannot read", function()
     assert.are.equal("bkr: cannot read " .. key .. ": owned by root, mode 0600, bkr runs as postgres; fix: sudo chown "
       .. "postgres: " .. key .. "\n", out)
   end)
+
+  it("an application's file only root may read is named with the fix that leaves it the application's: an ACL", function()
+    local repo, dir = postgres_repo()
+    local key = dir .. "/pg.key"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key) .. " --owner postgres")))
+    for _, name in ipairs({ "app.yaml", "notes.txt" }) do -- sealed field by field, and copied whole
+      local file = dir .. "/" .. name
+      util.write(file, "password: s3cret\n")
+      util.sh("chmod 0600 " .. q(file))
+      local out, rc = as_postgres("config backup " .. q(file) .. " --repo " .. q(repo) .. " --key-file " .. q(key))
+      assert.are.equal(1, rc, out)
+      assert.are.equal("bkr: config backup failed, nothing written: cannot read " .. file .. ": owned by root, "
+        .. "mode 0600, bkr runs as postgres; fix: sudo setfacl -m u:postgres:r " .. file .. " (docs/config-backup.md)\n", out)
+      -- the fix works, and changes nothing for the file's owner
+      util.sh("setfacl -m u:postgres:r " .. q(file))
+      out, rc = as_postgres("config backup " .. q(file) .. " --repo " .. q(repo) .. " --key-file " .. q(key))
+      assert.are.equal(0, rc, out)
+      -- (with an ACL, ls and stat show the ACL mask as the group bits; the group itself keeps none)
+      assert.are.equal("root\n", util.sh("stat -c '%U' " .. q(file)))
+      assert.matches("\ngroup::%-%-%-\n", util.sh("getfacl -p " .. q(file)))
+    end
+  end)
 end)
 
 describe("messages", function()

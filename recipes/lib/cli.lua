@@ -237,8 +237,10 @@ function cli.permission_message(path, opts)
     described = string.format("owned by %s%s", owner or tostring(uid), mode and string.format(", mode %04o", mode) or "")
   end
   if subject ~= path then described = "its directory " .. subject .. " is " .. described end
-  local fix
-  if uid == my_uid then
+  local fix = opts.fix
+  if fix then
+    fix = fix:gsub("USER", me)
+  elseif uid == my_uid then
     fix = opts.fix_tree and ("chmod -R u+rwX " .. opts.fix_tree) or ("chmod u+rw " .. path)
   else
     fix = string.format("sudo chown %s%s: %s", opts.fix_tree and "-R " or "", me, opts.fix_tree or path)
