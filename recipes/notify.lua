@@ -3,6 +3,9 @@
 --   bkr notify test [--config FILE]
 --       sends a test message on every channel of the `notify:` section (whatever each one's
 --       `on:`), once each, and says how each one went.
+--   bkr notify contacts [--config FILE]
+--       prints who is called when backups fail, in order (notify.contacts), and where the
+--       alerts go (each channel and when it fires): the recovery guide's contact list.
 --   bkr notify --unit UNIT [--config FILE] [--job NAME]
 --       run by systemd (OnFailure=bkr-notify@%n.service) after the unit bkr-JOB.service failed:
 --       sends "job JOB (unit UNIT) failed without reporting" on the channels that take
@@ -22,11 +25,13 @@ local config = require "lib.config"
 local options = cli.parse({ ... }, {
   name = "notify",
   usage = "bkr notify test [--config FILE]\n"
+    .. "       bkr notify contacts [--config FILE]\n"
     .. "       bkr notify --unit UNIT [--config FILE] [--job NAME]",
   summary = "test: send a test message on every channel of the configuration's notify: section.\n"
+    .. "contacts: who is called when backups fail, in order, and where the alerts go.\n"
     .. "--unit: after the systemd unit UNIT (bkr-JOB.service) failed, send a failure message\n"
     .. "unless the job's run already reported it (its newest log record is its \"notified\" record).",
-  positional = "test",
+  positional = "test|contacts",
   options = {
     { "--config", "FILE", "configuration file (default ./bkr.yaml, then /etc/bkr/bkr.yaml)" },
     { "--unit", "UNIT", "the systemd unit that failed (as OnFailure=bkr-notify@%n.service passes it)" },
@@ -38,11 +43,12 @@ local options = cli.parse({ ... }, {
 if not options then return cli.EXIT_OK end
 
 local testing = options.args[1] == "test"
-if #options.args > 1 or (options.args[1] and not testing) then
+local contacts = options.args[1] == "contacts"
+if #options.args > 1 or (options.args[1] and not testing and not contacts) then
   cli.usage_error("notify: unexpected argument '%s' (see --help)", cli.printable(options.args[#options.args]))
 end
-if testing == (options.unit ~= nil) then
-  cli.usage_error("notify: give either test or --unit UNIT (see --help)")
+if (testing or contacts) == (options.unit ~= nil) then
+  cli.usage_error("notify: give test, contacts or --unit UNIT (see --help)")
 end
 if options.job and not options.unit then cli.usage_error("notify: --job goes with --unit") end
 
@@ -79,6 +85,28 @@ local function report(results)
 end
 
 local host = notify.host_name(cfg)
+
+-- ------------------------------------------------------------------ bkr notify contacts
+
+if contacts then
+  cli.say("When backups of %s fail:", cli.printable(host))
+  local people = cfg.notify.contacts or {}
+  if #people == 0 then cli.say("  no contacts listed (notify.contacts in %s)", cli.printable(cfg.file or "the configuration")) end
+  for i, person in ipairs(people) do
+    local reach = {}
+    for _, field in ipairs({ "phone", "email" }) do
+      if person[field] then reach[#reach + 1] = person[field] end
+    end
+    cli.say("  %d. %s%s%s%s", i, cli.printable(person.name), person.role and (", " .. cli.printable(person.role)) or "",
+      #reach > 0 and (": " .. cli.printable(table.concat(reach, ", "))) or "",
+      person.when and (" (" .. cli.printable(person.when) .. ")") or "")
+  end
+  cli.say("Alerts go to:")
+  for _, channel in ipairs(cfg.notify.channels) do
+    cli.say("  %-8s %s, on %s", channel.type, cli.printable(reaches(channel)), table.concat(channel.on, ", "))
+  end
+  return cli.EXIT_OK
+end
 
 -- ------------------------------------------------------------------ bkr notify test
 

@@ -257,12 +257,19 @@ describe("docs/RECOVERY_GUIDE.md", function()
     local repo = dir .. "/repo"
     local key = keygen(dir .. "/backup.key")
     local cfg = write_config(dir .. "/etc/bkr/bkr.yaml",
-      "repository: " .. repo .. "\nencryption:\n  key_file: " .. key .. "\n")
+      "repository: " .. repo .. "\nencryption:\n  key_file: " .. key .. "\n"
+      .. "notify:\n  contacts:\n    - { name: Ana Admin, role: DBA, phone: '+49 30 1234' }\n"
+      .. "    - { name: Bo Boss, role: IT lead, email: bo@example.com, when: after 30 minutes }\n"
+      .. "  channels:\n    - { type: email, smtp: { host: mail.example.com }, from: bkr@example.com,"
+      .. " to: [oncall@example.com] }\n")
     local env = write_config(dir .. "/etc/app/app.env", "DB_PASSWORD=s3cret-prep\nPORT=8080\n")
     local conf = write_config(dir .. "/etc/postgresql/postgresql.conf", "shared_buffers = 128MB\n")
     bkr("init --config " .. q(cfg))
     local outputs = run_procedure(0, { CONFIG = cfg, CONFIG_FILES = table.concat({ cfg, env, conf }, " ") })
     assert.matches("config backup [^\n]+: 3 files, 1 encrypted field,", outputs[2])
+    -- who is called, in order, and where the alerts go
+    assert.matches("  1%. Ana Admin, DBA: %+49 30 1234\n  2%. Bo Boss, IT lead: bo@example.com %(after 30 minutes%)\n"
+      .. "Alerts go to:\n  email +mail%.example%.com:587 %(starttls%) to oncall@example%.com, on failure\n", outputs[3])
     local list = json.decode(bkr("config list --json --repo " .. q(repo)))
     assert.are.equal(1, #list)
     assert.are.equal(3, list[1].files)

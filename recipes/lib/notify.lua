@@ -219,11 +219,22 @@ function notify.validate(value, path, v)
     out.path = cpath -- names the channel in messages: never a URL, never a secret
     return out
   end
+  -- The people called when backups fail, in the order they are called: for the recovery
+  -- guide (`bkr notify contacts`), not for sending. Only words and numbers a person reads.
+  local function contact(item, cpath)
+    local out = v.section{
+      name = v.string_value, role = v.string_value, phone = v.string_value, email = v.string_value,
+      when = v.string_value,
+    }(item, cpath)
+    required(v, out, cpath, "name")
+    return out
+  end
   local out = v.section{
     host_name = host_value(v),
     retries = v.integer_in(0, 10),
     retry_delay_seconds = v.integer_in(0, 60),
     channels = list_of(v, channel),
+    contacts = list_of(v, contact),
   }(value, path)
   required(v, out, path, "channels")
   out.retries = out.retries or DEFAULTS.retries
