@@ -129,23 +129,6 @@ static void request_append(lua_State *L, curl_request *r, const char *item)
 /* Reading options                                                        */
 /* ===================================================================== */
 
-static void check_keys(lua_State *L, const char *fn, const char *const *allowed)
-{
-    lua_pushnil(L);
-    while (lua_next(L, 1)) {
-        lua_pop(L, 1);
-        int ok = 0;
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *k = lua_tostring(L, -1);
-            for (int i = 0; allowed[i]; i++)
-                if (strcmp(k, allowed[i]) == 0)
-                    ok = 1;
-        }
-        if (!ok)
-            luaL_error(L, "%s: unknown option '%s'", fn, luaL_tolstring(L, -1, NULL));
-    }
-}
-
 /* opts[key] as a string, left on the stack (so it stays anchored for the whole call even if
  * a metamethod made it), or NULL when absent and not required. */
 static const char *opt_string(lua_State *L, const char *fn, const char *key, int required, size_t *len)
@@ -356,7 +339,7 @@ static int l_smtp_send(lua_State *L)
     const char *fn = "curl.smtp_send";
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    check_keys(L, fn, keys);
+    bkr_check_option_keys(L, 1, fn, keys);
     luaL_checkstack(L, 16, fn);
 
     size_t len;
@@ -449,7 +432,7 @@ static int l_http_post(lua_State *L)
     const char *fn = "curl.http_post";
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    check_keys(L, fn, keys);
+    bkr_check_option_keys(L, 1, fn, keys);
     luaL_checkstack(L, 16, fn);
 
     size_t body_len, len;

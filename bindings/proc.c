@@ -62,23 +62,6 @@ extern char **environ;
 /* Reading options                                                        */
 /* ===================================================================== */
 
-static void check_keys(lua_State *L, int opts, const char *fn, const char *const *allowed)
-{
-    lua_pushnil(L);
-    while (lua_next(L, opts)) {
-        lua_pop(L, 1);
-        int ok = 0;
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *k = lua_tostring(L, -1);
-            for (int i = 0; allowed[i]; i++)
-                if (strcmp(k, allowed[i]) == 0)
-                    ok = 1;
-        }
-        if (!ok)
-            luaL_error(L, "%s: unknown option '%s'", fn, luaL_tolstring(L, -1, NULL));
-    }
-}
-
 /* A string or number field of a table (numbers are converted); anchors the string in
  * the table at `anchor`. Raises on anything else or on an embedded NUL. */
 static const char *anchored_string(lua_State *L, int anchor, const char *fn, const char *what)
@@ -265,7 +248,7 @@ static int l_spawn(lua_State *L)
     spawn_plan sp;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    check_keys(L, 1, fn, keys);
+    bkr_check_option_keys(L, 1, fn, keys);
     sp.in_mode = get_mode(L, 1, "stdin", in_names, in_modes, MODE_NULL, fn);
     sp.out_mode = get_mode(L, 1, "stdout", out_names, out_modes, MODE_PIPE, fn);
     sp.err_mode = get_mode(L, 1, "stderr", err_names, err_modes, MODE_CAPTURE, fn);
@@ -308,7 +291,7 @@ static int l_run(lua_State *L)
     const char *input = NULL;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    check_keys(L, 1, fn, keys);
+    bkr_check_option_keys(L, 1, fn, keys);
     if (lua_getfield(L, 1, "input") != LUA_TNIL) {
         if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "%s: input must be a string", fn);

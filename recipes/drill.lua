@@ -56,24 +56,11 @@ for _, name in ipairs(order) do
   end
 end
 
--- Every database with a backup in the repository, in name order.
-local function databases_with_backups()
-  local names, seen = {}, {}
-  for _, entry in ipairs(repo.scan(drill.repo)) do
-    if not seen[entry.database] then
-      seen[entry.database] = true
-      names[#names + 1] = entry.database
-    end
-  end
-  table.sort(names)
-  return names
-end
-
 -- Which databases: --db, else the configured list, else every database with a backup.
 local function databases()
   if options.db then return options.db end
   if cfg.databases ~= "all" then return cfg.databases end
-  return databases_with_backups()
+  return repo.databases_with_backups(drill.repo, {})
 end
 
 -- ------------------------------------------------------------------ running the steps
@@ -204,14 +191,6 @@ end
 
 -- ------------------------------------------------------------------ the run
 
-local function hostname()
-  local f = io.open("/etc/hostname")
-  if not f then return "unknown" end
-  local name = f:read("l")
-  f:close()
-  return name or "unknown"
-end
-
 local names = databases()
 if #names == 0 then cli.fail(cli.EXIT_FAILED, "drill: no databases with backups in %s", drill.repo) end
 -- A backup bkr may not read stops the drill before it starts (exit 1, with the fix).
@@ -222,13 +201,13 @@ end
 -- With `databases: all`, the smoke queries' database names are checked here, against the
 -- databases `all` drills (a configured list was checked when the configuration was loaded).
 if cfg.databases == "all" then
-  config.check_smoke_query_databases(cfg, options.db and databases_with_backups() or names)
+  config.check_smoke_query_databases(cfg, options.db and repo.databases_with_backups(drill.repo, {}) or names)
 end
 drill.run = restore.prepare(cfg, (keys.load(cfg, options)))
 
 local report = {
   format = "bkr-drill-1", time = repo.iso_time(drill.started), repository = drill.repo,
-  host = hostname(),
+  host = require("lib.logging").host_name() or "unknown",
   targets = drill.targets, steps = order, databases = {},
 }
 local integrity, failed, incomplete = false, false, false

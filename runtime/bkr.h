@@ -62,4 +62,8 @@ double bkr_monotonic(void);
  */
 void bkr_createmeta(lua_State *L, const char *name, const luaL_Reg *metamethods, const luaL_Reg *methods);
 
+/* Raise "FN: unknown option 'KEY'" for a key of the options table at index `opts` that is not
+ * in `allowed` (NULL-terminated): a misspelt option is the caller's mistake, never ignored. */
+void bkr_check_option_keys(lua_State *L, int opts, const char *fn, const char *const *allowed);
+
 #endif

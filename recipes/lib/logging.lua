@@ -89,6 +89,12 @@ local function read_line(path)
   return line
 end
 
+-- The machine's host name (the kernel's, else /etc/hostname's), or nil: every line carries
+-- it, and notifications and drill reports name the host by it.
+function logging.host_name()
+  return read_line("/proc/sys/kernel/hostname") or read_line("/etc/hostname")
+end
+
 identity = function()
   if run then return run end
   local started = os.time()
@@ -98,7 +104,7 @@ identity = function()
   run = {
     run_id = os.date("!%Y%m%dT%H%M%SZ", started) .. "-" .. pid,
     recipe = recipe,
-    host = read_line("/proc/sys/kernel/hostname") or read_line("/etc/hostname") or "unknown",
+    host = logging.host_name() or "unknown",
     job = job ~= "" and job or nil,
     clock = bkr.monotonic(),
   }

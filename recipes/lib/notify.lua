@@ -244,21 +244,11 @@ end
 
 -- ------------------------------------------------------------------ the run and its facts
 
-local function read_line(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local line = f:read("l")
-  f:close()
-  return line
-end
-
--- The configured host_name, else the kernel's, else /etc/hostname's.
+-- The configured host_name, else the machine's (lib/logging.lua), if it is a plain host name.
 function notify.host_name(cfg)
   if cfg.notify and cfg.notify.host_name then return cfg.notify.host_name end
-  for _, path in ipairs({ "/proc/sys/kernel/hostname", "/etc/hostname" }) do
-    local name = read_line(path)
-    if name and name:match("^[%w_][%w%.%-_]*$") then return name end
-  end
+  local name = logging.host_name()
+  if name and name:match("^[%w_][%w%.%-_]*$") then return name end
   return "localhost"
 end
 

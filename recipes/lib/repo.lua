@@ -460,11 +460,11 @@ function repo.scan(dir, filter)
   return entries
 end
 
--- The databases that have at least one backup in the repository (any type, future-dated
--- too), sorted.
-function repo.databases_with_backups(dir)
+-- The databases that have at least one backup in the repository (any type; future-dated
+-- too, unless `filter`, repo.scan's, says otherwise), sorted.
+function repo.databases_with_backups(dir, filter)
   local seen, names = {}, {}
-  for _, entry in ipairs(repo.scan(dir, { future = true })) do
+  for _, entry in ipairs(repo.scan(dir, filter or { future = true })) do
     if not seen[entry.database] then
       seen[entry.database] = true
       names[#names + 1] = entry.database
