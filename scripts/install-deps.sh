@@ -42,10 +42,11 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# npm packages for the tests, at pinned versions, into tests/node (not committed: .gitignore):
-# web-tree-sitter and the PowerShell grammar (its .wasm) parse the generated bkr-task.ps1
-# (tests/support/ps_parse.js). The grammar 0.26.4 is ABI 15, which web-tree-sitter 0.26.3
-# loads. No install scripts: the grammar's native binding (and its tree-sitter peer) is not used.
+# npm packages for the tests, exactly as tests/node/package-lock.json pins them (versions and
+# SHA-512 of every tarball), into tests/node/node_modules (not committed): web-tree-sitter and
+# the PowerShell grammar (its .wasm) parse the generated bkr-task.ps1 (tests/support/ps_parse.js).
+# The grammar 0.26.4 is ABI 15, which web-tree-sitter 0.26.3 loads. No install scripts: the
+# grammar's native binding (and its tree-sitter peer) is not used.
 node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/node"
 need=""
 for spec in web-tree-sitter@0.26.3 tree-sitter-powershell@0.26.4; do
@@ -55,8 +56,19 @@ for spec in web-tree-sitter@0.26.3 tree-sitter-powershell@0.26.4; do
     [ "$have" = "$version" ] || need="$need $spec"
 done
 if [ -n "$need" ]; then
-    echo "install-deps: npm installing$need into tests/node"
-    mkdir -p "$node_dir"
-    # shellcheck disable=SC2086
-    npm install --prefix "$node_dir" --no-audit --no-fund --ignore-scripts --legacy-peer-deps --loglevel=error $need
+    echo "install-deps: npm ci in tests/node (needs$need)"
+    npm_ci() { npm ci --prefix "$node_dir" --no-audit --no-fund --ignore-scripts --legacy-peer-deps --loglevel=error "$@"; }
+    if ! npm_ci 2>"$node_dir/npm-error.log"; then
+        if grep -q -e SELF_SIGNED_CERT -e UNABLE_TO_GET_ISSUER -e CERT_ -e certificate "$node_dir/npm-error.log"; then
+            # A TLS-inspecting proxy whose CA this machine lacks: what makes the download safe is
+            # the lockfile's SHA-512 of each tarball, which npm ci checks whatever the transport.
+            echo "install-deps: the npm registry's certificate is not trusted here; installing with" \
+                "the tarballs checked against tests/node/package-lock.json's SHA-512 only" >&2
+            npm_ci --strict-ssl=false
+        else
+            cat "$node_dir/npm-error.log" >&2
+            exit 1
+        fi
+    fi
+    rm -f "$node_dir/npm-error.log"
 fi
