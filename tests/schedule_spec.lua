@@ -179,7 +179,8 @@ end
 -- ------------------------------------------------------------------ the schedule
 
 describe("bkr schedule show", function()
-  it("says when the default applies: daily backups Mon-Sat 01:30, weekly on Sunday 02:00, a drill Monday 04:00", function()
+  it("says when the default applies: daily backups Mon-Sat 01:30, weekly on Sunday 02:00, a drill Monday 04:00, "
+    .. "a verify every day at 05:00", function()
     local dir = util.scratch("sched")
     local cfg = yaml_config(dir, "repository: " .. dir .. "/repo\n")
     local out, rc = run("schedule show --config " .. q(cfg))
@@ -189,6 +190,8 @@ describe("bkr schedule show", function()
     assert.matches("backup%-daily%s+Mon%.%.Sat at 01:30%s+backup %-%-type daily", summary)
     assert.matches("backup%-weekly%s+Sun at 02:00%s+backup %-%-type weekly", summary)
     assert.matches("drill%-weekly%s+Mon at 04:00%s+drill", summary)
+    -- (without it, nothing the schedule writes would ever count as verified: bkr check warns)
+    assert.matches("verify%-daily%s+daily at 05:00%s+verify %-%-latest", summary)
     assert.is_nil(summary:find("config-backup", 1, true))
     assert.matches("jobs run as postgres with " .. BKR_REAL .. " --config " .. cfg, summary, 1, true)
   end)
@@ -391,7 +394,8 @@ describe("bkr schedule --systemd", function()
     local out, rc = run("schedule install --config " .. q(cfg) .. " --dir " .. q(units), env)
     assert.are.equal(0, rc, out)
     assert.are.same({ "bkr-backup-daily.service", "bkr-backup-daily.timer", "bkr-backup-weekly.service",
-      "bkr-backup-weekly.timer", "bkr-drill-weekly.service", "bkr-drill-weekly.timer", "bkr-notify@.service" },
+      "bkr-backup-weekly.timer", "bkr-drill-weekly.service", "bkr-drill-weekly.timer", "bkr-notify@.service",
+      "bkr-verify-daily.service", "bkr-verify-daily.timer" },
       files_in(units))
     local vout, vrc = verify_units(units)
     assert.are.equal(0, vrc, vout)
@@ -585,7 +589,7 @@ describe("bkr schedule --cron", function()
     assert.are.equal(0, rc, out)
     util.write(dir .. "/crontab", out)
     local entries = check("cron", dir .. "/crontab", "2025-01-06T00:00")
-    assert.are.equal(3, #entries)
+    assert.are.equal(4, #entries) -- the default: daily and weekly backups, a drill, a verify
     for _, entry in ipairs(entries) do
       assert.is_nil(entry.error, entry.error)
       assert.matches("^BKR_JOB='[%w-]+' '" .. BKR_REAL:gsub("%p", "%%%0") .. "' ", entry.command)

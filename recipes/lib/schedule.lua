@@ -216,8 +216,9 @@ local function job(name, run, hour, minute, days)
 end
 
 -- With no schedule.jobs: a daily backup Monday to Saturday (backup rotates by itself), the
--- weekly one on Sunday at a later hour, a drill on Monday morning, and, when the configuration
--- lists files to save, a daily config backup before the database backup.
+-- weekly one on Sunday at a later hour, a drill on Monday morning, a verify of the newest
+-- backups every morning after them, and, when the configuration lists files to save, a daily
+-- config backup before the database backup.
 function schedule.default_jobs(cfg)
   local jobs = {}
   local files = cfg.config_backup and cfg.config_backup.files
@@ -228,6 +229,9 @@ function schedule.default_jobs(cfg)
     { "mon", "tue", "wed", "thu", "fri", "sat" })
   jobs[#jobs + 1] = job("backup-weekly", { "backup", "--type", "weekly" }, 2, 0, { "sun" })
   jobs[#jobs + 1] = job("drill-weekly", { "drill" }, 4, 0, { "mon" })
+  -- Every newest backup read back and checked once it is written: rotation keeps only what
+  -- verify passed, and bkr check counts only verified backups as fresh.
+  jobs[#jobs + 1] = job("verify-daily", { "verify", "--latest" }, 5, 0, "daily")
   return jobs
 end
 
