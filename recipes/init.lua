@@ -63,7 +63,10 @@ if parent then ok, merr, mkind = fs.mkdirs(parent) end
 if ok then ok, merr, mkind = fs.mkdirs(dir, "0750", { owner = owner }) end
 if ok then ok, merr, mkind = fs.chmod(dir, "0750") end
 if not ok then
-  if mkind == "permission" then cli.permission_failure(dir, { verb = "create" }) end
+  -- (root makes it, for the user that will use it: chown of a path that is not there fixes nothing)
+  if mkind == "permission" then
+    cli.permission_failure(dir, { verb = "create", fix = "sudo bkr init --repo " .. dir .. " --owner USER" })
+  end
   cli.fail(cli.EXIT_FAILED, "init: cannot create %s: %s", dir, cli.failure(merr, mkind, dir))
 end
 cli.say("created the repository %s (mode 0750, owner %s)", dir, owner_name)

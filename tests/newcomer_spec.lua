@@ -210,6 +210,28 @@ describe("a file bkr cannot read", function()
       .. "postgres: " .. key .. "\n", out)
   end)
 
+  it("a configuration in a directory bkr may not enter is a permission problem, never 'no such file'; another "
+    .. "user's repository is that user's to use: the fix is to run bkr as that user", function()
+    local repo, dir = postgres_repo()
+    local etc = dir .. "/etc-bkr"
+    util.sh("mkdir " .. q(etc) .. " && chown postgres: " .. q(etc) .. " && chmod 0700 " .. q(etc))
+    util.write(etc .. "/bkr.yaml", "repository: " .. repo .. "\n")
+    local monitor = "runuser -u nobody -- " .. q(util.bkr_bin())
+    local out, rc = util.sh(monitor .. " list --config " .. q(etc .. "/bkr.yaml") .. " 2>&1")
+    assert.are.equal(2, rc, out)
+    assert.are.equal("bkr: configuration: cannot read " .. etc .. "/bkr.yaml: its directory " .. etc .. " is owned by "
+      .. "postgres, mode 0700, bkr runs as nobody; fix: run bkr as postgres (sudo -u postgres bkr ...)\n", out)
+    out, rc = util.sh(monitor .. " check --config " .. q(etc .. "/bkr.yaml") .. " 2>&1")
+    assert.are.equal(3, rc, out)
+    assert.matches("^BKR UNKNOWN %- configuration: cannot read ", out)
+    -- creating a repository where bkr's user may not: the fix is root making it for that user
+    out, rc = as_postgres("init --repo " .. q(etc .. "x/sub/repo"))
+    assert.are_not.equal(0, rc, out)
+    out, rc = as_postgres("init --repo /var/lib/bkr-no-such-" .. math.random(1e6))
+    assert.are.equal(1, rc, out)
+    assert.matches("fix: sudo bkr init %-%-repo /var/lib/bkr%-no%-such%-%d+ %-%-owner postgres\n$", out)
+  end)
+
   it("an application's file only root may read is named with the fix that leaves it the application's: an ACL", function()
     local repo, dir = postgres_repo()
     local key = dir .. "/pg.key"

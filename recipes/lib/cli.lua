@@ -219,6 +219,8 @@ end
 -- itself cannot even be looked at, its nearest directory that can is described instead.
 -- opts.verb ("read" by default, "write"), opts.fix_tree: the directory the fix gives to bkr's
 -- user as a whole (the repository: `chown -R`); without it the fix names the file alone.
+-- opts.fix: the fix in words instead (USER stands for bkr's user). A file of another user
+-- who is not root is that user's to use: the fix is to run bkr as that user.
 function cli.permission_message(path, opts)
   opts = opts or {}
   local fs = require "bkr.fs"
@@ -240,6 +242,10 @@ function cli.permission_message(path, opts)
   local fix = opts.fix
   if fix then
     fix = fix:gsub("USER", me)
+  elseif uid and uid ~= 0 and uid ~= my_uid and my_uid ~= 0 then
+    -- another user's file (the operating user's, to a monitoring user): the fix is to be that
+    -- user, not to take the file away from it
+    fix = string.format("run bkr as %s (sudo -u %s bkr ...)", owner or tostring(uid), owner or tostring(uid))
   elseif uid == my_uid then
     fix = opts.fix_tree and ("chmod -R u+rwX " .. opts.fix_tree) or ("chmod u+rw " .. path)
   else

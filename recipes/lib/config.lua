@@ -237,8 +237,16 @@ end
 -- ------------------------------------------------------------------ loading
 
 -- Exists at all (readable or not: an unreadable configuration is an error, not "no file").
+-- A file in a directory bkr may not enter cannot be told from a missing one by stat: that is
+-- a permission problem, said as one (exit 2: the configuration cannot be read), never "no
+-- such file" nor, for the default files, silently no configuration.
 local function file_exists(path)
-  return require("lfs").attributes(path, "mode") ~= nil
+  local mode, _, code = require("lfs").attributes(path, "mode")
+  if mode then return true end
+  if code == 13 then -- EACCES
+    cli.usage_error("configuration: %s", cli.permission_message(path))
+  end
+  return false
 end
 
 local function read_lua(path)

@@ -212,7 +212,10 @@ function repo.open(dir, opts)
   if not uid and kind == "missing" and opts.create then
     local ok, merr, mkind = fs.mkdirs(dir, tonumber("750", 8))
     if not ok then
-      if mkind == "permission" then cli.permission_failure(dir, { verb = "create" }) end
+      -- (root makes it, for the user that will use it: chown of a path that is not there fixes nothing)
+      if mkind == "permission" then
+        cli.permission_failure(dir, { verb = "create", fix = "sudo bkr init --repo " .. dir .. " --owner USER" })
+      end
       cli.fail(cli.EXIT_FAILED, "cannot create the repository %s: %s", dir, cli.failure(merr, mkind, dir))
     end
     cli.say("created the repository %s", dir)
