@@ -232,6 +232,18 @@ describe("a file bkr cannot read", function()
     assert.matches("fix: sudo bkr init %-%-repo /var/lib/bkr%-no%-such%-%d+ %-%-owner postgres\n$", out)
   end)
 
+  it("root with no role configured is told to run bkr as postgres when the server refuses role root", function()
+    local repo = postgres_repo()
+    local out, rc = util.sh("env -u PGUSER " .. q(util.bkr_bin()) .. " backup --repo " .. q(repo) .. " 2>&1")
+    assert.are.equal(1, rc, out)
+    assert.matches('role "root" does not exist', out, 1, true)
+    assert.matches("(bkr runs as root and so connects as role root: run it as postgres, sudo -u postgres bkr ..., "
+      .. "or set connection.user)", out, 1, true)
+    -- with a role given, no such words
+    out = util.sh("PGUSER=nobody_here " .. q(util.bkr_bin()) .. " backup --repo " .. q(repo) .. " 2>&1")
+    assert.is_nil(out:find("connects as role root", 1, true))
+  end)
+
   it("an application's file only root may read is named with the fix that leaves it the application's: an ACL", function()
     local repo, dir = postgres_repo()
     local key = dir .. "/pg.key"

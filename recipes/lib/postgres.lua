@@ -9,8 +9,18 @@ local config = require "lib.config"
 local postgres = {}
 
 function postgres.connect(cfg, dbname)
-  local conn, err = pg.connect(config.conninfo(cfg, dbname))
-  if not conn then cli.fail(cli.EXIT_FAILED, "%s", err) end
+  local info = config.conninfo(cfg, dbname)
+  local conn, err = pg.connect(info)
+  if not conn then
+    -- root with no role named anywhere connects as role "root", which peer authentication
+    -- and most servers refuse: say what to do instead of leaving the admin to guess
+    local uid = require("bkr.fs").user()
+    if uid == 0 and not info.user and not os.getenv("PGUSER") then
+      err = err .. "\n  (bkr runs as root and so connects as role root: run it as postgres, "
+        .. "sudo -u postgres bkr ..., or set connection.user)"
+    end
+    cli.fail(cli.EXIT_FAILED, "%s", err)
+  end
   return conn
 end
 
