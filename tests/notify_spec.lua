@@ -202,6 +202,18 @@ describe("notifications", function()
     assert.are.same({ "email", "webhook" }, notified[1].channels)
   end)
 
+  it("an error of several lines (libpq's) keeps its lines in the e-mail, indented, never a literal \\n", function()
+    local repo = util.scratch("repo")
+    local cfg = config(repo, email_channel(smtp.port), "connection: { host: /nonexistent-socket-dir }\n")
+    local mails = smtp.count()
+    local out, rc = util.bkr("backup --no-globals --config " .. q(cfg))
+    assert.are.equal(1, rc, out)
+    local mail = read_mail(since(smtp, mails)[1])
+    assert.matches("\nError: +pg%.connect: [^\n]+/nonexistent%-socket%-dir/[^\n]+\n +Is the server running", mail.body)
+    assert.is_nil(mail.body:find("\\n", 1, true))
+    assert.is_nil(mail.body:find(": nil", 1, true))
+  end)
+
   it("an SMTP server that is down changes nothing in the run's exit status; the failure is logged and on stderr",
     function()
       local repo = util.scratch("repo")

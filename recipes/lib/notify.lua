@@ -350,6 +350,11 @@ local function drill_facts(record)
 end
 
 -- The subject's headline and the first line of the body.
+-- The first line of a message: a headline (and a subject) is one line, whatever the error.
+local function first_line(message)
+  return message and (tostring(message):match("^[^\n]*"))
+end
+
 local function headline(event)
   local names, seen = {}, {}
   for _, db in ipairs(event.databases or {}) do
@@ -365,11 +370,12 @@ local function headline(event)
   if event.event == "test" then return "TEST notification from " .. event.host end
   if event.event == "drill" then
     return string.format("DRILL %s on %s", (event.drill and event.drill.result or event.result):upper(), event.host)
-      .. (event.error and (": " .. event.error) or "")
+      .. (event.error and (": " .. first_line(event.error)) or "")
   end
   if event.event == "success" then return string.format("OK %s on %s", what, event.host) end
   local label = event.interrupted and "INTERRUPTED" or "FAILED"
-  return string.format("%s %s on %s: %s", label, what, event.host, event.error or ("exit code " .. tostring(event.exit_code)))
+  return string.format("%s %s on %s: %s", label, what, event.host,
+    first_line(event.error) or ("exit code " .. tostring(event.exit_code)))
 end
 
 -- One event from the outcome the host gives the at-exit function and the run's log records.
@@ -445,13 +451,22 @@ local function size(bytes)
 end
 
 -- The body of the e-mail: the facts, one per line, each value printable (no line breaks).
+-- A message of several lines (libpq's) keeps its lines, each printable, the later ones
+-- indented under the first.
 local function email_body(event)
   local p = cli.printable
   local lines = { p(event.summary), "" }
+  local function multiline(value, indent)
+    local parts = {}
+    for part in (tostring(value) .. "\n"):gmatch("([^\n]*)\n") do parts[#parts + 1] = p(part) end
+    return table.concat(parts, "\n" .. indent)
+  end
   local function add(label, value)
     if value ~= nil then lines[#lines + 1] = string.format("%-12s %s", label .. ":", p(value)) end
   end
-  add("Error", event.error)
+  if event.error ~= nil then
+    lines[#lines + 1] = string.format("%-12s %s", "Error:", multiline(event.error, string.rep(" ", 13)))
+  end
   add("Kind", event.kind)
   add("Recipe", event.recipe)
   add("Job", event.job)
@@ -470,14 +485,14 @@ local function email_body(event)
     for _, db in ipairs(event.databases) do
       if FAILED[db.result] then
         lines[#lines + 1] = string.format("  %s: %s%s: %s", p(db.database), db.result,
-          db.step and (" at " .. p(db.step)) or "", p(db.error or "?"))
+          db.step and (" at " .. p(db.step)) or "", multiline(db.error or "?", "      "))
         local last = db.last_good_backup
         lines[#lines + 1] = "    last good backup: " .. (last and string.format("%s (%s%s)", last.time, p(last.file),
           last.verified and (", verify " .. last.verified) or "") or "none")
       else
         local detail = db.bytes and string.format(", %s stored (%s raw) in %.1f s", size(db.bytes), size(db.raw_bytes),
           db.seconds or 0) or ""
-        lines[#lines + 1] = string.format("  %s: %s%s", p(db.database), p(db.result), detail)
+        lines[#lines + 1] = string.format("  %s: %s%s", p(db.database), db.result and p(db.result) or "no result", detail)
       end
     end
   end
@@ -485,8 +500,9 @@ local function email_body(event)
     lines[#lines + 1] = ""
     lines[#lines + 1] = "Drill: " .. p(event.drill.result or "?") .. (event.drill.report and (", report " .. p(event.drill.report)) or "")
     for _, db in ipairs(event.drill.databases or {}) do
-      lines[#lines + 1] = string.format("  %s: %s, RTO %s s, RPO %s s%s", p(db.database), p(db.result),
-        tostring(db.rto_seconds or "-"), tostring(db.rpo_seconds or "-"),
+      local measured = db.rto_seconds and string.format("RTO %s s, RPO %s s", tostring(db.rto_seconds),
+        tostring(db.rpo_seconds or "?")) or "RTO and RPO not measured"
+      lines[#lines + 1] = string.format("  %s: %s, %s%s", p(db.database), p(db.result or "?"), measured,
         db.step and (", failed at " .. p(db.step) .. ": " .. p(db.error or "")) or "")
     end
   end
