@@ -80,7 +80,9 @@ install: bkr
 	install -m 0755 bkr $(DESTDIR)$(BINDIR)/bkr
 	install -m 0644 recipes/*.lua $(DESTDIR)$(DATADIR)/recipes/
 	install -m 0644 recipes/lib/*.lua $(DESTDIR)$(DATADIR)/recipes/lib/
-	install -m 0644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/
+	install -d $(DESTDIR)$(DOCDIR)/api
+	install -m 0644 README.md docs/*.md docs/bkr.example.yaml $(DESTDIR)$(DOCDIR)/
+	install -m 0644 docs/api/*.md $(DESTDIR)$(DOCDIR)/api/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/bkr

@@ -9,7 +9,8 @@ describe("make install", function()
     local out, rc = util.sh("make -s -C " .. q(source) .. " install PREFIX=" .. q(prefix) .. " 2>&1")
     assert.are.equal(0, rc, out)
     for _, path in ipairs({ "/bin/bkr", "/share/bkr/recipes/backup.lua", "/share/bkr/recipes/lib/config.lua",
-      "/share/doc/bkr/README.md", "/share/doc/bkr/runtime.md" }) do
+      "/share/doc/bkr/README.md", "/share/doc/bkr/runtime.md",
+      "/share/doc/bkr/bkr.example.yaml", "/share/doc/bkr/api/fs.md" }) do
       assert.is_truthy(io.open(prefix .. path), path)
     end
     -- from another directory, with no recipe path set
