@@ -126,6 +126,8 @@ local function make_plan(name, options)
   else
     plan.dir = platform.default_dir
   end
+  -- --dir naming the platform's own directory is no staging directory: the files are in place
+  if plan.dir == platform.default_dir then plan.dir_given = false end
   local problem = platform.check and platform.check(plan)
   if problem then cli.usage_error("%s: %s", what, problem) end
   if platform.name == "windows" then
@@ -280,6 +282,11 @@ local function install(args)
   elseif name == "cron" then
     cli.say(plan.dir_given and "copy %s/bkr to /etc/cron.d/bkr (owner root, mode 0644); cron reads it within a minute"
       or "cron reads %s/bkr within a minute", cli.printable(plan.dir))
+    -- cron files do nothing without the daemon, which a minimal Debian does not have
+    if not lfs.attributes("/usr/sbin/cron", "mode") then
+      warn("no cron daemon on this machine (/usr/sbin/cron): these lines run only once it is installed "
+        .. "(apt-get install cron)")
+    end
   else
     cli.say("then, in a PowerShell started as an administrator on Windows:")
     cli.say("  powershell.exe -ExecutionPolicy Bypass -File \"%s\\%s\" -Register", plan.windows_dir:gsub("\\$", ""),
