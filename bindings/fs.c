@@ -55,6 +55,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -420,6 +421,25 @@ static int fs_mode(lua_State *L)
     return 1;
 }
 
+/* Whether `path` (symlinks followed) carries a POSIX access ACL. Its mode's group bits are
+ * then the ACL's mask, not the owning group's permissions: a copy made from the mode alone
+ * would give the group what the ACL gave someone else. */
+static int fs_has_acl(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    ssize_t n = getxattr(path, "system.posix_acl_access", NULL, 0);
+    if (n < 0) {
+        int err = errno;
+        if (err == ENODATA || err == ENOTSUP) {
+            lua_pushboolean(L, 0);
+            return 1;
+        }
+        return bkr_pusherrno(L, err, "fs.has_acl: %s", path);
+    }
+    lua_pushboolean(L, n > 0);
+    return 1;
+}
+
 /* ===================================================================== */
 /* owner, chown, user                                                     */
 /* ===================================================================== */
@@ -738,6 +758,7 @@ static const luaL_Reg fs_funcs[] = {
     {"free_space", fs_free_space},
     {"chmod", fs_chmod},
     {"mode", fs_mode},
+    {"has_acl", fs_has_acl},
     {"mkdirs", fs_mkdirs},
     {"owner", fs_owner},
     {"chown", fs_chown},

@@ -72,7 +72,15 @@ local function files_to_save(args, cfg)
     if path:find("[\\\n]") then cli.usage_error("config backup: %s: unsupported character in the path", name) end
     if not seen[path] then
       seen[path] = true
-      sources[#sources + 1] = { path = path, kind = files.kind(path), mode = fs.mode(path) & tonumber("777", 8) }
+      local source = { path = path, kind = files.kind(path), mode = fs.mode(path) & tonumber("777", 8) }
+      -- With an ACL (the setfacl docs/config-backup.md suggests), the group bits are the ACL's
+      -- mask: restored as a plain mode they would open the file to its group. They are left
+      -- out, and the restore says the ACL is the admin's to put back.
+      if fs.has_acl(path) then
+        source.mode = source.mode & ~tonumber("070", 8)
+        source.note = "had a POSIX ACL: not stored; the group bits, the ACL's mask, left out"
+      end
+      sources[#sources + 1] = source
     end
   end
   return sources
@@ -108,7 +116,7 @@ end
 -- raises on failure (the caller discards the staged backup).
 local function store_file(staged, source, seal)
   local entry = { path = source.path, kind = source.kind, mode = string.format("%04o", source.mode),
-    encrypted_fields = {}, whole_file_encrypted = false }
+    encrypted_fields = {}, whole_file_encrypted = false, note = source.note }
 
   if source.kind ~= "other" then
     -- the admin's own file: a symlink to it is followed, a FIFO is not (as files.store_whole)
@@ -130,7 +138,7 @@ local function store_file(staged, source, seal)
       error(string.format("%s: %s; its secrets cannot be sealed field by field (--encrypt-all stores such "
         .. "a file encrypted whole)", source.path, why), 0)
     end
-    entry.note = "encrypted whole: " .. why
+    entry.note = (entry.note and (entry.note .. "; ") or "") .. "encrypted whole: " .. why
   end
 
   local whole = seal.encrypt_all
@@ -277,6 +285,10 @@ local function restore(args)
   config_restore.apply(plan, dir, key, report.plain)
   for _, step in ipairs(plan.steps) do
     cli.say("restored %s -> %s (mode %s)", step.file.path, step.target, step.file.mode)
+    if step.file.note and step.file.note:find("POSIX ACL", 1, true) then
+      cli.warn("config restore", "%s had a POSIX ACL when it was backed up; it is restored without it: "
+        .. "set it again (setfacl -m u:postgres:r %s)", cli.printable(step.file.path), cli.printable(step.target))
+    end
   end
   logging.step("apply", { backup = dir, files = #manifest.files, to = options.to })
   cli.say("restored %s from %s", cli.plural(#manifest.files, "file", "files"), dir)

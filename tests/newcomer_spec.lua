@@ -264,6 +264,13 @@ describe("a file bkr cannot read", function()
       assert.are.equal("root\n", util.sh("stat -c '%U' " .. q(file)))
       assert.matches("\ngroup::%-%-%-\n", util.sh("getfacl -p " .. q(file)))
     end
+    -- restored, the files are 0600 as the application had them, not 0640 (the ACL's mask as
+    -- group bits would give the group the secrets), and the restore says the ACL is not back
+    local out, rc = run("config restore --latest --to " .. q(dir .. "/restored") .. " --repo " .. q(repo)
+      .. " --key-file " .. q(key))
+    assert.are.equal(0, rc, out)
+    assert.are.equal("600\n", util.sh("stat -c '%a' " .. q(dir .. "/restored" .. dir .. "/notes.txt")))
+    assert.matches("notes%.txt had a POSIX ACL when it was backed up; it is restored without it: set it again", out)
   end)
 end)
 
