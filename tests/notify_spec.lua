@@ -202,6 +202,23 @@ describe("notifications", function()
     assert.are.same({ "email", "webhook" }, notified[1].channels)
   end)
 
+  it("check, list, schedule and init never notify: a CRITICAL check or a list of a typo is no failed job", function()
+    local repo = util.scratch("repo")
+    local cfg = config(repo, webhook_channel(http.port))
+    local posts = http.count()
+    local out, rc = util.bkr("check --config " .. q(cfg))
+    assert.are.equal(2, rc, out) -- CRITICAL: nosuchdb has no backup
+    out, rc = util.bkr("list --config " .. q(cfg) .. " --repo " .. q(repo .. "/typo"))
+    assert.are.equal(2, rc, out)
+    out, rc = util.bkr("schedule show --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.are.equal(0, #since(http, posts))
+    -- while a recipe that does the work does
+    out, rc = util.bkr("verify --config " .. q(cfg) .. " --repo " .. q(repo .. "/typo"))
+    assert.are.equal(2, rc, out)
+    assert.are.equal(1, #since(http, posts))
+  end)
+
   it("an error of several lines (libpq's) keeps its lines in the e-mail, indented, never a literal \\n", function()
     local repo = util.scratch("repo")
     local cfg = config(repo, email_channel(smtp.port), "connection: { host: /nonexistent-socket-dir }\n")
