@@ -74,6 +74,7 @@ typedef struct curl_request {
     char *response;             /* the first max_response bytes of an HTTP response */
     size_t response_len, response_max;
     char errbuf[CURL_ERROR_SIZE];
+    double deadline;            /* bkr_monotonic() time the whole call must end by */
 } curl_request;
 
 static void request_release(curl_request *r)
@@ -245,7 +246,11 @@ static size_t write_response(char *data, size_t size, size_t nmemb, void *userda
 static int check_interrupt(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                            curl_off_t ulnow)
 {
-    return bkr_interrupted() ? 1 : 0;
+    curl_request *r = userdata;
+    /* CURLOPT_TIMEOUT does not bound every wait: libcurl 7.88 waits its own 120 s for an SMTP
+     * server's reply to the end of the message. The deadline here bounds the call whatever
+     * libcurl is waiting for. */
+    return bkr_interrupted() || bkr_monotonic() > r->deadline ? 1 : 0;
 }
 
 static void set_common(curl_request *r, const char *url, double timeout, double connect_timeout,
@@ -256,6 +261,9 @@ static void set_common(curl_request *r, const char *url, double timeout, double 
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, protocols);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM: the host owns the signals */
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    /* an SMTP or HTTP server's reply, each one: no longer than the whole call may take */
+    curl_easy_setopt(e, CURLOPT_SERVER_RESPONSE_TIMEOUT, (long)timeout + 1);
+    r->deadline = bkr_monotonic() + timeout;
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)((connect_timeout < timeout ? connect_timeout : timeout) * 1000));
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -300,7 +308,7 @@ static const char *failure_kind(curl_request *r, CURLcode rc, int smtp)
     case CURLE_SSL_SHUTDOWN_FAILED:
         return "tls";
     case CURLE_ABORTED_BY_CALLBACK:
-        return "interrupted";
+        return bkr_interrupted() ? "interrupted" : "timeout";
     default:
         break;
     }

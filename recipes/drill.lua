@@ -179,7 +179,11 @@ local function write_report(report)
   local base = options.report and options.report:gsub("%.json$", ""):gsub("%.md$", "")
     or (drill.repo .. "/drills/drill_" .. drill.stamp)
   local dir = base:match("^(.*)/[^/]+$")
-  if dir then fs.mkdirs(dir, nil, repo.file_options(dir)) end
+  if options.report then
+    if dir then fs.mkdirs(dir, nil, repo.file_options(dir)) end
+  else
+    repo.real_subdir(drill.repo, "drills")
+  end
   local ok, err = fs.write_file(base .. ".json", json.encode(report, true) .. "\n",
     repo.file_options(base, { mode = "0644", overwrite = true }))
   if ok then

@@ -116,6 +116,27 @@ describe("root on a repository owned by postgres", function()
     assert.are.equal(0, rc, out)
   end)
 
+  it("never follows a symlink postgres put at REPO/drills or REPO/config: a root run writes nothing there", function()
+    local db = new_database()
+    local repo, dir = postgres_repo()
+    local out, rc = as_postgres("backup --no-globals --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local elsewhere = dir .. "/root-only"
+    util.sh("mkdir -m 0700 " .. q(elsewhere))
+    util.sh("ln -s " .. q(elsewhere) .. " " .. q(repo .. "/drills") .. " && ln -s " .. q(elsewhere) .. " "
+      .. q(repo .. "/config"))
+    out, rc = run("drill --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(1, rc, out)
+    assert.matches("/drills is not a directory of its own %(a symlink%?%)", out)
+    local key = dir .. "/k.key"
+    util.write(dir .. "/app.env", "DB_PASSWORD=x\n")
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key))))
+    out, rc = run("config backup " .. q(dir .. "/app.env") .. " --repo " .. q(repo) .. " --key-file " .. q(key))
+    assert.are.equal(1, rc, out)
+    assert.matches("/config is not a directory of its own %(a symlink%?%)", out)
+    assert.are.equal("", util.sh("ls -A " .. q(elsewhere)))
+  end)
+
   it("keygen as root without --owner warns that postgres cannot read the key, with the fix", function()
     local dir = util.scratch("newcomer")
     local out, rc = run("keygen --out " .. q(dir .. "/root.key"))

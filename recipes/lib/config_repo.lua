@@ -143,9 +143,7 @@ end
 function config_repo.lock(root)
   local dir = config_repo.dir(root)
   local lock = repo.lock(root)
-  local ok, err, kind = fs.mkdirs(dir, PRIVATE, repo.file_options(dir))
-  if not ok and kind == "permission" then repo.permission_failure(dir, "create") end
-  if not ok then cli.fail(cli.EXIT_FAILED, "config backup: %s", err) end
+  repo.real_subdir(root, config_repo.SUBDIR, PRIVATE)
   local readable, _, rkind = fs.access(dir, "rwx")
   if not readable and rkind == "permission" then repo.permission_failure(dir, "write") end
   for name in lfs.dir(dir) do

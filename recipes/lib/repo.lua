@@ -503,6 +503,23 @@ end
 
 -- ------------------------------------------------------------------ writing
 
+-- REPO/name (drills, config), made when missing (mode, given to the repository's owner), and
+-- a directory of its own: a symlink there would let whoever owns the repository send a root
+-- run's files anywhere. Returns its path; stops the run (exit 1) otherwise.
+function repo.real_subdir(dir, name, mode)
+  local subdir = dir .. "/" .. name
+  local ok, err, kind = fs.mkdirs(subdir, mode, repo.file_options(subdir))
+  if not ok and kind == "permission" then repo.permission_failure(subdir, "create") end
+  if not ok and lfs.symlinkattributes(subdir, "mode") ~= "link" then
+    cli.fail(cli.EXIT_FAILED, "repository %s: %s", dir, err)
+  end
+  if lfs.symlinkattributes(subdir, "mode") ~= "directory" then
+    cli.fail(cli.EXIT_FAILED, "repository %s: %s is not a directory of its own (a symlink?); bkr writes only in "
+      .. "real directories inside the repository", dir, subdir)
+  end
+  return subdir
+end
+
 function repo.ensure(dir)
   for _, type_ in ipairs(repo.TYPES) do
     local subdir = dir .. "/" .. type_

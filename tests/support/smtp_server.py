@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """An SMTP server on loopback for the notification specs (aiosmtpd's Controller).
 
-    smtp_server.py DIR [--tls CERT KEY] [--auth USER PASSWORD] [--reject-rcpt]
+    smtp_server.py DIR [--tls CERT KEY] [--auth USER PASSWORD] [--reject-rcpt] [--hang-after-data]
 
 Listens on a free port of 127.0.0.1 and writes it to DIR/port once it accepts connections.
 Every message received is written to DIR/mail-N.eml (the bytes as received) and
@@ -9,8 +9,10 @@ DIR/mail-N.json (envelope: mail_from, rcpt_tos, tls, auth user). Every command t
 a handler is appended to DIR/commands.log (EHLO, MAIL, RCPT, DATA, AUTH ok/failed), so a
 spec can tell that nothing was sent. --tls offers STARTTLS with this certificate; --auth
 requires that user and password (AUTH is offered only over TLS, aiosmtpd's default);
---reject-rcpt answers every RCPT with 550. Stops on SIGTERM.
+--reject-rcpt answers every RCPT with 550; --hang-after-data records the message, then never
+answers the end of DATA (a server gone silent). Stops on SIGTERM.
 """
+import asyncio
 import json
 import os
 import signal
@@ -30,9 +32,10 @@ def free_port():
 
 
 class Recorder:
-    def __init__(self, directory, reject_rcpt):
+    def __init__(self, directory, reject_rcpt, hang=False):
         self.dir = directory
         self.reject_rcpt = reject_rcpt
+        self.hang = hang
         self.count = 0
         self.lock = threading.Lock()
 
@@ -74,6 +77,8 @@ class Recorder:
             json.dump(meta, f)
         os.rename(base + ".eml.tmp", base + ".eml")
         self.note("DATA %d" % n)
+        if self.hang:
+            await asyncio.sleep(3600)
         return "250 Message accepted"
 
 
@@ -82,6 +87,7 @@ def main():
     directory = args.pop(0)
     kwargs = {}
     reject = False
+    hang = False
     auth = None
     while args:
         a = args.pop(0)
@@ -93,9 +99,11 @@ def main():
             auth = (args.pop(0), args.pop(0))
         elif a == "--reject-rcpt":
             reject = True
+        elif a == "--hang-after-data":
+            hang = True
         else:
             sys.exit("smtp_server.py: unknown option " + a)
-    recorder = Recorder(directory, reject)
+    recorder = Recorder(directory, reject, hang)
     if auth is not None:
         def authenticator(server, session, envelope, mechanism, data):
             ok = data.login.decode() == auth[0] and data.password.decode() == auth[1]
