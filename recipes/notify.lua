@@ -78,7 +78,7 @@ local function report(results)
       cli.say("sent    %-8s %s: %s", c.type, c.path, cli.printable(reaches(c)))
     else
       failed = failed + 1
-      cli.say("FAILED  %-8s %s: %s (%s)", c.type, c.path, cli.printable(r.error or "?"), r.kind or "io")
+      cli.report("FAILED  %-8s %s: %s (%s)", c.type, c.path, cli.printable(r.error or "?"), r.kind or "io")
     end
   end
   return failed == 0 and cli.EXIT_OK or cli.EXIT_FAILED

@@ -306,6 +306,10 @@ describe("notifications", function()
       assert.are.equal(1, rc, out)
       assert.matches("FAILED  email    notify.channels[1]: curl.smtp_send: 127.0.0.1:1:", out, 1, true)
       assert.matches("sent    webhook", out, 1, true)
+      -- --quiet keeps the failure, drops the rest
+      local quiet = util.bkr("notify test --quiet --config " .. q(down))
+      assert.matches("FAILED  email    notify.channels[1]", quiet, 1, true)
+      assert.is_nil(quiet:find("sent    webhook", 1, true))
       -- the report says it once, on stdout; a test is not a run: nothing in the log
       assert.not_matches("bkr: notification by email failed", out, 1, true)
       assert.are.same({}, records_where(repo, "result", "notify failed"))
