@@ -259,6 +259,24 @@ describe("a symlink at the log's path", function()
     assert.are.equal("precious\n", util.read(target))
     assert.are.same({ "bkr.log" }, util.listdir(dir))
   end)
+
+  it("at the rotation lock stops rotation with a warning, never silently, and is not followed", function()
+    local repo = util.scratch("repo")
+    local target = util.scratch("elsewhere") .. "/target"
+    util.write(target, "precious\n")
+    util.sh("ln -s " .. q(target) .. " " .. q(repo .. "/bkr.log.lock"))
+    local cfg = config_file("logging:\n  max_bytes: 1024\n")
+    local warned = 0
+    for _ = 1, 6 do
+      local out, rc = run("rotate --dry-run --config " .. q(cfg) .. " --repo " .. q(repo))
+      assert.are.equal(0, rc, out)
+      local _, n = out:gsub("bkr: cannot rotate the log: ", "")
+      assert.is_true(n <= 1, out) -- once per run at most
+      warned = warned + n
+    end
+    assert.is_true(warned >= 1)
+    assert.are.equal("precious\n", util.read(target))
+  end)
 end)
 
 describe("secrets", function()

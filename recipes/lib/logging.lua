@@ -148,9 +148,19 @@ end
 -- rotating: the holder is rotating. The size is checked again under the lock: another writer
 -- may have rotated between our look and our lock, and the file is then a fresh one that must
 -- not be rotated again (that would drop the oldest file early).
+local rotate_warned = false
+
 local function rotate(path, incoming)
-  local lock = fs.lock(path .. ".lock", { owner = require("lib.repo").owner_for(path) })
-  if not lock then return end
+  local lock, err, kind = fs.lock(path .. ".lock", { owner = require("lib.repo").owner_for(path) })
+  if not lock then
+    -- held: its holder is rotating. Anything else (a symlink planted there, no permission)
+    -- would stop rotation for good without a word: say it, once per run
+    if kind ~= "locked" and not rotate_warned then
+      rotate_warned = true
+      io.stderr:write("bkr: cannot rotate the log: ", err, "\n")
+    end
+    return
+  end
   if over_limit(path, incoming) then
     local keep = settings.keep or logging.DEFAULTS.keep
     for n = keep - 1, 1, -1 do
