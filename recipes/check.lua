@@ -44,14 +44,33 @@ local SPEC = {
 
 -- ------------------------------------------------------------------ the facts
 
+-- A file or directory bkr may not read is a permission problem: no verdict (UNKNOWN), with
+-- the message `bkr list` gives (the file, its owner and mode, bkr's user, the fix), never
+-- "no backup" or "damaged".
+local function permission_unknown(path, dir)
+  cli.fail(rules.UNKNOWN, "%s", cli.permission_message(path, { fix_tree = dir }))
+end
+
+-- The directory `path` listed by lfs.dir, or a failure without a Lua position in it: a
+-- directory bkr may not enter is a permission problem.
+local function list_directory(path, dir)
+  local ok, _, kind = fs.access(path, "rx")
+  if not ok and kind == "permission" then permission_unknown(path, dir) end
+  local files = {}
+  local listed = pcall(function() for file in lfs.dir(path) do files[#files + 1] = file end end)
+  if not listed then cli.fail(rules.UNKNOWN, "%s cannot be listed", path) end
+  return files
+end
+
 -- The repository must be a directory bkr can list: a missing or unreadable one is no
 -- verdict at all (UNKNOWN), never "no backups" (CRITICAL for the wrong reason).
 local function check_repository(dir)
+  local _, _, kind = fs.owner(dir)
+  if kind == "permission" then permission_unknown(dir, dir) end
   local mode = lfs.attributes(dir, "mode")
   if mode == nil then cli.fail(rules.UNKNOWN, "repository %s does not exist", dir) end
   if mode ~= "directory" then cli.fail(rules.UNKNOWN, "repository %s is not a directory", dir) end
-  local ok, err = pcall(function() for _ in lfs.dir(dir) do end end)
-  if not ok then cli.fail(rules.UNKNOWN, "repository %s cannot be read: %s", dir, tostring(err)) end
+  list_directory(dir, dir)
 end
 
 -- A backup as the output shows it.
@@ -69,16 +88,23 @@ end
 -- Every database's backups, from one scan: { [name] = { newest, newest_verified,
 -- future_backups, backups, damaged } }. A file with a backup's name that is not a regular
 -- file with a valid manifest is no backup (it is counted as damaged); a future-dated one is
--- not fresh (repo.is_future): counted, never the newest.
+-- not fresh (repo.is_future): counted, never the newest. A backup file bkr may not read stops
+-- the check: UNKNOWN, with the permission message.
 local function backups_by_database(dir, now)
   local by_name = {}
-  for _, entry in ipairs(repo.scan(dir, { future = true })) do
-    local db = by_name[entry.database]
+  local function database(name)
+    local db = by_name[name]
     if not db then
       db = { backups = 0, future_backups = 0, damaged = 0 }
-      by_name[entry.database] = db
+      by_name[name] = db
     end
-    if not entry.regular or not entry.manifest then
+    return db
+  end
+  for _, entry in ipairs(repo.scan(dir, { future = true })) do
+    local db = database(entry.database)
+    if entry.unreadable then
+      permission_unknown(entry.unreadable, dir)
+    elseif not entry.regular or not entry.manifest then
       db.damaged = db.damaged + 1
     elseif entry.future then
       db.future_backups = db.future_backups + 1
@@ -134,8 +160,12 @@ end
 local function last_drills(dir, names, now)
   local drills_dir = dir .. "/drills"
   local reports = {}
-  if lfs.symlinkattributes(drills_dir, "mode") == "directory" then
-    for file in lfs.dir(drills_dir) do
+  local mode = lfs.symlinkattributes(drills_dir, "mode")
+  if mode == nil then
+    local _, _, kind = fs.owner(drills_dir)
+    if kind == "permission" then permission_unknown(drills_dir, dir) end
+  elseif mode == "directory" then
+    for _, file in ipairs(list_directory(drills_dir, dir)) do
       local stamp = file:match("^drill_(.+)%.json$")
       local time, sequence = repo.parse_stamp(stamp or "")
       if time and lfs.symlinkattributes(drills_dir .. "/" .. file, "mode") == "file" then

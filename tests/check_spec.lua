@@ -54,6 +54,30 @@ local function drill_report(repo, age, databases)
   }))
 end
 
+-- bkr as the postgres user (peer authentication, the documented operating user), as
+-- tests/newcomer_spec.lua runs it: the suite runs as root, which may read any file.
+local function as_postgres(args)
+  return util.sh("runuser -u postgres -- " .. q(util.bkr_bin()) .. " " .. args .. " 2>&1")
+end
+
+-- A repository owned by postgres (bkr init) with a verified stand-in backup of shop and a
+-- passed drill, all given to postgres.
+local function postgres_repo()
+  local repo = util.scratch("pgrepo") .. "/repo"
+  local out, rc = run("init --repo " .. q(repo) .. " --owner postgres")
+  assert(rc == 0, out)
+  local path = aged_backup(repo, "shop", HOUR, "passed")
+  drill_report(repo, HOUR, { shop = "passed" })
+  util.sh("chown -R postgres: " .. q(repo))
+  return repo, path
+end
+
+-- No message names a recipe file or line (a Lua error's position), nor a traceback.
+local function no_position(out)
+  assert.is_nil(out:find("%.lua:%d+"), "a message names a recipe line: " .. out)
+  assert.not_matches("traceback", out)
+end
+
 -- The performance data after '|', as the Nagios plugin guidelines define it: space-separated
 -- 'label'=value[UOM];[warn];[crit];[min];[max], a quoted label with '' for a quote, no '=' in
 -- a label, value a number or U. Returns { {label, value, uom, warn, crit, min, max} }.
@@ -402,5 +426,36 @@ describe("bkr check", function()
     local excluded = config_file("exclude: [" .. lonely .. "]\n")
     out = check("--json --config " .. q(excluded) .. " --repo " .. q(all))
     assert.are.equal("", jq(out, '.databases[] | select(.database == "' .. lonely .. '") | .database'))
+  end)
+
+  it("is UNKNOWN with the permission message, never 'no backup', for manifests bkr may not read", function()
+    local pgrepo = postgres_repo()
+    assert.are.equal(0, select(2, as_postgres("check --repo " .. q(pgrepo) .. " --db shop")))
+    util.sh("chown root: " .. q(pgrepo) .. "/daily/*.json && chmod 0600 " .. q(pgrepo) .. "/daily/*.json")
+    local out, rc = as_postgres("check --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    assert.matches("^BKR UNKNOWN %- cannot read " .. pgrepo:gsub("%p", "%%%0") .. "/daily/backup_[^ ]+%.json: "
+      .. "owned by root, mode 0600, bkr runs as postgres; fix: sudo chown %-R postgres: " .. pgrepo:gsub("%p", "%%%0")
+      .. "\n$", out)
+    out, rc = as_postgres("check --json --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    assert.matches("^cannot read ", jq(out, ".summary"))
+  end)
+
+  it("is UNKNOWN with the permission message, no Lua position, for a repository or drills directory at mode 0",
+    function()
+    local pgrepo = postgres_repo()
+    util.sh("chmod 000 " .. q(pgrepo))
+    local out, rc = as_postgres("check --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    no_position(out)
+    assert.are.equal("BKR UNKNOWN - cannot read " .. pgrepo .. ": owned by postgres, mode 0000, bkr runs as postgres; "
+      .. "fix: chmod -R u+rwX " .. pgrepo .. "\n", out)
+    util.sh("chmod 750 " .. q(pgrepo) .. " && chmod 000 " .. q(pgrepo .. "/drills"))
+    out, rc = as_postgres("check --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    no_position(out)
+    assert.are.equal("BKR UNKNOWN - cannot read " .. pgrepo .. "/drills: owned by postgres, mode 0000, bkr runs as "
+      .. "postgres; fix: chmod -R u+rwX " .. pgrepo .. "\n", out)
   end)
 end)
