@@ -154,6 +154,26 @@ local function databases_to_check(options, cfg, backups, targets)
   return names, "repository", err
 end
 
+-- A drill report bkr drill writes is about 200 bytes per database: this bound is far above
+-- any real one, and keeps a huge file from taking the monitoring host's memory.
+local MAX_DRILL_REPORT_BYTES = 8 * 1024 * 1024
+
+-- A drill report's contents, or nil and why not: a file that is too large, not JSON (a decode
+-- failure of any kind, a stack overflow on deep nesting included) or not a drill report. One
+-- bkr may not read stops the check (UNKNOWN, the permission message).
+local function read_drill_report(path, dir)
+  local text, err, kind = fs.read_file(path, { max = MAX_DRILL_REPORT_BYTES })
+  if not text then
+    if kind == "permission" then permission_unknown(path, dir) end
+    if kind == "too_large" then return nil, string.format("larger than %d MiB", MAX_DRILL_REPORT_BYTES // 1048576) end
+    return nil, cli.REASONS[kind] or err
+  end
+  local decoded, value = pcall(json.decode, text, path)
+  if not decoded or value == nil then return nil, "not JSON" end
+  if type(value) ~= "table" or type(value.databases) ~= "table" then return nil, "not a drill report" end
+  return value
+end
+
 -- The newest drill report of each database in REPO/drills (drill_<stamp>.json, newest
 -- first by its stamp), read until each database has one. A report that cannot be read is
 -- named; one dated in the future is not fresh and is skipped.
@@ -183,10 +203,9 @@ local function last_drills(dir, names, now)
   for _, report in ipairs(reports) do
     if missing == 0 then break end
     if report.time <= now + repo.FUTURE_TOLERANCE then
-      local value, err = json.read_file(report.path)
-      if type(value) ~= "table" or type(value.databases) ~= "table" then
-        unreadable[#unreadable + 1] = report.path
-        if value then err = "not a drill report" end
+      local value, why = read_drill_report(report.path, dir)
+      if not value then
+        unreadable[#unreadable + 1] = { path = report.path, reason = why }
       else
         for _, db in ipairs(value.databases) do
           if type(db) == "table" and wanted[db.database] and not found[db.database] then

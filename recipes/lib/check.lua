@@ -114,7 +114,7 @@ end
 
 -- The repository as a whole: free space, databases to judge at all, unreadable drill
 -- reports. facts: { space = {free_bytes, total_bytes, free_percent}, databases = n,
--- unreadable_drill_reports = {paths} }. Returns a list of { status, message }.
+-- unreadable_drill_reports = { {path, reason} } }. Returns a list of { status, message }.
 function check.judge_repository(facts, targets)
   local problems = {}
   local space = facts.space
@@ -129,8 +129,9 @@ function check.judge_repository(facts, targets)
   if facts.databases == 0 then
     problems[#problems + 1] = { status = check.CRITICAL, message = "no databases to check: no backups in the repository" }
   end
-  for _, path in ipairs(facts.unreadable_drill_reports or {}) do
-    problems[#problems + 1] = { status = check.WARNING, message = "unreadable drill report " .. path }
+  for _, report in ipairs(facts.unreadable_drill_reports or {}) do
+    problems[#problems + 1] = { status = check.WARNING, message = string.format("unreadable drill report %s (%s)",
+      report.path, report.reason or "unreadable") }
   end
   return problems
 end
