@@ -5,7 +5,8 @@
 --   2. the repository: there and readable            (else UNKNOWN)
 --   3. which databases: --db, the configured list; with `databases: all`, those with backups
 --      in the repository, and every database of the cluster when the server answers
---   4. per database: the newest backup, the newest verified one, future-dated ones
+--   4. per database: the newest backup, the newest verified one, future-dated ones, damaged
+--      ones (a stat against the manifest: size, sidecar, file)
 --   5. per database: its last drill, from REPO/drills/drill_*.json
 --   6. the repository's free space
 --   7. the verdict, by the rules of lib/check.lua
@@ -25,9 +26,10 @@ local SPEC = {
   name = "check",
   usage = "bkr check [--db NAME]... [--json] [--prometheus FILE] [--repo DIR] [--config FILE]",
   summary = "Monitoring plugin: one line of output (BKR OK|WARNING|CRITICAL|UNKNOWN - ... | perfdata).\n"
-    .. "CRITICAL: a database without a verified backup newer than drill.rpo_seconds, or whose\n"
-    .. "last drill failed. WARNING: the newest backup not verified yet, no drill within\n"
-    .. "drill.interval_days, free space below check.min_free_percent or check.min_free_bytes.\n"
+    .. "CRITICAL: a database without a verified backup newer than drill.rpo_seconds, whose last\n"
+    .. "drill failed, or with a backup that no longer matches its manifest. WARNING: the newest\n"
+    .. "backup not verified yet, no drill within drill.interval_days, free space below\n"
+    .. "check.min_free_percent or check.min_free_bytes.\n"
     .. "Reads only; no server needed (with databases: all it asks the server when it answers).",
   options = {
     { "--db", "NAME", "check this database (repeatable; default: the configured ones)", repeatable = true },
@@ -85,27 +87,70 @@ local function backup_facts(entry, now)
   }
 end
 
+-- How a backup with a valid manifest differs from what its manifest recorded, by a stat and
+-- nothing more (the data is not read): { file, verified, problem = "size" (size,
+-- stored_bytes), "missing_sidecar" or "missing_file" }, or nil when it is intact.
+local function damage(entry)
+  local found = { file = entry.type .. "/" .. entry.file, verified = repo.verified(entry) or "never" }
+  if not entry.regular then
+    found.problem = "missing_file"
+  elseif entry.stored_bytes ~= entry.manifest.stored_bytes then
+    found.problem, found.size, found.stored_bytes = "size", entry.stored_bytes, entry.manifest.stored_bytes
+  elseif not entry.has_sidecar then
+    found.problem = "missing_sidecar"
+  else
+    return nil
+  end
+  return found
+end
+
+-- The backups whose manifest is there but whose stored file is not (a scan finds backups by
+-- their stored file, so it cannot see them). The manifest is written last, so this is never
+-- a backup still being written.
+local function manifests_without_file(dir)
+  local entries = {}
+  for _, type_ in ipairs(repo.TYPES) do
+    local subdir = repo.type_dir(dir, type_)
+    if subdir then
+      for _, file in ipairs(list_directory(subdir, dir)) do
+        local stored = file:match("^(.+)%.json$")
+        if stored and repo.match_backup(stored) and not lfs.symlinkattributes(subdir .. "/" .. stored, "mode") then
+          local entry = repo.entry(dir, type_, stored)
+          if entry.unreadable then permission_unknown(entry.unreadable, dir) end
+          if entry.manifest then entries[#entries + 1] = entry end
+        end
+      end
+    end
+  end
+  return entries
+end
+
 -- Every database's backups, from one scan: { [name] = { newest, newest_verified,
--- future_backups, backups, damaged } }. A file with a backup's name that is not a regular
--- file with a valid manifest is no backup (it is counted as damaged); a future-dated one is
--- not fresh (repo.is_future): counted, never the newest. A backup file bkr may not read stops
--- the check: UNKNOWN, with the permission message.
+-- future_backups, backups, damaged, damaged_backups } }. A file with a backup's name that is
+-- not a regular file with a valid manifest is no backup (it is counted as damaged); nor is one
+-- that differs from its manifest (damage(): listed in damaged_backups, CRITICAL). A
+-- future-dated one is not fresh (repo.is_future): counted, never the newest. A backup file
+-- bkr may not read stops the check: UNKNOWN, with the permission message.
 local function backups_by_database(dir, now)
   local by_name = {}
   local function database(name)
     local db = by_name[name]
     if not db then
-      db = { backups = 0, future_backups = 0, damaged = 0 }
+      db = { backups = 0, future_backups = 0, damaged = 0, damaged_backups = {} }
       by_name[name] = db
     end
     return db
   end
   for _, entry in ipairs(repo.scan(dir, { future = true })) do
     local db = database(entry.database)
+    local damaged = entry.regular and entry.manifest and damage(entry)
     if entry.unreadable then
       permission_unknown(entry.unreadable, dir)
     elseif not entry.regular or not entry.manifest then
       db.damaged = db.damaged + 1
+    elseif damaged then
+      db.damaged = db.damaged + 1
+      db.damaged_backups[#db.damaged_backups + 1] = damaged
     elseif entry.future then
       db.future_backups = db.future_backups + 1
     else
@@ -114,6 +159,11 @@ local function backups_by_database(dir, now)
       db.newest = db.newest or facts
       if facts.verified == "passed" then db.newest_verified = db.newest_verified or facts end
     end
+  end
+  for _, entry in ipairs(manifests_without_file(dir)) do
+    local db = database(entry.database)
+    db.damaged = db.damaged + 1
+    db.damaged_backups[#db.damaged_backups + 1] = damage(entry)
   end
   return by_name
 end
@@ -253,10 +303,11 @@ local function run_check(options)
   }
   local status = rules.OK
   for _, name in ipairs(names) do
-    local found = backups[name] or { backups = 0, future_backups = 0, damaged = 0 }
+    local found = backups[name] or { backups = 0, future_backups = 0, damaged = 0, damaged_backups = {} }
     local db = rules.judge_database({
       database = name, backups = found.backups, newest = found.newest, newest_verified = found.newest_verified,
-      future_backups = found.future_backups, damaged = found.damaged, drill = drills[name],
+      future_backups = found.future_backups, damaged = found.damaged, damaged_backups = found.damaged_backups,
+      drill = drills[name],
     }, targets)
     result.databases[#result.databases + 1] = db
     status = rules.worst(status, db.status)

@@ -428,6 +428,55 @@ describe("bkr check", function()
     assert.are.equal("", jq(out, '.databases[] | select(.database == "' .. lonely .. '") | .database'))
   end)
 
+  it("is CRITICAL when a backup was truncated, grown, or lost its file or sidecar since it was written; "
+    .. "freshness counts only intact backups", function()
+    util.backup_newest(repo, db)
+    local out, rc = run("verify --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local damaged = util.scratch("repo")
+    util.sh("cp -a " .. q(repo) .. "/. " .. q(damaged))
+    local newest = util.sh("ls " .. q(damaged .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", "")
+    local recorded = require("dkjson").decode(util.read(damaged .. "/daily/" .. newest .. ".json")).stored_bytes
+    assert.are.equal(0, select(2, check("--config " .. q(cfg) .. " --repo " .. q(damaged))))
+    util.sh("truncate -s 100 " .. q(damaged .. "/daily/" .. newest))
+    out, rc = check("--config " .. q(cfg) .. " --repo " .. q(damaged))
+    assert.are.equal(2, rc, out)
+    local state, text, perf = plugin_output(out)
+    assert.are.equal("CRITICAL", state)
+    assert.matches(db .. ": daily/" .. newest .. " damaged since it was verified: size 100, manifest says "
+      .. recorded .. "; run bkr verify", text, 1, true)
+    assert.are_not.equal("100", perf[db .. " newest_size"].value, "the newest intact backup is measured")
+    out = check("--json --config " .. q(cfg) .. " --repo " .. q(damaged))
+    local fresh = jq(out, ".databases[0].newest_verified.file")
+    assert.are_not.equal("daily/" .. newest, fresh, "a damaged backup is never the fresh verified one")
+    assert.are.equal(require("dkjson").decode(util.read(damaged .. "/" .. fresh .. ".json")).stored_bytes,
+      tonumber((util.sh("stat -c %s " .. q(damaged .. "/" .. fresh)))), "its size still matches its manifest")
+
+    -- grown: bytes appended after the verify
+    util.sh("cp -a " .. q(repo .. "/daily/" .. newest) .. " " .. q(damaged .. "/daily/"))
+    util.sh("printf 'tail' >> " .. q(damaged .. "/daily/" .. newest))
+    out, rc = check("--config " .. q(cfg) .. " --repo " .. q(damaged))
+    assert.are.equal(2, rc, out)
+    assert.matches("size " .. (recorded + 4) .. ", manifest says " .. recorded, out, 1, true)
+
+    -- the sidecar, or the stored file itself, gone while the manifest stays
+    local lost = util.scratch("repo")
+    local path = aged_backup(lost, "shop", HOUR, "passed")
+    aged_backup(lost, "shop", 2 * HOUR, "passed")
+    drill_report(lost, HOUR, { shop = "passed" })
+    assert.are.equal(0, select(2, check("--repo " .. q(lost) .. " --db shop")))
+    util.sh("rm " .. q(path .. ".sha256"))
+    out, rc = check("--repo " .. q(lost) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.matches("shop: daily/" .. path:match("[^/]+$") .. " damaged since it was verified: its sidecar", out, 1, true)
+    util.sh("rm " .. q(path))
+    out, rc = check("--json --repo " .. q(lost) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.are.equal("CRITICAL 1 daily/" .. path:match("[^/]+$") .. " damaged since it was verified: the file is "
+      .. "missing, its manifest is there; run bkr verify", jq(out, '"\\(.status) \\(.databases[0].damaged) '
+      .. '\\(.databases[0].problems[0].message)"'))
+  end)
+
   it("is UNKNOWN with the permission message, never 'no backup', for manifests bkr may not read", function()
     local pgrepo = postgres_repo()
     assert.are.equal(0, select(2, as_postgres("check --repo " .. q(pgrepo) .. " --db shop")))
