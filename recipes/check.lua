@@ -5,7 +5,8 @@
 --   2. the repository: there and readable            (else UNKNOWN)
 --   3. which databases: --db, the configured list; with `databases: all`, those with backups
 --      in the repository, and every database of the cluster when the server answers
---   4. per database: the newest backup, the newest verified one, future-dated ones
+--   4. per database: the newest backup, the newest verified one, future-dated ones, damaged
+--      ones (a stat against the manifest: size, sidecar, file)
 --   5. per database: its last drill, from REPO/drills/drill_*.json
 --   6. the repository's free space
 --   7. the verdict, by the rules of lib/check.lua
@@ -25,9 +26,10 @@ local SPEC = {
   name = "check",
   usage = "bkr check [--db NAME]... [--json] [--prometheus FILE] [--repo DIR] [--config FILE]",
   summary = "Monitoring plugin: one line of output (BKR OK|WARNING|CRITICAL|UNKNOWN - ... | perfdata).\n"
-    .. "CRITICAL: a database without a verified backup newer than drill.rpo_seconds, or whose\n"
-    .. "last drill failed. WARNING: the newest backup not verified yet, no drill within\n"
-    .. "drill.interval_days, free space below check.min_free_percent or check.min_free_bytes.\n"
+    .. "CRITICAL: a database without a verified backup newer than drill.rpo_seconds, whose last\n"
+    .. "drill failed, or with a backup that no longer matches its manifest. WARNING: the newest\n"
+    .. "backup not verified yet, no drill within drill.interval_days, free space below\n"
+    .. "check.min_free_percent or check.min_free_bytes.\n"
     .. "Reads only; no server needed (with databases: all it asks the server when it answers).",
   options = {
     { "--db", "NAME", "check this database (repeatable; default: the configured ones)", repeatable = true },
@@ -44,14 +46,33 @@ local SPEC = {
 
 -- ------------------------------------------------------------------ the facts
 
+-- A file or directory bkr may not read is a permission problem: no verdict (UNKNOWN), with
+-- the message `bkr list` gives (the file, its owner and mode, bkr's user, the fix), never
+-- "no backup" or "damaged".
+local function permission_unknown(path, dir)
+  cli.fail(rules.UNKNOWN, "%s", cli.permission_message(path, { fix_tree = dir }))
+end
+
+-- The directory `path` listed by lfs.dir, or a failure without a Lua position in it: a
+-- directory bkr may not enter is a permission problem.
+local function list_directory(path, dir)
+  local ok, _, kind = fs.access(path, "rx")
+  if not ok and kind == "permission" then permission_unknown(path, dir) end
+  local files = {}
+  local listed = pcall(function() for file in lfs.dir(path) do files[#files + 1] = file end end)
+  if not listed then cli.fail(rules.UNKNOWN, "%s cannot be listed", path) end
+  return files
+end
+
 -- The repository must be a directory bkr can list: a missing or unreadable one is no
 -- verdict at all (UNKNOWN), never "no backups" (CRITICAL for the wrong reason).
 local function check_repository(dir)
+  local _, _, kind = fs.owner(dir)
+  if kind == "permission" then permission_unknown(dir, dir) end
   local mode = lfs.attributes(dir, "mode")
   if mode == nil then cli.fail(rules.UNKNOWN, "repository %s does not exist", dir) end
   if mode ~= "directory" then cli.fail(rules.UNKNOWN, "repository %s is not a directory", dir) end
-  local ok, err = pcall(function() for _ in lfs.dir(dir) do end end)
-  if not ok then cli.fail(rules.UNKNOWN, "repository %s cannot be read: %s", dir, tostring(err)) end
+  list_directory(dir, dir)
 end
 
 -- A backup as the output shows it.
@@ -66,20 +87,70 @@ local function backup_facts(entry, now)
   }
 end
 
+-- How a backup with a valid manifest differs from what its manifest recorded, by a stat and
+-- nothing more (the data is not read): { file, verified, problem = "size" (size,
+-- stored_bytes), "missing_sidecar" or "missing_file" }, or nil when it is intact.
+local function damage(entry)
+  local found = { file = entry.type .. "/" .. entry.file, verified = repo.verified(entry) or "never" }
+  if not entry.regular then
+    found.problem = "missing_file"
+  elseif entry.stored_bytes ~= entry.manifest.stored_bytes then
+    found.problem, found.size, found.stored_bytes = "size", entry.stored_bytes, entry.manifest.stored_bytes
+  elseif not entry.has_sidecar then
+    found.problem = "missing_sidecar"
+  else
+    return nil
+  end
+  return found
+end
+
+-- The backups whose manifest is there but whose stored file is not (a scan finds backups by
+-- their stored file, so it cannot see them). The manifest is written last, so this is never
+-- a backup still being written.
+local function manifests_without_file(dir)
+  local entries = {}
+  for _, type_ in ipairs(repo.TYPES) do
+    local subdir = repo.type_dir(dir, type_)
+    if subdir then
+      for _, file in ipairs(list_directory(subdir, dir)) do
+        local stored = file:match("^(.+)%.json$")
+        if stored and repo.match_backup(stored) and not lfs.symlinkattributes(subdir .. "/" .. stored, "mode") then
+          local entry = repo.entry(dir, type_, stored)
+          if entry.unreadable then permission_unknown(entry.unreadable, dir) end
+          if entry.manifest then entries[#entries + 1] = entry end
+        end
+      end
+    end
+  end
+  return entries
+end
+
 -- Every database's backups, from one scan: { [name] = { newest, newest_verified,
--- future_backups, backups, damaged } }. A file with a backup's name that is not a regular
--- file with a valid manifest is no backup (it is counted as damaged); a future-dated one is
--- not fresh (repo.is_future): counted, never the newest.
+-- future_backups, backups, damaged, damaged_backups } }. A file with a backup's name that is
+-- not a regular file with a valid manifest is no backup (it is counted as damaged); nor is one
+-- that differs from its manifest (damage(): listed in damaged_backups, CRITICAL). A
+-- future-dated one is not fresh (repo.is_future): counted, never the newest. A backup file
+-- bkr may not read stops the check: UNKNOWN, with the permission message.
 local function backups_by_database(dir, now)
   local by_name = {}
-  for _, entry in ipairs(repo.scan(dir, { future = true })) do
-    local db = by_name[entry.database]
+  local function database(name)
+    local db = by_name[name]
     if not db then
-      db = { backups = 0, future_backups = 0, damaged = 0 }
-      by_name[entry.database] = db
+      db = { backups = 0, future_backups = 0, damaged = 0, damaged_backups = {} }
+      by_name[name] = db
     end
-    if not entry.regular or not entry.manifest then
+    return db
+  end
+  for _, entry in ipairs(repo.scan(dir, { future = true })) do
+    local db = database(entry.database)
+    local damaged = entry.regular and entry.manifest and damage(entry)
+    if entry.unreadable then
+      permission_unknown(entry.unreadable, dir)
+    elseif not entry.regular or not entry.manifest then
       db.damaged = db.damaged + 1
+    elseif damaged then
+      db.damaged = db.damaged + 1
+      db.damaged_backups[#db.damaged_backups + 1] = damaged
     elseif entry.future then
       db.future_backups = db.future_backups + 1
     else
@@ -88,6 +159,11 @@ local function backups_by_database(dir, now)
       db.newest = db.newest or facts
       if facts.verified == "passed" then db.newest_verified = db.newest_verified or facts end
     end
+  end
+  for _, entry in ipairs(manifests_without_file(dir)) do
+    local db = database(entry.database)
+    db.damaged = db.damaged + 1
+    db.damaged_backups[#db.damaged_backups + 1] = damage(entry)
   end
   return by_name
 end
@@ -128,14 +204,38 @@ local function databases_to_check(options, cfg, backups, targets)
   return names, "repository", err
 end
 
+-- A drill report bkr drill writes is about 200 bytes per database: this bound is far above
+-- any real one, and keeps a huge file from taking the monitoring host's memory.
+local MAX_DRILL_REPORT_BYTES = 8 * 1024 * 1024
+
+-- A drill report's contents, or nil and why not: a file that is too large, not JSON (a decode
+-- failure of any kind, a stack overflow on deep nesting included) or not a drill report. One
+-- bkr may not read stops the check (UNKNOWN, the permission message).
+local function read_drill_report(path, dir)
+  local text, err, kind = fs.read_file(path, { max = MAX_DRILL_REPORT_BYTES })
+  if not text then
+    if kind == "permission" then permission_unknown(path, dir) end
+    if kind == "too_large" then return nil, string.format("larger than %d MiB", MAX_DRILL_REPORT_BYTES // 1048576) end
+    return nil, cli.REASONS[kind] or err
+  end
+  local decoded, value = pcall(json.decode, text, path)
+  if not decoded or value == nil then return nil, "not JSON" end
+  if type(value) ~= "table" or type(value.databases) ~= "table" then return nil, "not a drill report" end
+  return value
+end
+
 -- The newest drill report of each database in REPO/drills (drill_<stamp>.json, newest
 -- first by its stamp), read until each database has one. A report that cannot be read is
 -- named; one dated in the future is not fresh and is skipped.
 local function last_drills(dir, names, now)
   local drills_dir = dir .. "/drills"
   local reports = {}
-  if lfs.symlinkattributes(drills_dir, "mode") == "directory" then
-    for file in lfs.dir(drills_dir) do
+  local mode = lfs.symlinkattributes(drills_dir, "mode")
+  if mode == nil then
+    local _, _, kind = fs.owner(drills_dir)
+    if kind == "permission" then permission_unknown(drills_dir, dir) end
+  elseif mode == "directory" then
+    for _, file in ipairs(list_directory(drills_dir, dir)) do
       local stamp = file:match("^drill_(.+)%.json$")
       local time, sequence = repo.parse_stamp(stamp or "")
       if time and lfs.symlinkattributes(drills_dir .. "/" .. file, "mode") == "file" then
@@ -153,10 +253,9 @@ local function last_drills(dir, names, now)
   for _, report in ipairs(reports) do
     if missing == 0 then break end
     if report.time <= now + repo.FUTURE_TOLERANCE then
-      local value, err = json.read_file(report.path)
-      if type(value) ~= "table" or type(value.databases) ~= "table" then
-        unreadable[#unreadable + 1] = report.path
-        if value then err = "not a drill report" end
+      local value, why = read_drill_report(report.path, dir)
+      if not value then
+        unreadable[#unreadable + 1] = { path = report.path, reason = why }
       else
         for _, db in ipairs(value.databases) do
           if type(db) == "table" and wanted[db.database] and not found[db.database] then
@@ -204,10 +303,11 @@ local function run_check(options)
   }
   local status = rules.OK
   for _, name in ipairs(names) do
-    local found = backups[name] or { backups = 0, future_backups = 0, damaged = 0 }
+    local found = backups[name] or { backups = 0, future_backups = 0, damaged = 0, damaged_backups = {} }
     local db = rules.judge_database({
       database = name, backups = found.backups, newest = found.newest, newest_verified = found.newest_verified,
-      future_backups = found.future_backups, damaged = found.damaged, drill = drills[name],
+      future_backups = found.future_backups, damaged = found.damaged, damaged_backups = found.damaged_backups,
+      drill = drills[name],
     }, targets)
     result.databases[#result.databases + 1] = db
     status = rules.worst(status, db.status)

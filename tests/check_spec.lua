@@ -54,6 +54,30 @@ local function drill_report(repo, age, databases)
   }))
 end
 
+-- bkr as the postgres user (peer authentication, the documented operating user), as
+-- tests/newcomer_spec.lua runs it: the suite runs as root, which may read any file.
+local function as_postgres(args)
+  return util.sh("runuser -u postgres -- " .. q(util.bkr_bin()) .. " " .. args .. " 2>&1")
+end
+
+-- A repository owned by postgres (bkr init) with a verified stand-in backup of shop and a
+-- passed drill, all given to postgres.
+local function postgres_repo()
+  local repo = util.scratch("pgrepo") .. "/repo"
+  local out, rc = run("init --repo " .. q(repo) .. " --owner postgres")
+  assert(rc == 0, out)
+  local path = aged_backup(repo, "shop", HOUR, "passed")
+  drill_report(repo, HOUR, { shop = "passed" })
+  util.sh("chown -R postgres: " .. q(repo))
+  return repo, path
+end
+
+-- No message names a recipe file or line (a Lua error's position), nor a traceback.
+local function no_position(out)
+  assert.is_nil(out:find("%.lua:%d+"), "a message names a recipe line: " .. out)
+  assert.not_matches("traceback", out)
+end
+
 -- The performance data after '|', as the Nagios plugin guidelines define it: space-separated
 -- 'label'=value[UOM];[warn];[crit];[min];[max], a quoted label with '' for a quote, no '=' in
 -- a label, value a number or U. Returns { {label, value, uom, warn, crit, min, max} }.
@@ -402,5 +426,103 @@ describe("bkr check", function()
     local excluded = config_file("exclude: [" .. lonely .. "]\n")
     out = check("--json --config " .. q(excluded) .. " --repo " .. q(all))
     assert.are.equal("", jq(out, '.databases[] | select(.database == "' .. lonely .. '") | .database'))
+  end)
+
+  it("is CRITICAL when a backup was truncated, grown, or lost its file or sidecar since it was written; "
+    .. "freshness counts only intact backups", function()
+    util.backup_newest(repo, db)
+    local out, rc = run("verify --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local damaged = util.scratch("repo")
+    util.sh("cp -a " .. q(repo) .. "/. " .. q(damaged))
+    local newest = util.sh("ls " .. q(damaged .. "/daily") .. " | grep '_" .. db .. ".sql.gz$' | tail -n 1"):gsub("\n", "")
+    local recorded = require("dkjson").decode(util.read(damaged .. "/daily/" .. newest .. ".json")).stored_bytes
+    assert.are.equal(0, select(2, check("--config " .. q(cfg) .. " --repo " .. q(damaged))))
+    util.sh("truncate -s 100 " .. q(damaged .. "/daily/" .. newest))
+    out, rc = check("--config " .. q(cfg) .. " --repo " .. q(damaged))
+    assert.are.equal(2, rc, out)
+    local state, text, perf = plugin_output(out)
+    assert.are.equal("CRITICAL", state)
+    assert.matches(db .. ": daily/" .. newest .. " damaged since it was verified: size 100, manifest says "
+      .. recorded .. "; run bkr verify", text, 1, true)
+    assert.are_not.equal("100", perf[db .. " newest_size"].value, "the newest intact backup is measured")
+    out = check("--json --config " .. q(cfg) .. " --repo " .. q(damaged))
+    local fresh = jq(out, ".databases[0].newest_verified.file")
+    assert.are_not.equal("daily/" .. newest, fresh, "a damaged backup is never the fresh verified one")
+    assert.are.equal(require("dkjson").decode(util.read(damaged .. "/" .. fresh .. ".json")).stored_bytes,
+      tonumber((util.sh("stat -c %s " .. q(damaged .. "/" .. fresh)))), "its size still matches its manifest")
+
+    -- grown: bytes appended after the verify
+    util.sh("cp -a " .. q(repo .. "/daily/" .. newest) .. " " .. q(damaged .. "/daily/"))
+    util.sh("printf 'tail' >> " .. q(damaged .. "/daily/" .. newest))
+    out, rc = check("--config " .. q(cfg) .. " --repo " .. q(damaged))
+    assert.are.equal(2, rc, out)
+    assert.matches("size " .. (recorded + 4) .. ", manifest says " .. recorded, out, 1, true)
+
+    -- the sidecar, or the stored file itself, gone while the manifest stays
+    local lost = util.scratch("repo")
+    local path = aged_backup(lost, "shop", HOUR, "passed")
+    aged_backup(lost, "shop", 2 * HOUR, "passed")
+    drill_report(lost, HOUR, { shop = "passed" })
+    assert.are.equal(0, select(2, check("--repo " .. q(lost) .. " --db shop")))
+    util.sh("rm " .. q(path .. ".sha256"))
+    out, rc = check("--repo " .. q(lost) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.matches("shop: daily/" .. path:match("[^/]+$") .. " damaged since it was verified: its sidecar", out, 1, true)
+    util.sh("rm " .. q(path))
+    out, rc = check("--json --repo " .. q(lost) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.are.equal("CRITICAL 1 daily/" .. path:match("[^/]+$") .. " damaged since it was verified: the file is "
+      .. "missing, its manifest is there; run bkr verify", jq(out, '"\\(.status) \\(.databases[0].damaged) '
+      .. '\\(.databases[0].problems[0].message)"'))
+  end)
+
+  it("is UNKNOWN with the permission message, never 'no backup', for manifests bkr may not read", function()
+    local pgrepo = postgres_repo()
+    assert.are.equal(0, select(2, as_postgres("check --repo " .. q(pgrepo) .. " --db shop")))
+    util.sh("chown root: " .. q(pgrepo) .. "/daily/*.json && chmod 0600 " .. q(pgrepo) .. "/daily/*.json")
+    local out, rc = as_postgres("check --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    assert.matches("^BKR UNKNOWN %- cannot read " .. pgrepo:gsub("%p", "%%%0") .. "/daily/backup_[^ ]+%.json: "
+      .. "owned by root, mode 0600, bkr runs as postgres; fix: sudo chown %-R postgres: " .. pgrepo:gsub("%p", "%%%0")
+      .. "\n$", out)
+    out, rc = as_postgres("check --json --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    assert.matches("^cannot read ", jq(out, ".summary"))
+  end)
+
+  it("is UNKNOWN with the permission message, no Lua position, for a repository or drills directory at mode 0",
+    function()
+    local pgrepo = postgres_repo()
+    util.sh("chmod 000 " .. q(pgrepo))
+    local out, rc = as_postgres("check --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    no_position(out)
+    assert.are.equal("BKR UNKNOWN - cannot read " .. pgrepo .. ": owned by postgres, mode 0000, bkr runs as postgres; "
+      .. "fix: chmod -R u+rwX " .. pgrepo .. "\n", out)
+    util.sh("chmod 750 " .. q(pgrepo) .. " && chmod 000 " .. q(pgrepo .. "/drills"))
+    out, rc = as_postgres("check --repo " .. q(pgrepo) .. " --db shop")
+    assert.are.equal(3, rc, out)
+    no_position(out)
+    assert.are.equal("BKR UNKNOWN - cannot read " .. pgrepo .. "/drills: owned by postgres, mode 0000, bkr runs as "
+      .. "postgres; fix: chmod -R u+rwX " .. pgrepo .. "\n", out)
+  end)
+
+  it("WARNs about a drill report nested too deeply to decode, or too large, and still finds the older one", function()
+    local nested = util.scratch("repo")
+    aged_backup(nested, "shop", HOUR, "passed")
+    drill_report(nested, 2 * HOUR, { shop = "passed" })
+    local deep = nested .. "/drills/drill_" .. stamp_ago(HOUR) .. ".json"
+    util.sh("python3 -c \"print('[' * 1000000)\" > " .. q(deep))
+    local out, rc = check("--repo " .. q(nested) .. " --db shop")
+    assert.are.equal(1, rc, out)
+    no_position(out)
+    local state, text = plugin_output(out)
+    assert.are.equal("WARNING", state)
+    assert.are.equal("unreadable drill report " .. deep .. " (not JSON)", text)
+    util.sh("truncate -s 9M " .. q(deep))
+    out, rc = check("--repo " .. q(nested) .. " --db shop")
+    assert.are.equal(1, rc, out)
+    assert.matches("unreadable drill report " .. deep .. " (larger than 8 MiB)", out, 1, true)
   end)
 end)

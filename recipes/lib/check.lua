@@ -65,17 +65,37 @@ local function problem(db, status, fmt, ...)
   if status > db.status then db.status = status end
 end
 
--- One database. db: { newest, newest_verified, future_backups, drill } as the recipe
--- gathered them (newest and newest_verified: { age_seconds, verified, ... } or nil; drill:
--- { age_seconds, result } or nil). Sets db.status and db.problems.
+-- A backup that no longer matches its manifest: the storage, or someone, changed it after
+-- bkr wrote (and perhaps verified) it. damaged: { file, verified, problem, size, stored_bytes }.
+local function damage_message(damaged)
+  local since = damaged.verified == "passed" and "since it was verified" or "since it was written"
+  if damaged.problem == "size" then
+    return string.format("%s damaged %s: size %d, manifest says %d; run bkr verify", damaged.file, since,
+      damaged.size, damaged.stored_bytes)
+  elseif damaged.problem == "missing_file" then
+    return string.format("%s damaged %s: the file is missing, its manifest is there; run bkr verify", damaged.file,
+      since)
+  end
+  return string.format("%s damaged %s: its sidecar %s.sha256 is missing; run bkr verify", damaged.file, since,
+    damaged.file)
+end
+
+-- One database. db: { newest, newest_verified, future_backups, damaged, damaged_backups,
+-- drill } as the recipe gathered them (newest and newest_verified: { age_seconds, verified,
+-- ... } or nil, never a damaged backup; damaged_backups: those that differ from their
+-- manifest; drill: { age_seconds, result } or nil). Sets db.status and db.problems.
 function check.judge_database(db, targets)
   db.status, db.problems = check.OK, {}
   local rpo = targets.rpo_seconds
   local newest, verified = db.newest, db.newest_verified
 
+  -- CRITICAL: a backup changed since bkr wrote it (a stat shows it: no data is read)
+  for _, damaged in ipairs(db.damaged_backups or {}) do
+    problem(db, check.CRITICAL, "%s", damage_message(damaged))
+  end
   -- CRITICAL: nothing to restore that is known good and recent enough
   if not newest then
-    problem(db, check.CRITICAL, "no backup")
+    problem(db, check.CRITICAL, (db.damaged or 0) > 0 and "no intact backup" or "no backup")
   elseif not verified then
     problem(db, check.CRITICAL, "no verified backup (newest %s old, %s)", check.duration(newest.age_seconds),
       newest.verified == "never" and "not verified yet" or ("verification: " .. newest.verified))
@@ -114,7 +134,7 @@ end
 
 -- The repository as a whole: free space, databases to judge at all, unreadable drill
 -- reports. facts: { space = {free_bytes, total_bytes, free_percent}, databases = n,
--- unreadable_drill_reports = {paths} }. Returns a list of { status, message }.
+-- unreadable_drill_reports = { {path, reason} } }. Returns a list of { status, message }.
 function check.judge_repository(facts, targets)
   local problems = {}
   local space = facts.space
@@ -129,8 +149,9 @@ function check.judge_repository(facts, targets)
   if facts.databases == 0 then
     problems[#problems + 1] = { status = check.CRITICAL, message = "no databases to check: no backups in the repository" }
   end
-  for _, path in ipairs(facts.unreadable_drill_reports or {}) do
-    problems[#problems + 1] = { status = check.WARNING, message = "unreadable drill report " .. path }
+  for _, report in ipairs(facts.unreadable_drill_reports or {}) do
+    problems[#problems + 1] = { status = check.WARNING, message = string.format("unreadable drill report %s (%s)",
+      report.path, report.reason or "unreadable") }
   end
   return problems
 end
