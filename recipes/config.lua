@@ -461,14 +461,4 @@ subcommands:
 exit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 integrity check failed
 documentation: docs/config-backup.md]]
 
-local args = { ... }
-local name = args[1]
-if name == "--help" or name == "-h" then
-  print(OVERVIEW)
-  return cli.EXIT_OK
-end
-if not name or not SUBCOMMANDS[name] then
-  io.stderr:write(OVERVIEW, "\n")
-  cli.usage_error("config: %s", name and ("unknown subcommand '" .. name .. "'") or "name a subcommand")
-end
-return SUBCOMMANDS[name]({ table.unpack(args, 2) })
+return cli.subcommand("config", { ... }, OVERVIEW, SUBCOMMANDS)

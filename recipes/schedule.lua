@@ -345,14 +345,4 @@ platforms:
 exit codes: 0 ok, 1 failed (a file in the way, cannot write, systemctl failed), 2 usage or configuration error
 documentation: docs/schedule.md]]
 
-local args = { ... }
-local name = args[1]
-if name == "--help" or name == "-h" then
-  print(OVERVIEW)
-  return cli.EXIT_OK
-end
-if not name or not SUBCOMMANDS[name] then
-  io.stderr:write(OVERVIEW, "\n")
-  cli.usage_error("schedule: %s", name and ("unknown subcommand '" .. cli.printable(name) .. "'") or "name a subcommand")
-end
-return SUBCOMMANDS[name]({ table.unpack(args, 2) })
+return cli.subcommand("schedule", { ... }, OVERVIEW, SUBCOMMANDS)

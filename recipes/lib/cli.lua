@@ -56,6 +56,23 @@ function cli.report(fmt, ...)
   io.stdout:flush()
 end
 
+-- A recipe with subcommands (bkr config backup, bkr schedule show): --help prints the overview;
+-- a missing or unknown subcommand prints it on stderr and is a usage error; else the
+-- subcommand's function runs with the remaining arguments and its result is returned.
+function cli.subcommand(recipe, args, overview, subcommands)
+  local name = args[1]
+  if name == "--help" or name == "-h" then
+    print(overview)
+    return cli.EXIT_OK
+  end
+  if not name or not subcommands[name] then
+    io.stderr:write(overview, "\n")
+    cli.usage_error("%s: %s", recipe, name and ("unknown subcommand '" .. cli.printable(name) .. "'")
+      or "name a subcommand")
+  end
+  return subcommands[name]({ table.unpack(args, 2) })
+end
+
 -- A warning or a failure that does not stop the run: one line on stderr, "bkr NAME: ...".
 function cli.warn(name, fmt, ...)
   io.stderr:write("bkr ", name, ": ", string.format(fmt, ...), "\n")
