@@ -428,6 +428,12 @@ describe("notifications", function()
     assert.are.equal(0, rc, out)
     assert.matches("job nightly: its run reported itself", out, 1, true)
     assert.are.equal(0, #since(http, posts))
+    -- nor when the log was rotated in between: the run's records are in bkr.log.1 now
+    util.sh("mv " .. q(repo .. "/bkr.log") .. " " .. q(repo .. "/bkr.log.1"))
+    out, rc = util.bkr("notify --unit " .. unit .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("job nightly: its run reported itself", out, 1, true)
+    assert.are.equal(0, #since(http, posts))
 
     -- the run is killed outright (SIGKILL, as the OOM killer does): no notified record
     out, rc = util.bkr("backup --no-globals --db " .. db .. " --config " .. q(cfg), "BKR_JOB=nightly")

@@ -754,18 +754,26 @@ local LOG_TAIL = 4 * 1024 * 1024
 
 -- The newest record of `job` in the run log: its newest run's "notified" record when it has
 -- one, else that run's newest record (started, a step, finish), or nil.
-function notify.newest_job_record(cfg, job)
-  if not cfg.repository and not (cfg.logging and cfg.logging.file) then return nil end
-  local path = logging.path(cfg.repository or ".")
-  if lfs.symlinkattributes(path, "mode") ~= "file" then return nil end
+-- The end of one log file (a regular file only), as lines appended to `lines`.
+local function tail_lines(path, lines)
+  if lfs.symlinkattributes(path, "mode") ~= "file" then return end
   local f = io.open(path, "rb")
-  if not f then return nil end
+  if not f then return end
   local size = f:seek("end")
   f:seek("set", math.max(0, size - LOG_TAIL))
   local text = f:read("a") or ""
   f:close()
-  local lines = {}
   for line in text:gmatch("[^\n]+") do lines[#lines + 1] = line end
+end
+
+function notify.newest_job_record(cfg, job)
+  if not cfg.repository and not (cfg.logging and cfg.logging.file) then return nil end
+  local path = logging.path(cfg.repository or ".")
+  -- the newest rotated file first: a rotation between the run and this unit (or in the middle
+  -- of the run) must not hide the run's "notified" record and send its failure twice
+  local lines = {}
+  tail_lines(path .. ".1", lines)
+  tail_lines(path, lines)
   -- The job's newest run is the run of its newest record; that run reported itself when one
   -- of its records is "notified" (the log's own finish line may come after it).
   local newest
