@@ -144,6 +144,22 @@ local function section(fields)
   end
 end
 
+-- A list whose every element passes `item` (a validator), named "a list of WHAT" in its
+-- message; at_least_one: an empty list is refused too.
+local function list_of(item, what, at_least_one)
+  local expected = what and ("expected a list of " .. what) or "expected a list"
+  return function(value, path)
+    if type(value) ~= "table" or (next(value) ~= nil and value[1] == nil) then fail(path, "%s", expected) end
+    for key in pairs(value) do
+      if math.type(key) ~= "integer" then fail(path, "%s", expected) end
+    end
+    local out = {}
+    for i, element in ipairs(value) do out[i] = item(element, path .. "[" .. i .. "]") end
+    if at_least_one and #out == 0 then fail(path, "expected at least one item") end
+    return out
+  end
+end
+
 -- The validators, for the sections whose schema lives beside the code that uses them
 -- (schedule, notify, logging): one way to validate, one message style.
 config.validators = {
@@ -153,6 +169,7 @@ config.validators = {
   string_value = string_value,
   integer_in = integer_in,
   list_of_strings = list_of_strings,
+  list_of = list_of,
 }
 
 -- A section validated by its owner module (required only when the key is present).

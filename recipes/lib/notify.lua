@@ -66,19 +66,6 @@ local function address_value(v)
   end
 end
 
-local function list_of(v, item)
-  return function(value, path)
-    if type(value) ~= "table" or (next(value) ~= nil and value[1] == nil) then v.fail(path, "expected a list") end
-    local out = {}
-    for key in pairs(value) do
-      if math.type(key) ~= "integer" then v.fail(path, "expected a list") end
-    end
-    for i, element in ipairs(value) do out[i] = item(element, path .. "[" .. i .. "]") end
-    if #out == 0 then v.fail(path, "expected at least one item") end
-    return out
-  end
-end
-
 local function one_of(v, choices)
   return function(value, path)
     for _, choice in ipairs(choices) do
@@ -142,7 +129,7 @@ end
 local function channel_fields(v, own)
   local fields = {
     type = v.string_value,
-    on = list_of(v, one_of(v, notify.EVENTS)),
+    on = v.list_of(one_of(v, notify.EVENTS), nil, true),
     timeout_seconds = v.integer_in(1, 300),
   }
   for key, validate in pairs(own) do fields[key] = validate end
@@ -162,7 +149,7 @@ local function channel_kinds(v)
         ca_file = v.string_value,
       },
       from = address_value(v),
-      to = list_of(v, address_value(v)),
+      to = v.list_of(address_value(v), nil, true),
     }),
     webhook = channel_fields(v, {
       url = url_value(v),
@@ -173,7 +160,7 @@ local function channel_kinds(v)
     }),
     command = channel_fields(v, {
       run = function(value, path)
-        local argv = list_of(v, v.string_value)(value, path)
+        local argv = v.list_of(v.string_value, nil, true)(value, path)
         absolute_path(v)(argv[1], path .. "[1]")
         return argv
       end,
@@ -233,8 +220,8 @@ function notify.validate(value, path, v)
     host_name = host_value(v),
     retries = v.integer_in(0, 10),
     retry_delay_seconds = v.integer_in(0, 60),
-    channels = list_of(v, channel),
-    contacts = list_of(v, contact),
+    channels = v.list_of(channel, nil, true),
+    contacts = v.list_of(contact, nil, true),
   }(value, path)
   required(v, out, path, "channels")
   out.retries = out.retries or DEFAULTS.retries

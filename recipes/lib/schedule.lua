@@ -51,20 +51,6 @@ local function simple_path(v, allow_colon)
   end
 end
 
-local function list_of(v, item, what)
-  return function(value, path)
-    if type(value) ~= "table" or (next(value) ~= nil and value[1] == nil) then
-      v.fail(path, "expected a list of %s", what)
-    end
-    local out = {}
-    for key in pairs(value) do
-      if math.type(key) ~= "integer" then v.fail(path, "expected a list of %s", what) end
-    end
-    for i, element in ipairs(value) do out[i] = item(element, path .. "[" .. i .. "]") end
-    return out
-  end
-end
-
 local function job_name(v)
   return function(value, path)
     if type(value) ~= "string" or not value:match("^[a-z0-9][a-z0-9_%-]*$") or #value > 64 then
@@ -162,7 +148,7 @@ local function job_value(v)
 end
 
 local function jobs_value(v)
-  local each = list_of(v, job_value(v), "jobs")
+  local each = v.list_of(job_value(v), "jobs")
   return function(value, path)
     local jobs = each(value, path)
     if #jobs == 0 then v.fail(path, "expected at least one job (leave jobs out for the default schedule)") end
@@ -201,7 +187,7 @@ function schedule.validate(value, path, v)
     user = user_value(v),
     environment_file = simple_path(v, true),
     randomized_delay_seconds = v.integer_in(0, 86400),
-    recipe_path = list_of(v, simple_path(v, false), "directories"),
+    recipe_path = v.list_of(simple_path(v, false), "directories"),
     jobs = jobs_value(v),
     windows = v.section{
       distribution = distribution_value(v),
