@@ -13,7 +13,7 @@ DATADIR = $(PREFIX)/share/bkr
 DOCDIR = $(PREFIX)/share/doc/bkr
 
 CC ?= cc
-PKGS = lua5.4 libpq zlib openssl yaml-0.1 libcurl
+PKGS = lua5.4 libpq zlib openssl yaml-0.1 libcurl libdeflate libzstd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -21,7 +21,7 @@ CFLAGS ?= -O2 -g
 WARN = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter
 ALL_CFLAGS = $(WARN) $(CFLAGS) $(PKG_CFLAGS) -Iruntime -Ibindings \
 	-DBKR_INSTALLED_RECIPES='"$(DATADIR)/recipes"'
-LIBS = $(PKG_LIBS) -lm
+LIBS = $(PKG_LIBS) -lpthread -lm
 
 SRCS = $(wildcard runtime/*.c) $(wildcard bindings/*.c)
 HDRS = $(wildcard runtime/*.h) $(wildcard bindings/*.h)

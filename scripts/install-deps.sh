@@ -5,7 +5,8 @@ set -eu
 # Every package the build, `make demo` and `make test` use, tests' tools included: a package
 # installed by hand on the CI machine hides a missing line here until a new machine fails.
 #   build:  gcc make pkg-config liblua5.4-dev libpq-dev zlib1g-dev libssl-dev libyaml-dev
-#           libcurl4-openssl-dev (notifications: SMTP and HTTP)
+#           libcurl4-openssl-dev (notifications: SMTP and HTTP), libdeflate-dev (whole-block
+#           gzip on worker threads), libzstd-dev (compression: zstd)
 #   run:    lua5.4 lua-filesystem lua-dkjson postgresql postgresql-client
 #   tests:  lua-busted lua-cjson (yaml and pg specs), python3 python3-cryptography python3-yaml
 #           (independent decrypt and YAML reference), jq (the recovery guide's commands),
@@ -17,12 +18,14 @@ set -eu
 #           parse), libxml2-utils (xmllint: Task Scheduler XML), nodejs npm (PowerShell parse
 #           check with tree-sitter; npm only when no npm is on the PATH already),
 #           python3-prometheus-client (bkr check --prometheus: the metrics parse as Prometheus reads them),
-#           acl (setfacl: docs/first-hour.md lets postgres read an application's root-only file);
+#           acl (setfacl: docs/first-hour.md lets postgres read an application's root-only file),
+#           zstd (zstd -t and zstd -dc | psql check bkr's .sql.zst independently),
+#           pigz (the benchmark's `pg_dump | pigz` and an independent gzip reader in the tests);
 #           then the npm packages below
 packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted lua-cjson
-    libpq-dev zlib1g-dev libssl-dev libyaml-dev libcurl4-openssl-dev postgresql postgresql-client
+    libpq-dev zlib1g-dev libssl-dev libyaml-dev libcurl4-openssl-dev libdeflate-dev libzstd-dev postgresql postgresql-client
     gzip coreutils util-linux mount procps iproute2 python3 python3-cryptography python3-yaml time jq faketime strace
-    python3-aiosmtpd systemd python3-croniter libxml2-utils nodejs python3-prometheus-client acl"
+    python3-aiosmtpd systemd python3-croniter libxml2-utils nodejs python3-prometheus-client acl zstd pigz"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
