@@ -1,10 +1,11 @@
--- Back up databases: pg_dump -> gzip -> SHA-256 -> file, with sidecar, manifest and rotation
+-- Back up databases: pg_dump -> gzip or zstd -> SHA-256 -> file, with sidecar, manifest and rotation
 --
 -- The runbook, step by step:
 --   1. read the configuration and the command line
 --   2. lock the repository, connect, choose the pg_dump that matches the server
 --   3. check there is room for the backups before starting any
---   4. per database: dump it in one pass through the per-table digests, gzip, encryption
+--   4. per database: dump it in one pass through the per-table digests, compression (gzip or
+--      zstd: lib/codec.lua), encryption
 --      (when a key is configured: docs/encryption.md) and SHA-256 into the repository, then
 --      write its .sha256 sidecar and .json manifest
 --   5. dump the cluster's globals (roles, tablespaces) when allowed
@@ -17,7 +18,7 @@ local postgres = require "lib.postgres"
 local rotation = require "lib.rotation"
 local keys = require "lib.keys"
 local stream = require "bkr.stream"
-local gzip = require "bkr.gzip"
+local codec = require "lib.codec"
 local hash = require "bkr.hash"
 local dump = require "bkr.dump"
 local proc = require "bkr.proc"
@@ -35,8 +36,8 @@ local function parse_arguments(args)
     usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--key-file FILE]\n"
       .. "                  [--no-rotate] [--no-globals] [--create-repo]",
     summary = "Dump each database with pg_dump into REPO/<type>/backup_<UTC time>_<db>.sql.gz\n"
-      .. "with a .sha256 sidecar and a .json manifest, in one pass; then rotate.\n"
-      .. "With a key (--key-file or encryption.key_file), the dump is encrypted: .sql.gz.enc.",
+      .. "(.sql.zst with compression: zstd) with a .sha256 sidecar and a .json manifest, in one pass;\n"
+      .. "then rotate. With a key (--key-file or encryption.key_file), the dump is encrypted: .sql.gz.enc.",
     options = {
       { "--config", "FILE", "configuration file (default ./bkr.yaml, then /etc/bkr/bkr.yaml)" },
       { "--db", "NAME", "database to back up (repeatable; default: from the configuration, else all)", repeatable = true },
@@ -116,7 +117,7 @@ local function dump_database(run, db, path, size)
     dump.table_digests{ name = "tables" },
     stream.tail{ name = "tail", bytes = TAIL_BYTES },
     stream.progress{ label = db, total = size },
-    gzip.compress{ level = run.cfg.compression_level },
+    codec.compress(run.storage, run.cfg),
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
@@ -168,7 +169,7 @@ local function backup_database(run, db, relative)
     raw_bytes = result.bytes_in,
     stored_bytes = result.bytes_out,
     sha256 = result.sha256,
-    compression = { algorithm = "gzip", level = run.cfg.compression_level },
+    compression = codec.facts(run.storage, run.cfg),
     encrypted = encrypted,
     encryption = encryption,
     database_properties = properties,
@@ -189,7 +190,7 @@ local function backup_globals(run)
     logging.step("globals", { level = "warning", result = "skipped", reason = "the user may not read roles" })
     return true
   end
-  local relative = repo.globals_file(run.type, run.stamp, run.key ~= nil)
+  local relative = repo.globals_file(run.type, run.stamp, run.key ~= nil, run.storage)
   local path = run.repo .. "/" .. relative
   local started = os.time()
   local child, err = proc.spawn{
@@ -200,7 +201,7 @@ local function backup_globals(run)
   local stages = {
     child:source{ name = "pg_dumpall" },
     stream.tail{ name = "tail", bytes = TAIL_BYTES },
-    gzip.compress{ level = run.cfg.compression_level },
+    codec.compress(run.storage, run.cfg),
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
@@ -217,7 +218,7 @@ local function backup_globals(run)
     start_time = repo.iso_time(started), end_time = repo.iso_time(os.time()), seconds = result.elapsed,
     bkr_version = bkr.version, pg_dump_version = run.pg_dump_version, server_version = run.server_version,
     raw_bytes = result.bytes_in, stored_bytes = result.bytes_out, sha256 = result.sha256,
-    compression = { algorithm = "gzip", level = run.cfg.compression_level },
+    compression = codec.facts(run.storage, run.cfg),
   }
   manifest.encrypted, manifest.encryption = encryption_facts(run)
   local wok, werr = write_sidecars(path, manifest)
@@ -267,6 +268,7 @@ run.repo = repo.open(config.repository(run.cfg), { create = options.create_repo 
 logging.start()
 run.key, run.key_id = keys.load(run.cfg, options)
 run.chunk_size = 65536
+run.storage = codec.for_config(run.cfg)
 repo.ensure(run.repo)
 local lock <close> = repo.lock(run.repo)
 logging.step("lock", { level = "debug" })
@@ -298,7 +300,7 @@ local failed, attempted, done = 0, #run.databases, 0
 for _, db in ipairs(run.databases) do
   if bkr.interrupted() then break end
   local started = bkr.monotonic()
-  local relative = repo.backup_file(run.type, run.stamp, db, run.key ~= nil)
+  local relative = repo.backup_file(run.type, run.stamp, db, run.key ~= nil, run.storage)
   local ok, manifest = pcall(backup_database, run, db, relative)
   -- An interrupt may land after the last file is in place: then the run says "interrupted",
   -- so nothing of this database may stay (a backup is whole and reported, or gone).
@@ -326,7 +328,7 @@ if not options.no_globals and not bkr.interrupted() then
   local called, ok, err = pcall(backup_globals, run)
   if not called or bkr.interrupted() then ok, err = nil, called and "interrupted" or ok end
   if not ok then
-    remove_partial(run.repo .. "/" .. repo.globals_file(run.type, run.stamp, run.key ~= nil))
+    remove_partial(run.repo .. "/" .. repo.globals_file(run.type, run.stamp, run.key ~= nil, run.storage))
     failed = failed + 1
     warn("globals failed: %s", cli.detail(err))
     repo.log(run.repo, { step = "globals", database = "(globals)", type = run.type, result = "failed",

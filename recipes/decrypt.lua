@@ -2,29 +2,31 @@
 --
 -- The runbook:
 --   1. find the key (--key-file, encryption.key_file or encryption.key_env)
---   2. to a file: one pass file -> decrypt [-> gunzip] -> temporary file, renamed into place
+--   2. to a file: one pass file -> decrypt [-> decompress] -> temporary file, renamed into place
 --      only when every chunk authenticated (a damaged backup leaves no OUT behind)
---   3. to stdout: a first pass authenticates every chunk [and the gzip stream] writing
+--   3. to stdout: a first pass authenticates every chunk [and the gzip or zstd stream] writing
 --      nothing; only then a second pass writes the plaintext
 -- Exit 3 for a foreign file, a wrong key or any damage, with no plaintext written.
 local cli = require "lib.cli"
 local config = require "lib.config"
 local keys = require "lib.keys"
 local stream = require "bkr.stream"
-local gzip = require "bkr.gzip"
+local codec = require "lib.codec"
+local repo = require "lib.repo"
 local crypto = require "bkr.crypto"
 
 local options = cli.parse({ ... }, {
   name = "decrypt",
-  usage = "bkr decrypt FILE [--key-file K] [--out OUT|-] [--gunzip] [--config FILE]",
-  summary = "Write the plaintext of an encrypted backup (FILE.sql.gz.enc) to OUT or to standard output:\n"
-    .. "the gzip stream, or with --gunzip the SQL (bkr decrypt F --key-file K --gunzip | psql ...).\n"
-    .. "Nothing is written unless every chunk authenticates.",
+  usage = "bkr decrypt FILE [--key-file K] [--out OUT|-] [--decompress] [--config FILE]",
+  summary = "Write the plaintext of an encrypted backup (FILE.sql.gz.enc, FILE.sql.zst.enc) to OUT or to\n"
+    .. "standard output: the compressed stream, or with --decompress the SQL\n"
+    .. "(bkr decrypt F --key-file K --decompress | psql ...). Nothing is written unless every chunk authenticates.",
   positional = "FILE",
   options = {
     { "--key-file", "K", "the key (default: encryption.key_file or encryption.key_env of the configuration)" },
     { "--out", "OUT", "write here (mode 0600, never replacing a file); '-' or none: standard output" },
-    { "--gunzip", nil, "also decompress: write SQL instead of gzip" },
+    { "--decompress", nil, "also decompress (gzip or zstd, as the file is stored): write SQL" },
+    { "--gunzip", nil, "the same as --decompress (its older name; it also reads zstd)" },
     { "--config", "FILE", "configuration file" },
   },
   exit_codes = "0 written, 3 not a bkr encrypted file, wrong key or damaged, 1 other failures, 2 usage",
@@ -38,13 +40,24 @@ local to_stdout = options.out == nil or options.out == "-"
 local cfg = config.load(options)
 local key, key_id = keys.require(cfg, options)
 
--- source -> decrypt [-> gunzip] -> sink
+-- How FILE is stored: by its name, else by its manifest beside it (a renamed copy), else gzip
+-- (what every bkr before zstd wrote).
+local function storage_of(path)
+  local storage = codec.by_suffix(path)
+  if storage then return storage end
+  local manifest = repo.read_manifest(path .. ".json")
+  return manifest and codec.for_entry({ manifest = manifest }) or codec.named("gzip")
+end
+
+local decompress = options.decompress or options.gunzip
+
+-- source -> decrypt [-> decompress] -> sink
 local function pipeline(sink)
   -- the file the admin named: a symlink to it is followed; a FIFO or device is not read
   local source, err, kind = stream.from_file(file, { follow = true })
   if not source then cli.fail(cli.EXIT_FAILED, "decrypt: %s", cli.failure(err, kind, file)) end
   local stages = { source, crypto.decrypt{ key = key } }
-  if options.gunzip then stages[#stages + 1] = gzip.decompress() end
+  if decompress then stages[#stages + 1] = codec.decompress(storage_of(file)) end
   stages[#stages + 1] = sink
   return stages
 end

@@ -61,6 +61,8 @@ local function describe(entry)
       or (not entry.regular and "not a regular file") or entry.manifest_error,
     future = entry.future or nil,
     encrypted = m.encrypted == true or entry.encrypted == true,
+    -- how it is stored (lib/codec.lua): gzip or zstd
+    compression = entry.storage and entry.storage.algorithm or nil,
   }
 end
 

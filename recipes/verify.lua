@@ -1,9 +1,10 @@
--- Verify backups: checksum, gzip integrity, size, completion marker, per-table digests
+-- Verify backups: checksum, gzip or zstd integrity, size, completion marker, per-table digests
 --
 -- The runbook, per backup file:
 --   1. the .sha256 sidecar and the .json manifest exist and agree with each other
 --   2. one pass over the file: SHA-256 of the stored bytes, (an encrypted backup: decrypt,
---      authenticating every chunk), gunzip all of it, the raw size, the per-table row
+--      authenticating every chunk), decompress all of it (gzip or zstd: lib/codec.lua), the
+--      raw size, the per-table row
 --      counts and digests, and the last bytes of the dump. An encrypted backup without a
 --      key gets the SHA-256 check only, and its verdict says so ("checksum-only")
 --   3. compare: stored SHA-256 with sidecar and manifest, raw size and tables with the
@@ -19,7 +20,7 @@ local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
 local stream = require "bkr.stream"
-local gzip = require "bkr.gzip"
+local codec = require "lib.codec"
 local hash = require "bkr.hash"
 local dump = require "bkr.dump"
 local crypto = require "bkr.crypto"
@@ -177,7 +178,9 @@ local function check(entry, key)
   if not source then return "missing: " .. open_err end
   local stages = { source, hash.sha256{ name = "stored" } }
   if entry.encrypted then stages[#stages + 1] = crypto.decrypt{ key = key } end
-  stages[#stages + 1] = gzip.decompress{ name = "gunzip" }
+  local storage = codec.for_entry(entry)
+  if not storage then return "damaged: neither its name nor its manifest says how it is stored" end
+  stages[#stages + 1] = codec.decompress(storage)
   if entry.kind == "database" then stages[#stages + 1] = dump.table_digests{ name = "tables" } end
   stages[#stages + 1] = stream.tail{ name = "tail", bytes = 1024 }
   stages[#stages + 1] = stream.to_null()
@@ -197,10 +200,10 @@ local function check(entry, key)
   end
   local raw_bytes = 0
   for _, stage in ipairs(result.stages) do
-    if stage.name == "gunzip" then raw_bytes = stage.bytes_out end
+    if stage.name == "decompress" then raw_bytes = stage.bytes_out end
   end
   if manifest.raw_bytes ~= raw_bytes then
-    return string.format("manifest mismatch: %d bytes after gunzip, manifest says %d",
+    return string.format("manifest mismatch: %d bytes after decompression, manifest says %d",
       raw_bytes, manifest.raw_bytes)
   end
   if not result.tail:find(repo.COMPLETION_MARKERS[entry.kind]) then

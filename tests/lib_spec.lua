@@ -51,11 +51,24 @@ describe("lib.repo stamps", function()
   end)
 
   it("matches backup names with and without a sequence, and nothing else", function()
-    assert.are.same({ "20261130_044820-2", "app%20db", false }, { repo.match_backup("backup_20261130_044820-2_app%20db.sql.gz") })
-    assert.are.same({ "20261130_044820", "x", true }, { repo.match_backup("backup_20261130_044820_x.sql.gz.enc") })
+    -- stamp, escaped name, encrypted, and how it is stored (lib/codec.lua's storage, by name)
+    local function backup(file)
+      local stamp, db, encrypted, storage = repo.match_backup(file)
+      return { stamp, db, encrypted, storage and storage.name }
+    end
+    local function globals(file)
+      local stamp, encrypted, storage = repo.match_globals(file)
+      return { stamp, encrypted, storage and storage.name }
+    end
+    assert.are.same({ "20261130_044820-2", "app%20db", false, "gzip" }, backup("backup_20261130_044820-2_app%20db.sql.gz"))
+    assert.are.same({ "20261130_044820", "x", true, "gzip" }, backup("backup_20261130_044820_x.sql.gz.enc"))
+    assert.are.same({ "20261130_044820", "x", false, "zstd" }, backup("backup_20261130_044820_x.sql.zst"))
+    assert.are.same({ "20261130_044820", "x.sql.gz", true, "zstd" }, backup("backup_20261130_044820_x.sql.gz.sql.zst.enc"))
     assert.is_nil(repo.match_backup("backup_20261130_044820-1_x.sql.gz"))
     assert.is_nil(repo.match_backup("backup_20261399_044820_x.sql.gz"))
-    assert.are.same({ "20261130_044820-3", false }, { repo.match_globals("globals_20261130_044820-3.sql.gz") })
+    assert.is_nil(repo.match_backup("backup_20261130_044820_x.sql.zstd"))
+    assert.are.same({ "20261130_044820-3", false, "gzip" }, globals("globals_20261130_044820-3.sql.gz"))
+    assert.are.same({ "20261130_044820", true, "zstd" }, globals("globals_20261130_044820.sql.zst.enc"))
   end)
 
   it("knows its own temporary files and no one else's", function()

@@ -3,6 +3,7 @@
 -- Command-line flags (--repo, --db) override the file; with no file at all, a one-off run
 -- takes its connection from the standard PG* variables. See docs/configuration.md.
 local cli = require "lib.cli"
+local codec = require "lib.codec"
 
 local config = {}
 
@@ -13,7 +14,8 @@ local defaults = {
   databases = "all",
   exclude = {},
   repository = nil,
-  compression_level = 6,
+  compression = "gzip",
+  -- compression_level: the algorithm's default (lib/codec.lua) when none is given
   lock_wait_seconds = 600,
   retention = { daily = 7, weekly = 4, monthly = 0 },
 }
@@ -124,6 +126,24 @@ local function databases_value(value, path)
   return unique(names_value(value, path))
 end
 
+-- One of a few words; a typo is answered with the closest ("compression: expected gzip or
+-- zstd; did you mean zstd?"), never with the value itself.
+local function one_of(words)
+  return function(value, path)
+    for _, word in ipairs(words) do
+      if value == word then return value end
+    end
+    fail(path, "expected %s%s", table.concat(words, " or "),
+      type(value) == "string" and cli.did_you_mean(value, words) or "")
+  end
+end
+
+-- An integer whose range another key decides (compression_level: check_compression_level).
+local function any_integer(value, path)
+  if math.type(value) ~= "integer" then fail(path, "expected an integer") end
+  return value
+end
+
 -- A table with known keys: each key's validator; unknown keys are errors, with the known key
 -- the typo is closest to ("retension: unknown key; did you mean retention?").
 local function section(fields)
@@ -192,7 +212,8 @@ config.schema = section{
   databases = databases_value,
   exclude = names_value,
   repository = string_value,
-  compression_level = integer_in(0, 9),
+  compression = one_of(codec.ALGORITHMS),
+  compression_level = any_integer,   -- its range depends on compression: check_compression_level
   lock_wait_seconds = integer_in(1, 86400),
   retention = section{
     daily = integer_in(0),
@@ -248,6 +269,19 @@ function config.check_smoke_query_databases(cfg, names)
       fail("drill.smoke_queries." .. cli.printable(key), "no such database (databases: %s)%s",
         #shown > 0 and table.concat(shown, ", ") or "none", cli.did_you_mean(key, names))
     end
+  end
+end
+
+-- compression_level within the range of the configured algorithm (gzip 0-9, zstd 1-19), or
+-- that algorithm's default (gzip 6, zstd 3) when none is given.
+function config.check_compression_level(cfg)
+  local storage = codec.named(cfg.compression or "gzip")
+  local low, high = storage.levels[1], storage.levels[2]
+  local level = cfg.compression_level
+  if level == nil then
+    cfg.compression_level = storage.levels.default
+  elseif level < low or level > high then
+    fail("compression_level", "expected an integer from %d to %d (compression: %s)", low, high, storage.name)
   end
 end
 
@@ -329,6 +363,7 @@ function config.load(options, how)
     end
   end
   local cfg = merge_defaults(config.schema(raw, ""))
+  config.check_compression_level(cfg)
   if cfg.databases ~= "all" then config.check_smoke_query_databases(cfg, cfg.databases) end
   cfg.file = path
   if options.repo then cfg.repository = options.repo end

@@ -8,6 +8,7 @@
 -- Pure Lua with no native module (tests/fuzz/fuzz_manifest.c runs it on arbitrary bytes:
 -- it must return, never raise).
 local json = require "lib.json"
+local codec = require "lib.codec"
 
 local manifest = {}
 
@@ -120,9 +121,12 @@ local function check(m)
       return "encryption: no key_id"
     end
   end
-  if m.compression ~= nil and (not is_object(m.compression) or m.compression.algorithm ~= "gzip"
-      or not is_integer(m.compression.level) or m.compression.level > 9) then
-    return "compression: not gzip at a level 0-9"
+  if m.compression ~= nil then
+    if not is_object(m.compression) or not is_integer(m.compression.level) then
+      return "compression: not {algorithm, level}"
+    end
+    local problem = codec.check_facts(m.compression)
+    if problem then return problem end
   end
   for _, key in ipairs({ "bkr_version", "pg_dump_version", "server_version", "dump_timezone" }) do
     if m[key] ~= nil and type(m[key]) ~= "string" then return key .. ": not a string" end

@@ -2,7 +2,8 @@
 --
 --   REPO/.lock                                   held by a run that writes or rotates
 --   REPO/bkr.log                                 one JSON line per database per run
---   REPO/<type>/backup_YYYYMMDD_HHMMSS_<db>.sql.gz        the dump (type: daily|weekly|monthly)
+--   REPO/<type>/backup_YYYYMMDD_HHMMSS_<db>.sql.gz        the dump (type: daily|weekly|monthly);
+--       .sql.zst with `compression: zstd`: lib/codec.lua owns the suffixes, all of them are found
 --   REPO/<type>/backup_..._<db>.sql.gz.sha256              sidecar for `sha256sum -c`
 --   REPO/<type>/backup_..._<db>.sql.gz.json                manifest (docs/manifest.md)
 --   REPO/<type>/globals_YYYYMMDD_HHMMSS.sql.gz (+ .sha256, .json)   roles and tablespaces
@@ -23,6 +24,7 @@ local fs = require "bkr.fs"
 local cli = require "lib.cli"
 local json = require "lib.json"
 local manifest_schema = require "lib.manifest"
+local codec = require "lib.codec"
 
 local repo = {}
 
@@ -36,11 +38,29 @@ repo.COMPLETION_MARKERS = {
 }
 -- The stamp in a name: the UTC second, then an optional "-N" (N >= 2) sequence.
 local STAMP = "(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d%-?%d*)"
-repo.BACKUP_PATTERN = "^backup_" .. STAMP .. "_(.+)%.sql%.gz$"
-repo.GLOBALS_PATTERN = "^globals_" .. STAMP .. "%.sql%.gz$"
--- Encrypted backups: the same names with ".enc" appended.
-repo.ENCRYPTED_BACKUP_PATTERN = "^backup_" .. STAMP .. "_(.+)%.sql%.gz%.enc$"
-repo.ENCRYPTED_GLOBALS_PATTERN = "^globals_" .. STAMP .. "%.sql%.gz%.enc$"
+
+-- A name's Lua pattern with one storage's suffix (lib/codec.lua owns the suffixes), plain
+-- and with ".enc" appended for an encrypted backup.
+local function suffix_pattern(storage, encrypted)
+  return (storage.suffix:gsub("%p", "%%%0")) .. (encrypted and "%.enc" or "") .. "$"
+end
+
+-- name -> stamp[, escaped], encrypted, storage over every storage and both encryptions; nil.
+local function match_name(file, head, captures_db)
+  for _, storage in ipairs(codec.STORAGES) do
+    for _, encrypted in ipairs({ false, true }) do
+      local pattern = head .. suffix_pattern(storage, encrypted)
+      if captures_db then
+        local stamp, escaped = file:match(pattern)
+        if stamp then return stamp, escaped, encrypted, storage end
+      else
+        local stamp = file:match(pattern)
+        if stamp then return stamp, nil, encrypted, storage end
+      end
+    end
+  end
+  return nil
+end
 
 -- The UTC second and the sequence (1 when there is none) of a stamp in a name; nil for
 -- anything else ("-1", "-02", "-" are not written by bkr).
@@ -55,27 +75,18 @@ function repo.parse_stamp(token)
   return epoch, tonumber(n)
 end
 
--- A database backup's file name: stamp, escaped database name, encrypted (boolean); or nil.
+-- A database backup's file name: stamp, escaped database name, encrypted (boolean), storage
+-- (lib/codec.lua: how it is stored); or nil.
 function repo.match_backup(file)
-  local stamp, escaped = file:match(repo.BACKUP_PATTERN)
-  local encrypted = false
-  if not stamp then
-    stamp, escaped = file:match(repo.ENCRYPTED_BACKUP_PATTERN)
-    encrypted = true
-  end
-  if stamp and repo.parse_stamp(stamp) then return stamp, escaped, encrypted end
+  local stamp, escaped, encrypted, storage = match_name(file, "^backup_" .. STAMP .. "_(.+)", true)
+  if stamp and repo.parse_stamp(stamp) then return stamp, escaped, encrypted, storage end
   return nil
 end
 
--- A globals file's name: stamp, encrypted (boolean); or nil.
+-- A globals file's name: stamp, encrypted (boolean), storage; or nil.
 function repo.match_globals(file)
-  local stamp = file:match(repo.GLOBALS_PATTERN)
-  local encrypted = false
-  if not stamp then
-    stamp = file:match(repo.ENCRYPTED_GLOBALS_PATTERN)
-    encrypted = true
-  end
-  if stamp and repo.parse_stamp(stamp) then return stamp, encrypted end
+  local stamp, _, encrypted, storage = match_name(file, "^globals_" .. STAMP, false)
+  if stamp and repo.parse_stamp(stamp) then return stamp, encrypted, storage end
   return nil
 end
 
@@ -162,15 +173,18 @@ function repo.iso_time(epoch)
   return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(epoch))
 end
 
--- stamp: the run's (repo.new_stamp); encrypted: true for an encrypted backup (".enc" appended).
-function repo.backup_file(type_, stamp, db, encrypted)
-  return string.format("%s/backup_%s_%s.sql.gz%s", type_, stamp, repo.escape_name(db),
+-- stamp: the run's (repo.new_stamp); encrypted: true for an encrypted backup (".enc" appended);
+-- storage: how it is stored (lib/codec.lua; default gzip, ".sql.gz").
+function repo.backup_file(type_, stamp, db, encrypted, storage)
+  storage = storage or codec.named("gzip")
+  return string.format("%s/backup_%s_%s%s%s", type_, stamp, repo.escape_name(db), storage.suffix,
     encrypted and ".enc" or "")
 end
 
 -- The globals file of the run with this stamp, as repo.backup_file.
-function repo.globals_file(type_, stamp, encrypted)
-  return string.format("%s/globals_%s.sql.gz%s", type_, stamp, encrypted and ".enc" or "")
+function repo.globals_file(type_, stamp, encrypted, storage)
+  storage = storage or codec.named("gzip")
+  return string.format("%s/globals_%s%s%s", type_, stamp, storage.suffix, encrypted and ".enc" or "")
 end
 
 -- ------------------------------------------------------------------ opening
@@ -303,6 +317,15 @@ function repo.load_manifest(entry)
   if entry.kind == "database" and entry.database and m.database ~= entry.database then
     return nil, string.format("%s: the manifest is of another database", entry.manifest_path), "corrupt"
   end
+  -- The name says how the file is stored; the manifest must say the same (a .sql.zst whose
+  -- manifest says gzip was renamed or edited).
+  local storage = entry.file and codec.by_suffix(entry.file)
+  local algorithm = type(m.compression) == "table" and m.compression.algorithm or "gzip"
+  if storage and not entry.original_file and (storage.algorithm ~= algorithm
+      or storage.dump_format ~= (m.dump_format or "plain")) then
+    return nil, string.format("%s: the manifest describes a %s backup, the file name a %s one", entry.manifest_path,
+      cli.printable(algorithm), storage.name), "corrupt"
+  end
   -- In a repository the manifest names its own file and type; a copy elsewhere keeps the
   -- original's (entry.original_file), so only there may they differ.
   if not entry.original_file and (m.file ~= entry.file or (repo.valid_type(entry.type) and m.type ~= entry.type)) then
@@ -336,12 +359,12 @@ function repo.require_readable(entry)
 end
 
 -- One backup (or globals) file with what is known about it from its sidecars.
-local function describe(dir, type_, file, stamp, db, kind, encrypted)
+local function describe(dir, type_, file, stamp, db, kind, encrypted, storage)
   local path = dir .. "/" .. type_ .. "/" .. file
   local time, sequence = repo.parse_stamp(stamp)
   local entry = {
     path = path, file = file, type = type_, stamp = stamp, time = time, sequence = sequence,
-    database = db, kind = kind, encrypted = encrypted, repo = dir,
+    database = db, kind = kind, encrypted = encrypted, storage = storage, repo = dir,
     sidecar = path .. ".sha256", manifest_path = path .. ".json",
     -- a symlink, FIFO or directory with a backup's name is not a backup: it is damaged
     regular = lfs.symlinkattributes(path, "mode") == "file",
@@ -386,11 +409,24 @@ end
 -- The backup or globals file REPO/<type>/<file> as a scan would describe it, or nil when
 -- the name is not a bkr backup's.
 function repo.entry(dir, type_, file)
-  local stamp, escaped, encrypted = repo.match_backup(file)
-  if stamp then return describe(dir, type_, file, stamp, repo.unescape_name(escaped), "database", encrypted) end
-  stamp, encrypted = repo.match_globals(file)
-  if stamp then return describe(dir, type_, file, stamp, nil, "globals", encrypted) end
+  local stamp, escaped, encrypted, storage = repo.match_backup(file)
+  if stamp then
+    return describe(dir, type_, file, stamp, repo.unescape_name(escaped), "database", encrypted, storage)
+  end
+  stamp, encrypted, storage = repo.match_globals(file)
+  if stamp then return describe(dir, type_, file, stamp, nil, "globals", encrypted, storage) end
   return nil
+end
+
+-- The globals file of the run with this stamp in REPO/<type>, however it is stored (a run's
+-- globals are compressed as configured, whatever the format of its database dumps), as
+-- repo.entry describes it; or nil and the name it would have with gzip.
+function repo.globals_of(dir, type_, stamp, encrypted)
+  for _, storage in ipairs(codec.STORAGES) do
+    local file = repo.globals_file(type_, stamp, encrypted, storage):match("[^/]+$")
+    if lfs.symlinkattributes(dir .. "/" .. type_ .. "/" .. file, "mode") then return repo.entry(dir, type_, file) end
+  end
+  return nil, repo.globals_file(type_, stamp, encrypted):match("[^/]+$")
 end
 
 -- The checks every reader of a backup makes before trusting its bytes: a regular file, a
@@ -441,16 +477,16 @@ function repo.scan(dir, filter)
     local subdir = (not filter.type or filter.type == type_) and repo.type_dir(dir, type_)
     if subdir then
       for file in lfs.dir(subdir) do
-        local stamp, escaped, encrypted = repo.match_backup(file)
+        local stamp, escaped, encrypted, storage = repo.match_backup(file)
         local entry
         if stamp then
           local db = repo.unescape_name(escaped)
           if not wanted_db or wanted_db[db] then
-            entry = describe(dir, type_, file, stamp, db, "database", encrypted)
+            entry = describe(dir, type_, file, stamp, db, "database", encrypted, storage)
           end
         elseif filter.globals then
-          stamp, encrypted = repo.match_globals(file)
-          if stamp then entry = describe(dir, type_, file, stamp, nil, "globals", encrypted) end
+          stamp, encrypted, storage = repo.match_globals(file)
+          if stamp then entry = describe(dir, type_, file, stamp, nil, "globals", encrypted, storage) end
         end
         if entry then
           entry.future = repo.is_future(entry, now)

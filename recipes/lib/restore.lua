@@ -6,7 +6,7 @@ local config = require "lib.config"
 local repo = require "lib.repo"
 local postgres = require "lib.postgres"
 local stream = require "bkr.stream"
-local gzip = require "bkr.gzip"
+local codec = require "lib.codec"
 local hash = require "bkr.hash"
 local dump = require "bkr.dump"
 local proc = require "bkr.proc"
@@ -320,7 +320,7 @@ local function spawn_psql(run, target)
   }
 end
 
--- One pass: file -> (decrypt) -> gunzip -> psql. Raises on any failure (nothing committed:
+-- One pass: file -> (decrypt) -> decompress (gzip or zstd, lib/codec.lua) -> psql. Raises on any failure (nothing committed:
 -- psql's single transaction is rolled back when its input stops short).
 function restore.stream_into(run, entry, target)
   local stages = { assert(stream.from_file(entry.path)) }
@@ -331,7 +331,7 @@ function restore.stream_into(run, entry, target)
     end
     stages[#stages + 1] = crypto.decrypt{ key = run.key }
   end
-  stages[#stages + 1] = gzip.decompress()
+  stages[#stages + 1] = codec.decompress(codec.for_entry(entry))
   stages[#stages + 1] = stream.progress{ label = "restore " .. target, total = entry.manifest.raw_bytes }
   local psql, err = spawn_psql(run, target)
   if not psql then error(err, 0) end
@@ -344,16 +344,19 @@ end
 -- The globals file of the same run (roles first, so owners and grants resolve). Existing
 -- roles are reported, not an error.
 function restore.globals(run, entry)
-  local globals_name = repo.globals_file(entry.type, entry.stamp, entry.encrypted):match("[^/]+$")
-  local path = entry.path:match("^(.*)/[^/]+$") .. "/" .. globals_name
-  local globals = repo.entry(entry.path:match("^(.*)/[^/]+/[^/]+$") or ".", entry.type, globals_name)
+  local dir = entry.path:match("^(.*)/[^/]+/[^/]+$") or "."
+  local globals, globals_name = repo.globals_of(dir, entry.type, entry.stamp, entry.encrypted)
+  if not globals then
+    return nil, string.format("globals file %s failed verification: missing: %s/%s/%s", globals_name, dir,
+      entry.type, globals_name)
+  end
   local problem = restore.check_backup(globals)
-  if problem then return nil, "globals file " .. globals_name .. " failed verification: " .. problem end
-  local source, err = stream.from_file(path)
+  if problem then return nil, "globals file " .. globals.file .. " failed verification: " .. problem end
+  local source, err = stream.from_file(globals.path)
   if not source then return nil, "no globals file from the same run: " .. err end
   local stages = { source }
   if entry.encrypted then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = run.key } end
-  stages[#stages + 1] = gzip.decompress()
+  stages[#stages + 1] = codec.decompress(globals.storage)
   local psql = assert(proc.spawn{
     argv = { run.psql, "-X", "-q", "--no-password" },
     env = config.child_env(run.cfg, run.cfg.connection.dbname or "postgres"),

@@ -29,8 +29,8 @@ local function orphan_sidecars(dir)
     local subdir = repo.type_dir(dir, type_)
     if subdir then
       for file in lfs.dir(subdir) do
-        local base, suffix = file:match("^(.+%.sql%.gz)%.(%w+)$")
-        if not base then base, suffix = file:match("^(.+%.sql%.gz%.enc)%.(%w+)$") end
+        -- (own_orphan asks repo whether base is a backup's name, whatever its storage)
+        local base, suffix = file:match("^(.+)%.(%w+)$")
         if base and (suffix == "sha256" or suffix == "json") and own_orphan(subdir, file, base, suffix) then
           orphans[#orphans + 1] = subdir .. "/" .. file
         end

@@ -1,0 +1,106 @@
+-- How a backup file is stored: the one owner of "which compression, which dump format, which
+-- file suffix". Backup, verify, restore, decrypt, list, rotation, drill and repo's name
+-- patterns ask here instead of spelling ".sql.gz" or gzip themselves.
+--
+--   codec.STORAGES               every way bkr stores a dump, each { name, suffix, dump_format,
+--                                algorithm, levels = {low, high, default} }
+--   codec.named(name)            the storage called name ("gzip", "zstd"), or nil
+--   codec.by_suffix(file)        the storage whose suffix ends file (".enc" removed first), or nil
+--   codec.for_entry(entry)       by the entry's name, else by its manifest (a renamed copy)
+--   codec.for_config(cfg)        the storage a backup run writes, from compression:
+--   codec.compress(storage, cfg) the compressing filter stage, named "compress"
+--   codec.decompress(storage)    the decompressing filter stage, named "decompress"
+--   codec.facts(storage, cfg)    what the manifest says: compression = {algorithm, level}
+--   codec.level(storage, cfg)    the level a run uses: compression_level, else the default
+local codec = {}
+
+-- Plain SQL from pg_dump (and every globals file), compressed by bkr. The levels are those
+-- `compression_level` accepts with each algorithm, and its default.
+codec.STORAGES = {
+  { name = "gzip", suffix = ".sql.gz", dump_format = "plain", algorithm = "gzip",
+    levels = { 0, 9, default = 6 } },
+  { name = "zstd", suffix = ".sql.zst", dump_format = "plain", algorithm = "zstd",
+    levels = { 1, 19, default = 3 } },
+}
+
+-- The values `compression:` takes, in the order the documentation gives them.
+codec.ALGORITHMS = { "gzip", "zstd" }
+
+function codec.named(name)
+  for _, storage in ipairs(codec.STORAGES) do
+    if storage.name == name then return storage end
+  end
+  return nil
+end
+
+-- The storage of a file name (with or without ".enc"): the longest suffix that ends it.
+function codec.by_suffix(file)
+  local base = file:gsub("%.enc$", "")
+  local best
+  for _, storage in ipairs(codec.STORAGES) do
+    if base:sub(-#storage.suffix) == storage.suffix and (not best or #storage.suffix > #best.suffix) then
+      best = storage
+    end
+  end
+  return best
+end
+
+-- A backup's storage: by its name; a renamed copy's by its manifest (dump_format and
+-- compression); nil when neither tells.
+function codec.for_entry(entry)
+  local storage = entry.file and codec.by_suffix(entry.file)
+  if storage then return storage end
+  local m = entry.manifest
+  if not m then return nil end
+  local format = m.dump_format or "plain"
+  local algorithm = type(m.compression) == "table" and m.compression.algorithm or "gzip"
+  for _, candidate in ipairs(codec.STORAGES) do
+    if candidate.dump_format == format and candidate.algorithm == algorithm then return candidate end
+  end
+  return nil
+end
+
+-- The plain storage of the configured compression (the globals file's, and a plain dump's).
+function codec.for_config(cfg)
+  return codec.named(cfg.compression or "gzip")
+end
+
+function codec.level(storage, cfg)
+  return cfg.compression_level or storage.levels.default
+end
+
+-- Compression on worker threads: zstd's own (ZSTD_c_nbWorkers), when the configuration
+-- gives `threads`; gzip's stage takes what it takes.
+function codec.compress(storage, cfg)
+  local level = codec.level(storage, cfg)
+  if storage.algorithm == "zstd" then
+    return require("bkr.zstd").compress{ name = "compress", level = level, threads = cfg.threads or 0 }
+  end
+  return require("bkr.gzip").compress{ name = "compress", level = level }
+end
+
+function codec.decompress(storage)
+  if storage.algorithm == "zstd" then return require("bkr.zstd").decompress{ name = "decompress" } end
+  return require("bkr.gzip").decompress{ name = "decompress" }
+end
+
+function codec.facts(storage, cfg)
+  return { algorithm = storage.algorithm, level = codec.level(storage, cfg) }
+end
+
+-- The manifest's `compression`: nil when sound, else what is wrong (lib/manifest.lua asks).
+function codec.check_facts(compression)
+  for _, storage in ipairs(codec.STORAGES) do
+    if storage.algorithm == compression.algorithm then
+      local level = compression.level
+      if math.type(level) == "integer" or (type(level) == "number" and level == math.floor(level)) then
+        if level >= storage.levels[1] and level <= storage.levels[2] then return nil end
+      end
+      return string.format("compression: not %s at a level %d-%d", storage.algorithm, storage.levels[1],
+        storage.levels[2])
+    end
+  end
+  return "compression: not " .. table.concat(codec.ALGORITHMS, " or ")
+end
+
+return codec
