@@ -71,6 +71,8 @@ local function check_free_space(run)
     else
       estimate = run.conn:database_size(db) or 0
     end
+    -- a custom-format archive is written once as a temporary file, then copied to its name
+    if run.storage.dump_format == "custom" then estimate = estimate * 2 end
     needed = needed + estimate
     detail[#detail + 1] = db
   end
@@ -127,6 +129,76 @@ local function dump_database(run, db, path, size)
   return result
 end
 
+-- A to-be-closed value that removes `path` when it goes out of scope: the temporary archive
+-- of a custom-format dump is gone whatever ends its database's backup (an error, SIGTERM).
+local function removed_on_close(path)
+  return setmetatable({}, { __close = function() os.remove(path) end })
+end
+
+-- Run a child to its end; nil and what it said when it failed. (An interrupt raises, after
+-- the child is killed: proc.wait.)
+local function run_child(what, spec)
+  local child, err = proc.spawn(spec)
+  if not child then return nil, err end
+  local ok, how, code = child:wait()
+  local said = child:stderr()
+  child:close()
+  if ok then return true end
+  return nil, string.format("%s failed (%s %s): %s", what, how, tostring(code),
+    cli.printable((said:gsub("%s+$", ""):match("[^\n]*$"))))
+end
+
+-- pg_dump --format=custom of one database. pg_restore -j needs an archive it can seek in,
+-- with the data offsets pg_dump writes only into a file: so pg_dump writes a temporary file
+-- beside the backup (".bkr-tmp." prefix, 0600, removed whatever happens, and by the next
+-- run's lock after a SIGKILL). The archive must list (pg_restore -l); pg_restore --data-only
+-- reads it back as SQL for the per-table digests (the same parser and the same digests as a
+-- plain dump's); then it is copied, encrypted when a key is set, with its SHA-256, into its
+-- final name atomically.
+local function dump_database_custom(run, db, path, size)
+  local env = config.child_env(run.cfg, db)
+  env.PGTZ = DUMP_TIMEZONE
+  local temporary = repo.temporary_path(path, "pg_dump")
+  local _ <close> = removed_on_close(temporary)
+  -- created 0600 before pg_dump opens it (it truncates the file and keeps its mode)
+  local created, cerr = fs.write_file(temporary, "", repo.file_options(temporary, { mode = "0600" }))
+  if not created then error(cerr, 0) end
+  local started = bkr.monotonic()
+  local ok, err = run_child("pg_dump", {
+    argv = { run.pg_dump, "--format=custom", "--compress=" .. run.pg_dump_compress, "--no-password",
+      "--lock-wait-timeout=" .. (run.cfg.lock_wait_seconds * 1000), "--file=" .. temporary },
+    env = env, stdout = "null", stderr = "capture",
+  })
+  if not ok then error(err, 0) end
+  ok, err = run_child("pg_restore --list", {
+    argv = { run.pg_restore, "--list", "--file=/dev/null", temporary }, stdout = "null", stderr = "capture",
+  })
+  if not ok then error("the archive pg_dump wrote does not list: " .. err, 0) end
+  local reader, rerr = proc.spawn{
+    argv = { run.pg_restore, "--data-only", "--file=-", temporary }, stdout = "pipe", stderr = "capture",
+  }
+  if not reader then error(rerr, 0) end
+  local read = stream.run{
+    reader:source{ name = "pg_restore" },
+    dump.table_digests{ name = "tables" },
+    stream.tail{ name = "tail", bytes = TAIL_BYTES },
+    stream.to_null(),
+  }
+  reader:close()
+  local source, serr = stream.from_file(temporary)
+  if not source then error(serr, 0) end
+  local stages = { source, stream.progress{ label = db, total = size } }
+  add_encryption(run, stages)
+  stages[#stages + 1] = hash.sha256{ name = "sha256" }
+  stages[#stages + 1] = stream.to_file(path, repo.file_options(path))
+  local result = stream.run(stages)
+  -- raw_bytes: the archive's own size (what decryption gives back); the tables and the
+  -- completion marker from pg_restore's reading of it
+  result.tables, result.tail = read.tables, read.tail
+  result.elapsed = bkr.monotonic() - started
+  return result
+end
+
 local function write_sidecars(path, manifest)
   local ok, err = repo.write_sidecar(path, manifest.sha256)
   if ok then ok, err = repo.write_manifest(path, manifest) end
@@ -147,7 +219,8 @@ local function backup_database(run, db, relative)
   if not properties then error(err, 0) end
   local size = run.conn:database_size(db)
 
-  local result = dump_database(run, db, path, size)
+  local dump_into = run.storage.dump_format == "custom" and dump_database_custom or dump_database
+  local result = dump_into(run, db, path, size)
   if not result.tail:find(repo.COMPLETION_MARKERS.database) then
     remove_partial(path)
     error("pg_dump output lacks its completion marker (truncated dump)", 0)
@@ -170,6 +243,7 @@ local function backup_database(run, db, relative)
     stored_bytes = result.bytes_out,
     sha256 = result.sha256,
     compression = codec.facts(run.storage, run.cfg),
+    dump_format = run.storage.dump_format,
     encrypted = encrypted,
     encryption = encryption,
     database_properties = properties,
@@ -190,7 +264,7 @@ local function backup_globals(run)
     logging.step("globals", { level = "warning", result = "skipped", reason = "the user may not read roles" })
     return true
   end
-  local relative = repo.globals_file(run.type, run.stamp, run.key ~= nil, run.storage)
+  local relative = repo.globals_file(run.type, run.stamp, run.key ~= nil, run.globals_storage)
   local path = run.repo .. "/" .. relative
   local started = os.time()
   local child, err = proc.spawn{
@@ -201,7 +275,7 @@ local function backup_globals(run)
   local stages = {
     child:source{ name = "pg_dumpall" },
     stream.tail{ name = "tail", bytes = TAIL_BYTES },
-    codec.compress(run.storage, run.cfg),
+    codec.compress(run.globals_storage, run.cfg),
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
@@ -218,7 +292,7 @@ local function backup_globals(run)
     start_time = repo.iso_time(started), end_time = repo.iso_time(os.time()), seconds = result.elapsed,
     bkr_version = bkr.version, pg_dump_version = run.pg_dump_version, server_version = run.server_version,
     raw_bytes = result.bytes_in, stored_bytes = result.bytes_out, sha256 = result.sha256,
-    compression = codec.facts(run.storage, run.cfg),
+    compression = codec.facts(run.globals_storage, run.cfg), dump_format = "plain",
   }
   manifest.encrypted, manifest.encryption = encryption_facts(run)
   local wok, werr = write_sidecars(path, manifest)
@@ -268,7 +342,8 @@ run.repo = repo.open(config.repository(run.cfg), { create = options.create_repo 
 logging.start()
 run.key, run.key_id = keys.load(run.cfg, options)
 run.chunk_size = 65536
-run.storage = codec.for_config(run.cfg)
+run.storage = codec.for_backup(run.cfg)        -- the databases'
+run.globals_storage = codec.for_config(run.cfg) -- plain SQL from pg_dumpall, compressed by bkr
 repo.ensure(run.repo)
 local lock <close> = repo.lock(run.repo)
 logging.step("lock", { level = "debug" })
@@ -278,6 +353,12 @@ local server_num, server_version = run.conn:server_version()
 run.server_version = server_version
 local server_major = server_num // 10000
 run.pg_dump, run.pg_dump_version = postgres.find_program("pg_dump", server_major, run.cfg)
+if run.storage.dump_format == "custom" then
+  local why
+  run.pg_dump_compress, why = codec.pg_dump_compress(run.cfg, postgres.program_version(run.pg_dump))
+  if not run.pg_dump_compress then cli.usage_error("configuration: %s", why) end
+  run.pg_restore = postgres.find_program("pg_restore", server_major, run.cfg)
+end
 if not options.no_globals then run.pg_dumpall = postgres.find_program("pg_dumpall", server_major, run.cfg) end
 logging.step("connect", { server_version = server_version, pg_dump = run.pg_dump, pg_dump_version = run.pg_dump_version })
 check_named_databases(run, options.db)
@@ -328,7 +409,7 @@ if not options.no_globals and not bkr.interrupted() then
   local called, ok, err = pcall(backup_globals, run)
   if not called or bkr.interrupted() then ok, err = nil, called and "interrupted" or ok end
   if not ok then
-    remove_partial(run.repo .. "/" .. repo.globals_file(run.type, run.stamp, run.key ~= nil, run.storage))
+    remove_partial(run.repo .. "/" .. repo.globals_file(run.type, run.stamp, run.key ~= nil, run.globals_storage))
     failed = failed + 1
     warn("globals failed: %s", cli.detail(err))
     repo.log(run.repo, { step = "globals", database = "(globals)", type = run.type, result = "failed",

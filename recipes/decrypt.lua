@@ -50,6 +50,10 @@ local function storage_of(path)
 end
 
 local decompress = options.decompress or options.gunzip
+if decompress and storage_of(file).dump_format == "custom" then
+  cli.usage_error("decrypt: %s is a pg_dump custom-format archive, not a compressed stream: decrypt it without "
+    .. "--decompress and give the archive to pg_restore", file)
+end
 
 -- source -> decrypt [-> decompress] -> sink
 local function pipeline(sink)

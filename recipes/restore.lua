@@ -9,7 +9,9 @@
 --   guard_new_database, create_database
 --                         --create, --replace: the database this run creates, dropped again
 --                         unless it ends up holding the checked restore
---   stream_into_database  file -> (decrypt) -> gunzip -> psql --single-transaction into:
+--   stream_into_database  file -> (decrypt) -> gunzip or zstd -> psql --single-transaction into
+--                         (a custom-format archive: pg_restore -j N, decrypted first to a private
+--                         temporary file when encrypted: lib/restore.lua's with_archive):
 --        --create   a new database TARGET (fails if it exists)
 --        --replace  a new temporary database, renamed over TARGET only once it is complete and
 --                   checked; the old one is kept as TARGET_before_<time>
@@ -44,6 +46,7 @@ local options = cli.parse({ ... }, {
     { "--dry-run", nil, "print which backup would be used and its verification state, then stop" },
     { "--force", nil, "restore even though TARGET has active connections (--replace)" },
     { "--no-compare", nil, "skip the table-by-table comparison afterwards" },
+    { "--jobs", "N", "parallel pg_restore jobs for a custom-format backup (default: threads, else the processors)" },
     { "--repo", "DIR", "repository directory (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
     { "--key-file", "FILE", "key for encrypted backups (overrides encryption.key_file)" },
@@ -71,6 +74,10 @@ local function check_arguments()
   if not options.db and not file then cli.usage_error("restore: --db NAME is required (or a backup FILE)") end
   if not options.into and not options.dry_run then cli.usage_error("restore: --into TARGET is required") end
   if options.create and options.replace then cli.usage_error("restore: --create and --replace exclude each other") end
+  if options.jobs and not (tostring(options.jobs):match("^%d+$") and tonumber(options.jobs) >= 1
+      and tonumber(options.jobs) <= 256) then
+    cli.usage_error("restore: --jobs must be a whole number from 1 to 256")
+  end
   return { at = options.at, before = options.before, file = file, latest = options.latest }
 end
 
@@ -122,6 +129,7 @@ end
 -- The server, psql, and the key.
 local function connect(job)
   job.run = restore.prepare(job.cfg, (keys.load(job.cfg, job.options)))
+  job.run.jobs = job.options.jobs and tonumber(job.options.jobs)
   job.target = job.options.into
   logging.step("connect", { target = job.target })
 end
@@ -210,8 +218,14 @@ local function stream_into_database(job)
   if not ok then
     abandon(job, cli.EXIT_FAILED, "restore: failed, nothing was committed: %s", cli.detail(result))
   end
-  logging.step("stream_into_database", { into = job.into, bytes = result.bytes_out, seconds = result.elapsed })
-  cli.say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), job.into, result.elapsed)
+  logging.step("stream_into_database", { into = job.into, bytes = result.bytes_out, seconds = result.elapsed,
+    jobs = result.jobs })
+  if result.jobs then
+    cli.say("restore: %s archive into %s with pg_restore -j %d in %.1f s", cli.size(result.bytes_out), job.into,
+      result.jobs, result.elapsed)
+  else
+    cli.say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), job.into, result.elapsed)
+  end
 end
 
 -- What a dump without --create leaves out: settings, owner, privileges. What cannot be

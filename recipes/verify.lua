@@ -28,6 +28,21 @@ local keys = require "lib.keys"
 local logging = require "lib.logging"
 
 local lfs = require "lfs"
+local proc = require "bkr.proc"
+local restore = require "lib.restore"
+local postgres = require "lib.postgres"
+
+-- The configuration, for finding pg_restore (set once loaded).
+local cfg_for_restore
+
+-- pg_restore for an archive of pg_dump `version` ("15.20"): the same major, else the oldest
+-- newer one (postgres.find_program), found once per major.
+local pg_restore_paths = {}
+local function pg_restore_program(version)
+  local major = tonumber(tostring(version):match("^(%d+)")) or 0
+  pg_restore_paths[major] = pg_restore_paths[major] or postgres.find_program("pg_restore", major, cfg_for_restore)
+  return pg_restore_paths[major]
+end
 
 local function parse_arguments(args)
   return cli.parse(args, {
@@ -165,6 +180,50 @@ local function check_checksum_only(entry, expected)
   return nil, "checksum-only"
 end
 
+-- A custom-format archive (format: custom): the SHA-256 of the stored bytes first, then
+-- (decrypted to a private temporary file when encrypted: restore.with_archive) the archive's
+-- size, and pg_restore --data-only reading it back as SQL through the per-table digests, to
+-- compare with the manifest as a plain dump's are. pg_restore must succeed and its output
+-- end with the completion marker.
+local function check_custom(entry, key, expected)
+  local digest, herr = hash.sha256_file(entry.path)
+  if not digest then return "missing: " .. herr end
+  if digest ~= expected then
+    return string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected)
+  end
+  local run = { cfg = cfg_for_restore, key = key }
+  local ok, reason, kind = pcall(restore.with_archive, run, entry, function(archive, bytes)
+    if entry.manifest.raw_bytes ~= bytes then
+      return string.format("manifest mismatch: the archive has %d bytes, manifest says %d", bytes,
+        entry.manifest.raw_bytes)
+    end
+    local reader, err = proc.spawn{
+      argv = { pg_restore_program(entry.manifest.pg_dump_version), "--data-only", "--file=-", archive }, stdout = "pipe", stderr = "capture",
+    }
+    if not reader then return "missing: " .. err end
+    local done, result = pcall(stream.run, { reader:source{ name = "pg_restore" },
+      dump.table_digests{ name = "tables" }, stream.tail{ name = "tail", bytes = 1024 }, stream.to_null() })
+    local said = reader:stderr()
+    reader:close()
+    if not done then
+      if cli.kind(result) == "interrupted" then return nil, "interrupted" end
+      return "corrupt: pg_restore cannot read the archive: "
+        .. cli.printable((said:gsub("%s+$", ""):match("[^\n]*$") or "")) .. " (" .. cli.detail(result) .. ")"
+    end
+    if not result.tail:find(repo.COMPLETION_MARKERS.database) then
+      return "truncated: pg_restore's reading of the archive does not end with the completion marker"
+    end
+    return compare_tables(result.tables, entry.manifest.tables)
+  end)
+  if not ok then
+    local ekind = cli.kind(reason)
+    if ekind == "interrupted" then return nil, nil, "interrupted" end
+    return explain(reason), nil, ekind
+  end
+  if kind == "interrupted" then return nil, nil, "interrupted" end
+  return reason
+end
+
 -- Returns nil when the backup is sound, else the reason; and, for a sound backup that could
 -- only be partly checked, its verdict ("checksum-only").
 local function check(entry, key)
@@ -173,12 +232,13 @@ local function check(entry, key)
   local manifest = entry.manifest
 
   if entry.encrypted and not key then return check_checksum_only(entry, expected) end
+  local storage = codec.for_entry(entry)
+  if storage and storage.dump_format == "custom" then return check_custom(entry, key, expected) end
 
   local source, open_err = stream.from_file(entry.path)
   if not source then return "missing: " .. open_err end
   local stages = { source, hash.sha256{ name = "stored" } }
   if entry.encrypted then stages[#stages + 1] = crypto.decrypt{ key = key } end
-  local storage = codec.for_entry(entry)
   if not storage then return "damaged: neither its name nor its manifest says how it is stored" end
   stages[#stages + 1] = codec.decompress(storage)
   if entry.kind == "database" then stages[#stages + 1] = dump.table_digests{ name = "tables" } end
@@ -249,6 +309,7 @@ if not options then return cli.EXIT_OK end
 if options.latest and options.all then cli.usage_error("verify: --latest and --all exclude each other") end
 
 local cfg = config.load(options)
+cfg_for_restore = cfg
 logging.start()
 local backups, dir = select_backups(options, cfg)
 if #backups == 0 then cli.fail(cli.EXIT_FAILED, "verify: no backups found%s", dir and (" in " .. dir) or "") end

@@ -1,5 +1,6 @@
 -- How a backup file is stored: the one owner of "which compression, which dump format, which
--- file suffix". Backup, verify, restore, decrypt, list, rotation, drill and repo's name
+-- file suffix". Plain SQL is compressed by bkr (gzip or zstd); a custom-format archive
+-- (`format: custom`) is compressed by pg_dump itself and stored as it is. Backup, verify, restore, decrypt, list, rotation, drill and repo's name
 -- patterns ask here instead of spelling ".sql.gz" or gzip themselves.
 --
 --   codec.STORAGES               every way bkr stores a dump, each { name, suffix, dump_format,
@@ -7,7 +8,10 @@
 --   codec.named(name)            the storage called name ("gzip", "zstd"), or nil
 --   codec.by_suffix(file)        the storage whose suffix ends file (".enc" removed first), or nil
 --   codec.for_entry(entry)       by the entry's name, else by its manifest (a renamed copy)
---   codec.for_config(cfg)        the storage a backup run writes, from compression:
+--   codec.for_config(cfg)        the plain storage of compression: (globals, plain dumps)
+--   codec.for_backup(cfg)        the storage a run's database dumps get, from format: too
+--   codec.pg_dump_compress(cfg, major)  pg_dump's --compress value for a custom archive, or nil
+--                                and why pg_dump of that major version cannot
 --   codec.compress(storage, cfg) the compressing filter stage, named "compress"
 --   codec.decompress(storage)    the decompressing filter stage, named "decompress"
 --   codec.facts(storage, cfg)    what the manifest says: compression = {algorithm, level}
@@ -21,7 +25,13 @@ codec.STORAGES = {
     levels = { 0, 9, default = 6 } },
   { name = "zstd", suffix = ".sql.zst", dump_format = "plain", algorithm = "zstd",
     levels = { 1, 19, default = 3 } },
+  -- pg_dump --format=custom: compressed by pg_dump with the configured algorithm (no fixed
+  -- one: algorithm nil), read back by pg_restore; bkr never decompresses it
+  { name = "custom", suffix = ".dump", dump_format = "custom", algorithm = nil },
 }
+
+-- The values `format:` takes.
+codec.DUMP_FORMATS = { "plain", "custom" }
 
 -- The values `compression:` takes, in the order the documentation gives them.
 codec.ALGORITHMS = { "gzip", "zstd" }
@@ -55,7 +65,9 @@ function codec.for_entry(entry)
   local format = m.dump_format or "plain"
   local algorithm = type(m.compression) == "table" and m.compression.algorithm or "gzip"
   for _, candidate in ipairs(codec.STORAGES) do
-    if candidate.dump_format == format and candidate.algorithm == algorithm then return candidate end
+    if candidate.dump_format == format and (candidate.algorithm == nil or candidate.algorithm == algorithm) then
+      return candidate
+    end
   end
   return nil
 end
@@ -65,13 +77,37 @@ function codec.for_config(cfg)
   return codec.named(cfg.compression or "gzip")
 end
 
+function codec.for_backup(cfg)
+  if cfg.format == "custom" then return codec.named("custom") end
+  return codec.for_config(cfg)
+end
+
+-- The level a run uses: compression_level (config.load fills in the algorithm's default).
 function codec.level(storage, cfg)
-  return cfg.compression_level or storage.levels.default
+  local plain = storage.levels and storage or codec.for_config(cfg)
+  return cfg.compression_level or plain.levels.default
+end
+
+-- Which pg_dump first compresses custom archives with each algorithm.
+local PG_DUMP_SINCE = { gzip = 8, zstd = 16 }
+
+-- pg_dump's --compress for a custom archive with the configured compression, or nil and why
+-- this pg_dump (major version) cannot write it.
+function codec.pg_dump_compress(cfg, major)
+  local algorithm = cfg.compression or "gzip"
+  local level = codec.level(codec.named("custom"), cfg)
+  if major < PG_DUMP_SINCE[algorithm] then
+    return nil, string.format("format: custom with compression: %s needs pg_dump %d or later; this pg_dump is %d "
+      .. "(use compression: gzip, or format: plain)", algorithm, PG_DUMP_SINCE[algorithm], major)
+  end
+  if algorithm == "gzip" then return tostring(level) end
+  return algorithm .. ":" .. level
 end
 
 -- Compression on worker threads: zstd's own (ZSTD_c_nbWorkers), when the configuration
 -- gives `threads`; gzip's stage takes what it takes.
 function codec.compress(storage, cfg)
+  assert(storage.dump_format == "plain", "codec.compress: a custom archive is compressed by pg_dump")
   local level = codec.level(storage, cfg)
   if storage.algorithm == "zstd" then
     return require("bkr.zstd").compress{ name = "compress", level = level, threads = cfg.threads or 0 }
@@ -80,12 +116,13 @@ function codec.compress(storage, cfg)
 end
 
 function codec.decompress(storage)
+  assert(storage.dump_format == "plain", "codec.decompress: a custom archive is read by pg_restore")
   if storage.algorithm == "zstd" then return require("bkr.zstd").decompress{ name = "decompress" } end
   return require("bkr.gzip").decompress{ name = "decompress" }
 end
 
 function codec.facts(storage, cfg)
-  return { algorithm = storage.algorithm, level = codec.level(storage, cfg) }
+  return { algorithm = storage.algorithm or cfg.compression or "gzip", level = codec.level(storage, cfg) }
 end
 
 -- The manifest's `compression`: nil when sound, else what is wrong (lib/manifest.lua asks).

@@ -15,6 +15,7 @@ local defaults = {
   exclude = {},
   repository = nil,
   compression = "gzip",
+  format = "plain",
   -- compression_level: the algorithm's default (lib/codec.lua) when none is given
   lock_wait_seconds = 600,
   retention = { daily = 7, weekly = 4, monthly = 0 },
@@ -213,6 +214,7 @@ config.schema = section{
   exclude = names_value,
   repository = string_value,
   compression = one_of(codec.ALGORITHMS),
+  format = one_of(codec.DUMP_FORMATS),   -- plain SQL, or pg_dump's custom archive (docs/backup.md)
   compression_level = any_integer,   -- its range depends on compression: check_compression_level
   lock_wait_seconds = integer_in(1, 86400),
   retention = section{

@@ -128,6 +128,9 @@ local function check(m)
     local problem = codec.check_facts(m.compression)
     if problem then return problem end
   end
+  if m.dump_format ~= nil and m.dump_format ~= "plain" and m.dump_format ~= "custom" then
+    return "dump_format: neither plain nor custom"
+  end
   for _, key in ipairs({ "bkr_version", "pg_dump_version", "server_version", "dump_timezone" }) do
     if m[key] ~= nil and type(m[key]) ~= "string" then return key .. ": not a string" end
   end

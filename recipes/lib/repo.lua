@@ -321,7 +321,7 @@ function repo.load_manifest(entry)
   -- manifest says gzip was renamed or edited).
   local storage = entry.file and codec.by_suffix(entry.file)
   local algorithm = type(m.compression) == "table" and m.compression.algorithm or "gzip"
-  if storage and not entry.original_file and (storage.algorithm ~= algorithm
+  if storage and not entry.original_file and ((storage.algorithm and storage.algorithm ~= algorithm)
       or storage.dump_format ~= (m.dump_format or "plain")) then
     return nil, string.format("%s: the manifest describes a %s backup, the file name a %s one", entry.manifest_path,
       cli.printable(algorithm), storage.name), "corrupt"
@@ -574,6 +574,13 @@ end
 -- the names of bkr before 0.2, ".backup_<stamp>_<db>.sql.gz[...].tmp.XXXXXX" and the same
 -- for globals: specific enough that no one else's file matches.
 repo.TEMPORARY_PREFIX = ".bkr-tmp."
+
+-- A temporary name for `path` (REPO/<type>/NAME) that only this run uses: its directory,
+-- the prefix, NAME (the run's stamp is in it) and `label`. Rotation and the next lock remove it.
+function repo.temporary_path(path, label)
+  local dir, name = path:match("^(.*)/([^/]+)$")
+  return dir .. "/" .. repo.TEMPORARY_PREFIX .. name .. "." .. label
+end
 
 function repo.is_temporary(file)
   if file:sub(1, #repo.TEMPORARY_PREFIX) == repo.TEMPORARY_PREFIX then return true end

@@ -12,6 +12,7 @@ local dump = require "bkr.dump"
 local proc = require "bkr.proc"
 local pg = require "bkr.pg"
 local lfs = require "lfs"
+local fs = require "bkr.fs"
 
 local restore = {}
 
@@ -320,9 +321,79 @@ local function spawn_psql(run, target)
   }
 end
 
+-- ------------------------------------------------------------------ custom-format archives
+
+-- The key an encrypted backup needs, or a usage error (exit 2).
+local function require_key(run, entry)
+  if not run.key then
+    cli.usage_error("restore: %s is encrypted: give --key-file FILE or set encryption.key_file", entry.file)
+  end
+  return run.key
+end
+
+-- fn(path) with the path of a custom-format archive pg_restore can seek in: the backup file
+-- itself, or, when it is encrypted, its plaintext decrypted (every chunk authenticated) into
+-- a 0600 file in a private 0700 directory under $TMPDIR (else /tmp), made by mkdtemp.
+-- pg_restore cannot read our encrypted format, and -j needs a seekable file, not a pipe.
+-- The directory and the file are removed when fn returns, fails or is interrupted (only a
+-- SIGKILL can leave them: bkr-archive.XXXXXX). Returns what fn returns; raises what the
+-- decryption raises (kinds: auth, key, truncated, corrupt, interrupted).
+function restore.with_archive(run, entry, fn)
+  if not entry.encrypted then return fn(entry.path, entry.manifest and entry.manifest.raw_bytes) end
+  local key = require_key(run, entry)
+  local dir, err = fs.temp_dir("bkr-archive")
+  if not dir then error(err, 0) end
+  local _ <close> = setmetatable({}, { __close = function() fs.remove_tree(dir) end })
+  local path = dir .. "/" .. entry.file:gsub("%.enc$", "")
+  local sink, serr = stream.to_file(path, { mode = "0600" })
+  if not sink then error(serr, 0) end
+  local result = stream.run{ assert(stream.from_file(entry.path)), require("bkr.crypto").decrypt{ key = key }, sink }
+  return fn(path, result.bytes_out)
+end
+
+-- How many pg_restore jobs: --jobs, else the configuration's threads, else the processors.
+function restore.jobs(run)
+  return run.jobs or run.cfg.threads or proc.cpu_count()
+end
+
+-- "dbname='NAME'" for pg_restore --dbname, which takes a conninfo: a name is never given raw
+-- (one holding '=' would be read as connection options).
+local function dbname_conninfo(name)
+  return "dbname='" .. name:gsub("[\\']", "\\%0") .. "'"
+end
+
+-- A custom-format backup into TARGET with pg_restore -j N (--exit-on-error; with one job, in
+-- one transaction as psql's restore is). pg_restore -j cannot use one transaction: a failure
+-- with several jobs may leave part of the data in TARGET (restore --create and --replace drop
+-- the database they made). Raises on any failure.
+local function pg_restore_into(run, entry, target)
+  run.pg_restore = run.pg_restore or postgres.find_program("pg_restore", run.server_major, run.cfg)
+  local jobs = restore.jobs(run)
+  local started = bkr.monotonic()
+  return restore.with_archive(run, entry, function(archive, bytes)
+    local argv = { run.pg_restore, "--no-password", "--exit-on-error", "--jobs=" .. jobs,
+      "--dbname=" .. dbname_conninfo(target), archive }
+    if jobs == 1 then table.insert(argv, 4, "--single-transaction") end
+    local child, err = proc.spawn{ argv = argv, env = config.child_env(run.cfg, target), stdout = "null",
+      stderr = "capture" }
+    if not child then error(err, 0) end
+    local ok, how, code = child:wait()
+    local said = child:stderr()
+    child:close()
+    if not ok then
+      error(string.format("pg_restore failed (%s %s): %s", how, tostring(code),
+        cli.printable((said:gsub("%s+$", ""):match("[^\n]*$")))), 0)
+    end
+    return { bytes_out = bytes or 0, elapsed = bkr.monotonic() - started, jobs = jobs }
+  end)
+end
+
 -- One pass: file -> (decrypt) -> decompress (gzip or zstd, lib/codec.lua) -> psql. Raises on any failure (nothing committed:
--- psql's single transaction is rolled back when its input stops short).
+-- psql's single transaction is rolled back when its input stops short). A custom-format
+-- archive goes to pg_restore -j instead (pg_restore_into).
 function restore.stream_into(run, entry, target)
+  local storage = codec.for_entry(entry)
+  if storage.dump_format == "custom" then return pg_restore_into(run, entry, target) end
   local stages = { assert(stream.from_file(entry.path)) }
   if entry.encrypted then
     local crypto = require "bkr.crypto"
@@ -527,7 +598,8 @@ function restore.prepare(cfg, key)
   local run = { cfg = cfg, key = key }
   run.conn = postgres.connect(cfg)
   local server_num = run.conn:server_version()
-  run.psql = postgres.find_program("psql", server_num // 10000, cfg)
+  run.server_major = server_num // 10000
+  run.psql = postgres.find_program("psql", run.server_major, cfg)
   return run
 end
 

@@ -1,0 +1,252 @@
+-- format: custom end to end against the real cluster: pg_dump's custom archives stored as
+-- backup_STAMP_DB.dump, with the same sidecar, manifest and per-table digests as plain
+-- backups; verify, restore (pg_restore -j), encryption, drill and SIGTERM. Checked with the
+-- independent tools: pg_restore -l, pg_restore -d, sha256sum, psql.
+local util = require "support.util"
+local json = require "dkjson"
+local q = util.quote
+local run = util.bkr
+
+local SETUP = "create table t (id int primary key, x text, at timestamptz default now());"
+  .. " insert into t select i, md5(i::text) from generate_series(1, 20000) i;"
+  .. " create schema \"Odd Schema\"; create table \"Odd Schema\".\"T 2\" (a int, b text);"
+  .. " insert into \"Odd Schema\".\"T 2\" select i, null from generate_series(1, 300) i;"
+  .. " create table empty_one (z int);"
+
+local function new_database()
+  return util.new_database("cf", SETUP)
+end
+
+local function custom_config(repo, extra)
+  local path = util.scratch("cfg") .. "/bkr.yaml"
+  util.write(path, "repository: " .. repo .. "\nformat: custom\n" .. (extra or ""))
+  return path
+end
+
+local function files(repo, pattern)
+  local out = util.sh("ls -A " .. q(repo .. "/daily") .. " 2>/dev/null")
+  local list = {}
+  for name in out:gmatch("[^\n]+") do
+    if name:match(pattern) then list[#list + 1] = name end
+  end
+  table.sort(list)
+  return list
+end
+
+local function summary(db)
+  return util.psql("select count(*) || ':' || md5(string_agg(x, ',' order by id)) from t", db)
+    .. "/" .. util.psql('select count(*) from "Odd Schema"."T 2"', db)
+end
+
+local function pg_restore()
+  return util.sh("ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1"):gsub("%s+$", "") .. "/pg_restore"
+end
+
+describe("format: custom", function()
+  it("stores a pg_dump custom archive (.dump) that pg_restore lists and restores by hand", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --create-repo --config " .. q(custom_config(repo)) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local dumps = files(repo, "^backup_.*_" .. db .. "%.dump$")
+    assert.are.equal(1, #dumps, out)
+    -- the globals stay plain SQL, gzip-compressed as configured
+    assert.are.equal(1, #files(repo, "^globals_.*%.sql%.gz$"))
+    local path = repo .. "/daily/" .. dumps[1]
+    assert.are.equal("600", util.sh("stat -c %a " .. q(path)):gsub("%s", ""))
+    assert.are.equal(0, select(2, util.sh(q(pg_restore()) .. " -l " .. q(path) .. " >/dev/null")))
+    assert.are.equal(0, select(2, util.sh("cd " .. q(repo .. "/daily") .. " && sha256sum -c --quiet "
+      .. q(dumps[1] .. ".sha256"))))
+    local manifest = json.decode(util.read(path .. ".json"))
+    assert.are.equal("custom", manifest.dump_format)
+    assert.are.same({ algorithm = "gzip", level = 6 }, manifest.compression)
+    assert.are.equal(manifest.stored_bytes, manifest.raw_bytes)
+    assert.are.equal(3, #manifest.tables)
+    -- nothing temporary is left in the repository
+    assert.are.same({}, files(repo, "^%.bkr%-tmp"))
+    local target = util.new_database("cf_hand")
+    local said, prc = util.sh(q(pg_restore()) .. " --exit-on-error -d " .. target .. " " .. q(path) .. " 2>&1")
+    assert.are.equal(0, prc, said)
+    assert.are.equal(summary(db), summary(target))
+  end)
+
+  it("records the same per-table digests as a plain backup of the same data", function()
+    local db = new_database()
+    local plain_repo, custom_repo = util.scratch("repo"), util.scratch("repo")
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --repo " .. q(plain_repo) .. " --db " .. db)))
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(custom_config(custom_repo))
+      .. " --db " .. db)))
+    local plain = json.decode(util.read(plain_repo .. "/daily/" .. files(plain_repo, "%.sql%.gz$")[1] .. ".json"))
+    local custom = json.decode(util.read(custom_repo .. "/daily/" .. files(custom_repo, "%.dump$")[1] .. ".json"))
+    local function by_name(tables)
+      local out = {}
+      for _, t in ipairs(tables) do out[t.schema .. "." .. t.name] = { rows = t.rows, digest = t.digest } end
+      return out
+    end
+    assert.are.same(by_name(plain.tables), by_name(custom.tables))
+    assert.are.equal(20000, by_name(custom.tables)["public.t"].rows)
+  end)
+
+  it("is verified through pg_restore, and a damaged archive fails verification (exit 3)", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local cfg = custom_config(repo)
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)))
+    local path = repo .. "/daily/" .. files(repo, "%.dump$")[1]
+    local out, rc = run("verify --latest --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("ok +daily/backup_.*%.dump\n", out)
+    assert.are.equal("passed", json.decode(util.read(path .. ".json")).verification.result)
+    local size = tonumber(util.sh("stat -c %s " .. q(path)):match("%d+"))
+    util.flip_byte(path, size // 2)
+    out, rc = run("verify --latest --config " .. q(cfg))
+    assert.are.equal(3, rc, out)
+    assert.matches("FAILED +daily/.*checksum mismatch", out)
+    -- the same damage with a sidecar and manifest that match it: pg_restore notices
+    util.sh("cd " .. q(repo .. "/daily") .. " && sha256sum " .. q(path:match("[^/]+$")) .. " > " .. q(path .. ".sha256"))
+    local manifest = json.decode(util.read(path .. ".json"))
+    manifest.sha256 = util.sha256sum(path)
+    util.write(path .. ".json", json.encode(manifest))
+    out, rc = run("verify " .. q(path))
+    assert.are.equal(3, rc, out)
+    assert.matches("FAILED +[^\n]*corrupt", out)
+  end)
+
+  it("fails verification when the manifest's tables disagree with the archive", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local cfg = custom_config(repo)
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)))
+    local path = repo .. "/daily/" .. files(repo, "%.dump$")[1]
+    local manifest = json.decode(util.read(path .. ".json"))
+    manifest.tables[1].digest = string.rep("0", 64)
+    util.write(path .. ".json", json.encode(manifest))
+    local out, rc = run("verify " .. q(path))
+    assert.are.equal(3, rc, out)
+    assert.matches("manifest mismatch: table", out)
+  end)
+
+  it("is restored by bkr restore with pg_restore -j N (--jobs), table by table", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local cfg = custom_config(repo)
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)))
+    local target = db .. "_r"
+    local out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into " .. target
+      .. " --create --jobs 3")
+    assert.are.equal(0, rc, out)
+    assert.matches("pg_restore %-j 3", out)
+    assert.matches("compare: 3 of 3 tables match", out)
+    assert.are.equal(summary(db), summary(target))
+    -- --jobs takes a whole number
+    out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into x --create --jobs many")
+    assert.are.equal(2, rc, out)
+  end)
+
+  it("a damaged archive is refused before the target is touched (exit 3)", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local cfg = custom_config(repo)
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)))
+    local path = repo .. "/daily/" .. files(repo, "%.dump$")[1]
+    util.flip_byte(path, 100)
+    local target = db .. "_r"
+    local out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into " .. target .. " --create")
+    assert.are.equal(3, rc, out)
+    assert.matches("checksum mismatch", out)
+    assert.are.equal("0", util.psql("select count(*) from pg_database where datname = '" .. target .. "'"))
+  end)
+
+  it("encrypted: .dump.enc round-trips through verify and restore; the plaintext never stays on disk", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local key = util.scratch("key") .. "/backup.key"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key))))
+    local cfg = custom_config(repo)
+    local tmp = util.scratch("tmpdir")
+    local env = "TMPDIR=" .. q(tmp)
+    local out, rc = run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db .. " --key-file "
+      .. q(key), env)
+    assert.are.equal(0, rc, out)
+    local dumps = files(repo, "^backup_.*%.dump%.enc$")
+    assert.are.equal(1, #dumps)
+    local path = repo .. "/daily/" .. dumps[1]
+    -- without the key: the checksum only; with it: through pg_restore
+    out, rc = run("verify --latest --config " .. q(cfg), env)
+    assert.are.equal(0, rc, out)
+    assert.matches("checksum only", out)
+    out, rc = run("verify --latest --config " .. q(cfg) .. " --key-file " .. q(key), env)
+    assert.are.equal(0, rc, out)
+    assert.not_matches("checksum only", out)
+    -- decrypt gives back the archive, which pg_restore reads; --decompress is refused
+    local archive = util.scratch("out") .. "/a.dump"
+    assert.are.equal(0, select(2, run("decrypt " .. q(path) .. " --key-file " .. q(key) .. " --out " .. q(archive))))
+    assert.are.equal(0, select(2, util.sh(q(pg_restore()) .. " -l " .. q(archive) .. " >/dev/null")))
+    out, rc = run("decrypt " .. q(path) .. " --key-file " .. q(key) .. " --decompress")
+    assert.are.equal(2, rc, out)
+    assert.matches("custom%-format archive", out)
+    local target = db .. "_r"
+    out, rc = run("restore --config " .. q(cfg) .. " --key-file " .. q(key) .. " --db " .. db .. " --latest --into "
+      .. target .. " --create --jobs 2", env)
+    assert.are.equal(0, rc, out)
+    assert.are.equal(summary(db), summary(target))
+    -- the decrypted copy went with its private directory
+    assert.are.equal("", util.sh("ls -A " .. q(tmp)))
+    -- a wrong key: nothing decrypted, nothing left
+    local other = util.scratch("key") .. "/other.key"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(other))))
+    out, rc = run("verify " .. q(path) .. " --key-file " .. q(other), env)
+    assert.are.equal(3, rc, out)
+    assert.matches("wrong key", out)
+    assert.are.equal("", util.sh("ls -A " .. q(tmp)))
+  end)
+
+  it("a drill passes on a custom-format backup", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local cfg = custom_config(repo, "drill:\n  smoke_queries: [\"select count(*) > 0 from t\"]\n")
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)))
+    local out, rc = run("drill --config " .. q(cfg) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    assert.matches("passed +" .. db .. " +compare_tables", out)
+    assert.are.equal("0", util.psql("select count(*) from pg_database where datname like 'bkr_drill_%'"))
+  end)
+
+  it("on SIGTERM during pg_dump leaves no temporary file and no backup, and exits 143", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    util.sh("mkdir -p " .. q(repo))
+    -- a pg_dump that writes its archive, then lingers: bkr is stopped while it waits for it
+    local bindir = util.fake_pg_dump('echo $$ > "$FAKEBIN/pid"\n"$REAL_PG_DUMP" "$@"\nexec sleep 60')
+    local cfg = bindir .. "/custom.lua"
+    util.write(cfg, "return { pg_bindir = " .. string.format("%q", bindir) .. ", format = 'custom' }\n")
+    local out, rc = util.sh("(" .. q(util.bkr_bin()) .. " backup --no-globals --config " .. q(cfg) .. " --repo " .. q(repo)
+      .. " --db " .. db .. " & p=$!; while [ ! -s " .. q(bindir .. "/pid") .. " ]; do sleep 0.05; done; sleep 1;"
+      .. " ls -A " .. q(repo .. "/daily") .. "; kill -TERM $p; wait $p) 2>&1")
+    assert.are.equal(143, rc, out)
+    -- the temporary archive existed while pg_dump ran
+    assert.matches("%.bkr%-tmp%.backup_[^\n]*%.dump%.pg_dump", out)
+    assert.are.same({}, files(repo, "."))
+  end)
+
+  it("configuration: format is plain or custom; custom with zstd needs a pg_dump that has it (exit 2)", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    util.sh("mkdir -p " .. q(repo))
+    local path = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(path, "repository: " .. repo .. "\nformat: costum\n")
+    local out, rc = run("list --config " .. q(path))
+    assert.are.equal(2, rc, out)
+    assert.matches("configuration: format: expected plain or custom; did you mean custom%?", out)
+    local cfg = custom_config(repo, "compression: zstd\n")
+    out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
+    local major = tonumber(util.psql("show server_version_num")) // 10000
+    if major < 16 then
+      assert.are.equal(2, rc, out)
+      assert.matches("configuration: format: custom with compression: zstd needs pg_dump 16 or later", out)
+      assert.are.same({}, files(repo, "."))
+    else
+      assert.are.equal(0, rc, out)
+    end
+  end)
+end)
