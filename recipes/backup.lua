@@ -37,7 +37,8 @@ local function parse_arguments(args)
       .. "                  [--no-rotate] [--no-globals] [--create-repo]",
     summary = "Dump each database with pg_dump into REPO/<type>/backup_<UTC time>_<db>.sql.gz\n"
       .. "(.sql.zst with compression: zstd) with a .sha256 sidecar and a .json manifest, in one pass;\n"
-      .. "then rotate. With a key (--key-file or encryption.key_file), the dump is encrypted: .sql.gz.enc.",
+      .. "then rotate; with format: custom, pg_dump's archive (.dump). With a key (--key-file or\n"
+      .. "encryption.key_file), the dump is encrypted: .sql.gz.enc.",
     options = {
       { "--config", "FILE", "configuration file (default ./bkr.yaml, then /etc/bkr/bkr.yaml)" },
       { "--db", "NAME", "database to back up (repeatable; default: from the configuration, else all)", repeatable = true },

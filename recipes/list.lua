@@ -61,8 +61,10 @@ local function describe(entry)
       or (not entry.regular and "not a regular file") or entry.manifest_error,
     future = entry.future or nil,
     encrypted = m.encrypted == true or entry.encrypted == true,
-    -- how it is stored (lib/codec.lua): gzip or zstd
-    compression = entry.storage and entry.storage.algorithm or nil,
+    -- how it is stored (lib/codec.lua): gzip or zstd; plain SQL or pg_dump's custom archive
+    compression = (type(m.compression) == "table" and m.compression.algorithm)
+      or (entry.storage and entry.storage.algorithm) or nil,
+    dump_format = entry.storage and entry.storage.dump_format or nil,
   }
 end
 

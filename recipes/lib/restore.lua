@@ -130,7 +130,7 @@ function restore.choose(dir, db, how)
         if entry.file == name then return entry end
       end
     end
-    cli.usage_error("restore: %s is not a backup in a bkr repository (REPO/daily|weekly|monthly/backup_*.sql.gz)",
+    cli.usage_error("restore: %s is not a backup in a bkr repository (REPO/daily|weekly|monthly/backup_*)",
       how.file)
   end
   -- a name without any backup is a usage error (exit 2) naming those that have some
