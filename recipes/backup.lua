@@ -356,7 +356,7 @@ local server_major = server_num // 10000
 run.pg_dump, run.pg_dump_version = postgres.find_program("pg_dump", server_major, run.cfg)
 if run.storage.dump_format == "custom" then
   local why
-  run.pg_dump_compress, why = codec.pg_dump_compress(run.cfg, postgres.program_version(run.pg_dump))
+  run.pg_dump_compress, why = codec.pg_dump_compress(run.cfg, tonumber(run.pg_dump_version:match("^(%d+)")))
   if not run.pg_dump_compress then cli.usage_error("configuration: %s", why) end
   run.pg_restore = postgres.find_program("pg_restore", server_major, run.cfg)
 end
