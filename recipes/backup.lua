@@ -139,7 +139,7 @@ end
 -- Run a child to its end; nil and what it said when it failed. (An interrupt raises, after
 -- the child is killed: proc.wait.)
 local function run_child(what, spec)
-  local child, err = proc.spawn(spec)
+  local child <close>, err = proc.spawn(spec)
   if not child then return nil, err end
   local ok, how, code = child:wait()
   local said = child:stderr()
@@ -175,7 +175,7 @@ local function dump_database_custom(run, db, path, size)
     argv = { run.pg_restore, "--list", "--file=/dev/null", temporary }, stdout = "null", stderr = "capture",
   })
   if not ok then error("the archive pg_dump wrote does not list: " .. err, 0) end
-  local reader, rerr = proc.spawn{
+  local reader <close>, rerr = proc.spawn{
     argv = { run.pg_restore, "--data-only", "--file=-", temporary }, stdout = "pipe", stderr = "capture",
   }
   if not reader then error(rerr, 0) end

@@ -141,6 +141,12 @@ describe("format: custom", function()
     assert.matches("pg_restore %-j 3", out)
     assert.matches("compare: 3 of 3 tables match", out)
     assert.are.equal(summary(db), summary(target))
+    -- one job: pg_restore in one transaction, into an existing (empty) database
+    local existing = util.new_database("cf_one")
+    out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into " .. existing .. " --jobs 1")
+    assert.are.equal(0, rc, out)
+    assert.matches("pg_restore %-j 1", out)
+    assert.are.equal(summary(db), summary(existing))
     -- --jobs takes a whole number
     out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into x --create --jobs many")
     assert.are.equal(2, rc, out)

@@ -374,7 +374,7 @@ local function pg_restore_into(run, entry, target)
     local argv = { run.pg_restore, "--no-password", "--exit-on-error", "--jobs=" .. jobs,
       "--dbname=" .. dbname_conninfo(target), archive }
     if jobs == 1 then table.insert(argv, 4, "--single-transaction") end
-    local child, err = proc.spawn{ argv = argv, env = config.child_env(run.cfg, target), stdout = "null",
+    local child <close>, err = proc.spawn{ argv = argv, env = config.child_env(run.cfg, target), stdout = "null",
       stderr = "capture" }
     if not child then error(err, 0) end
     local ok, how, code = child:wait()
