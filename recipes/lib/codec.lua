@@ -1,7 +1,8 @@
 -- How a backup file is stored: the one owner of "which compression, which dump format, which
 -- file suffix". Plain SQL is compressed by bkr (gzip or zstd); a custom-format archive
--- (`format: custom`) is compressed by pg_dump itself and stored as it is. Backup, verify, restore, decrypt, list, rotation, drill and repo's name
--- patterns ask here instead of spelling ".sql.gz" or gzip themselves.
+-- (`format: custom`) is compressed by pg_dump itself and stored as it is. Backup, verify,
+-- restore, decrypt, list, rotation, drill and repo's name patterns ask here instead of
+-- spelling ".sql.gz" or gzip themselves.
 --
 --   codec.STORAGES               every way bkr stores a dump, each { name, suffix, dump_format,
 --                                algorithm, levels = {low, high, default} }
@@ -65,7 +66,8 @@ function codec.for_entry(entry)
   local format = m.dump_format or "plain"
   local algorithm = type(m.compression) == "table" and m.compression.algorithm or "gzip"
   for _, candidate in ipairs(codec.STORAGES) do
-    if candidate.dump_format == format and (candidate.algorithm == nil or candidate.algorithm == algorithm) then
+    local same_algorithm = candidate.algorithm == nil or candidate.algorithm == algorithm
+    if candidate.dump_format == format and same_algorithm then
       return candidate
     end
   end
@@ -97,7 +99,8 @@ function codec.pg_dump_compress(cfg, major)
   local algorithm = cfg.compression or "gzip"
   local level = codec.level(codec.named("custom"), cfg)
   if major < PG_DUMP_SINCE[algorithm] then
-    return nil, string.format("format: custom with compression: %s needs pg_dump %d or later; this pg_dump is %d "
+    return nil, string.format("format: custom with compression: %s needs pg_dump %d or later; "
+      .. "this pg_dump is %d "
       .. "(use compression: gzip, or format: plain)", algorithm, PG_DUMP_SINCE[algorithm], major)
   end
   if algorithm == "gzip" then return tostring(level) end

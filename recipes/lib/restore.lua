@@ -388,8 +388,9 @@ local function pg_restore_into(run, entry, target)
   end)
 end
 
--- One pass: file -> (decrypt) -> decompress (gzip or zstd, lib/codec.lua) -> psql. Raises on any failure (nothing committed:
--- psql's single transaction is rolled back when its input stops short). A custom-format
+-- One pass: file -> (decrypt) -> decompress (gzip or zstd, lib/codec.lua) -> psql. Raises on
+-- any failure (nothing committed: psql's single transaction is rolled back when its input
+-- stops short). A custom-format
 -- archive goes to pg_restore -j instead (pg_restore_into).
 function restore.stream_into(run, entry, target)
   local storage = codec.for_entry(entry)
