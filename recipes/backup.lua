@@ -116,7 +116,7 @@ local function dump_database(run, db, path, size)
     dump.table_digests{ name = "tables" },
     stream.tail{ name = "tail", bytes = TAIL_BYTES },
     stream.progress{ label = db, total = size },
-    gzip.compress{ level = run.cfg.compression_level },
+    gzip.compress{ level = run.cfg.compression_level, threads = run.cfg.threads },
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }

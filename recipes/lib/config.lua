@@ -193,6 +193,7 @@ config.schema = section{
   exclude = names_value,
   repository = string_value,
   compression_level = integer_in(0, 9),
+  threads = integer_in(1, 256),  -- compression workers, restore jobs; default: the online cores
   lock_wait_seconds = integer_in(1, 86400),
   retention = section{
     daily = integer_in(0),
