@@ -1,4 +1,4 @@
--- The benchmark's wide rows: :rows notes of 1.5 to 4 KB of text each (about 2.7 KB on average),
+-- The benchmark's wide rows: :rows notes of 2 to 3 KB of text each (2.7 KB on average in the dump),
 -- built from 1024 phrases of made-up words plus a short unique hex tag per sentence, so the
 -- text repeats the way prose and logs do without being one string over and over: gzip -6
 -- compresses it about 3x (the pgbench tables beside it compress about 30x).
