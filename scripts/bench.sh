@@ -212,7 +212,8 @@ for v in bkr_gzip bkr_zstd bkr_enc bkr_custom; do
     fi
 done
 zstd_label="level 3"
-grep -q compression_level "$work/cfg/bkr_zstd.yaml" || zstd_label="bkr's default level"
+[ -f "$work/res/bkr_zstd.na" ] || grep -q compression_level "$work/cfg/bkr_zstd.yaml" \
+    || zstd_label="bkr's default level"
 
 # shellcheck disable=SC2016 # backquotes are Markdown here
 label() {
