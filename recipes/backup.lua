@@ -200,7 +200,7 @@ local function backup_globals(run)
   local stages = {
     child:source{ name = "pg_dumpall" },
     stream.tail{ name = "tail", bytes = TAIL_BYTES },
-    gzip.compress{ level = run.cfg.compression_level },
+    gzip.compress{ level = run.cfg.compression_level, threads = run.cfg.threads },
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
