@@ -127,6 +127,14 @@ void rowsum_release(rowsum *s)
     rowhash_release(&s->row.h);
 }
 
+void rowsum_reset(rowsum *s)
+{
+    s->row.open = 0;
+    s->row.len = 0;
+    s->count = 0;
+    memset(s->sum, 0, sizeof s->sum);
+}
+
 int rowsum_write(rowsum *s, const unsigned char *data, size_t len)
 {
     const unsigned char *p = data, *end = data + len;

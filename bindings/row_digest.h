@@ -62,6 +62,9 @@ typedef struct rowsum {
 int rowsum_init(rowsum *s);
 void rowsum_release(rowsum *s);
 
+/* Start again from no rows, keeping the hash context (for the next table). */
+void rowsum_reset(rowsum *s);
+
 /* Add bytes: each "\n" ends a row. 0, or -1 when SHA-256 failed (reason on OpenSSL's queue). */
 int rowsum_write(rowsum *s, const unsigned char *data, size_t len);
 
