@@ -215,8 +215,10 @@ static void dg_copy_end(PGconn *c, dg_table *t, const rowsum *sum)
     pg_drain(c);
 }
 
-/* Read one table. Returns 0 (t->done set: its digest or its error), or -2 when interrupted:
- * the COPY was cancelled on the server, and the connection is only fit to be closed. */
+/* Read one table. Returns 0 (t->done set: its digest or its error); -1 when, besides, the
+ * connection is no longer usable (a read failed in the middle of the COPY); -2 when
+ * interrupted: the COPY was cancelled on the server, and the connection is only fit to be
+ * closed. */
 static int dg_copy(PGconn *c, dg_table *t, rowsum *sum)
 {
     char msg[PG_MSG];
@@ -263,7 +265,7 @@ static int dg_copy(PGconn *c, dg_table *t, rowsum *sum)
             int ev = pg_poll(c, POLLIN, 250);
             if (ev != 0 && !PQconsumeInput(c)) {
                 dg_table_error(t, pg_connmsg(c, msg, sizeof msg), NULL);
-                return 0;
+                return -1;
             }
         } else if (r == -1) {
             if (pg_await(c, 0) < 0) {
@@ -276,7 +278,7 @@ static int dg_copy(PGconn *c, dg_table *t, rowsum *sum)
             return 0;
         } else {
             dg_table_error(t, pg_connmsg(c, msg, sizeof msg), NULL);
-            return 0;
+            return -1;
         }
     }
 }
@@ -332,12 +334,13 @@ static void *dg_worker(void *arg)
         pthread_mutex_unlock(&job->lock);
         if (!t)
             break;
-        if (dg_copy(c, t, &sum) == -2) {
+        int done = dg_copy(c, t, &sum);
+        if (done == -2) {
             dg_interrupt(job);
             break;
         }
-        if (PQstatus(c) == CONNECTION_BAD)
-            break; /* the server went away: the other workers take the rest */
+        if (done < 0 || PQstatus(c) == CONNECTION_BAD)
+            break; /* this connection is lost: the other workers take the rest */
     }
     if (c)
         PQfinish(c);

@@ -151,6 +151,20 @@ describe("conn:digest_tables", function()
     assert.are.same({}, conn:digest_tables({}))
   end)
 
+  it("when the server ends a connection, fails the table it was reading; the other connections read the rest", function()
+    local conn <close> = connect(db)
+    local kill = "select pg_terminate_backend(pg_backend_pid())"
+    local medium = "copy public.medium (k, v) to stdout"
+    local found = assert(conn:digest_tables({ kill, medium, medium, medium }, { jobs = 2 }))
+    assert.are.equal("57P01", found[1].sqlstate)
+    assert.matches("terminating connection", found[1].error, 1, true)
+    for i = 2, 4 do assert.are.equal(3000, found[i].rows) end
+    -- with no connection left, the tables not read yet are failures too, not a raised error
+    found = assert(conn:digest_tables({ kill, medium }, { jobs = 1 }))
+    assert.are.equal("57P01", found[1].sqlstate)
+    assert.are.same({ error = "pg.digest_tables: not read: every connection to the server was lost" }, found[2])
+  end)
+
   it("returns nil, message, 'io' when a connection cannot be made, naming no password", function()
     psql("drop role if exists cmp_limited; create role cmp_limited login connection limit 1")
     psql("grant select on all tables in schema public to cmp_limited", db)
