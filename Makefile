@@ -4,7 +4,7 @@
 #   make demo         install missing packages, start a throwaway PostgreSQL, run the main job end to end
 #   make check-asan   build with AddressSanitizer + UndefinedBehaviorSanitizer and run the suite with it
 #   make fuzz         run every libFuzzer target in tests/fuzz/ (FUZZ_SECONDS each)
-#   make bench        throughput and peak memory against pg_dump | gzip
+#   make bench        backup and restore time, size and peak memory against pg_dump | gzip, pigz, pg_restore
 #   make install PREFIX=/usr/local [DESTDIR=...] / make uninstall
 
 PREFIX ?= /usr/local

@@ -19,7 +19,8 @@
  *
  * The digest (docs/api/dump.md, part of the manifest format): every row's SHA-256, read as a
  * 256-bit big-endian unsigned integer, summed modulo 2^256, as 64 lowercase hex digits. A sum
- * rather than XOR, so that duplicate rows count.
+ * rather than XOR, so that duplicate rows count. Its one implementation is row_digest.c,
+ * shared with bkr.pg's parallel comparison (conn:digest_tables).
  *
  * Recognising COPY sections. pg_dump writes every table's data as a TOC entry: a comment
  * block whose name line reads "-- Data for Name: T; Type: TABLE DATA; Schema: S; Owner: O",
@@ -42,6 +43,7 @@
 #include <openssl/evp.h>
 
 #include "bkr.h"
+#include "row_digest.h"
 #include "stream.h"
 
 /*
@@ -58,127 +60,7 @@
 #define TABLE_DATA "; Type: TABLE DATA; "
 #define COPY_PREFIX "COPY "
 
-/* ================================================================ the digest */
-
-/* SHA-256 of one row at a time, reusing one context, and the running sum. */
-typedef struct rowhash {
-    EVP_MD *md;
-    EVP_MD_CTX *ctx;
-} rowhash;
-
-static int rowhash_init(rowhash *h)
-{
-    h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    h->ctx = EVP_MD_CTX_new();
-    if (h->md == NULL || h->ctx == NULL) {
-        ERR_clear_error();
-        return -1;
-    }
-    return 0;
-}
-
-static void rowhash_release(rowhash *h)
-{
-    EVP_MD_CTX_free(h->ctx);
-    EVP_MD_free(h->md);
-    h->ctx = NULL;
-    h->md = NULL;
-}
-
-/* The sum is four 64-bit limbs, least significant first. */
-static void sum_add_limbs(uint64_t sum[4], const uint64_t add[4])
-{
-    unsigned carry = 0;
-    for (int i = 0; i < 4; i++) {
-        uint64_t a = sum[i] + add[i];
-        unsigned c1 = a < add[i];
-        uint64_t b = a + carry;
-        unsigned c2 = b < a;
-        sum[i] = b;
-        carry = c1 | c2;
-    }
-}
-
-/* Add a 32-byte digest read as a big-endian number. */
-static void sum_add_digest(uint64_t sum[4], const unsigned char d[32])
-{
-    uint64_t add[4];
-    for (int i = 0; i < 4; i++) {
-        const unsigned char *p = d + 8 * (3 - i);
-        uint64_t v = 0;
-        for (int j = 0; j < 8; j++)
-            v = v << 8 | p[j];
-        add[i] = v;
-    }
-    sum_add_limbs(sum, add);
-}
-
-static void sum_hex(const uint64_t sum[4], char out[65])
-{
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 4; i++) {
-        uint64_t v = sum[3 - i];
-        for (int j = 0; j < 16; j++)
-            out[16 * i + j] = digits[(v >> (60 - 4 * j)) & 15];
-    }
-    out[64] = '\0';
-}
-
-/* 64 hex digits (either case) into limbs; -1 if s is not exactly that. */
-static int sum_parse(const char *s, size_t len, uint64_t sum[4])
-{
-    if (len != 64)
-        return -1;
-    for (int i = 0; i < 4; i++) {
-        uint64_t v = 0;
-        for (int j = 0; j < 16; j++) {
-            char c = s[16 * i + j];
-            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                  : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-            if (d < 0)
-                return -1;
-            v = v << 4 | (uint64_t)d;
-        }
-        sum[3 - i] = v;
-    }
-    return 0;
-}
-
-/*
- * Rows arriving in pieces: row_start, row_bytes for each piece, row_end. The first two
- * bytes and the length are kept so that the filter can recognise the "\." terminator.
- */
-typedef struct rowstate {
-    rowhash h;
-    int open;               /* a row has started and its newline not yet seen */
-    size_t len;
-    unsigned char head[2];
-} rowstate;
-
-static int row_start(rowstate *r)
-{
-    r->open = 1;
-    r->len = 0;
-    return EVP_DigestInit_ex2(r->h.ctx, r->h.md, NULL) == 1 ? 0 : -1;
-}
-
-static int row_bytes(rowstate *r, const unsigned char *p, size_t n)
-{
-    for (size_t i = 0; r->len + i < 2 && i < n; i++)
-        r->head[r->len + i] = p[i];
-    r->len += n;
-    return n == 0 || EVP_DigestUpdate(r->h.ctx, p, n) == 1 ? 0 : -1;
-}
-
-static int row_end(rowstate *r, uint64_t sum[4])
-{
-    unsigned char d[EVP_MAX_MD_SIZE];
-    r->open = 0;
-    if (EVP_DigestFinal_ex(r->h.ctx, d, NULL) != 1)
-        return -1;
-    sum_add_digest(sum, d);
-    return 0;
-}
+/* ================================================================ the digest (row_digest.c) */
 
 static int ssl_failed(bkr_error *err)
 {
@@ -576,7 +458,7 @@ static void push_table(lua_State *L, const table *tab)
     lua_setfield(L, -2, "columns");
     lua_pushinteger(L, (lua_Integer)tab->rows);
     lua_setfield(L, -2, "rows");
-    sum_hex(tab->sum, hex);
+    row_digest_hex(tab->sum, hex);
     lua_pushstring(L, hex);
     lua_setfield(L, -2, "digest");
 }
@@ -613,46 +495,29 @@ static int dump_table_digests(lua_State *L)
 /* ================================================================ row_digest sink */
 
 typedef struct rows {
-    rowstate row;
-    uint64_t count;
-    uint64_t sum[4];
+    rowsum sum;
     int finished;
 } rows;
 
 static void rows_free(void *self)
 {
     rows *r = self;
-    rowhash_release(&r->row.h);
+    rowsum_release(&r->sum);
     free(r);
 }
 
 static int rows_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
 {
     rows *r = self;
-    const unsigned char *p = data, *end = data + len;
-    while (p < end) {
-        if (!r->row.open && row_start(&r->row) != 0)
-            return ssl_failed(err);
-        const unsigned char *nl = memchr(p, '\n', (size_t)(end - p));
-        const unsigned char *stop = nl ? nl : end;
-        if (row_bytes(&r->row, p, (size_t)(stop - p)) != 0)
-            return ssl_failed(err);
-        if (nl == NULL)
-            break;
-        p = nl + 1;
-        if (row_end(&r->row, r->sum) != 0)
-            return ssl_failed(err);
-        r->count++;
-    }
-    return 0;
+    return rowsum_write(&r->sum, data, len) == 0 ? 0 : ssl_failed(err);
 }
 
 static int rows_finish(void *self, bkr_error *err)
 {
     rows *r = self;
-    if (r->row.open)
+    if (rowsum_open(&r->sum))
         return bkr_error_kind(err, BKR_KIND_TRUNCATED, "input ends inside row %llu (no newline after it)",
-                             (unsigned long long)r->count + 1);
+                             (unsigned long long)r->sum.count + 1);
     r->finished = 1;
     return 0;
 }
@@ -664,9 +529,9 @@ static int rows_result(void *self, lua_State *L)
     if (!r->finished)
         return 0;
     lua_createtable(L, 0, 2);
-    lua_pushinteger(L, (lua_Integer)r->count);
+    lua_pushinteger(L, (lua_Integer)r->sum.count);
     lua_setfield(L, -2, "rows");
-    sum_hex(r->sum, hex);
+    row_digest_hex(r->sum.sum, hex);
     lua_pushstring(L, hex);
     lua_setfield(L, -2, "digest");
     return 1;
@@ -682,7 +547,7 @@ static int dump_row_digest(lua_State *L)
     const char *name = bkr_stage_optname(L, 1);
     bkr_stage *st = bkr_stage_new(L, &rows_ops);
     rows *r = calloc(1, sizeof *r);
-    if (r == NULL || rowhash_init(&r->row.h) != 0) {
+    if (r == NULL || rowsum_init(&r->sum) != 0) {
         if (r != NULL)
             rows_free(r);
         return luaL_error(L, "dump.row_digest: cannot set up SHA-256");
@@ -720,7 +585,7 @@ static int dump_digest_rows(lua_State *L)
     if (!ok)
         return luaL_error(L, "dump.digest_rows: SHA-256 failed");
     char hex[65];
-    sum_hex(sum, hex);
+    row_digest_hex(sum, hex);
     lua_pushstring(L, hex);
     return 1;
 }
@@ -733,11 +598,11 @@ static int dump_digest_add(lua_State *L)
         size_t len;
         uint64_t add[4];
         const char *s = luaL_checklstring(L, i, &len);
-        luaL_argcheck(L, sum_parse(s, len, add) == 0, i, "digest must be 64 hex digits");
-        sum_add_limbs(sum, add);
+        luaL_argcheck(L, row_digest_parse(s, len, add) == 0, i, "digest must be 64 hex digits");
+        row_digest_add(sum, add);
     }
     char hex[65];
-    sum_hex(sum, hex);
+    row_digest_hex(sum, hex);
     lua_pushstring(L, hex);
     return 1;
 }

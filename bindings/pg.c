@@ -26,6 +26,9 @@
  *   conn:copy_out(sql[, opts])      -> source stage | nil, msg[, sqlstate]   (COPY ... TO STDOUT)
  *   conn:copy_in(sql[, opts])       -> sink stage | nil, msg[, sqlstate]     (COPY ... FROM STDIN)
  *       opts.name: key of the stage's result ({rows=, command=}) in stream.run's result table.
+ *   conn:digest_tables(copies[, opts]) -> results | nil, msg, kind
+ *       row counts and row digests of many COPY ... TO STDOUT statements, on opts.jobs worker
+ *       threads with connections of their own (pg_digest.c has the details).
  *   conn:close()                    also __gc and __close; a second close is harmless.
  *
  * Every blocking wait polls the socket and gives up with "<who>: interrupted" once
@@ -33,8 +36,8 @@
  * connection stays usable. The one exception is an exec with cleanup_timeout.
  *
  * This file holds the connection, its socket waits, queries and the module; the COPY stages
- * are in pg_copy.c (sharing pg_internal.h), and the masking of passwords in messages in
- * pg_redact.c.
+ * are in pg_copy.c (sharing pg_internal.h), the parallel table digests in pg_digest.c, and the
+ * masking of passwords in messages in pg_redact.c.
  */
 
 #include <errno.h>
@@ -430,6 +433,41 @@ static int pg_option_int(PGconn *c, const char *keyword)
     return v;
 }
 
+/* Finish a connection PQconnectStart* began: 0 when connected, -1 with the reason in msg, -2
+ * once bkr_interrupted(). connect_timeout bounds the whole attempt. No Lua: worker threads
+ * (pg_digest.c) connect with it too. */
+int pg_connect_wait(PGconn *c, char *msg, size_t cap)
+{
+    if (PQstatus(c) == CONNECTION_BAD) {
+        pg_connmsg(c, msg, cap);
+        return -1;
+    }
+    int timeout = pg_option_int(c, "connect_timeout");
+    double deadline = timeout > 0 ? bkr_monotonic() + (timeout < 2 ? 2 : timeout) : 0;
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+        if (bkr_interrupted())
+            return -2;
+        if (deadline > 0 && bkr_monotonic() > deadline) {
+            snprintf(msg, cap, "timeout expired");
+            return -1;
+        }
+        int ev = pg_poll(c, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, 250);
+        if (ev == 0)
+            continue;
+        if (ev < 0) {
+            snprintf(msg, cap, "lost the connection's socket");
+            return -1;
+        }
+        ps = PQconnectPoll(c);
+    }
+    if (ps == PGRES_POLLING_FAILED || PQstatus(c) != CONNECTION_OK) {
+        pg_connmsg(c, msg, cap);
+        return -1;
+    }
+    return 0;
+}
+
 /* A conninfo table value as a string pushed on the stack. */
 static const char *pg_optvalue(lua_State *L, int idx, const char *key)
 {
@@ -525,40 +563,13 @@ static int pg_connect(lua_State *L)
     PQsetNoticeProcessor(c, pg_notice, pc);
 
     char msg[PG_MSG];
-    int failed = 0;
-    if (PQstatus(c) == CONNECTION_BAD) {
-        failed = 1;
-        pg_connmsg(c, msg, sizeof msg);
-    } else {
-        int timeout = pg_option_int(c, "connect_timeout");
-        double deadline = timeout > 0 ? bkr_monotonic() + (timeout < 2 ? 2 : timeout) : 0;
-        PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
-        while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
-            if (bkr_interrupted()) {
-                pc->conn = NULL;
-                PQfinish(c);
-                return bkr_raise_interrupted(L, "pg.connect");
-            }
-            if (deadline > 0 && bkr_monotonic() > deadline) {
-                failed = 1;
-                snprintf(msg, sizeof msg, "timeout expired");
-                break;
-            }
-            int ev = pg_poll(c, ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, 250);
-            if (ev == 0)
-                continue;
-            if (ev < 0) {
-                failed = 1;
-                snprintf(msg, sizeof msg, "lost the connection's socket");
-                break;
-            }
-            ps = PQconnectPoll(c);
-        }
-        if (!failed && (ps == PGRES_POLLING_FAILED || PQstatus(c) != CONNECTION_OK)) {
-            failed = 1;
-            pg_connmsg(c, msg, sizeof msg);
-        }
+    int rc = pg_connect_wait(c, msg, sizeof msg);
+    if (rc == -2) {
+        pc->conn = NULL;
+        PQfinish(c);
+        return bkr_raise_interrupted(L, "pg.connect");
     }
+    int failed = rc != 0;
     if (failed) {
         pc->conn = NULL;
         PQfinish(c);
@@ -911,6 +922,7 @@ static const luaL_Reg pgconn_methods[] = {
     { "notices", pgconn_notices },
     { "copy_out", pgconn_copy_out },
     { "copy_in", pgconn_copy_in },
+    { "digest_tables", pgconn_digest_tables },
     { "close", pgconn_close },
     { NULL, NULL },
 };
@@ -942,6 +954,7 @@ static void createmeta(lua_State *L)
     bkr_createmeta(L, BKR_PGCONN, pgconn_metamethods, pgconn_methods);
     bkr_createmeta(L, BKR_PGRESULT, pgresult_metamethods, NULL);
     bkr_createmeta(L, BKR_PGMEM, pgmem_metamethods, NULL);
+    pg_digest_createmeta(L);
 }
 
 int luaopen_bkr_pg(lua_State *L)

@@ -3,7 +3,7 @@
  * wait on its socket, describe its failures, and check the arguments of its methods.
  *
  * pg.c owns the connection (pg.connect, queries, the module) and defines every helper below;
- * pg_copy.c builds the COPY stages on top of them. Nothing outside bkr.pg includes this.
+ * pg_copy.c builds the COPY stages on top of them, pg_digest.c the parallel table digests. Nothing outside bkr.pg includes this.
  */
 #ifndef BKR_PG_INTERNAL_H
 #define BKR_PG_INTERNAL_H
@@ -57,6 +57,10 @@ const char *pg_sqlstate(const PGresult *res);
 
 /* ---- Waiting on the socket; every wait gives up once bkr_interrupted() is true ---- */
 
+/* Finish a connection PQconnectStart* began: 0 when connected, -1 with libpq's reason in msg
+ * (not redacted: the caller masks the password), -2 once interrupted. connect_timeout bounds
+ * the whole attempt. No Lua calls: safe on a worker thread. */
+int pg_connect_wait(PGconn *c, char *msg, size_t cap);
 
 /* Poll the connection's socket for events: revents, 0 on timeout or signal, -1 on error. */
 int pg_poll(PGconn *c, short events, int timeout_ms);
@@ -80,5 +84,12 @@ void pg_drain(PGconn *c);
 
 int pgconn_copy_out(lua_State *L);
 int pgconn_copy_in(lua_State *L);
+
+/* ---- Many tables' row digests on worker threads (pg_digest.c), a method of bkr.pg.Conn ---- */
+
+int pgconn_digest_tables(lua_State *L);
+
+/* Create the metatable of pg_digest.c's internal userdata (luaopen_bkr_pg calls it). */
+void pg_digest_createmeta(lua_State *L);
 
 #endif

@@ -12,7 +12,6 @@
  *   proc.run{ argv = {...}, env = {...}, cwd = "dir", input = "stdin bytes" }
  *       -> { ok = bool, how = "exit"|"signal", code = n, stdout = s, stderr = s,
  *            stdout_truncated = bool } | nil, msg
- *   proc.cpu_count()   -> the processors bkr may run on (affinity mask), at least 1
  *   p:pid()            -> integer
  *   p:wait()           -> true|nil, "exit"|"signal", n   (like os.execute; cached)
  *                         raises "proc.wait: interrupted" after killing the child
@@ -34,7 +33,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -660,20 +658,6 @@ static int m_sink(lua_State *L)
     return 1;
 }
 
-/* The processors this process may run on (its affinity mask, as nproc(1) counts them):
- * the default number of parallel jobs (pg_restore -j). At least 1. */
-static int l_cpu_count(lua_State *L)
-{
-    long n = 0;
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0)
-        n = CPU_COUNT(&set);
-    if (n < 1)
-        n = sysconf(_SC_NPROCESSORS_ONLN);
-    lua_pushinteger(L, n < 1 ? 1 : n);
-    return 1;
-}
-
 /* ===================================================================== */
 /* Registration                                                           */
 /* ===================================================================== */
@@ -694,7 +678,6 @@ static const luaL_Reg proc_meta[] = {
 static const luaL_Reg proc_funcs[] = {
     { "spawn", l_spawn },
     { "run", l_run },
-    { "cpu_count", l_cpu_count },
     { NULL, NULL },
 };
 

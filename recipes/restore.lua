@@ -46,7 +46,7 @@ local options = cli.parse({ ... }, {
     { "--dry-run", nil, "print which backup would be used and its verification state, then stop" },
     { "--force", nil, "restore even though TARGET has active connections (--replace)" },
     { "--no-compare", nil, "skip the table-by-table comparison afterwards" },
-    { "--jobs", "N", "parallel pg_restore jobs for a custom-format backup (default: threads, else the processors)" },
+    { "--jobs", "N", "parallel pg_restore jobs for a custom-format backup (default: threads, else the online cores)" },
     { "--repo", "DIR", "repository directory (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
     { "--key-file", "FILE", "key for encrypted backups (overrides encryption.key_file)" },

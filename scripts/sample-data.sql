@@ -1,4 +1,4 @@
--- A small supplier-invoice database for the demo and the benchmark.
+-- A small supplier-invoice database for the demo (`make demo`).
 create schema if not exists billing;
 create table billing.suppliers (
     id serial primary key,

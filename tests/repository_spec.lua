@@ -451,3 +451,31 @@ describe("an interrupted backup", function()
     end
   end)
 end)
+
+describe("a repository given as a URL", function()
+  it("is refused with exit 2 by every command, and nothing is created under the working directory", function()
+    local cwd = util.scratch("url-cwd")
+    local cfg = cwd .. "/bkr.yaml"
+    util.write(cfg, "repository: s3://bkr/from-config\n")
+    for _, case in ipairs({
+      { "backup --repo s3://bkr/site1 --db postgres", "s3://bkr/site1", "s3" },
+      { "backup --create-repo --repo s3://bkr/site1 --db postgres", "s3://bkr/site1", "s3" },
+      { "init --repo S3://bkr/site1", "S3://bkr/site1", "s3" },
+      { "list --repo sftp://host/backups", "sftp://host/backups", "sftp" },
+      { "verify --latest --repo file:///var/backups/bkr", "file:///var/backups/bkr", "file" },
+      { "rotate --repo s3://bkr/site1", "s3://bkr/site1", "s3" },
+      { "restore --repo s3://bkr/site1 --db x --into y", "s3://bkr/site1", "s3" },
+      { "drill --repo s3://bkr/site1", "s3://bkr/site1", "s3" },
+      { "backup --config " .. q(cfg) .. " --db postgres", "s3://bkr/from-config", "s3" },
+    }) do
+      local out, rc = util.sh("cd " .. q(cwd) .. " && " .. q(util.bkr_bin()) .. " " .. case[1] .. " 2>&1")
+      assert.are.equal(2, rc, case[1] .. ": " .. out)
+      assert.matches("repository " .. case[2]:gsub("%p", "%%%0") .. ": bkr does not support " .. case[3]
+        .. ":// repositories", out, 1, false)
+    end
+    local out, rc = util.sh("cd " .. q(cwd) .. " && " .. q(util.bkr_bin()) .. " check --repo s3://bkr/site1 2>&1")
+    assert.are.equal(3, rc, out) -- check's UNKNOWN: no verdict
+    assert.matches("does not support s3:// repositories", out)
+    assert.are.same({ "bkr.yaml" }, util.listdir(cwd))
+  end)
+end)

@@ -17,6 +17,7 @@
 --   codec.decompress(storage)    the decompressing filter stage, named "decompress"
 --   codec.facts(storage, cfg)    what the manifest says: compression = {algorithm, level}
 --   codec.level(storage, cfg)    the level a run uses: compression_level, else the default
+--   codec.threads(cfg)           worker threads: `threads`, else the online cores
 local codec = {}
 
 -- Plain SQL from pg_dump (and every globals file), compressed by bkr. The levels are those
@@ -107,15 +108,21 @@ function codec.pg_dump_compress(cfg, major)
   return algorithm .. ":" .. level
 end
 
--- Compression on worker threads: zstd's own (ZSTD_c_nbWorkers), when the configuration
--- gives `threads`; gzip's stage takes what it takes.
+-- The worker threads of compression and restores: `threads`, else the online cores (whose
+-- one owner is bkr.gzip's default_threads).
+function codec.threads(cfg)
+  return cfg.threads or require("bkr.gzip").default_threads()
+end
+
+-- Compression on `threads` worker threads: gzip in 1 MiB blocks through libdeflate, zstd
+-- with its own workers (ZSTD_c_nbWorkers).
 function codec.compress(storage, cfg)
   assert(storage.dump_format == "plain", "codec.compress: a custom archive is compressed by pg_dump")
   local level = codec.level(storage, cfg)
   if storage.algorithm == "zstd" then
-    return require("bkr.zstd").compress{ name = "compress", level = level, threads = cfg.threads or 0 }
+    return require("bkr.zstd").compress{ name = "compress", level = level, threads = codec.threads(cfg) }
   end
-  return require("bkr.gzip").compress{ name = "compress", level = level }
+  return require("bkr.gzip").compress{ name = "compress", level = level, threads = cfg.threads }
 end
 
 function codec.decompress(storage)

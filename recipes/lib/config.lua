@@ -216,6 +216,7 @@ config.schema = section{
   compression = one_of(codec.ALGORITHMS),
   format = one_of(codec.DUMP_FORMATS),   -- plain SQL, or pg_dump's custom archive (docs/backup.md)
   compression_level = any_integer,   -- its range depends on compression: check_compression_level
+  threads = integer_in(1, 256),  -- compression workers, restore jobs; default: the online cores
   lock_wait_seconds = integer_in(1, 86400),
   retention = section{
     daily = integer_in(0),
@@ -369,10 +370,22 @@ function config.load(options, how)
   if cfg.databases ~= "all" then config.check_smoke_query_databases(cfg, cfg.databases) end
   cfg.file = path
   if options.repo then cfg.repository = options.repo end
+  config.check_repository_form(cfg.repository)
   if options.db then cfg.databases = unique(options.db) end
   require("lib.logging").configure(cfg)
   if cfg.notify and not (how and how.notify == false) then require("lib.notify").arm(cfg) end
   return cfg
+end
+
+-- A repository is a local directory. A URL (s3://bucket/prefix, file://, sftp://...) is refused
+-- before anything uses it: taken as a path, "s3://bkr/site1" would quietly become a local
+-- directory "s3:" beside the working directory, and the admin would believe the backups off-site.
+function config.check_repository_form(value)
+  if type(value) ~= "string" then return end
+  local scheme = value:match("^(%a[%w+.-]*)://")
+  if not scheme then return end
+  cli.usage_error("repository %s: bkr does not support %s:// repositories; give a local directory "
+    .. "(an absolute path such as /var/backups/bkr)", cli.printable(value), cli.printable(scheme:lower()))
 end
 
 -- The repository, or a usage error saying how to give one.

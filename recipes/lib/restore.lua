@@ -351,9 +351,9 @@ function restore.with_archive(run, entry, fn)
   return fn(path, result.bytes_out)
 end
 
--- How many pg_restore jobs: --jobs, else the configuration's threads, else the processors.
+-- How many pg_restore jobs: --jobs, else the configuration's threads, else the online cores.
 function restore.jobs(run)
-  return run.jobs or run.cfg.threads or proc.cpu_count()
+  return run.jobs or codec.threads(run.cfg)
 end
 
 -- "dbname='NAME'" for pg_restore --dbname, which takes a conninfo: a name is never given raw
@@ -548,49 +548,61 @@ end
 
 -- ------------------------------------------------------------------ checks after
 
--- pg_dump's session settings, so COPY writes rows exactly as in the dump.
+-- pg_dump's session settings, so COPY writes rows exactly as in the dump: the SQL that sets them.
 local function dump_session(conn, manifest)
   local properties = manifest.database_properties
   local encoding = properties and properties.encoding or "UTF8"
   local sql = "set client_encoding = " .. conn:escape_literal(encoding)
     .. "; set datestyle = iso; set intervalstyle = postgres; set extra_float_digits = 3"
   if manifest.dump_timezone then sql = sql .. "; set timezone = " .. conn:escape_literal(manifest.dump_timezone) end
-  assert(conn:exec(sql))
+  return sql
 end
 
--- Every table of the manifest, read back with COPY through the native digest sink.
--- Returns a list of { table = "schema.name", rows =, digest =, ok =, reason = }.
+-- The statement that reads a manifest table back as the dump wrote it: its columns, in order.
+local function copy_statement(conn, t)
+  local qualified = conn:escape_identifier(t.schema) .. "." .. conn:escape_identifier(t.name)
+  local columns = {}
+  for i, c in ipairs(t.columns or {}) do columns[i] = conn:escape_identifier(c) end
+  return "copy " .. qualified .. (#columns > 0 and (" (" .. table.concat(columns, ", ") .. ")") or "")
+    .. " to stdout"
+end
+
+-- A table as found ({ rows =, digest = } or { error = }) against the manifest's entry.
+local function judge_table(t, found)
+  local item = { table = t.schema .. "." .. t.name, expected_rows = t.rows }
+  if found.error then
+    item.reason = found.error
+  else
+    item.rows, item.digest = found.rows, found.digest
+    if item.rows ~= t.rows then
+      item.reason = string.format("%s, the backup has %d", cli.plural(item.rows, "row", "rows"), t.rows)
+    elseif item.digest ~= t.digest then
+      item.reason = string.format("same %s but different contents (digest %s, backup %s)",
+        cli.plural(item.rows, "row", "rows"), item.digest:sub(1, 12), t.digest:sub(1, 12))
+    end
+  end
+  item.ok = item.reason == nil
+  return item
+end
+
+-- Every table of the manifest, read back with COPY and digested in C on `run.cfg.threads`
+-- connections and threads at once (default: one per online CPU), biggest tables first.
+-- Returns a list, in manifest order, of { table = "schema.name", rows =, digest =, ok =,
+-- reason =, expected_rows = }. A table that cannot be read is a difference with its reason;
+-- a connection that cannot be made fails the run.
 function restore.compare_tables(run, target, manifest)
   local conn <close> = postgres.connect(run.cfg, target)
-  dump_session(conn, manifest)
-  local results = {}
-  for _, t in ipairs(manifest.tables or {}) do
-    local qualified = conn:escape_identifier(t.schema) .. "." .. conn:escape_identifier(t.name)
-    local columns = {}
-    for i, c in ipairs(t.columns or {}) do columns[i] = conn:escape_identifier(c) end
-    local sql = "copy " .. qualified .. (#columns > 0 and (" (" .. table.concat(columns, ", ") .. ")") or "")
-      .. " to stdout"
-    local item = { table = t.schema .. "." .. t.name, expected_rows = t.rows }
-    local source, err = conn:copy_out(sql)
-    if not source then
-      item.reason = err
-    else
-      local ok, result = pcall(stream.run, { source, dump.row_digest{ name = "rows" } })
-      if not ok then
-        item.reason = tostring(result)
-      else
-        item.rows, item.digest = result.rows.rows, result.rows.digest
-        if item.rows ~= t.rows then
-          item.reason = string.format("%s, the backup has %d", cli.plural(item.rows, "row", "rows"), t.rows)
-        elseif item.digest ~= t.digest then
-          item.reason = string.format("same %s but different contents (digest %s, backup %s)",
-            cli.plural(item.rows, "row", "rows"), item.digest:sub(1, 12), t.digest:sub(1, 12))
-        end
-      end
-    end
-    item.ok = item.reason == nil
-    results[#results + 1] = item
+  local tables = manifest.tables or {}
+  local copies, sizes = {}, {}
+  for i, t in ipairs(tables) do
+    copies[i], sizes[i] = copy_statement(conn, t), t.rows
   end
+  local found, err = conn:digest_tables(copies, {
+    jobs = run.cfg and run.cfg.threads, session = dump_session(conn, manifest), sizes = sizes,
+  })
+  if not found then cli.fail(cli.EXIT_FAILED, "compare: %s", err) end
+  local results = {}
+  for i, t in ipairs(tables) do results[i] = judge_table(t, found[i]) end
   return results
 end
 
