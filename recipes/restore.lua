@@ -25,6 +25,7 @@ local config = require "lib.config"
 local repo = require "lib.repo"
 local keys = require "lib.keys"
 local restore = require "lib.restore"
+local codec = require "lib.codec"
 local logging = require "lib.logging"
 
 local options = cli.parse({ ... }, {
@@ -216,6 +217,13 @@ end
 local function stream_into_database(job)
   local ok, result = pcall(restore.stream_into, job.run, job.entry, job.into)
   if not ok then
+    -- pg_restore with several jobs commits as it goes: only a database this run made (and
+    -- drops again) is sure to hold nothing of it
+    local parallel = codec.for_entry(job.entry).dump_format == "custom" and restore.jobs(job.run) > 1
+    if parallel and not job.created then
+      abandon(job, cli.EXIT_FAILED, "restore: failed; pg_restore -j %d may have left part of the backup in %s: %s",
+        restore.jobs(job.run), job.into, cli.detail(result))
+    end
     abandon(job, cli.EXIT_FAILED, "restore: failed, nothing was committed: %s", cli.detail(result))
   end
   logging.step("stream_into_database", { into = job.into, bytes = result.bytes_out, seconds = result.elapsed,

@@ -147,6 +147,12 @@ describe("format: custom", function()
     assert.are.equal(0, rc, out)
     assert.matches("pg_restore %-j 1", out)
     assert.are.equal(summary(db), summary(existing))
+    -- into a database that is not empty, pg_restore -j fails, and the message does not claim
+    -- that nothing was committed
+    local busy = util.new_database("cf_busy", "create table t (id int);")
+    out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into " .. busy .. " --jobs 2")
+    assert.are.equal(1, rc, out)
+    assert.matches("pg_restore %-j 2 may have left part of the backup in " .. busy, out)
     -- --jobs takes a whole number
     out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into x --create --jobs many")
     assert.are.equal(2, rc, out)
