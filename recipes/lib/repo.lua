@@ -3,7 +3,8 @@
 --   REPO/.lock                                   held by a run that writes or rotates
 --   REPO/bkr.log                                 one JSON line per database per run
 --   REPO/<type>/backup_YYYYMMDD_HHMMSS_<db>.sql.gz        the dump (type: daily|weekly|monthly);
---       .sql.zst with `compression: zstd`: lib/codec.lua owns the suffixes, all of them are found
+--       .sql.zst with `compression: zstd`, .dump (pg_dump's archive) with `format: custom`:
+--       lib/codec.lua owns the suffixes, and every one of them is found
 --   REPO/<type>/backup_..._<db>.sql.gz.sha256              sidecar for `sha256sum -c`
 --   REPO/<type>/backup_..._<db>.sql.gz.json                manifest (docs/manifest.md)
 --   REPO/<type>/globals_YYYYMMDD_HHMMSS.sql.gz (+ .sha256, .json)   roles and tablespaces
