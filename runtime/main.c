@@ -348,6 +348,7 @@ static void preload_modules(lua_State *L)
         {"bkr.dump", luaopen_bkr_dump},
         {"bkr.crypto", luaopen_bkr_crypto},
         {"bkr.curl", luaopen_bkr_curl},
+        {"bkr.s3", luaopen_bkr_s3},
         {NULL, NULL},
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
