@@ -293,19 +293,21 @@ int s3_request_prepare(s3_request *req, bkr_error *err)
         PAIR("x-amz-security-token", cfg->session_token);
     if (req->content_md5 != NULL)
         PAIR("content-md5", req->content_md5);
-    if (req->range_from > 0) {
-        snprintf(range, sizeof range, "bytes=%lld-", (long long)req->range_from);
-        PAIR("range", range);
-    }
-    if (req->if_match != NULL && req->if_match[0] != '\0')
-        PAIR("if-match", req->if_match);
 #undef PAIR
     for (size_t i = 0; i < req->nextra && n < sizeof h / sizeof h[0]; i++)
         h[n++] = req->extra[i];
+    size_t nsigned = n;
+    /* Range and If-Match go unsigned (S3 does not ask for them to be signed) */
+    if (req->range_from > 0) {
+        snprintf(range, sizeof range, "bytes=%lld-", (long long)req->range_from);
+        h[n++] = (s3_pair){ "range", range, 5, strlen(range) };
+    }
+    if (req->if_match != NULL && req->if_match[0] != '\0')
+        h[n++] = (s3_pair){ "if-match", req->if_match, 8, strlen(req->if_match) };
 
     s3_sign_in in = {
         .method = req->method, .path = path.data ? path.data : "/", .path_len = path.len,
-        .query = req->query, .nquery = req->nquery, .headers = h, .nheaders = n,
+        .query = req->query, .nquery = req->nquery, .headers = h, .nheaders = nsigned,
         .payload_hash = payload_hash, .region = cfg->region, .service = "s3",
         .access_key = cfg->access_key, .secret_key = cfg->secret_key, .amz_date = date,
     };
