@@ -273,6 +273,17 @@ describe("bkr.s3 against s3rver", function()
     assert.are.equal(8, #assert(client:list("")) - #assert(client:list("objects/")))
   end)
 
+  it("virtual-host style (path_style = false) puts the bucket in the host name; signatures still hold", function()
+    local vhost = client_for(server, { endpoint = "http://s3.localhost:" .. server.port, path_style = false })
+    local before = #server.requests()
+    assert.is_true(vhost:put("vhost/object", "by host name"))
+    assert.are.equal("by host name", vhost:get("vhost/object"))
+    assert.are.equal(1, #assert(vhost:list("vhost/")))
+    local put = requests_like(server, "PUT", "^/vhost/object$", before)[1]
+    assert.are.equal(BUCKET .. ".s3.localhost:" .. server.port, put.headers.host)
+    assert.are.equal("by host name", util.read(server.object_file("vhost/object")))
+  end)
+
   it("uploads() says unsupported when the server has no ListMultipartUploads (s3rver answers 501)", function()
     local msg, kind = failed(client:uploads(""))
     assert.are.equal("unsupported", kind)

@@ -40,6 +40,8 @@ const server = new S3rver({
   address: '127.0.0.1',
   port: Number(process.env.S3RVER_PORT || 0), // a restart comes back on its old port
   silent: !process.env.S3RVER_VERBOSE,
+  // virtual-host style: BUCKET.s3.localhost (libcurl resolves *.localhost to loopback itself)
+  serviceEndpoint: 'localhost',
   directory: data,
   configureBuckets: [{ name: bucket, configs: [] }],
 });
