@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -528,7 +529,12 @@ double s3_backoff_delay(int attempt)
         base *= 2;
     if (base > 5.0)
         base = 5.0;
-    double r = (double)(rand() & 0xffff) / 65535.0; /* jitter needs no secrecy */
+    /* jitter spreads the retries of many clients: from the kernel, not an unseeded rand() that
+     * every bkr process would draw the same from */
+    uint16_t bits = 0;
+    if (getrandom(&bits, sizeof bits, GRND_NONBLOCK) != (ssize_t)sizeof bits)
+        bits = (uint16_t)(bkr_monotonic() * 1e6);
+    double r = bits / 65535.0;
     return base / 2 + base / 2 * r;
 }
 

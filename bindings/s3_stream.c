@@ -102,6 +102,7 @@ typedef struct s3_sink {
     char **etags;          /* etags[n - 1]: part n's ETag, as the server gave it */
     slot *slots;
     CURLM *multi;
+    double last_drive;     /* when sink_drive last returned */
     uint64_t size;
     char *etag;            /* the object's */
 } s3_sink;
@@ -165,10 +166,8 @@ static int slot_start(s3_sink *s, slot *sl, bkr_error *err)
 
 /* Move transfers on: collect finished parts, restart the ones whose backoff is over, and wait
  * up to wait_ms for the sockets. -1 with err when a part failed for good or on SIGTERM. */
-static int sink_drive(s3_sink *s, int wait_ms, bkr_error *err)
+static int sink_drive_once(s3_sink *s, int wait_ms, bkr_error *err)
 {
-    if (bkr_interrupted())
-        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
     int running = 0;
     if (curl_multi_perform(s->multi, &running) != CURLM_OK)
         return bkr_error_set(err, "s3.sink: curl_multi_perform failed");
@@ -215,6 +214,22 @@ static int sink_drive(s3_sink *s, int wait_ms, bkr_error *err)
     if (wait_ms > 0 && curl_multi_poll(s->multi, NULL, 0, wait_ms, NULL) != CURLM_OK)
         return bkr_error_set(err, "s3.sink: curl_multi_poll failed");
     return 0;
+}
+
+static int sink_drive(s3_sink *s, int wait_ms, bkr_error *err)
+{
+    if (bkr_interrupted())
+        return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
+    /* Transfers move only while driven: the time the pipeline spent elsewhere (a producer that
+     * paused) is no stall of theirs. */
+    double gap = bkr_monotonic() - s->last_drive;
+    if (s->last_drive > 0 && gap > 0.5)
+        for (int i = 0; i < s->in_flight; i++)
+            if (s->slots[i].state == SLOT_RUNNING)
+                s->slots[i].req.last_progress += gap;
+    int rc = sink_drive_once(s, wait_ms, err);
+    s->last_drive = bkr_monotonic();
+    return rc;
 }
 
 static slot *free_slot(s3_sink *s)
@@ -519,10 +534,12 @@ typedef struct s3_source {
     unsigned char *buf;
     size_t start, len;
     int64_t received;    /* bytes of the object received so far */
-    int64_t total;       /* the object's size, -1 until known */
+    int64_t total;       /* the object's size, -1 until known, -2 when the server gave none */
+    int64_t attempt_from;/* received when this attempt started */
     char etag[256];
-    int attempts;
+    int attempts;        /* retries in a row without a byte delivered in between */
     int range_ignored;
+    double last_read;    /* when source_read last returned */
 } s3_source;
 
 static size_t source_body(char *data, size_t size, size_t nmemb, void *userdata)
@@ -537,7 +554,7 @@ static size_t source_body(char *data, size_t size, size_t nmemb, void *userdata)
             return 0;
         }
     }
-    if (s->total < 0) {
+    if (s->total == -1) {
         s->total = s->req.content_length >= 0 ? s->req.range_from + s->req.content_length : -2;
         if (s->etag[0] == '\0')
             snprintf(s->etag, sizeof s->etag, "%s", s->req.etag);
@@ -571,6 +588,7 @@ static int source_start(s3_source *s, bkr_error *err)
     req->if_match = s->etag[0] ? s->etag : NULL;
     s->done = 0;
     s->range_ignored = 0;
+    s->attempt_from = s->received;
     if (s3_request_prepare(req, err) != 0)
         return -1;
     if (curl_multi_add_handle(s->multi, req->easy) != CURLM_OK)
@@ -587,11 +605,9 @@ static void source_stop(s3_source *s)
     s3_request_reset(&s->req);
 }
 
-static int source_read(void *self, unsigned char *out, size_t cap, size_t *out_len, int *eof, bkr_error *err)
+static int source_read_once(s3_source *s, unsigned char *out, size_t cap, size_t *out_len, int *eof,
+                            bkr_error *err)
 {
-    s3_source *s = self;
-    *out_len = 0;
-    *eof = 0;
     for (;;) {
         if (bkr_interrupted())
             return bkr_error_kind(err, BKR_KIND_INTERRUPTED, "interrupted");
@@ -625,6 +641,8 @@ static int source_read(void *self, unsigned char *out, size_t cap, size_t *out_l
                 return 0;
             }
             source_stop(s);
+            if (s->received > s->attempt_from)
+                s->attempts = 0; /* that attempt got somewhere: the retries count anew */
             if (!retry || s->attempts >= s->cfg->retries)
                 return -1;
             s->attempts++;
@@ -649,6 +667,21 @@ static int source_read(void *self, unsigned char *out, size_t cap, size_t *out_l
         if (s->len == 0 && !s->done && curl_multi_poll(s->multi, NULL, 0, 200, NULL) != CURLM_OK)
             return bkr_error_set(err, "s3.source: curl_multi_poll failed");
     }
+}
+
+static int source_read(void *self, unsigned char *out, size_t cap, size_t *out_len, int *eof, bkr_error *err)
+{
+    s3_source *s = self;
+    *out_len = 0;
+    *eof = 0;
+    /* The transfer moves only while read is called: time the pipeline spent downstream is no
+     * stall of the server's. */
+    double gap = bkr_monotonic() - s->last_read;
+    if (s->active && s->last_read > 0 && gap > 0.5)
+        s->req.last_progress += gap;
+    int rc = source_read_once(s, out, cap, out_len, eof, err);
+    s->last_read = bkr_monotonic();
+    return rc;
 }
 
 static void source_abort(void *self)
