@@ -23,16 +23,17 @@ local MiB = 1024 * 1024
 
 -- Start s3rver in dir (a new scratch directory unless given: a restart keeps its objects), on
 -- port (0: a free one).
-local function start_s3rver(dir, port)
+local function start_s3rver(dir, port, tls_dir)
   dir = dir or util.scratch("s3rver")
   os.remove(dir .. "/port")
-  util.sh("(S3RVER_PORT=" .. (port or 0) .. " node --openssl-legacy-provider "
+  util.sh("(S3RVER_PORT=" .. (port or 0) .. (tls_dir and " S3RVER_TLS=" .. q(tls_dir) or "")
+    .. " node --openssl-legacy-provider "
     .. q(SOURCE .. "/tests/support/s3rver.js") .. " " .. q(dir) .. " " .. BUCKET .. " " .. ACCESS_KEY .. " "
     .. q(SECRET_KEY) .. " " .. REGION .. " >>" .. q(dir .. "/server.log") .. " 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
   assert(R.wait_for(dir .. "/port", 30), "s3rver did not start: " .. util.read(dir .. "/server.log"))
   local server = { dir = dir, port = tonumber(util.read(dir .. "/port"):match("%d+")),
     pid = util.read(dir .. "/pid"):match("%d+") }
-  server.endpoint = "http://127.0.0.1:" .. server.port
+  server.endpoint = (tls_dir and "https" or "http") .. "://127.0.0.1:" .. server.port
   function server.stop(signal)
     util.sh("kill -" .. (signal or "TERM") .. " " .. server.pid .. " 2>/dev/null; for i in $(seq 50); do kill -0 "
       .. server.pid .. " 2>/dev/null || break; sleep 0.1; done; kill -KILL " .. server.pid .. " 2>/dev/null")
@@ -522,6 +523,26 @@ describe("bkr.s3 against s3rver", function()
   end)
 end)
 
+describe("bkr.s3 over TLS", function()
+  it("verifies the server's certificate always: kind tls without the private CA, works with ca_file", function()
+    local dir = util.scratch("tls")
+    local _, orc = util.sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
+      .. " -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " .. q(dir .. "/key.pem")
+      .. " -out " .. q(dir .. "/cert.pem") .. " 2>/dev/null")
+    assert.are.equal(0, orc)
+    local server = start_s3rver(nil, nil, dir)
+    finally(server.stop)
+    assert.matches("^https://", server.endpoint)
+    local msg, kind = failed(client_for(server, { retries = 0 }):put("tls/object", "x"))
+    assert.are.equal("tls", kind)
+    assert.matches("^s3.put: key 'tls/object': 127.0.0.1:%d+: ", msg)
+    assert.are.equal(0, #server.requests()) -- nothing went out before the certificate was checked
+    local trusted = client_for(server, { ca_file = dir .. "/cert.pem" })
+    assert.is_true(trusted:put("tls/object", "over TLS"))
+    assert.are.equal("over TLS", trusted:get("tls/object"))
+  end)
+end)
+
 describe("bkr.s3 bounds", function()
   it("a server that accepts and never answers: kind timeout within the timeout, retried", function()
     local dir = util.scratch("silent")
@@ -576,5 +597,15 @@ describe("bkr.s3 bounds", function()
     local unused = s3.client{ endpoint = "http://127.0.0.1:1", region = "r", bucket = "bkt", access_key = "a",
       secret_key = "s" }:sink("k")
     unused:close()
+  end)
+end)
+
+describe("bkr.s3 secrets", function()
+  it("no message of any failure in this file, collected to the end, carries the secret key", function()
+    assert.is_true(#messages >= 12)
+    for _, m in ipairs(messages) do
+      assert.is_nil(m:find(SECRET_KEY, 1, true), m)
+      assert.is_nil(m:find("bkrSecret", 1, true), m)
+    end
   end)
 end)

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // s3rver.js DIR BUCKET ACCESS_KEY SECRET_KEY [REGION] - s3rver (an S3 server that keeps objects
-// in files) on 127.0.0.1 with a free port, for tests/s3_spec.lua. It keeps its objects in
+// in files) on 127.0.0.1 with a free port (S3RVER_PORT to choose it; HTTPS with S3RVER_TLS=DIR
+// holding key.pem and cert.pem), for tests/s3_spec.lua. It keeps its objects in
 // DIR/data, writes its port to DIR/port when ready, and stops on SIGTERM. Only ACCESS_KEY is
 // known to it. Around s3rver (which is not changed):
 //   - s3rver 3.7.1 checks a V4 request's access key but not its signature ("unimplemented" in
@@ -44,6 +45,11 @@ const server = new S3rver({
   serviceEndpoint: 'localhost',
   directory: data,
   configureBuckets: [{ name: bucket, configs: [] }],
+  // HTTPS when S3RVER_TLS names a directory with key.pem and cert.pem
+  ...(process.env.S3RVER_TLS ? {
+    key: fs.readFileSync(path.join(process.env.S3RVER_TLS, 'key.pem')),
+    cert: fs.readFileSync(path.join(process.env.S3RVER_TLS, 'cert.pem')),
+  } : {}),
 });
 
 const log = fs.openSync(path.join(dir, 'requests.log'), 'a');
