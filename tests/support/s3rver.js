@@ -15,8 +15,10 @@
 //     s3rver; "drop COUNT GET BYTES" cuts the connection of the next COUNT GETs after BYTES
 //     bytes of the object;
 //   - AbortMultipartUpload, which s3rver 3.7.1 does not implement (it answers 405): the upload's
-//     directory in s3rver's own store is removed and 204 answered, as S3 does; 404 NoSuchUpload
-//     when there is no such upload. s3rver's ListMultipartUploads answers 501 NotImplemented.
+//     directory in s3rver's own store is removed and 204 answered, as S3 does (404 NoSuchUpload
+//     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
+//     directory is swept again a second later: s3rver writes out the part of a request whose
+//     client hung up mid-body, which S3 drops. s3rver's ListMultipartUploads answers 501.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -53,6 +55,7 @@ const server = new S3rver({
 });
 
 const log = fs.openSync(path.join(dir, 'requests.log'), 'a');
+const aborted = new Set();
 
 function takeFault(method) {
   const file = path.join(dir, 'fault');
@@ -102,12 +105,20 @@ server.middleware.unshift(async (ctx, next) => {
     return xmlError(ctx, Number(fault.what), codes[fault.what] || 'InternalError');
   }
   const url = new URL(ctx.url, 'http://x');
-  if (ctx.method === 'DELETE' && url.searchParams.has('uploadId')) {
+  const uploadId = url.searchParams.get('uploadId');
+  if (uploadId !== null && aborted.has(uploadId)) {
+    ctx.req.resume();
+    return xmlError(ctx, 404, 'NoSuchUpload'); // S3: parts of an aborted upload are refused
+  }
+  if (ctx.method === 'DELETE' && uploadId !== null) {
     const uploads = server.store.getResourcePath(bucket, undefined, 'uploads');
-    const id = url.searchParams.get('uploadId');
-    const where = path.join(uploads, id);
-    if (!/^[0-9a-f]+$/.test(id) || !fs.existsSync(where)) return xmlError(ctx, 404, 'NoSuchUpload');
+    const where = path.join(uploads, uploadId);
+    if (!/^[0-9a-f]+$/.test(uploadId) || !fs.existsSync(where)) return xmlError(ctx, 404, 'NoSuchUpload');
+    aborted.add(uploadId);
     fs.rmSync(where, { recursive: true, force: true });
+    // A part whose client went away mid-body is still written by s3rver (S3 would drop it): sweep
+    // again once such a request has had time to end.
+    setTimeout(() => fs.rmSync(where, { recursive: true, force: true }), 1000);
     ctx.status = 204;
     return;
   }
