@@ -13,7 +13,7 @@ DATADIR = $(PREFIX)/share/bkr
 DOCDIR = $(PREFIX)/share/doc/bkr
 
 CC ?= cc
-PKGS = lua5.4 libpq zlib openssl yaml-0.1 libcurl libdeflate libzstd
+PKGS = lua5.4 libpq zlib openssl yaml-0.1 libcurl libdeflate libzstd libxml-2.0
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -18,5 +18,6 @@ int luaopen_bkr_dump(lua_State *L);   /* dump.c: per-table digests of pg_dump ou
 int luaopen_bkr_crypto(lua_State *L); /* crypto.c: AES-256-GCM stream format and values, key ids */
 int luaopen_bkr_curl(lua_State *L);   /* curl.c: one e-mail over SMTP, one HTTP(S) POST (libcurl) */
 int luaopen_bkr_zstd(lua_State *L);   /* zstd.c: zstd filters (libzstd streaming, worker threads) */
+int luaopen_bkr_s3(lua_State *L);     /* s3.c: objects on S3-compatible storage (libcurl, libxml2) */
 
 #endif

@@ -349,6 +349,7 @@ static void preload_modules(lua_State *L)
         {"bkr.crypto", luaopen_bkr_crypto},
         {"bkr.curl", luaopen_bkr_curl},
         {"bkr.zstd", luaopen_bkr_zstd},
+        {"bkr.s3", luaopen_bkr_s3},
         {NULL, NULL},
     };
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

