@@ -2,8 +2,13 @@
  * hash.c - bkr.hash: SHA-256 through OpenSSL's EVP interface.
  *
  * Lua API
- *   hash.sha256([{name = ...}])   pass-through filter stage; result: lowercase hex digest of
- *                                 every byte that went through (under "sha256" by default)
+ *   hash.sha256([{name = ..., expect = hex}])
+ *                                 pass-through filter stage; result: lowercase hex digest of
+ *                                 every byte that went through (under "sha256" by default).
+ *                                 With expect (64 hex digits, either case), the run fails at
+ *                                 the end of input, kind "corrupt", when the digest differs:
+ *                                 before the sink commits, so a copy that does not match what
+ *                                 was verified never lands under its final name
  *   hash.sha256_string(s)         -> hex digest
  *   hash.sha256_file(path[, opts]) -> hex digest, bytes; or nil, msg, kind when it cannot be read;
  *                                   only a regular file, as stream.from_file (opts.follow)
@@ -28,6 +33,8 @@ typedef struct sha256 {
     EVP_MD_CTX *ctx;
     unsigned char digest[EVP_MAX_MD_SIZE];
     int finished;
+    int has_expected;
+    char expected[2 * 32 + 1]; /* lowercase hex */
 } sha256;
 
 static int sha256_init(sha256 *h)
@@ -46,6 +53,13 @@ static int sha256_observe(void *self, const unsigned char *data, size_t len, bkr
         if (EVP_DigestFinal_ex(h->ctx, h->digest, NULL) != 1)
             return bkr_error_set(err, "digest failed: %s", bkr_openssl_reason(reason, sizeof reason));
         h->finished = 1;
+        if (h->has_expected) {
+            char got[2 * 32 + 1];
+            bkr_hex(h->digest, 32, got);
+            if (strcmp(got, h->expected) != 0)
+                return bkr_error_kind(err, BKR_KIND_CORRUPT, "checksum mismatch: read %s, expected %s", got,
+                                      h->expected);
+        }
         return 0;
     }
     if (EVP_DigestUpdate(h->ctx, data, len) != 1)
@@ -76,9 +90,32 @@ static const bkr_stage_ops sha256_ops = {
     .free = sha256_free,
 };
 
+/* opts.expect: 64 hex digits, kept in lower case; raises on anything else. */
+static int opt_expected(lua_State *L, int opts, char out[2 * 32 + 1])
+{
+    if (!lua_istable(L, opts))
+        return 0;
+    lua_getfield(L, opts, "expect");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    size_t len = 0;
+    const char *hex = lua_tolstring(L, -1, &len);
+    luaL_argcheck(L, hex != NULL && len == 64 && strspn(hex, "0123456789abcdefABCDEF") == 64, opts,
+                  "expect must be a SHA-256 in 64 hex digits");
+    for (size_t i = 0; i < 64; i++)
+        out[i] = (char)(hex[i] >= 'A' && hex[i] <= 'F' ? hex[i] - 'A' + 'a' : hex[i]);
+    out[64] = '\0';
+    lua_pop(L, 1);
+    return 1;
+}
+
 static int hash_sha256(lua_State *L)
 {
     const char *name = bkr_stage_optname(L, 1);
+    char expected[2 * 32 + 1] = {0};
+    int has_expected = opt_expected(L, 1, expected);
     bkr_stage *st = bkr_stage_new(L, &sha256_ops);
     sha256 *h = calloc(1, sizeof *h);
     if (h == NULL || sha256_init(h) != 0) {
@@ -86,6 +123,8 @@ static int hash_sha256(lua_State *L)
             sha256_free(h);
         return luaL_error(L, "hash.sha256: cannot set up SHA-256");
     }
+    h->has_expected = has_expected;
+    memcpy(h->expected, expected, sizeof expected);
     bkr_stage_open(st, h, name);
     return 1;
 }

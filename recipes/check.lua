@@ -9,6 +9,7 @@
 --      ones (a stat against the manifest: size, sidecar, file)
 --   5. per database: its last drill, from REPO/drills/drill_*.json
 --   6. the repository's free space
+--   6b. with offsite: in the configuration, the off-site copy's newest backup of each database
 --   7. the verdict, by the rules of lib/check.lua
 --   8. one line of plugin output (or --json), --prometheus FILE for node_exporter
 -- Exit codes are the monitoring plugin's, NOT bkr's usual ones: 0 OK, 1 WARNING,
@@ -21,6 +22,7 @@ local config = require "lib.config"
 local repo = require "lib.repo"
 local json = require "lib.json"
 local rules = require "lib.check"
+local remote = require "lib.remote"
 
 local SPEC = {
   name = "check",
@@ -29,7 +31,8 @@ local SPEC = {
     .. "CRITICAL: a database without a verified backup newer than drill.rpo_seconds, whose last\n"
     .. "drill failed, or with a backup that no longer matches its manifest. WARNING: the newest\n"
     .. "backup not verified yet, no drill within drill.interval_days, free space below\n"
-    .. "check.min_free_percent or check.min_free_bytes.\n"
+    .. "check.min_free_percent or check.min_free_bytes; with offsite: set, an off-site copy older\n"
+    .. "than drill.rpo_seconds, missing, or that cannot be listed.\n"
     .. "Reads only; no server needed (with databases: all it asks the server when it answers).",
   options = {
     { "--db", "NAME", "check this database (repeatable; default: the configured ones)", repeatable = true },
@@ -284,6 +287,30 @@ end
 
 local known_repository = "" -- for the metrics of a check that found no verdict
 
+-- The newest complete backup (manifest written) of each database in the off-site copy.
+local function offsite_facts(cfg, names, now)
+  local facts = { url = cfg.offsite, databases = {} }
+  local store = remote.open(cfg, cfg.offsite)
+  facts.url = store.url
+  local entries, err, kind = remote.scan(store, { db = names })
+  if not entries then
+    facts.error = string.format("%s (%s)", err, kind)
+    return facts
+  end
+  for _, name in ipairs(names) do
+    local newest
+    for _, entry in ipairs(entries) do
+      if entry.database == name and entry.manifest then
+        newest = entry
+        break
+      end
+    end
+    facts.databases[#facts.databases + 1] = { database = name, file = newest and (newest.type .. "/" .. newest.file),
+      age_seconds = newest and math.max(0, now - newest.time) or nil }
+  end
+  return facts
+end
+
 local function run_check(options)
   local cfg = config.load(options, { notify = false })
   local dir = config.repository(cfg)
@@ -314,6 +341,10 @@ local function run_check(options)
   end
   result.problems = rules.judge_repository({ space = result.space, databases = #names,
     unreadable_drill_reports = unreadable }, targets)
+  if cfg.offsite then
+    result.offsite = offsite_facts(cfg, names, now)
+    for _, p in ipairs(rules.judge_offsite(result.offsite, targets)) do result.problems[#result.problems + 1] = p end
+  end
   for _, p in ipairs(result.problems) do status = rules.worst(status, p.status) end
   result.status = status
   return result
@@ -384,6 +415,7 @@ local function summary(result)
     lines[1] = string.format("%s: verified backups %s old at most (RPO %s), drills passed, "
       .. "oldest %s ago; %d%% free", cli.plural(#result.databases, "database", "databases"), rules.duration(oldest),
       rules.duration(result.targets.rpo_seconds), rules.duration(drill or 0), math.floor(result.space.free_percent))
+    if result.offsite then lines[1] = lines[1] .. "; off-site copies within the RPO" end
   end
   if result.databases_from == "repository" and result.server_error then
     lines[#lines + 1] = "databases from the repository only: server not reached"
@@ -403,6 +435,9 @@ local function plugin_line(result)
     data[#data + 1] = perf(name .. " drill_age", db.drill and db.drill.age_seconds, "s", t.drill_interval_seconds,
       nil, 0)
   end
+  for _, db in ipairs(result.offsite and result.offsite.databases or {}) do
+    data[#data + 1] = perf(db.database .. " offsite_age", db.age_seconds, "s", t.rpo_seconds, nil, 0)
+  end
   local space = result.space
   data[#data + 1] = perf("free", space.free_bytes, "B", t.min_free_bytes > 0 and (t.min_free_bytes .. ":") or nil,
     nil, 0, space.total_bytes)
@@ -418,7 +453,7 @@ local function json_object(result)
     status = rules.NAMES[result.status], exit_code = result.status, summary = summary(result),
     time = result.time, repository = result.repository, databases_from = result.databases_from,
     server_error = result.server_error, targets = result.targets, space = result.space,
-    problems = {}, databases = {},
+    offsite = result.offsite, problems = {}, databases = {},
   }
   for _, p in ipairs(result.problems) do
     out.problems[#out.problems + 1] = { status = rules.NAMES[p.status], message = p.message }

@@ -3,21 +3,24 @@ local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
 local json = require "lib.json"
+local remote = require "lib.remote"
 
 local options = cli.parse({ ... }, {
   name = "list",
-  usage = "bkr list [--db NAME]... [--type daily|weekly|monthly] [--globals] [--json] [--repo DIR] [--config FILE]",
-  summary = "Every backup in the repository, newest first, with its verification state.",
+  usage = "bkr list [--db NAME]... [--type daily|weekly|monthly] [--globals] [--json] [--repo DIR|s3://B/P] [--config FILE]",
+  summary = "Every backup in the repository, newest first, with its verification state. The repository\n"
+    .. "may be an off-site copy in object storage (s3://BUCKET/PREFIX, docs/offsite.md).",
   options = {
     { "--db", "NAME", "only this database (repeatable)", repeatable = true },
     { "--type", "TYPE", "only daily, weekly or monthly backups" },
     { "--globals", nil, "include the globals (roles, tablespaces) files" },
     { "--json", nil, "one JSON array, for scripts" },
-    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--repo", "DIR", "repository directory or s3://BUCKET/PREFIX (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
   },
   exit_codes = "0 listed (also when empty), 1 a backup cannot be read (a permission problem: the fix is\n"
-    .. "            printed), 2 usage or configuration error (no repository at DIR, a --db without backups)",
+    .. "            printed; object storage that cannot be reached), 2 usage or configuration error (no\n"
+    .. "            repository at DIR, a --db without backups, no credentials for s3://)",
   see = "docs/list.md",
 })
 if not options then return cli.EXIT_OK end
@@ -25,10 +28,23 @@ if options.type and not repo.valid_type(options.type) then
   cli.usage_error("list: --type must be daily, weekly or monthly, not '%s'", options.type)
 end
 
-local cfg = config.load(options, { notify = false })
-local dir = repo.open(config.repository(cfg))
-repo.require_backups_of(dir, options.db)
-local backups = repo.scan(dir, { db = options.db, type = options.type, globals = options.globals, future = true })
+local cfg = config.load(options, { notify = false, remote = true })
+local dir, backups = config.repository(cfg), nil
+local filter = { db = options.db, type = options.type, globals = options.globals, future = true }
+if remote.is_url(dir) then
+  local store = remote.open(cfg, dir)
+  dir = store.url
+  local err, kind
+  backups, err, kind = remote.scan(store, filter)
+  if not backups then cli.fail(cli.EXIT_FAILED, "cannot list %s: %s (%s)", dir, err, kind) end
+  if options.db and #backups == 0 then
+    cli.usage_error("no backups of %s in %s", table.concat(options.db, ", "), dir)
+  end
+else
+  dir = repo.open(dir)
+  repo.require_backups_of(dir, options.db)
+  backups = repo.scan(dir, filter)
+end
 
 -- The verification column: the last verdict, or why there can be none. A backup bkr may not
 -- read is "unreadable" (a permission problem), never "incomplete" or "damaged".

@@ -156,4 +156,29 @@ function check.judge_repository(facts, targets)
   return problems
 end
 
+-- The off-site copy (offsite: s3://..., docs/offsite.md): each checked database must have a
+-- complete copy there (its manifest written) within the RPO. facts: { url, error = message
+-- when it cannot be listed, databases = { {database, age_seconds|nil, file|nil} } }. A stale
+-- or missing off-site copy is a WARNING: the backups on this machine still meet the RPO, a
+-- disaster that takes the machine would not.
+function check.judge_offsite(facts, targets)
+  local problems = {}
+  if facts.error then
+    problems[1] = { status = check.WARNING, message = string.format("off-site copy %s cannot be listed: %s",
+      facts.url, facts.error) }
+    return problems
+  end
+  for _, db in ipairs(facts.databases) do
+    if not db.age_seconds then
+      problems[#problems + 1] = { status = check.WARNING, message = string.format("%s: no off-site copy in %s",
+        db.database, facts.url) }
+    elseif db.age_seconds > targets.rpo_seconds then
+      problems[#problems + 1] = { status = check.WARNING, message = string.format(
+        "%s: newest off-site copy %s old, beyond the RPO of %s (bkr sync)", db.database,
+        check.duration(db.age_seconds), check.duration(targets.rpo_seconds)) }
+    end
+  end
+  return problems
+end
+
 return check

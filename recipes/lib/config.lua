@@ -247,6 +247,9 @@ config.schema = section{
   notify = owned_by("lib.notify"),
   logging = owned_by("lib.logging"),
   check = owned_by("lib.check"),   -- monitoring thresholds (docs/check.md)
+  -- the off-site copy in S3-compatible object storage (docs/offsite.md)
+  s3 = owned_by("lib.remote"),
+  offsite = function(value, path) return require("lib.remote").check_url(value, path, config.validators) end,
 }
 
 -- ------------------------------------------------------------------ database names as keys
@@ -370,22 +373,31 @@ function config.load(options, how)
   if cfg.databases ~= "all" then config.check_smoke_query_databases(cfg, cfg.databases) end
   cfg.file = path
   if options.repo then cfg.repository = options.repo end
-  config.check_repository_form(cfg.repository)
+  config.check_repository_form(cfg.repository, how and how.remote)
   if options.db then cfg.databases = unique(options.db) end
   require("lib.logging").configure(cfg)
   if cfg.notify and not (how and how.notify == false) then require("lib.notify").arm(cfg) end
   return cfg
 end
 
--- A repository is a local directory. A URL (s3://bucket/prefix, file://, sftp://...) is refused
--- before anything uses it: taken as a path, "s3://bkr/site1" would quietly become a local
--- directory "s3:" beside the working directory, and the admin would believe the backups off-site.
-function config.check_repository_form(value)
+-- A repository is a local directory, or (for the commands that read and write object storage:
+-- how.remote in config.load) an s3:// URL. Any other URL (file://, sftp://, ...), and s3:// for
+-- the others, is refused before anything uses it: taken as a path, "s3://bkr/site1" would
+-- quietly become a local directory "s3:" beside the working directory, and the admin would
+-- believe the backups off-site.
+function config.check_repository_form(value, remote_allowed)
   if type(value) ~= "string" then return end
   local scheme = value:match("^(%a[%w+.-]*)://")
   if not scheme then return end
+  scheme = scheme:lower()
+  if scheme == "s3" and remote_allowed then return end
+  if scheme == "s3" then
+    cli.usage_error("repository %s: this command works on a local repository; an s3:// repository is "
+      .. "read and written by bkr sync, bkr list and bkr check (docs/offsite.md)", cli.printable(value))
+  end
   cli.usage_error("repository %s: bkr does not support %s:// repositories; give a local directory "
-    .. "(an absolute path such as /var/backups/bkr)", cli.printable(value), cli.printable(scheme:lower()))
+    .. "(an absolute path such as /var/backups/bkr) or s3://BUCKET/PREFIX", cli.printable(value),
+    cli.printable(scheme))
 end
 
 -- The repository, or a usage error saying how to give one.

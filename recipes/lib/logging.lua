@@ -75,6 +75,12 @@ function logging.configure(cfg)
   identity() -- the run's clock starts now, for the finish line's seconds
 end
 
+-- The repository whose bkr.log this run's lines go to (when logging.file is not set): the
+-- configured one unless a recipe says otherwise (bkr sync: its local side).
+function logging.use_repository(dir)
+  dir_of_run = dir
+end
+
 function logging.records()
   return records
 end
@@ -117,7 +123,8 @@ end
 -- with neither).
 local function log_path(dir)
   if settings.file then return settings.file end
-  if dir then return dir .. "/bkr.log" end
+  -- a repository in object storage keeps no log: logging.file, or the local side's (bkr sync)
+  if dir and not dir:match("^%a[%w+.-]*://") then return dir .. "/bkr.log" end
   return nil
 end
 logging.path = log_path

@@ -21,6 +21,7 @@ local json = require "lib.json"
 local repo = require "lib.repo"
 local logging = require "lib.logging"
 local notify_email = require "lib.notify_email"
+local secrets = require "lib.secrets"
 
 local notify = {}
 
@@ -514,33 +515,14 @@ end
 
 -- ------------------------------------------------------------------ delivering
 
--- The SMTP password, from the environment or a private file; or nil, message, kind.
+-- The SMTP password, from the environment or a private file (lib/secrets.lua); or nil,
+-- message, kind.
 local function smtp_password(channel)
   local smtp = channel.smtp
   local where = channel.path .. ".smtp"
-  if smtp.password_env then
-    local value = os.getenv(smtp.password_env)
-    if not value or value == "" then
-      return nil, string.format("%s.password_env: environment variable %s is not set", where, smtp.password_env), "config"
-    end
-    return value
-  end
-  local path = smtp.password_file
-  if not path then return nil end
-  local mode, err, kind = fs.mode(path)
-  if not mode then return nil, where .. ".password_file: " .. cli.failure(err, kind, path), kind end
-  if mode & ~tonumber("640", 8) ~= 0 then
-    return nil, string.format("%s.password_file: %s has mode %04o; give it mode 0600 or 0640", where, path, mode),
-      "permission"
-  end
-  local text
-  text, err, kind = fs.read_file(path, { max = 4096 })
-  if not text then return nil, where .. ".password_file: " .. cli.failure(err, kind, path), kind end
-  text = text:gsub("\r?\n$", "")
-  if text == "" or text:find("[\r\n%z]") then
-    return nil, string.format("%s.password_file: %s must hold the password on one line", where, path), "config"
-  end
-  return text
+  if smtp.password_env then return secrets.from_env(smtp.password_env, where .. ".password_env") end
+  if not smtp.password_file then return nil end
+  return secrets.from_file(smtp.password_file, where .. ".password_file")
 end
 
 local function url_host(host)

@@ -311,6 +311,12 @@ end
 function repo.load_manifest(entry)
   local m, err, kind = repo.read_manifest(entry.manifest_path)
   if not m then return nil, err, kind end
+  return repo.manifest_matches(entry, m)
+end
+
+-- m, when the manifest (already valid by its schema) describes `entry`; or nil, why, "corrupt".
+-- Also for a repository in object storage (lib/remote.lua).
+function repo.manifest_matches(entry, m)
   if m.kind ~= entry.kind then
     return nil, string.format("%s: the manifest describes a %s backup, not a %s one", entry.manifest_path,
       m.kind, entry.kind), "corrupt"

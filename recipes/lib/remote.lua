@@ -1,0 +1,345 @@
+-- A repository in S3-compatible object storage, s3://BUCKET[/PREFIX]: the off-site copy
+-- (docs/offsite.md). It has the layout of a local repository, PREFIX/<type>/<file> with the
+-- .sha256 sidecar and the .json manifest beside each backup, so any S3 tool can read it and
+-- `bkr sync` can bring it back to a local repository for a restore. A backup there counts as
+-- present only once its manifest exists: sync writes the data, then the sidecar, then the
+-- manifest.
+--
+--   remote.is_url(value)          "s3://..." (any case of the scheme)
+--   remote.parse(url)             bucket, prefix ("" or "a/b"); or nil, why
+--   remote.validate(...)          the `s3:` configuration section (config.lua's owned_by)
+--   remote.check_url(value, path) the `offsite:` key: an s3:// URL bkr can use
+--   remote.open(cfg, url)         a store: { url, bucket, prefix, client, cfg }; exit 2 when the
+--                                 URL or the credentials are wrong, before any request
+--   remote.scan(store, filter)    entries as repo.scan gives them (filter: db, type, globals,
+--                                 future), newest first; or nil, message, kind
+--   remote.check_sidecars(store, entry)  the expected SHA-256 (repo.check_sidecars' checks)
+--   remote.source(store, entry)   a stream source of the backup's bytes
+--   remote.sink(store, relative)  a stream sink writing PREFIX/relative (a multipart upload,
+--                                 aborted if the run fails: nothing appears under the key)
+--   remote.put(store, relative, bytes)  a small object (sidecar, manifest)
+--   remote.delete(store, relative)
+local cli = require "lib.cli"
+local repo = require "lib.repo"
+local manifest_schema = require "lib.manifest"
+local secrets = require "lib.secrets"
+
+local remote = {}
+
+function remote.is_url(value)
+  return type(value) == "string" and value:match("^[sS]3://") ~= nil
+end
+
+-- S3's rules for bucket names (3 to 63 lower-case letters, digits, dots and hyphens, starting
+-- and ending with a letter or digit), and a prefix of plain segments: no empty, "." or ".."
+-- segment and no control character, so that a key means one thing to every S3 tool.
+function remote.parse(url)
+  local rest = url:match("^[sS]3://(.*)$")
+  if not rest then return nil, "not an s3:// URL" end
+  local bucket, prefix = rest:match("^([^/]*)/?(.*)$")
+  if #bucket < 3 or #bucket > 63 or not bucket:match("^[a-z0-9][a-z0-9.-]*[a-z0-9]$") then
+    return nil, "the bucket name must be 3 to 63 lower-case letters, digits, dots and hyphens"
+  end
+  prefix = prefix:gsub("/+$", "")
+  if prefix:find("%c") then return nil, "the prefix holds a control character" end
+  if prefix ~= "" then
+    for segment in (prefix .. "/"):gmatch("([^/]*)/") do
+      if segment == "" or segment == "." or segment == ".." then
+        return nil, "the prefix has an empty, '.' or '..' segment"
+      end
+    end
+  end
+  return bucket, prefix
+end
+
+-- ------------------------------------------------------------------ configuration
+
+local function boolean_value(v)
+  return function(value, path)
+    if type(value) ~= "boolean" then v.fail(path, "expected true or false") end
+    return value
+  end
+end
+
+local function env_name(v)
+  return function(value, path)
+    value = v.string_value(value, path)
+    if not value:match("^[%a_][%w_]*$") then v.fail(path, "expected the name of an environment variable") end
+    return value
+  end
+end
+
+local function absolute_path(v)
+  return function(value, path)
+    value = v.string_value(value, path)
+    if value:sub(1, 1) ~= "/" then v.fail(path, "expected an absolute path") end
+    return value
+  end
+end
+
+local function endpoint_value(v)
+  return function(value, path)
+    value = v.string_value(value, path)
+    if not value:match("^https?://[%w.%-]+:?%d*/?$") and not value:match("^https?://%[[%x:.]+%]:?%d*/?$") then
+      v.fail(path, "expected http(s)://HOST[:PORT], with no path, user or password")
+    end
+    return (value:gsub("/$", ""))
+  end
+end
+
+local function one_of(v, words)
+  return function(value, path)
+    for _, word in ipairs(words) do
+      if value == word then return value end
+    end
+    v.fail(path, "expected one of %s", table.concat(words, ", "))
+  end
+end
+
+function remote.validate(value, path, v)
+  local s3 = v.section{
+    endpoint = endpoint_value(v),
+    region = v.string_value,
+    access_key_id = v.string_value,
+    access_key_id_env = env_name(v),
+    secret_access_key_file = absolute_path(v),
+    secret_access_key_env = env_name(v),
+    session_token_env = env_name(v),
+    path_style = boolean_value(v),
+    ca_file = absolute_path(v),
+    part_size_mib = v.integer_in(5, 5120),
+    parts_in_flight = v.integer_in(1, 16),
+    timeout_seconds = v.integer_in(1, 3600),
+    object_lock = v.section{
+      mode = one_of(v, { "governance", "compliance" }),
+      days = v.integer_in(1, 36500),
+    },
+  }(value, path)
+  if s3.access_key_id and s3.access_key_id_env then
+    v.fail(path, "give access_key_id or access_key_id_env, not both")
+  end
+  if s3.secret_access_key_file and s3.secret_access_key_env then
+    v.fail(path, "give secret_access_key_file or secret_access_key_env, not both")
+  end
+  if s3.object_lock and not (s3.object_lock.mode and s3.object_lock.days) then
+    v.fail(path .. ".object_lock", "needs both mode and days")
+  end
+  return s3
+end
+
+function remote.check_url(value, path, v)
+  value = v.string_value(value, path)
+  if not remote.is_url(value) then v.fail(path, "expected an s3://BUCKET/PREFIX URL") end
+  local bucket, why = remote.parse(value)
+  if not bucket then v.fail(path, "%s", why) end
+  return value
+end
+
+-- ------------------------------------------------------------------ credentials
+
+-- Where each credential comes from: the configuration, the variable it names, else the
+-- standard AWS variables. A secret is read from a private file or the environment, never
+-- from the configuration itself, and never appears in a message.
+local function credentials(s3)
+  local access_key, secret_key, token, err
+  if s3.access_key_id then
+    access_key = s3.access_key_id
+  else
+    local name = s3.access_key_id_env or "AWS_ACCESS_KEY_ID"
+    access_key = os.getenv(name)
+    if not access_key or access_key == "" then
+      cli.usage_error("s3: no access key: set s3.access_key_id (or s3.access_key_id_env) in the "
+        .. "configuration, or the environment variable %s", name)
+    end
+  end
+  if s3.secret_access_key_file then
+    secret_key, err = secrets.from_file(s3.secret_access_key_file, "configuration: s3.secret_access_key_file")
+    if not secret_key then cli.usage_error("%s", err) end
+  else
+    local name = s3.secret_access_key_env or "AWS_SECRET_ACCESS_KEY"
+    secret_key = os.getenv(name)
+    if not secret_key or secret_key == "" then
+      cli.usage_error("s3: no secret key: set s3.secret_access_key_file (or s3.secret_access_key_env) in "
+        .. "the configuration, or the environment variable %s", name)
+    end
+  end
+  local token_name = s3.session_token_env or "AWS_SESSION_TOKEN"
+  token = os.getenv(token_name)
+  if token == "" then token = nil end
+  return access_key, secret_key, token
+end
+
+local function region_of(s3)
+  return s3.region or os.getenv("AWS_REGION") or os.getenv("AWS_DEFAULT_REGION") or "us-east-1"
+end
+
+-- The endpoint, and whether it was chosen (MinIO, Ceph...: path-style by default) or is AWS's.
+local function endpoint_of(s3, region)
+  local chosen = s3.endpoint or os.getenv("AWS_ENDPOINT_URL_S3") or os.getenv("AWS_ENDPOINT_URL")
+  if chosen and chosen ~= "" then return (chosen:gsub("/$", "")), true end
+  return "https://s3." .. region .. ".amazonaws.com", false
+end
+
+function remote.open(cfg, url)
+  local bucket, prefix = remote.parse(url)
+  if not bucket then cli.usage_error("repository %s: %s", cli.printable(url), prefix) end
+  local s3cfg = cfg.s3 or {}
+  local region = region_of(s3cfg)
+  local endpoint, chosen = endpoint_of(s3cfg, region)
+  local access_key, secret_key, token = credentials(s3cfg)
+  local path_style = s3cfg.path_style
+  if path_style == nil then path_style = chosen end
+  local ok, client = pcall(require("bkr.s3").client, {
+    endpoint = endpoint, region = region, bucket = bucket,
+    access_key = access_key, secret_key = secret_key, session_token = token,
+    path_style = path_style, ca_file = s3cfg.ca_file,
+    timeout = s3cfg.timeout_seconds,
+  })
+  if not ok then cli.usage_error("repository %s: %s", cli.printable(url), tostring(client)) end
+  return {
+    url = "s3://" .. bucket .. (prefix ~= "" and ("/" .. prefix) or ""),
+    bucket = bucket, prefix = prefix, client = client, cfg = s3cfg, endpoint = endpoint,
+  }
+end
+
+-- ------------------------------------------------------------------ keys
+
+function remote.key(store, relative)
+  return store.prefix == "" and relative or (store.prefix .. "/" .. relative)
+end
+
+local function display(store, relative)
+  return store.url .. "/" .. relative
+end
+
+-- ------------------------------------------------------------------ reading
+
+-- A small object's text; or nil, message, kind.
+local function get_text(store, key, max)
+  return store.client:get(key, { max = max })
+end
+
+local function describe(store, objects, type_, file, stamp, db, kind, encrypted, storage, size)
+  local relative = type_ .. "/" .. file
+  local key = remote.key(store, relative)
+  local time, sequence = repo.parse_stamp(stamp)
+  local path = display(store, relative)
+  local entry = {
+    path = path, file = file, type = type_, stamp = stamp, time = time, sequence = sequence,
+    database = db, kind = kind, encrypted = encrypted, storage = storage, repo = store.url,
+    sidecar = path .. ".sha256", manifest_path = path .. ".json",
+    key = key, sidecar_key = key .. ".sha256", manifest_key = key .. ".json", relative = relative,
+    regular = true, stored_bytes = size, remote = true,
+  }
+  entry.has_sidecar = objects[entry.sidecar_key] ~= nil
+  if not objects[entry.manifest_key] then
+    entry.manifest_error, entry.manifest_kind = "missing manifest " .. entry.manifest_path, "missing"
+  else
+    local text, err, kind = get_text(store, entry.manifest_key, 4 * 1024 * 1024)
+    if not text then
+      entry.manifest_error, entry.manifest_kind = string.format("unreadable manifest %s: %s", entry.manifest_path,
+        err), kind
+    else
+      local m, merr, mkind = manifest_schema.parse(text, entry.manifest_path)
+      if m then m, merr, mkind = repo.manifest_matches(entry, m) end
+      entry.manifest, entry.manifest_error, entry.manifest_kind = m, merr, mkind
+    end
+  end
+  return entry
+end
+
+function remote.scan(store, filter)
+  filter = filter or {}
+  local wanted_db
+  if filter.db then
+    wanted_db = {}
+    for _, name in ipairs(filter.db) do wanted_db[name] = true end
+  end
+  local base = store.prefix == "" and "" or (store.prefix .. "/")
+  local listed, err, kind = store.client:list(base)
+  if not listed then return nil, err, kind end
+  local objects = {}
+  for _, object in ipairs(listed) do objects[object.key] = object end
+  local entries, now = {}, os.time()
+  for _, object in ipairs(listed) do
+    local type_, file = object.key:sub(#base + 1):match("^([^/]+)/([^/]+)$")
+    if type_ and repo.valid_type(type_) and (not filter.type or filter.type == type_) then
+      local entry
+      local stamp, escaped, encrypted, storage = repo.match_backup(file)
+      if stamp then
+        local db = repo.unescape_name(escaped)
+        if not wanted_db or wanted_db[db] then
+          entry = describe(store, objects, type_, file, stamp, db, "database", encrypted, storage, object.size)
+        end
+      elseif filter.globals then
+        stamp, encrypted, storage = repo.match_globals(file)
+        if stamp then
+          entry = describe(store, objects, type_, file, stamp, nil, "globals", encrypted, storage, object.size)
+        end
+      end
+      if entry then
+        entry.future = repo.is_future(entry, now)
+        if filter.future or not entry.future then entries[#entries + 1] = entry end
+      end
+    end
+  end
+  table.sort(entries, repo.newer)
+  return entries
+end
+
+-- The digest the sidecar names, after the same checks as repo.check_sidecars: a sidecar naming
+-- this file, a valid manifest, and the two agreeing. Or nil, message, kind.
+function remote.check_sidecars(store, entry)
+  local text, err, kind = get_text(store, entry.sidecar_key, 4096)
+  if not text then
+    if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
+    return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, err), kind
+  end
+  local digest, name = repo.parse_sums_line(text:match("^[^\n]*"))
+  if not digest then return nil, "unreadable sidecar " .. entry.sidecar, "corrupt" end
+  if name ~= entry.file then return nil, "sidecar " .. entry.sidecar .. " names another file", "corrupt" end
+  if not entry.manifest then return nil, entry.manifest_error, "corrupt" end
+  if entry.manifest.sha256 ~= digest then
+    return nil, "manifest mismatch: sidecar and manifest disagree on the SHA-256", "corrupt"
+  end
+  return digest
+end
+
+function remote.source(store, entry)
+  return store.client:source(entry.key)
+end
+
+-- ------------------------------------------------------------------ writing
+
+-- Object Lock retention for what bkr uploads (s3.object_lock): the retain-until date is
+-- computed per upload, days from now.
+function remote.upload_headers(store, now)
+  local lock = store.cfg.object_lock
+  if not lock then return nil end
+  return {
+    ["x-amz-object-lock-mode"] = lock.mode:upper(),
+    ["x-amz-object-lock-retain-until-date"] = os.date("!%Y-%m-%dT%H:%M:%SZ", (now or os.time()) + lock.days * 86400),
+  }
+end
+
+function remote.sink(store, relative)
+  return store.client:sink(remote.key(store, relative), {
+    part_size = (store.cfg.part_size_mib or 8) * 1024 * 1024,
+    parts_in_flight = store.cfg.parts_in_flight,
+    headers = remote.upload_headers(store),
+  })
+end
+
+function remote.put(store, relative, bytes)
+  return store.client:put(remote.key(store, relative), bytes, { headers = remote.upload_headers(store) })
+end
+
+function remote.delete(store, relative)
+  return store.client:delete(remote.key(store, relative))
+end
+
+function remote.display(store, relative)
+  return display(store, relative)
+end
+
+return remote

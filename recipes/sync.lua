@@ -1,0 +1,222 @@
+-- Copy backups between repositories: a local one and an off-site one in S3-compatible object
+-- storage (either way), or two of a kind. The runbook:
+--   1. the two repositories: --from (default: the configured repository) and --to (default:
+--      `offsite:` from the configuration); a local one must exist, and is locked while written
+--   2. what the source holds: every complete backup (data, sidecar, valid manifest) and its
+--      globals; an incomplete one (a backup still being written) is passed by
+--   3. what the target lacks: a backup whose manifest is not there yet
+--   4. each copy: the source's bytes through SHA-256 into the target, refused before it lands
+--      unless the digest is the one the sidecar and manifest give; then the sidecar; then the
+--      manifest, last: a backup counts as present only once its manifest is there
+--   5. a target file under the same name with a different manifest is left alone and reported
+-- Exit codes: 0 copied (or nothing to copy), 1 a copy failed (network, space, permission),
+-- 2 usage or configuration, 3 a source backup failed its checksum (not copied).
+local cli = require "lib.cli"
+local config = require "lib.config"
+local repo = require "lib.repo"
+local remote = require "lib.remote"
+local logging = require "lib.logging"
+local json = require "lib.json"
+local stream = require "bkr.stream"
+local hash = require "bkr.hash"
+local lfs = require "lfs"
+
+local options = cli.parse({ ... }, {
+  name = "sync",
+  usage = "bkr sync [--from REPO] [--to REPO] [--db NAME]... [--type TYPE] [--dry-run] [--config FILE]",
+  summary = "Copy the backups the target repository lacks from the source, each checked against its\n"
+    .. "SHA-256 as it streams, then its sidecar and manifest. A repository is a local directory or\n"
+    .. "s3://BUCKET/PREFIX (object storage: the s3 section of the configuration, docs/offsite.md).",
+  options = {
+    { "--from", "REPO", "the source (default: the configured repository)" },
+    { "--to", "REPO", "the target (default: offsite in the configuration)" },
+    { "--db", "NAME", "only this database's backups (repeatable); globals still go with them", repeatable = true },
+    { "--type", "TYPE", "only daily, weekly or monthly backups" },
+    { "--dry-run", nil, "print what would be copied, copy nothing" },
+    { "--config", "FILE", "configuration file" },
+  },
+  exit_codes = "0 copied, or nothing to copy, 1 a copy failed (network, space, permission; what was\n"
+    .. "            copied stays), 2 usage or configuration error, 3 a source backup failed its checksum\n"
+    .. "            (damaged: not copied; run bkr verify on the source)",
+  see = "docs/offsite.md",
+})
+if not options then return cli.EXIT_OK end
+if options.type and not repo.valid_type(options.type) then
+  cli.usage_error("sync: --type must be daily, weekly or monthly, not '%s'", cli.printable(options.type))
+end
+
+local cfg = config.load(options, { remote = true })
+local from = options.from or cfg.repository
+local to = options.to or cfg.offsite
+if not from then cli.usage_error("sync: no source: give --from REPO or set repository in the configuration") end
+if not to then cli.usage_error("sync: no target: give --to REPO or set offsite in the configuration") end
+config.check_repository_form(from, true)
+config.check_repository_form(to, true)
+
+-- ------------------------------------------------------------------ the two sides
+
+-- A side: where backups are read or written, local or remote, with the same few steps.
+local function local_side(dir, write)
+  dir = repo.open(dir)
+  local side = { name = dir, dir = dir }
+  function side.scan(filter) return repo.scan(dir, filter) end
+  function side.expected(entry) return repo.check_sidecars(entry) end
+  function side.source(entry) return assert(stream.from_file(entry.path)) end
+  function side.has(relative) return lfs.symlinkattributes(dir .. "/" .. relative .. ".json", "mode") ~= nil end
+  function side.read_manifest(relative) return repo.read_manifest(dir .. "/" .. relative .. ".json") end
+  function side.sink(relative)
+    local path = dir .. "/" .. relative
+    return stream.to_file(path, repo.file_options(path, { overwrite = true }))
+  end
+  function side.finish(relative, digest, manifest)
+    local path = dir .. "/" .. relative
+    local ok, err, kind = repo.write_sidecar(path, digest)
+    if ok then ok, err, kind = repo.write_manifest(path, manifest) end
+    return ok, err, kind
+  end
+  function side.discard(relative)
+    for _, suffix in ipairs({ "", ".sha256" }) do os.remove(dir .. "/" .. relative .. suffix) end
+  end
+  if write then
+    side.lock = repo.lock(dir)
+    repo.ensure(dir)
+  end
+  return side
+end
+
+local function remote_side(url)
+  local store = remote.open(cfg, url)
+  local side = { name = store.url, store = store }
+  local present -- the keys of the target, listed once
+  function side.scan(filter)
+    local entries, err, kind = remote.scan(store, filter)
+    if not entries then cli.fail(cli.EXIT_FAILED, "sync: cannot list %s: %s (%s)", store.url, err, kind) end
+    return entries
+  end
+  function side.expected(entry) return remote.check_sidecars(store, entry) end
+  function side.source(entry) return remote.source(store, entry) end
+  function side.has(relative)
+    if not present then
+      present = {}
+      local listed, err = store.client:list(store.prefix == "" and "" or (store.prefix .. "/"))
+      if not listed then cli.fail(cli.EXIT_FAILED, "sync: cannot list %s: %s", store.url, err) end
+      for _, object in ipairs(listed) do present[object.key] = true end
+    end
+    return present[remote.key(store, relative .. ".json")] == true
+  end
+  function side.read_manifest(relative)
+    local text, err, kind = store.client:get(remote.key(store, relative .. ".json"), { max = 4 * 1024 * 1024 })
+    if not text then return nil, err, kind end
+    return require("lib.manifest").parse(text, remote.display(store, relative .. ".json"))
+  end
+  function side.sink(relative) return remote.sink(store, relative) end
+  function side.finish(relative, digest, manifest)
+    local ok, err, kind = remote.put(store, relative .. ".sha256", repo.sums_line(digest, relative:match("[^/]+$")))
+    if ok then ok, err, kind = remote.put(store, relative .. ".json", json.encode(manifest, true) .. "\n") end
+    return ok, err, kind
+  end
+  function side.discard(relative)
+    remote.delete(store, relative)
+    remote.delete(store, relative .. ".sha256")
+  end
+  return side
+end
+
+local function side_for(location, write)
+  if remote.is_url(location) then return remote_side(location) end
+  return local_side(location, write)
+end
+
+-- ------------------------------------------------------------------ the copy
+
+local source = side_for(from, false)
+local target = side_for(to, not options.dry_run)
+if source.name == target.name then cli.usage_error("sync: --from and --to are the same repository (%s)", source.name) end
+logging.use_repository(source.dir or target.dir)
+logging.start()
+
+local wanted = options.db and { db = options.db } or {}
+local entries = source.scan({ db = wanted.db, type = options.type, globals = true })
+
+-- The globals of a run go with its database backups: with --db, only the stamps those have.
+local stamps = {}
+for _, entry in ipairs(entries) do
+  if entry.kind == "database" then stamps[entry.type .. "/" .. entry.stamp] = true end
+end
+
+local copied, present, damaged, failed, skipped = 0, 0, 0, 0, 0
+
+-- One backup: bytes (checked against the digest they must have), sidecar, manifest.
+local function copy(entry, relative, expected)
+  local ok, result = pcall(stream.run, { source.source(entry), hash.sha256{ expect = expected },
+    stream.progress{ label = relative, total = entry.stored_bytes }, target.sink(relative) })
+  if not ok then
+    target.discard(relative)
+    return nil, cli.reason(result), cli.kind(result)
+  end
+  local fok, err, kind = target.finish(relative, expected, entry.manifest)
+  if not fok then
+    target.discard(relative)
+    return nil, err, kind
+  end
+  return result
+end
+
+for _, entry in ipairs(entries) do
+  local relative = entry.type .. "/" .. entry.file
+  local shown = cli.printable(relative)
+  if entry.kind == "globals" and options.db and not stamps[entry.type .. "/" .. entry.stamp] then
+    -- another run's globals: not asked for
+  elseif not entry.manifest then
+    skipped = skipped + 1
+    cli.say("passed by %s: %s", shown, entry.manifest_kind == "missing" and "incomplete (no manifest yet)"
+      or cli.printable(tostring(entry.manifest_error)))
+  elseif target.has(relative) then
+    local theirs = target.read_manifest(relative)
+    if theirs and theirs.sha256 == entry.manifest.sha256 then
+      present = present + 1
+    else
+      failed = failed + 1
+      io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown,
+        " holds another backup under this name (a different SHA-256)\n")
+    end
+  else
+    local expected, err, kind = source.expected(entry)
+    if not expected then
+      if kind == "corrupt" or kind == "not_regular" or kind == "missing" then
+        damaged = damaged + 1
+        io.stderr:write("bkr: sync: not copied, damaged: ", source.name, "/", shown, ": ", cli.printable(err), "\n")
+      else
+        failed = failed + 1
+        io.stderr:write("bkr: sync: cannot read ", source.name, "/", shown, ": ", cli.printable(err), "\n")
+      end
+    elseif options.dry_run then
+      cli.say("would copy %s (%s)", shown, cli.size(entry.stored_bytes or 0))
+      copied = copied + 1
+    else
+      local result, cerr, ckind = copy(entry, relative, expected)
+      if result then
+        copied = copied + 1
+        cli.report("copied %s to %s (%s in %.1f s)", shown, target.name, cli.size(result.bytes_in), result.elapsed)
+        logging.step("copy", { file = relative, to = target.name, bytes = result.bytes_in, seconds = result.elapsed })
+      elseif ckind == "corrupt" then
+        damaged = damaged + 1
+        io.stderr:write("bkr: sync: not copied, damaged: ", source.name, "/", shown, ": ", cli.printable(cerr), "\n")
+        logging.step("copy", { file = relative, to = target.name, result = "failed", error = cerr, kind = ckind })
+      else
+        failed = failed + 1
+        io.stderr:write("bkr: sync: copy of ", shown, " to ", target.name, " failed: ", cli.printable(cerr), "\n")
+        logging.step("copy", { file = relative, to = target.name, result = "failed", error = cerr, kind = ckind })
+        if ckind == "interrupted" then break end
+      end
+    end
+  end
+end
+
+cli.report("sync %s -> %s: %s %s, %s already there%s%s%s", source.name, target.name,
+  cli.plural(copied, "backup", "backups"), options.dry_run and "to copy" or "copied", present,
+  damaged > 0 and (", " .. damaged .. " damaged") or "", failed > 0 and (", " .. failed .. " failed") or "",
+  skipped > 0 and (", " .. skipped .. " incomplete") or "")
+if failed > 0 then return cli.EXIT_FAILED end
+if damaged > 0 then return cli.EXIT_INTEGRITY end
+return cli.EXIT_OK

@@ -1,0 +1,62 @@
+-- s3rver on loopback for the specs (tests/support/s3rver.js: s3rver with its own directory,
+-- every signature checked with aws4, a request log, faults on demand).
+local json = require "dkjson"
+local util = require "support.util"
+local R = require "support.restore_util"
+local q = util.quote
+
+local M = {}
+
+M.SOURCE = os.getenv("BKR_SOURCE_DIR") or "."
+M.BUCKET = "bkr-test"
+M.ACCESS_KEY = "AKIDBKRTEST"
+M.SECRET_KEY = "bkrSecret/Key+Zq9X7w3T5vY2mN8pL4kJ6hG1"
+M.REGION = "us-east-1"
+
+-- Start s3rver in dir (a new scratch directory unless given: a restart keeps its objects), on
+-- port (0: a free one), over HTTPS with the key.pem and cert.pem of tls_dir when given.
+function M.start(dir, port, tls_dir)
+  dir = dir or util.scratch("s3rver")
+  os.remove(dir .. "/port")
+  util.sh("(S3RVER_PORT=" .. (port or 0) .. (tls_dir and " S3RVER_TLS=" .. q(tls_dir) or "")
+    .. " node --openssl-legacy-provider "
+    .. q(M.SOURCE .. "/tests/support/s3rver.js") .. " " .. q(dir) .. " " .. M.BUCKET .. " " .. M.ACCESS_KEY .. " "
+    .. q(M.SECRET_KEY) .. " " .. M.REGION .. " >>" .. q(dir .. "/server.log") .. " 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
+  assert(R.wait_for(dir .. "/port", 30), "s3rver did not start: " .. util.read(dir .. "/server.log"))
+  local server = { dir = dir, port = tonumber(util.read(dir .. "/port"):match("%d+")),
+    pid = util.read(dir .. "/pid"):match("%d+") }
+  server.endpoint = (tls_dir and "https" or "http") .. "://127.0.0.1:" .. server.port
+  function server.stop(signal)
+    util.sh("kill -" .. (signal or "TERM") .. " " .. server.pid .. " 2>/dev/null; for i in $(seq 50); do kill -0 "
+      .. server.pid .. " 2>/dev/null || break; sleep 0.1; done; kill -KILL " .. server.pid .. " 2>/dev/null")
+  end
+  -- Every request s3rver received so far: { method, url, headers }.
+  function server.requests()
+    local list = {}
+    local f = io.open(dir .. "/requests.log")
+    if not f then return list end
+    for line in f:lines() do list[#list + 1] = json.decode(line) end
+    f:close()
+    return list
+  end
+  function server.fault(spec)
+    util.write(dir .. "/fault", spec .. "\n")
+  end
+  -- Files of open multipart uploads in s3rver's store (its directory of uploads for the bucket).
+  function server.open_uploads()
+    local out = util.sh("find " .. q(dir .. "/data/" .. M.BUCKET) .. " -path '*_S3rver_uploads/*' -type f 2>/dev/null")
+    local files = {}
+    for line in out:gmatch("[^\n]+") do files[#files + 1] = line end
+    return files
+  end
+  -- The file s3rver stores an object's bytes in (checked with sha256sum), or nil.
+  function server.object_file(key)
+    local path = dir .. "/data/" .. M.BUCKET .. "/" .. key .. "._S3rver_object"
+    local f = io.open(path)
+    if f then f:close() end
+    return f and path or nil
+  end
+  return server
+end
+
+return M
