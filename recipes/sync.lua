@@ -152,6 +152,13 @@ local function copy(entry, relative, expected)
     stream.progress{ label = relative, total = entry.stored_bytes }, target.sink(relative) })
   if not ok then
     target.discard(relative)
+    -- SIGTERM ends the sync as it ends every run (exit 143). The partial copy goes again from
+    -- an at-exit function: there, requests are no longer refused as interrupted (an upload
+    -- whose completion crossed the signal may have landed under its key without a manifest).
+    if cli.kind(result) == "interrupted" then
+      bkr.at_exit(function() target.discard(relative) end)
+      error(result, 0)
+    end
     return nil, cli.reason(result), cli.kind(result)
   end
   local fok, err, kind = target.finish(relative, expected, entry.manifest)
@@ -207,7 +214,6 @@ for _, entry in ipairs(entries) do
         failed = failed + 1
         io.stderr:write("bkr: sync: copy of ", shown, " to ", target.name, " failed: ", cli.printable(cerr), "\n")
         logging.step("copy", { file = relative, to = target.name, result = "failed", error = cerr, kind = ckind })
-        if ckind == "interrupted" then break end
       end
     end
   end
