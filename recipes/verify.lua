@@ -15,6 +15,9 @@
 --      passed in full keeps "passed" (and notes the time of the checksum check)
 -- --latest checks the newest backup of each database and the globals file of the same run.
 -- A file bkr may not read is a permission problem: exit 1 with the fix, never "FAILED".
+-- Only a finding about the backup's bytes is "failed" (judge and DAMAGE_KINDS below); a check
+-- the environment stopped (no temporary directory, a full disk, pg_restore killed) records
+-- nothing and exits 1, an interrupt exits 130/143.
 -- Exit 0 when every file passes, 3 when any fails.
 local cli = require "lib.cli"
 local config = require "lib.config"
@@ -64,7 +67,8 @@ local function parse_arguments(args)
       { "--no-record", nil, "do not write the verdict into the manifests" },
     },
     exit_codes = "0 all passed, 3 a backup failed verification, 1 verification could not run (a file bkr\n"
-      .. "            may not read: the fix is printed), 2 usage (no repository at DIR, a --db without backups)",
+      .. "            may not read: the fix is printed; no temporary directory, a full disk, pg_restore\n"
+      .. "            killed: nothing recorded), 2 usage (no repository at DIR, a --db without backups)",
     see = "docs/verify.md",
   })
 end
@@ -170,14 +174,94 @@ local function explain(err)
   return cli.detail(err)
 end
 
+-- ------------------------------------------------------------------ damage or not
+
+-- A check ends in one outcome:
+--   { result = "passed" } / { result = "checksum-only" }  sound (recorded)
+--   { result = "failed", reason = R }       a finding about the backup's bytes (recorded, exit 3)
+--   { result = "wrong_key", reason = R }    says nothing about the backup (not recorded, exit 3)
+--   { result = "unverified", reason = R }   the environment stopped the check: a temporary
+--                                           directory missing or full, an I/O error, a child
+--                                           killed by a signal or that could not start
+--                                           (not recorded: the last verdict stays; exit 1)
+--   { result = "interrupted" }              SIGINT/SIGTERM (not recorded; exit 130/143)
+local PASSED, INTERRUPTED = { result = "passed" }, { result = "interrupted" }
+
+local function failed(reason) return { result = "failed", reason = reason } end
+local function unverified(reason) return { result = "unverified", reason = reason } end
+
+-- The kinds of errors (runtime/error.h) that are findings about the bytes read from the backup:
+-- the one place that says which failures are damage. Every other kind (io, no_space,
+-- permission, missing, exists, child_failed, usage, an error without a kind) is the
+-- environment's, and a missing sidecar, manifest or completion marker, a checksum, size or
+-- table mismatch are findings the checks name themselves (failed(...)).
+local DAMAGE_KINDS = { corrupt = true, truncated = true, not_regular = true, auth = true }
+
+-- The outcome of an error raised while reading a backup (from a pipeline, a pcall). `child`:
+-- the process that read the data (pg_restore), if any. A child killed by a signal (SIGKILL,
+-- the OOM killer, a shutdown) is the environment's whatever its cut-short output made the
+-- next stage say; a child that exited with its own non-zero status read the data and found
+-- it bad.
+local function judge(err, child)
+  local kind = cli.kind(err)
+  -- an interrupt may arrive as the host's plain "interrupted by SIGTERM", raised by its hook
+  -- inside whatever Lua code ran: never a finding
+  if kind == "interrupted" or bkr.interrupted() then return INTERRUPTED end
+  if kind == "key" then return { result = "wrong_key", reason = explain(err) } end
+  if child then
+    local ok, _, how = pcall(child.wait, child)
+    if ok and how == "signal" then
+      return unverified("pg_restore was killed by a signal: " .. cli.detail(err))
+    end
+    if ok and how == "exit" and kind == "child_failed" then return failed(explain(err)) end
+  end
+  if DAMAGE_KINDS[kind] then return failed(explain(err)) end
+  return unverified(explain(err))
+end
+
+-- A file of the backup that cannot be opened or read (nil, message, kind from a binding):
+-- gone or not a regular file is damage; anything else (EIO, EMFILE...) the environment's.
+local function unreadable(message, kind)
+  if kind == "interrupted" or bkr.interrupted() then return INTERRUPTED end
+  if kind == "missing" or kind == "not_regular" then return failed("missing: " .. tostring(message)) end
+  return unverified(tostring(message))
+end
+
 -- Only the SHA-256 of the stored bytes: an encrypted backup when no key was given.
 local function check_checksum_only(entry, expected)
-  local digest, err = hash.sha256_file(entry.path)
-  if not digest then return "missing: " .. err end
+  local digest, err, kind = hash.sha256_file(entry.path)
+  if not digest then return unreadable(err, kind) end
   if digest ~= expected then
-    return string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected)
+    return failed(string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected))
   end
-  return nil, "checksum-only"
+  return { result = "checksum-only" }
+end
+
+-- pg_restore --data-only reading the archive back as SQL through the per-table digests.
+local function read_back_archive(entry, archive)
+  local reader, err = proc.spawn{
+    argv = { pg_restore_program(entry.manifest.pg_dump_version), "--data-only", "--file=-", archive },
+    stdout = "pipe", stderr = "capture",
+  }
+  if not reader then return unverified("pg_restore could not start: " .. tostring(err)) end
+  local done, result = pcall(stream.run, { reader:source{ name = "pg_restore" },
+    dump.table_digests{ name = "tables" }, stream.tail{ name = "tail", bytes = 1024 }, stream.to_null() })
+  local said = reader:stderr()
+  local outcome
+  if not done then
+    outcome = judge(result, reader)
+    if outcome.result == "failed" then
+      outcome = failed("corrupt: pg_restore cannot read the archive: "
+        .. cli.printable((said:gsub("%s+$", ""):match("[^\n]*$") or "")) .. " (" .. cli.detail(result) .. ")")
+    end
+  end
+  reader:close()
+  if outcome then return outcome end
+  if not result.tail:find(repo.COMPLETION_MARKERS.database) then
+    return failed("truncated: pg_restore's reading of the archive does not end with the completion marker")
+  end
+  local mismatch = compare_tables(result.tables, entry.manifest.tables)
+  return mismatch and failed(mismatch) or PASSED
 end
 
 -- A custom-format archive (format: custom): the SHA-256 of the stored bytes first, then
@@ -186,60 +270,38 @@ end
 -- compare with the manifest as a plain dump's are. pg_restore must succeed and its output
 -- end with the completion marker.
 local function check_custom(entry, key, expected)
-  local digest, herr = hash.sha256_file(entry.path)
-  if not digest then return "missing: " .. herr end
+  local digest, herr, hkind = hash.sha256_file(entry.path)
+  if not digest then return unreadable(herr, hkind) end
   if digest ~= expected then
-    return string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected)
+    return failed(string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected))
   end
   local run = { cfg = cfg_for_restore, key = key }
-  local ok, reason, kind = pcall(restore.with_archive, run, entry, function(archive, bytes)
+  local ok, outcome = pcall(restore.with_archive, run, entry, function(archive, bytes)
     if entry.manifest.raw_bytes ~= bytes then
-      return string.format("manifest mismatch: the archive has %d bytes, manifest says %d", bytes,
-        entry.manifest.raw_bytes)
+      return failed(string.format("manifest mismatch: the archive has %d bytes, manifest says %d", bytes,
+        entry.manifest.raw_bytes))
     end
-    local reader, err = proc.spawn{
-      argv = { pg_restore_program(entry.manifest.pg_dump_version), "--data-only", "--file=-", archive }, stdout = "pipe", stderr = "capture",
-    }
-    if not reader then return "missing: " .. err end
-    local done, result = pcall(stream.run, { reader:source{ name = "pg_restore" },
-      dump.table_digests{ name = "tables" }, stream.tail{ name = "tail", bytes = 1024 }, stream.to_null() })
-    local said = reader:stderr()
-    reader:close()
-    if not done then
-      if cli.kind(result) == "interrupted" then return nil, "interrupted" end
-      return "corrupt: pg_restore cannot read the archive: "
-        .. cli.printable((said:gsub("%s+$", ""):match("[^\n]*$") or "")) .. " (" .. cli.detail(result) .. ")"
-    end
-    if not result.tail:find(repo.COMPLETION_MARKERS.database) then
-      return "truncated: pg_restore's reading of the archive does not end with the completion marker"
-    end
-    return compare_tables(result.tables, entry.manifest.tables)
+    return read_back_archive(entry, archive)
   end)
-  if not ok then
-    local ekind = cli.kind(reason)
-    if ekind == "interrupted" then return nil, nil, "interrupted" end
-    return explain(reason), nil, ekind
-  end
-  if kind == "interrupted" then return nil, nil, "interrupted" end
-  return reason
+  if not ok then return judge(outcome) end
+  return outcome
 end
 
--- Returns nil when the backup is sound, else the reason; and, for a sound backup that could
--- only be partly checked, its verdict ("checksum-only").
+-- The outcome of checking one backup (see above).
 local function check(entry, key)
   local expected, err = repo.check_sidecars(entry)
-  if not expected then return err end
+  if not expected then return failed(err) end
   local manifest = entry.manifest
 
   if entry.encrypted and not key then return check_checksum_only(entry, expected) end
   local storage = codec.for_entry(entry)
   if storage and storage.dump_format == "custom" then return check_custom(entry, key, expected) end
 
-  local source, open_err = stream.from_file(entry.path)
-  if not source then return "missing: " .. open_err end
+  local source, open_err, open_kind = stream.from_file(entry.path)
+  if not source then return unreadable(open_err, open_kind) end
   local stages = { source, hash.sha256{ name = "stored" } }
   if entry.encrypted then stages[#stages + 1] = crypto.decrypt{ key = key } end
-  if not storage then return "damaged: neither its name nor its manifest says how it is stored" end
+  if not storage then return failed("damaged: neither its name nor its manifest says how it is stored") end
   stages[#stages + 1] = codec.decompress(storage)
   if entry.kind == "database" then stages[#stages + 1] = dump.table_digests{ name = "tables" } end
   stages[#stages + 1] = stream.tail{ name = "tail", bytes = 1024 }
@@ -249,52 +311,57 @@ local function check(entry, key)
   -- notices it too, and a file cut short is "truncated".
   local ok, result = pcall(stream.run, stages)
   if not ok then
-    local kind = cli.kind(result)
-    if kind == "interrupted" then return nil, nil, "interrupted" end
-    if kind == "key" then return explain(result), nil, "key" end
-    if kind == "truncated" or hash.sha256_file(entry.path) == expected then return explain(result), nil, kind end
-    return "checksum mismatch: " .. explain(result), nil, kind
+    local outcome = judge(result)
+    if outcome.result ~= "failed" and outcome.result ~= "unverified" then return outcome end
+    if cli.kind(result) ~= "truncated" then
+      local digest = hash.sha256_file(entry.path)
+      if digest and digest ~= expected then return failed("checksum mismatch: " .. explain(result)) end
+    end
+    return outcome
   end
   if result.stored ~= expected then
-    return string.format("checksum mismatch: file has %s, sidecar says %s", result.stored, expected)
+    return failed(string.format("checksum mismatch: file has %s, sidecar says %s", result.stored, expected))
   end
   local raw_bytes = 0
   for _, stage in ipairs(result.stages) do
     if stage.name == "decompress" then raw_bytes = stage.bytes_out end
   end
   if manifest.raw_bytes ~= raw_bytes then
-    return string.format("manifest mismatch: %d bytes after decompression, manifest says %d",
-      raw_bytes, manifest.raw_bytes)
+    return failed(string.format("manifest mismatch: %d bytes after decompression, manifest says %d",
+      raw_bytes, manifest.raw_bytes))
   end
   if not result.tail:find(repo.COMPLETION_MARKERS[entry.kind]) then
-    return "truncated: the dump does not end with pg_dump's completion marker"
+    return failed("truncated: the dump does not end with pg_dump's completion marker")
   end
-  if entry.kind == "database" then return compare_tables(result.tables, manifest.tables) end
-  return nil
+  if entry.kind == "database" then
+    local mismatch = compare_tables(result.tables, manifest.tables)
+    if mismatch then return failed(mismatch) end
+  end
+  return PASSED
 end
 
-local function verdict(reason, partial)
-  return reason and "failed" or partial or "passed"
-end
-
--- The verdict to record, from the last one and this run's. A failure always counts (a file
--- that fails its checksum is failed). A checksum-only pass of a backup whose last verdict is
--- "passed" keeps that verdict, with its time: the stored bytes are still those a full check
--- passed; the checksum check's own time is kept beside it (checksum_only_time).
-local function verdict_to_record(previous, reason, partial, now)
-  local result = verdict(reason, partial)
-  if result == "checksum-only" and previous and previous.result == "passed" then
+-- The verdict to record, from the last one and this run's outcome (passed, checksum-only or
+-- failed: the others record nothing). A failure always counts (a file that fails its checksum
+-- is failed). A checksum-only pass of a backup whose last verdict is "passed" keeps that
+-- verdict, with its time: the stored bytes are still those a full check passed; the checksum
+-- check's own time is kept beside it (checksum_only_time).
+local function verdict_to_record(previous, outcome, now)
+  if outcome.result == "checksum-only" and previous and previous.result == "passed" then
     return { time = previous.time, result = "passed", checksum_only_time = now }
   end
-  return { time = now, result = result, reason = reason }
+  return { time = now, result = outcome.result, reason = outcome.reason }
 end
 
+-- What is recorded for each outcome: a finding about the backup, or nothing.
+local RECORDED = { passed = true, ["checksum-only"] = true, failed = true }
+
 -- Returns the verdict recorded (nil when there is none to record), or nil, the error.
-local function record(entry, reason, partial, kind)
+local function record(entry, outcome)
   if not entry.manifest then return end
-  -- The wrong key says nothing about the backup: keep its last verdict.
-  if kind == "key" then return end
-  local recorded = verdict_to_record(entry.manifest.verification, reason, partial, repo.iso_time(os.time()))
+  -- A wrong key, or a check the environment stopped, says nothing about the backup: keep its
+  -- last verdict.
+  if not RECORDED[outcome.result] then return end
+  local recorded = verdict_to_record(entry.manifest.verification, outcome, repo.iso_time(os.time()))
   entry.manifest.verification = recorded
   -- An unrecorded "passed" would leave the backup unprotected from rotation: say so.
   local ok, err = repo.write_manifest(entry.path, entry.manifest)
@@ -343,25 +410,29 @@ for _, entry in ipairs(backups) do
   end
 end
 
-local failures, partial_count, unrecorded = 0, 0, 0
+local failures, partial_count, unrecorded, unverified_count = 0, 0, 0, 0
 for _, entry in ipairs(backups) do
   if bkr.interrupted() then break end
-  local reason, partial, kind = check(entry, key)
-  if kind == "interrupted" then break end
+  local outcome = check(entry, key)
+  if outcome.result == "interrupted" or bkr.interrupted() then break end
   local recorded
   if not options.no_record then
     local rerr
-    recorded, rerr = record(entry, reason, partial, kind)
+    recorded, rerr = record(entry, outcome)
     if recorded == nil and rerr then
       unrecorded = unrecorded + 1
       cli.warn("verify", "the verdict for %s was not recorded: %s", cli.printable(entry.file), rerr)
     end
   end
   local label = cli.printable(entry.type .. "/" .. entry.file)
-  if reason then
+  if outcome.result == "unverified" then
+    unverified_count = unverified_count + 1
+    print(string.format("ERROR   %s: could not be verified (its last verdict is kept): %s", label,
+      cli.printable(outcome.reason)))
+  elseif outcome.reason then
     failures = failures + 1
-    print(string.format("FAILED  %s: %s", label, cli.printable(reason)))
-  elseif partial then
+    print(string.format("FAILED  %s: %s", label, cli.printable(outcome.reason)))
+  elseif outcome.result == "checksum-only" then
     partial_count = partial_count + 1
     local holds = recorded and recorded.result == "passed"
       and string.format("; it passed in full at %s, which still holds", recorded.time) or ""
@@ -374,8 +445,9 @@ for _, entry in ipairs(backups) do
       .. "--latest, the drill and rotation pass it by", label))
   end
   if dir then
+    local result = outcome.result == "wrong_key" and "failed" or outcome.result
     repo.log(dir, { step = "check", database = entry.database or "(globals)", file = label,
-      result = verdict(reason, partial), error = reason })
+      result = result, error = outcome.reason })
   end
 end
 if partial_count > 0 then
@@ -385,6 +457,12 @@ end
 if failures > 0 then
   io.stderr:write(string.format("bkr verify: %d of %d backups failed verification\n", failures, #backups))
   return cli.EXIT_INTEGRITY
+end
+if unverified_count > 0 then
+  -- nothing is known about these backups: neither "failed" (exit 3) nor all passed
+  cli.fail(cli.EXIT_FAILED, "verify: %s could not be verified (nothing recorded for %s); fix the cause "
+    .. "above and run verify again", cli.plural(unverified_count, "backup", "backups"),
+    unverified_count == 1 and "it" or "them")
 end
 if unrecorded > 0 then
   -- rotation protects only a recorded "passed": the run did not do all it was asked

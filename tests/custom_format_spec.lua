@@ -216,6 +216,78 @@ describe("format: custom", function()
     assert.are.equal("", util.sh("ls -A " .. q(tmp)))
   end)
 
+  it("verify records nothing when the environment stops it (temp dir missing, not a directory, "
+    .. "relative; pg_restore killed): exit 1, the verdict kept", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local key = util.scratch("key") .. "/backup.key"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key))))
+    local cfg = custom_config(repo, "encryption:\n  key_file: " .. key .. "\n")
+    local out, rc = run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local path = repo .. "/daily/" .. files(repo, "%.dump%.enc$")[1]
+    out, rc = run("verify --latest --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local function verification(file) return json.decode(util.read(file .. ".json")).verification end
+    local passed = verification(path)
+    assert.are.equal("passed", passed.result)
+    local not_a_dir = util.scratch("tmpfile") .. "/file"
+    util.write(not_a_dir, "x")
+    for _, tmpdir in ipairs({ "/nonexistent", not_a_dir, "relative/dir" }) do
+      out, rc = run("verify --latest --config " .. q(cfg), "TMPDIR=" .. q(tmpdir))
+      assert.are.equal(1, rc, tmpdir .. ": " .. out)
+      assert.matches("ERROR +daily/backup_[^\n]*%.dump%.enc: could not be verified", out)
+      assert.matches("1 backup could not be verified", out)
+      assert.not_matches("FAILED", out)
+      assert.are.same(passed, verification(path))
+    end
+    -- bkr check still sees a verified backup (rotation keeps the newest one that passed)
+    assert.matches("'" .. db .. " verified_age'=%d+s", (run("check --config " .. q(cfg))))
+    -- a plain custom archive whose pg_restore is killed (SIGKILL, the OOM killer) half way
+    local plain_repo = util.scratch("repo")
+    local plain_cfg = custom_config(plain_repo)
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(plain_cfg) .. " --db " .. db)))
+    local dump = plain_repo .. "/daily/" .. files(plain_repo, "%.dump$")[1]
+    assert.are.equal(0, select(2, run("verify --latest --config " .. q(plain_cfg))))
+    passed = verification(dump)
+    assert.are.equal("passed", passed.result)
+    local bindir = util.scratch("fakebin")
+    util.write(bindir .. "/pg_restore", "#!/bin/sh\nREAL=" .. q(pg_restore()) .. "\n"
+      .. 'if [ "$1" = --version ]; then exec "$REAL" --version; fi\n'
+      .. '"$REAL" "$@" | head -c 20000\nkill -KILL $$\n')
+    util.sh("chmod +x " .. q(bindir .. "/pg_restore"))
+    local killing_cfg = custom_config(plain_repo, "pg_bindir: " .. bindir .. "\n")
+    out, rc = run("verify --latest --config " .. q(killing_cfg))
+    assert.are.equal(1, rc, out)
+    assert.matches("could not be verified[^\n]*killed by a signal", out)
+    assert.not_matches("FAILED", out)
+    assert.are.same(passed, verification(dump))
+    -- pg_restore that exits 1 on its own is a finding: see "a damaged archive fails verification"
+  end)
+
+  it("verify stopped by SIGTERM at any moment exits 143 and records nothing", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local key = util.scratch("key") .. "/backup.key"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key))))
+    local cfg = custom_config(repo, "encryption:\n  key_file: " .. key .. "\n")
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)))
+    local path = repo .. "/daily/" .. files(repo, "%.dump%.enc$")[1]
+    local out, rc = run("verify --latest --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    local tmp = util.scratch("tmpdir")
+    -- the signal lands in C (decrypting, pg_restore) or in Lua code between the steps
+    for i = 1, 25 do
+      out, rc = util.sh("(TMPDIR=" .. q(tmp) .. " " .. q(util.bkr_bin()) .. " verify --latest --config " .. q(cfg)
+        .. " & p=$!; sleep " .. string.format("%.3f", 0.012 * i) .. "; kill -TERM $p; wait $p) 2>&1")
+      assert.is_true(rc == 143 or rc == 0, out)
+      local verification = json.decode(util.read(path .. ".json")).verification
+      assert.are.equal("passed", verification.result, out)
+      assert.not_matches("FAILED", out)
+      assert.are.equal("", util.sh("ls -A " .. q(tmp)))
+    end
+  end)
+
   it("a drill passes on a custom-format backup", function()
     local db = new_database()
     local repo = util.scratch("repo")
