@@ -606,6 +606,11 @@ static int sink_finish(void *self, bkr_error *err)
 static void sink_abort(void *self)
 {
     proc *p = self;
+    /* The signal before the end of input: a child that takes a clean end of its input as
+     * "all done" (psql --single-transaction commits then) must never see one when the run
+     * failed. A fatal signal is pending once kill returns; the child dies before it reads. */
+    if (p->running)
+        kill(p->pid, SIGTERM);
     proc_close_fd(&p->fd_in);
     proc_terminate(p);
 }

@@ -24,13 +24,18 @@
  *   stream.to_null([opts])                sink that discards
  *   stream.to_stdout([opts])              sink writing to standard output (restores by hand:
  *                                         `bkr decrypt FILE | psql`); a closed pipe fails the run
- *   stream.count([opts])                  pass-through filter; result: byte count
+ *   stream.count([{expect = N}])          pass-through filter; result: byte count. With
+ *                                         expect: a byte more fails at once (kind corrupt),
+ *                                         fewer fail at the end of input (truncated)
  *   stream.progress{label = "db", total = bytes_or_nil, interval = 0.5}
  *                                         pass-through filter: a progress line on stderr when
  *                                         stderr is a terminal (bytes, rate, share of total);
  *                                         silent otherwise; result: none
- *   stream.tail([{bytes = 256}])          pass-through filter; result: the last bytes seen
- *                                         (a dump's completion marker is at its very end)
+ *   stream.tail([{bytes = 256, expect = s}])
+ *                                         pass-through filter; result: the last bytes seen
+ *                                         (a dump's completion marker is at its very end).
+ *                                         With expect (plain text): fails at the end of input,
+ *                                         kind truncated, unless the last bytes contain it
  *   stage:close()                         release a stage that will not run (also __gc, __close)
  * Every opts table may carry `name`, the key of the stage's result.
  *

@@ -275,6 +275,8 @@ static int stream_to_string(lua_State *L)
 
 typedef struct counter {
     uint64_t bytes;
+    int has_expect;  /* stream.count{expect = N}: exactly N bytes must pass */
+    uint64_t expect;
 } counter;
 
 static int null_write(void *self, const unsigned char *data, size_t len, bkr_error *err)
@@ -299,9 +301,22 @@ static const bkr_stage_ops null_sink_ops = {
     .type = "null", .kind = BKR_SINK, .write = null_write, .free = free,
 };
 
+/* With an expected size, a byte too many fails at once, before it goes on to the next stage
+ * (a sink that commits never sees it), and too few fail at the end of input, before any sink
+ * finishes. */
 static int count_observe(void *self, const unsigned char *data, size_t len, bkr_error *err)
 {
-    ((counter *)self)->bytes += len;
+    counter *c = self;
+    if (data == NULL) {
+        if (c->has_expect && c->bytes < c->expect)
+            return bkr_error_kind(err, BKR_KIND_TRUNCATED, "%llu bytes, %llu expected (the data ends early)",
+                                  (unsigned long long)c->bytes, (unsigned long long)c->expect);
+        return 0;
+    }
+    c->bytes += len;
+    if (c->has_expect && c->bytes > c->expect)
+        return bkr_error_kind(err, BKR_KIND_CORRUPT, "more than the %llu bytes expected (at least %llu)",
+                              (unsigned long long)c->expect, (unsigned long long)c->bytes);
     return 0;
 }
 
@@ -341,21 +356,51 @@ static int stream_to_stdout(lua_State *L)
 
 static int stream_count(lua_State *L)
 {
-    return new_counter_stage(L, &count_ops, 1);
+    int has_expect = 0;
+    lua_Integer expect = 0;
+    if (lua_istable(L, 1)) {
+        lua_getfield(L, 1, "expect");
+        if (!lua_isnil(L, -1)) {
+            int isnum = 0;
+            expect = lua_tointegerx(L, -1, &isnum);
+            luaL_argcheck(L, isnum && expect >= 0, 1, "count expect must be a whole number of bytes >= 0");
+            has_expect = 1;
+        }
+        lua_pop(L, 1);
+    } else {
+        luaL_argcheck(L, lua_isnoneornil(L, 1), 1, "options must be a table");
+    }
+    const char *name = bkr_stage_optname(L, 1);
+    bkr_stage *st = bkr_stage_new(L, &count_ops);
+    counter *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return luaL_error(L, "stream.count: out of memory");
+    c->has_expect = has_expect;
+    c->expect = (uint64_t)expect;
+    bkr_stage_open(st, c, name);
+    return 1;
 }
 
 /* ================================================================ tail */
 
 typedef struct tail {
     size_t cap, len;
+    size_t expect_len;       /* stream.tail{expect = s}: 0 for none */
+    unsigned char *expect;   /* inside data, after the cap bytes kept */
     unsigned char data[];
 } tail;
 
 static int tail_observe(void *self, const unsigned char *data, size_t len, bkr_error *err)
 {
     tail *t = self;
-    if (data == NULL)
+    if (data == NULL) {
+        /* At the end of input, before any sink finishes: a dump without its completion
+         * marker never reaches a commit. */
+        if (t->expect_len > 0 && memmem(t->data, t->len, t->expect, t->expect_len) == NULL)
+            return bkr_error_kind(err, BKR_KIND_TRUNCATED, "the expected end is not in the last %zu bytes "
+                                  "(the data was cut short?)", t->cap);
         return 0;
+    }
     if (len >= t->cap) {
         memcpy(t->data, data + len - t->cap, t->cap);
         t->len = t->cap;
@@ -383,17 +428,28 @@ static int stream_tail(lua_State *L)
 {
     const char *name = bkr_stage_optname(L, 1);
     lua_Integer bytes = 256;
+    const char *expect = NULL;
+    size_t expect_len = 0;
     if (lua_istable(L, 1)) {
         lua_getfield(L, 1, "bytes");
         bytes = luaL_optinteger(L, -1, 256);
-        lua_pop(L, 1);
+        lua_getfield(L, 1, "expect");
+        expect = luaL_optlstring(L, -1, NULL, &expect_len);
+        lua_pop(L, 2); /* the string stays reachable from the options table */
     }
     luaL_argcheck(L, bytes > 0 && bytes <= 1024 * 1024, 1, "tail bytes must be 1 to 1048576");
+    luaL_argcheck(L, expect == NULL || (expect_len > 0 && expect_len <= (size_t)bytes), 1,
+                  "tail expect must be 1 to `bytes` bytes long");
     bkr_stage *st = bkr_stage_new(L, &tail_ops);
-    tail *t = calloc(1, sizeof *t + (size_t)bytes);
+    tail *t = calloc(1, sizeof *t + (size_t)bytes + expect_len);
     if (t == NULL)
         return luaL_error(L, "stream.tail: out of memory");
     t->cap = (size_t)bytes;
+    if (expect != NULL) {
+        t->expect = t->data + t->cap;
+        memcpy(t->expect, expect, expect_len);
+        t->expect_len = expect_len;
+    }
     bkr_stage_open(st, t, name);
     return 1;
 }

@@ -214,6 +214,55 @@ describe("stream.run", function()
     end
   end)
 
+  it("count{expect = N} fails a stream of another size before the sink commits (kinds corrupt, truncated)", function()
+    local dir = util.scratch("count")
+    local data = sample(5000) -- several chunks
+    local r = stream.run{ stream.from_string(data), stream.count{ expect = #data }, stream.to_null() }
+    assert.are.equal(#data, r.count)
+    -- fewer bytes: at the end of input, and the file sink never renames its file into place
+    local ok, err = pcall(stream.run, { stream.from_string(data), stream.count{ expect = #data + 1 },
+      assert(stream.to_file(dir .. "/short")) })
+    assert.is_false(ok)
+    assert.are.equal("truncated", err.kind)
+    assert.matches(#data .. " bytes, " .. (#data + 1) .. " expected", err.message)
+    assert.is_nil(io.open(dir .. "/short"))
+    -- more bytes: at once, and the chunk that holds them never reaches the sink
+    local proc = require "bkr.proc"
+    local cat = assert(proc.spawn{ argv = { "sh", "-c", "cat > " .. util.quote(dir .. "/long") }, stdin = "pipe" })
+    ok, err = pcall(stream.run, { stream.from_string(string.rep("x", 200000)), stream.count{ expect = 150000 },
+      cat:sink() })
+    cat:close()
+    assert.is_false(ok)
+    assert.are.equal("corrupt", err.kind)
+    assert.matches("more than the 150000 bytes expected", err.message)
+    assert.is_true(#util.read(dir .. "/long") <= 150000)
+    assert.has_error(function() stream.count{ expect = -1 } end)
+    assert.has_error(function() stream.count{ expect = 1.5 } end)
+  end)
+
+  it("tail{expect = s} fails at the end of input unless the last bytes hold s (kind truncated)", function()
+    local dir = util.scratch("tail")
+    local marker = "\n-- PostgreSQL database dump complete\n"
+    local data = sample(40000) .. marker .. "--\n\n"
+    local r = stream.run{ stream.from_string(data), stream.tail{ bytes = 256, expect = marker }, stream.to_null() }
+    assert.are.equal(data:sub(-256), r.tail)
+    -- a % or other pattern character is plain text here
+    r = stream.run{ stream.from_string("a.b%"), stream.tail{ bytes = 8, expect = "%" }, stream.to_null() }
+    assert.are.equal("a.b%", r.tail)
+    local ok, err = pcall(stream.run, { stream.from_string(data:sub(1, 200000)),
+      stream.tail{ bytes = 256, expect = marker }, assert(stream.to_file(dir .. "/cut")) })
+    assert.is_false(ok)
+    assert.are.equal("truncated", err.kind)
+    assert.is_nil(io.open(dir .. "/cut"))
+    -- the marker further back than `bytes` does not count
+    ok, err = pcall(stream.run, { stream.from_string(marker .. string.rep("x", 300)),
+      stream.tail{ bytes = 256, expect = marker }, stream.to_null() })
+    assert.is_false(ok)
+    assert.are.equal("truncated", err.kind)
+    assert.has_error(function() stream.tail{ bytes = 4, expect = "longer" } end)
+    assert.has_error(function() stream.tail{ expect = "" } end)
+  end)
+
   it("writes to standard output for restores by hand, and fails when the reader goes away", function()
     local dir = util.scratch("stdout")
     util.write(dir .. "/s.lua", [[
