@@ -217,6 +217,12 @@ end
 local function stream_into_database(job)
   local ok, result = pcall(restore.stream_into, job.run, job.entry, job.into)
   if not ok then
+    -- the backup's own bytes are bad (a size or completion marker that is not the manifest's,
+    -- corrupt data): stopped before psql could commit, or before pg_restore started
+    if repo.DAMAGE_KINDS[cli.kind(result)] and not bkr.interrupted() then
+      abandon(job, cli.EXIT_INTEGRITY, "restore: %s failed verification while restoring, nothing was committed: %s",
+        job.entry.file, cli.detail(result))
+    end
     -- pg_restore with several jobs commits as it goes: only a database this run made (and
     -- drops again) is sure to hold nothing of it
     local parallel = codec.for_entry(job.entry).dump_format == "custom" and restore.jobs(job.run) > 1

@@ -190,12 +190,12 @@ local PASSED, INTERRUPTED = { result = "passed" }, { result = "interrupted" }
 local function failed(reason) return { result = "failed", reason = reason } end
 local function unverified(reason) return { result = "unverified", reason = reason } end
 
--- The kinds of errors (runtime/error.h) that are findings about the bytes read from the backup:
--- the one place that says which failures are damage. Every other kind (io, no_space,
--- permission, missing, exists, child_failed, usage, an error without a kind) is the
--- environment's, and a missing sidecar, manifest or completion marker, a checksum, size or
--- table mismatch are findings the checks name themselves (failed(...)).
-local DAMAGE_KINDS = { corrupt = true, truncated = true, not_regular = true, auth = true }
+-- The kinds of errors that are findings about the bytes read from the backup (repo.DAMAGE_KINDS,
+-- shared with restore). Every other kind (io, no_space, permission, missing, exists,
+-- child_failed, usage, an error without a kind) is the environment's; a missing sidecar,
+-- manifest or completion marker, a checksum, size or table mismatch are findings the checks
+-- name themselves (failed(...)).
+local DAMAGE_KINDS = repo.DAMAGE_KINDS
 
 -- The outcome of an error raised while reading a backup (from a pipeline, a pcall). `child`:
 -- the process that read the data (pg_restore), if any. A child killed by a signal (SIGKILL,

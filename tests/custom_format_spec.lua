@@ -172,6 +172,26 @@ describe("format: custom", function()
     assert.are.equal("0", util.psql("select count(*) from pg_database where datname = '" .. target .. "'"))
   end)
 
+  it("an archive whose size is not the manifest's is refused before pg_restore runs (exit 3)", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local cfg = custom_config(repo)
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db)))
+    local path = repo .. "/daily/" .. files(repo, "%.dump$")[1]
+    -- bytes appended, then re-signed: the sidecar, sha256 and stored_bytes recomputed
+    util.sh("printf 'CREATE TABLE public.injected(x int);\\n' >> " .. q(path))
+    util.sh("cd " .. q(repo .. "/daily") .. " && sha256sum " .. q(path:match("[^/]+$")) .. " > " .. q(path .. ".sha256"))
+    local manifest = json.decode(util.read(path .. ".json"))
+    manifest.sha256 = util.sha256sum(path)
+    manifest.stored_bytes = manifest.raw_bytes + 37
+    util.write(path .. ".json", json.encode(manifest))
+    local target = util.new_database("cf_size")
+    local out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into " .. target .. " --jobs 2")
+    assert.are.equal(3, rc, out)
+    assert.matches("size: the archive has %d+ bytes, the manifest says %d+", out)
+    assert.are.equal("0", util.psql("select count(*) from pg_class where relname in ('t', 'injected')", target))
+  end)
+
   it("encrypted: .dump.enc round-trips through verify and restore; the plaintext never stays on disk", function()
     local db = new_database()
     local repo = util.scratch("repo")

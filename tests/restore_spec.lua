@@ -317,6 +317,100 @@ describe("bkr restore edge cases", function()
   end)
 end)
 
+describe("bkr restore checks what verify checks, before psql commits", function()
+  -- The file changed, then "re-signed": the sidecar and the manifest's sha256 and stored_bytes
+  -- recomputed, so only the size after decompression and the completion marker give it away.
+  local function resign(path)
+    local dir, file = path:match("^(.*)/([^/]+)$")
+    util.sh("cd " .. q(dir) .. " && sha256sum " .. q(file) .. " > " .. q(file .. ".sha256"))
+    local manifest = json.decode(util.read(path .. ".json"))
+    manifest.sha256 = util.sha256sum(path)
+    manifest.stored_bytes = tonumber(util.sh("stat -c %s " .. q(path)):match("%d+"))
+    util.write(path .. ".json", json.encode(manifest))
+  end
+
+  local function config_with(repo, compression)
+    local path = util.scratch("cfg") .. "/bkr.yaml"
+    util.write(path, "repository: " .. repo .. "\ncompression: " .. compression .. "\n")
+    return path
+  end
+
+  local SETUP = "create table t (id int primary key, x text); insert into t select i, md5(i::text) from generate_series(1, 5000) i;"
+
+  for _, compression in ipairs({ "gzip", "zstd" }) do
+    local tool = compression == "gzip" and "gzip" or "zstd -q"
+    local suffix = compression == "gzip" and "%.sql%.gz$" or "%.sql%.zst$"
+
+    local function backup_of(db)
+      local repo = util.scratch("repo")
+      local out, rc = run("backup --no-globals --create-repo --config " .. q(config_with(repo, compression))
+        .. " --db " .. db)
+      assert.are.equal(0, rc, out)
+      local list = util.sh("ls " .. q(repo .. "/daily"))
+      for name in list:gmatch("[^\n]+") do
+        if name:match(suffix) then return repo, repo .. "/daily/" .. name end
+      end
+      error("no backup in " .. list)
+    end
+
+    it(compression .. ": a dump with SQL appended is refused (exit 3) and nothing of it is committed", function()
+      local db = new_database(SETUP)
+      local repo, path = backup_of(db)
+      util.sh("printf 'CREATE TABLE public.injected(x int);\\n' | " .. tool .. " -c >> " .. q(path))
+      resign(path)
+      local target = new_database()
+      local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target)
+      assert.are.equal(3, rc, out)
+      assert.matches("failed verification while restoring, nothing was committed: size: more than the %d+ bytes "
+        .. "expected", out)
+      assert.are.equal("0", util.psql("select count(*) from pg_class where relname in ('t', 'injected')", target))
+      -- a database restore --create made is dropped again
+      out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_new --create")
+      assert.are.equal(3, rc, out)
+      assert.is_false(exists(db .. "_new"))
+    end)
+
+    it(compression .. ": a dump cut after a row is refused (exit 3) and nothing of it is committed", function()
+      local db = new_database(SETUP)
+      local repo, path = backup_of(db)
+      local decompress = tool .. " -dc " .. q(path) .. " 2>/dev/null"
+      util.sh("n=$(" .. decompress .. " | grep -n '^COPY public.t ' | cut -d: -f1); " .. decompress
+        .. " | head -n $((n + 100)) | " .. tool .. " -c > " .. q(path .. ".cut") .. " && mv " .. q(path .. ".cut")
+        .. " " .. q(path))
+      resign(path)
+      local target = new_database()
+      local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target)
+      assert.are.equal(3, rc, out)
+      assert.matches("failed verification while restoring, nothing was committed: size: %d+ bytes, %d+ expected", out)
+      assert.are.equal("0", util.psql("select count(*) from pg_class where relname = 't'", target))
+      -- the same cut with the manifest's size changed to match: the completion marker is missing
+      local manifest = json.decode(util.read(path .. ".json"))
+      manifest.raw_bytes = tonumber(util.sh(decompress .. " | wc -c"):match("%d+"))
+      util.write(path .. ".json", json.encode(manifest))
+      out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. target)
+      assert.are.equal(3, rc, out)
+      assert.matches("completion marker: the expected end is not in the last", out)
+      assert.are.equal("0", util.psql("select count(*) from pg_class where relname = 't'", target))
+    end)
+  end
+
+  it("a globals file with SQL appended is refused before any of it is applied", function()
+    local db = new_database("create table t (x int);")
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local globals = repo .. "/daily/" .. util.sh("ls " .. q(repo .. "/daily") .. " | grep '^globals_.*gz$'"):gsub("\n", "")
+    local role = "bkr_injected_" .. math.random(1e6)
+    util.sh("printf 'CREATE ROLE " .. role .. ";\\n' | gzip -c >> " .. q(globals))
+    resign(globals)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_g --create --globals")
+    assert.are.equal(1, rc, out)
+    assert.matches("globals file [^\n]* failed verification: size: more than", out)
+    assert.are.equal("0", util.psql("select count(*) from pg_roles where rolname = '" .. role .. "'"))
+    assert.is_false(exists(db .. "_g"))
+  end)
+end)
+
 describe("bkr restore reads what it is given exactly", function()
   it("reads valid times and refuses impossible ones with exit 2 'cannot read time'", function()
     local restore = require "lib.restore"

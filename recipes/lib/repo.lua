@@ -33,10 +33,24 @@ repo.TYPES = { "daily", "weekly", "monthly" }
 
 -- The last line pg_dump (pg_dumpall) writes: a dump without it was cut short, whatever its
 -- exit status. backup refuses to keep such a dump and verify fails it.
-repo.COMPLETION_MARKERS = {
-  database = "\n%-%- PostgreSQL database dump complete\n",
-  globals = "\n%-%- PostgreSQL database cluster dump complete\n",
+-- COMPLETION_TEXT is the line as plain text (stream.tail{expect = ...}), COMPLETION_MARKERS
+-- the same as Lua patterns (string.find).
+repo.COMPLETION_TEXT = {
+  database = "\n-- PostgreSQL database dump complete\n",
+  globals = "\n-- PostgreSQL database cluster dump complete\n",
 }
+repo.COMPLETION_MARKERS = {}
+for kind, text in pairs(repo.COMPLETION_TEXT) do
+  repo.COMPLETION_MARKERS[kind] = text:gsub("%p", "%%%0")
+end
+-- How many of a dump's last bytes hold its completion marker: pg_dump 15.14 and later write a
+-- \unrestrict line after it.
+repo.COMPLETION_TAIL_BYTES = 1024
+
+-- The kinds of errors (runtime/error.h) that are findings about a backup's bytes, when they
+-- come from reading it: the backup is damaged. Every other kind (io, no_space, permission,
+-- child_failed, interrupted, ...) is the environment's and says nothing about the backup.
+repo.DAMAGE_KINDS = { corrupt = true, truncated = true, not_regular = true, auth = true }
 -- The stamp in a name: the UTC second, then an optional "-N" (N >= 2) sequence.
 local STAMP = "(%d%d%d%d%d%d%d%d_%d%d%d%d%d%d%-?%d*)"
 

@@ -311,6 +311,32 @@ Created.__close = Created.close
 
 -- ------------------------------------------------------------------ the stream
 
+-- An error object as stream.run raises them (runtime/error.h), for a finding about the backup
+-- made in Lua.
+local function raise_damage(kind, stage, reason)
+  error(setmetatable({ message = stage .. ": " .. reason, detail = stage .. ": " .. reason, reason = reason,
+    kind = kind, stage = stage }, { __tostring = function(e) return e.message end }), 0)
+end
+
+-- The checks a plain dump's stream makes before its sink may finish (psql --single-transaction
+-- commits at a clean end of its input): exactly the manifest's raw_bytes after decompression,
+-- a byte too many stopped before it reaches psql, and pg_dump's completion marker (kind:
+-- "database" or "globals") at the end, as verify checks them. They fail the run with kind
+-- corrupt (more bytes) or truncated (fewer, no marker).
+function restore.end_checks(entry, kind)
+  local stages = {}
+  local raw_bytes = entry.manifest and math.tointeger(entry.manifest.raw_bytes)
+  if raw_bytes then stages[#stages + 1] = stream.count{ name = "size", expect = raw_bytes } end
+  stages[#stages + 1] = stream.tail{ name = "completion marker", bytes = repo.COMPLETION_TAIL_BYTES,
+    expect = repo.COMPLETION_TEXT[kind] }
+  return stages
+end
+
+local function append(list, more)
+  for _, item in ipairs(more) do list[#list + 1] = item end
+  return list
+end
+
 -- psql reading the dump: one transaction, stop at the first error.
 local function spawn_psql(run, target)
   return proc.spawn{
@@ -338,7 +364,7 @@ end
 -- SIGKILL can leave them: bkr-archive.XXXXXX). Returns what fn returns; raises what the
 -- decryption raises (kinds: auth, key, truncated, corrupt, interrupted).
 function restore.with_archive(run, entry, fn)
-  if not entry.encrypted then return fn(entry.path, entry.manifest and entry.manifest.raw_bytes) end
+  if not entry.encrypted then return fn(entry.path, lfs.symlinkattributes(entry.path, "size")) end
   local key = require_key(run, entry)
   local dir, err = fs.temp_dir("bkr-archive")
   if not dir then error(err, 0) end
@@ -370,6 +396,14 @@ local function pg_restore_into(run, entry, target)
   local jobs = restore.jobs(run)
   local started = bkr.monotonic()
   return restore.with_archive(run, entry, function(archive, bytes)
+    -- the archive's size, as verify checks it (its checksum covers the stored bytes): a
+    -- pg_restore -j that failed half way would have committed part of it
+    local raw_bytes = entry.manifest and entry.manifest.raw_bytes
+    if raw_bytes and bytes ~= raw_bytes then
+      if not bytes then error("restore: cannot read the size of " .. archive, 0) end
+      raise_damage(bytes < raw_bytes and "truncated" or "corrupt", "size",
+        string.format("the archive has %d bytes, the manifest says %d", bytes, raw_bytes))
+    end
     local argv = { run.pg_restore, "--no-password", "--exit-on-error", "--jobs=" .. jobs,
       "--dbname=" .. dbname_conninfo(target), archive }
     if jobs == 1 then table.insert(argv, 4, "--single-transaction") end
@@ -403,6 +437,7 @@ function restore.stream_into(run, entry, target)
     stages[#stages + 1] = crypto.decrypt{ key = run.key }
   end
   stages[#stages + 1] = codec.decompress(codec.for_entry(entry))
+  append(stages, restore.end_checks(entry, "database"))
   stages[#stages + 1] = stream.progress{ label = "restore " .. target, total = entry.manifest.raw_bytes }
   local psql, err = spawn_psql(run, target)
   if not psql then error(err, 0) end
@@ -423,11 +458,31 @@ function restore.globals(run, entry)
   end
   local problem = restore.check_backup(globals)
   if problem then return nil, "globals file " .. globals.file .. " failed verification: " .. problem end
-  local source, err = stream.from_file(globals.path)
-  if not source then return nil, "no globals file from the same run: " .. err end
-  local stages = { source }
-  if entry.encrypted then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = run.key } end
-  stages[#stages + 1] = codec.decompress(globals.storage)
+  -- The file -> (decrypt) -> decompress stages, with the size and completion marker checks.
+  local function read_stages()
+    local source, err = stream.from_file(globals.path)
+    if not source then return nil, "no globals file from the same run: " .. err end
+    local stages = { source }
+    if entry.encrypted then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = run.key } end
+    stages[#stages + 1] = codec.decompress(globals.storage)
+    return append(stages, restore.end_checks(globals, "globals"))
+  end
+  -- psql applies the globals statement by statement (a role that exists is an error that must
+  -- not stop the rest), not in one transaction: the whole file is checked in a first pass, so
+  -- that a file cut short or with statements appended is refused before any of it is applied.
+  -- The pass that applies it checks again.
+  local stages, err = read_stages()
+  if not stages then return nil, err end
+  stages[#stages + 1] = stream.to_null()
+  local checked, failure = pcall(stream.run, stages)
+  if not checked then
+    if repo.DAMAGE_KINDS[cli.kind(failure)] then
+      return nil, "globals file " .. globals.file .. " failed verification: " .. cli.detail(failure)
+    end
+    return nil, failure
+  end
+  stages, err = read_stages()
+  if not stages then return nil, err end
   local psql = assert(proc.spawn{
     argv = { run.psql, "-X", "-q", "--no-password" },
     env = config.child_env(run.cfg, run.cfg.connection.dbname or "postgres"),
