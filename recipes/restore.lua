@@ -31,7 +31,8 @@ local logging = require "lib.logging"
 local options = cli.parse({ ... }, {
   name = "restore",
   usage = "bkr restore --db NAME (--latest | --at TIME | --before TIME | FILE) --into TARGET\n"
-    .. "                   [--create | --replace] [--globals] [--dry-run] [--force] [--repo DIR] [--config F] [--key-file K]",
+    .. "                   [--create | --replace] [--globals] [--dry-run] [--force] [--no-compare] [--jobs N]\n"
+    .. "                   [--repo DIR] [--config FILE] [--key-file K]",
   summary = "Restore a backup into TARGET in one transaction, after verifying it, then compare every\n"
     .. "table with the backup's manifest. TIME is YYYYMMDD_HHMMSS or ISO 8601 (UTC unless an offset is given).",
   positional = "FILE",

@@ -412,6 +412,16 @@ describe("bkr restore checks what verify checks, before psql commits", function(
 end)
 
 describe("bkr restore reads what it is given exactly", function()
+  it("--help's usage line names every option, --jobs and --no-compare included", function()
+    local out, rc = run("restore --help")
+    assert.are.equal(0, rc, out)
+    local usage = out:match("^(.-)\n\n") or out
+    for _, option in ipairs({ "--db", "--latest", "--at", "--before", "--into", "--create", "--replace", "--globals",
+      "--dry-run", "--force", "--no-compare", "--jobs N", "--repo", "--config", "--key-file" }) do
+      assert.is_truthy(usage:find(option, 1, true), option .. " missing from: " .. usage)
+    end
+  end)
+
   it("reads valid times and refuses impossible ones with exit 2 'cannot read time'", function()
     local restore = require "lib.restore"
     local valid = {
