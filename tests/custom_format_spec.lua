@@ -316,6 +316,9 @@ describe("format: custom", function()
     local out, rc = run("drill --config " .. q(cfg) .. " --db " .. db)
     assert.are.equal(0, rc, out)
     assert.matches("passed +" .. db .. " +compare_tables", out)
+    -- pg_restore restores an archive, not SQL
+    assert.matches("restore_scratch +[%d.]+ [KMG]?i?B archive into", out)
+    assert.not_matches("of SQL", out)
     assert.are.equal("0", util.psql("select count(*) from pg_database where datname like 'bkr_drill_%'"))
   end)
 

@@ -63,7 +63,9 @@ function steps.restore_scratch(drill, db)
   local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
   db.warnings = warnings
   db.restored = true
-  return true, string.format("%s of SQL into %s in %.1f s", cli.size(result.bytes_out), db.scratch, result.elapsed)
+  -- a custom-format backup is restored by pg_restore from its archive, not as SQL
+  local what = result.jobs and "archive" or "of SQL"
+  return true, string.format("%s %s into %s in %.1f s", cli.size(result.bytes_out), what, db.scratch, result.elapsed)
 end
 
 -- Every table's row count and digest against the manifest.
