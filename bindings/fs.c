@@ -33,7 +33,8 @@
  *        write ("w") or enter ("x") path? how: any of "rwx"; else nil, msg, kind ("permission")
  *   fs.user([name])                     -> uid, gid, name  the user bkr runs as (effective uid,
  *        and its group), or the user called name: nil, msg, "missing" when there is none
- *   fs.temp_dir([prefix])               -> path            new directory under $TMPDIR or /tmp
+ *   fs.temp_dir([prefix[, holder]])     -> path            new directory under $TMPDIR or /tmp;
+ *        with a holder table, holder.path is set before returning (see fs_temp_dir)
  *   fs.remove_tree(path)                -> true            rm -r without following symlinks
  *
  * Modes are permission bits 0..0777, given as an octal string ("0600") or an
@@ -614,10 +615,16 @@ static int fs_mkdirs(lua_State *L)
     return 1;
 }
 
+/* The holder: the host's interrupt hook may raise as this function returns (a return event),
+ * and the path would be lost with the directory left behind. Set in the holder from C, where
+ * no hook runs, it reaches the caller's cleanup whatever happens next. */
 static int fs_temp_dir(lua_State *L)
 {
     const char *prefix = luaL_optstring(L, 1, "bkr");
     luaL_argcheck(L, strchr(prefix, '/') == NULL, 1, "prefix must not contain '/'");
+    int holder = !lua_isnoneornil(L, 2);
+    if (holder)
+        luaL_checktype(L, 2, LUA_TTABLE);
     const char *base = getenv("TMPDIR");
     if (base == NULL || base[0] == '\0')
         base = "/tmp";
@@ -626,6 +633,12 @@ static int fs_temp_dir(lua_State *L)
     if (mkdtemp(buf) == NULL) {
         int err = errno;
         return bkr_pusherrno(L, err, "fs.temp_dir: %s", tmpl);
+    }
+    if (holder) {
+        /* raw: a __newindex would run Lua code, where the hook may raise */
+        lua_pushliteral(L, "path");
+        lua_pushstring(L, buf);
+        lua_rawset(L, 2);
     }
     lua_pushstring(L, buf);
     return 1;

@@ -366,9 +366,22 @@ end
 function restore.with_archive(run, entry, fn)
   if not entry.encrypted then return fn(entry.path, lfs.symlinkattributes(entry.path, "size")) end
   local key = require_key(run, entry)
-  local dir, err = fs.temp_dir("bkr-archive")
+  -- An interrupt raises once, wherever Lua code runs: between the directory's creation and
+  -- its guard, or inside the guard's __close before it removes anything. So the path goes
+  -- into the holder from C (fs.temp_dir), the guard exists before the directory, and an
+  -- at-exit function (where nothing is interrupted) removes what the guard could not.
+  local holder = {}
+  bkr.at_exit(function()
+    if holder.path then fs.remove_tree(holder.path) end
+  end)
+  local _ <close> = setmetatable(holder, { __close = function(h)
+    if h.path then
+      fs.remove_tree(h.path)
+      h.path = nil
+    end
+  end })
+  local dir, err = fs.temp_dir("bkr-archive", holder)
   if not dir then error(err, 0) end
-  local _ <close> = setmetatable({}, { __close = function() fs.remove_tree(dir) end })
   local path = dir .. "/" .. entry.file:gsub("%.enc$", "")
   local sink, serr = stream.to_file(path, { mode = "0600" })
   if not sink then error(serr, 0) end
