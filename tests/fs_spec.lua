@@ -561,6 +561,16 @@ describe("fs.temp_dir and fs.remove_tree", function()
         assert.has_error(function() fs.temp_dir("a/b") end)
     end)
 
+    it("temp_dir puts the path into a holder table, raw, before it returns (for cleanup that an interrupt cannot skip)", function()
+        local writes = 0
+        local holder = setmetatable({}, { __newindex = function(t, k, v) writes = writes + 1; rawset(t, k, v) end })
+        local path = fs.temp_dir("bkr-spec", holder)
+        finally(function() os.execute("rmdir " .. q(path)) end)
+        assert.equal(path, rawget(holder, "path"))
+        assert.equal(0, writes)
+        assert.has_error(function() fs.temp_dir("bkr-spec", "not a table") end)
+    end)
+
     it("remove_tree removes files, subdirectories and symlinks without following them", function()
         local tree = dir .. "/tree"
         assert.is_true(ok("mkdir -p " .. q(tree .. "/a/b/c") .. " " .. q(dir .. "/outside")))
