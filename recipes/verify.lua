@@ -201,7 +201,9 @@ local DAMAGE_KINDS = repo.DAMAGE_KINDS
 -- the process that read the data (pg_restore), if any. A child killed by a signal (SIGKILL,
 -- the OOM killer, a shutdown) is the environment's whatever its cut-short output made the
 -- next stage say; a child that exited with its own non-zero status read the data and found
--- it bad.
+-- it bad. (A pg_restore still running when the digests found its output malformed is ended by
+-- the pipeline's abort, with a signal too: reported as not verified, which records nothing,
+-- rather than risk calling a sound backup damaged.)
 local function judge(err, child)
   local kind = cli.kind(err)
   -- an interrupt may arrive as the host's plain "interrupted by SIGTERM", raised by its hook
