@@ -330,8 +330,9 @@ function repo.manifest_matches(entry, m)
   local algorithm = type(m.compression) == "table" and m.compression.algorithm or "gzip"
   if storage and not entry.original_file and ((storage.algorithm and storage.algorithm ~= algorithm)
       or storage.dump_format ~= (m.dump_format or "plain")) then
+    local described = (m.dump_format or "plain") == "custom" and "custom-format" or cli.printable(algorithm)
     return nil, string.format("%s: the manifest describes a %s backup, the file name a %s one", entry.manifest_path,
-      cli.printable(algorithm), storage.name), "corrupt"
+      described, storage.name == "custom" and "custom-format" or storage.name), "corrupt"
   end
   -- In a repository the manifest names its own file and type; a copy elsewhere keeps the
   -- original's (entry.original_file), so only there may they differ.
