@@ -105,6 +105,8 @@ void s3_config_unref(s3_config *c)
     wipe_free(c->secret_key);
     wipe_free(c->session_token);
     free(c->ca_file);
+    if (c->share != NULL)
+        curl_share_cleanup(c->share); /* every easy handle that used it is gone by now */
     free(c);
 }
 
@@ -144,6 +146,16 @@ static size_t read_body(char *buffer, size_t size, size_t nitems, void *userdata
         memcpy(buffer, req->body + req->body_pos, n);
     req->body_pos += n;
     return n;
+}
+
+/* libcurl rewinds an upload when a kept-alive connection turned out dead before the request. */
+static int seek_body(void *userdata, curl_off_t offset, int origin)
+{
+    s3_request *req = userdata;
+    if (origin != SEEK_SET || offset < 0 || (size_t)offset > req->body_len)
+        return CURL_SEEKFUNC_CANTSEEK;
+    req->body_pos = (size_t)offset;
+    return CURL_SEEKFUNC_OK;
 }
 
 static int status_ok(long status)
@@ -392,12 +404,16 @@ int s3_request_prepare(s3_request *req, bkr_error *err)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "bkr/" BKR_VERSION);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+    if (cfg->share != NULL)
+        curl_easy_setopt(e, CURLOPT_SHARE, cfg->share);
     if (strcmp(req->method, "HEAD") == 0) {
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else if (strcmp(req->method, "PUT") == 0) {
         curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(e, CURLOPT_READFUNCTION, read_body);
         curl_easy_setopt(e, CURLOPT_READDATA, req);
+        curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, seek_body);
+        curl_easy_setopt(e, CURLOPT_SEEKDATA, req);
         curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_len);
     } else if (strcmp(req->method, "POST") == 0) {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -456,6 +472,7 @@ static int transport_kind(s3_request *req, CURLcode rc, const char **kind)
         *kind = BKR_KIND_INTERRUPTED;
         return 0;
     case CURLE_SEND_ERROR:
+    case CURLE_SEND_FAIL_REWIND:
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
@@ -1015,6 +1032,13 @@ static int l_client(lua_State *L)
         return luaL_error(L, "%s: out of memory", fn);
     cfg->refs = 1;
     c->cfg = cfg; /* from here the userdata owns it: raising frees it */
+    cfg->share = curl_share_init();
+    if (cfg->share == NULL)
+        return luaL_error(L, "%s: out of memory", fn);
+    /* one Lua state, one thread: no lock functions needed */
+    curl_share_setopt(cfg->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl_share_setopt(cfg->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt(cfg->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
 
     cfg->region = opt_dup(L, 1, fn, "region", 1);
     cfg->bucket = opt_dup(L, 1, fn, "bucket", 1);

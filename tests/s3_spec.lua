@@ -262,7 +262,11 @@ describe("bkr.s3 against s3rver", function()
     assert(client:put("other/1", "not in the prefix"))
     local before = #server.requests()
     local list = assert(client:list("paged/", { page_size = 2 }))
-    assert.are.equal(4, #requests_like(server, "GET", "list%-type=2", before))
+    local pages = requests_like(server, "GET", "list%-type=2", before)
+    assert.are.equal(4, #pages)
+    for _, page in ipairs(pages) do -- one kept-alive connection, not one per request
+      assert.are.equal(pages[1].port, page.port)
+    end
     assert.are.equal(7, #list)
     table.sort(list, function(a, b) return a.key < b.key end)
     for i, o in ipairs(list) do

@@ -92,7 +92,8 @@ function signatureMatches(ctx) {
 }
 
 server.middleware.unshift(async (ctx, next) => {
-  fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers }) + '\n');
+  fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers,
+    port: ctx.req.socket.remotePort }) + '\n');
   if (ctx.headers.authorization && ctx.headers.authorization.includes(`Credential=${accessKey}/`) &&
       !signatureMatches(ctx)) {
     ctx.req.resume();
