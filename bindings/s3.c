@@ -645,7 +645,8 @@ void s3_check_headers(lua_State *L, int opts, const char *fn, s3_pair *extra, si
 {
     static const char *const reserved[] = { "host", "authorization", "x-amz-date", "x-amz-content-sha256",
                                              "x-amz-security-token", "content-length", "content-md5", "expect",
-                                             "range", "if-match", "transfer-encoding", NULL };
+                                             "range", "if-match", "transfer-encoding",
+                                             "content-type" /* the content_type option */, NULL };
     if (lua_getfield(L, opts, "headers") == LUA_TNIL) {
         lua_pop(L, 1);
         return;
