@@ -834,6 +834,7 @@ static int listing_gc(lua_State *L)
 }
 
 #define MAX_PAGES 100000
+#define MAX_ENTRIES 1000000 /* a listing's memory is bounded too */
 
 /* GET pages of a listing until the last one. uploads: ListMultipartUploads, else
  * ListObjectsV2. Pushes the array, or nil, message, kind. */
@@ -880,6 +881,9 @@ static int list_pages(lua_State *L, s3_config *cfg, const char *op, const char *
             return bkr_pushfail(L, BKR_KIND_IO, "%s: page %d: %s", op, page + 1, why);
         if (!l->truncated)
             break;
+        if (l->n > MAX_ENTRIES)
+            return bkr_pushfail(L, BKR_KIND_IO, "%s: more than %d entries: name a narrower prefix", op,
+                                MAX_ENTRIES);
         int progress = uploads ? l->next_key_marker != NULL : (l->next_token != NULL && l->next_token[0]);
         if (!progress || l->n == before)
             return bkr_pushfail(L, BKR_KIND_IO, "%s: page %d says more follow but gives no way to them", op,
