@@ -385,6 +385,43 @@ describe("bkr.s3 against s3rver", function()
     assert.are.equal(2, #requests_like(server, "PUT", "/backups/paused.dump%?partNumber=", before))
   end)
 
+  it("memory stays bounded: a 64 MiB upload in 5 MiB parts, 2 in flight, and its download, in a bkr "
+    .. "measured by /usr/bin/time", function()
+    if util.bkr_bin():find("asan") then
+      pending("ASan's quarantine of freed memory makes peak RSS meaningless: measured on the release build")
+      return
+    end
+    local path = random_file(64 * MiB)
+    local dir = util.scratch("memory")
+    util.write(dir .. "/idle.lua", "print('idle')\n")
+    util.write(dir .. "/copy.lua", [[
+      local s3 = require "bkr.s3"
+      local stream = require "bkr.stream"
+      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
+        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
+        .. string.format("%q", SECRET_KEY) .. [[ }
+      if arg[1] == "up" then
+        stream.run{ assert(stream.from_file(]] .. string.format("%q", path) .. [[)),
+          c:sink("backups/memory.dump", { part_size = 5 * 1024 * 1024, parts_in_flight = 2 }) }
+      else
+        stream.run{ c:source("backups/memory.dump"), stream.to_null() }
+      end
+    ]])
+    local function peak_kib(args)
+      local out, rc = util.sh("/usr/bin/time -f 'peak=%M' " .. q(util.bkr_bin()) .. " run " .. args .. " 2>&1")
+      assert.are.equal(0, rc, out)
+      return tonumber(out:match("peak=(%d+)"))
+    end
+    local idle = peak_kib(q(dir .. "/idle.lua"))
+    local up = peak_kib(q(dir .. "/copy.lua") .. " up")
+    local down = peak_kib(q(dir .. "/copy.lua") .. " down")
+    assert.are.equal(util.sha256sum(path), util.sha256sum(server.object_file("backups/memory.dump")))
+    -- (2 in flight + 1 filling) x 5 MiB, and room for libcurl and OpenSSL: not the 64 MiB
+    assert.is_true(up - idle < 28 * 1024, ("upload: %d KiB over an idle bkr"):format(up - idle))
+    -- the 1 MiB buffer, and room for libcurl
+    assert.is_true(down - idle < 12 * 1024, ("download: %d KiB over an idle bkr"):format(down - idle))
+  end)
+
   it("an object smaller than one part is one PutObject", function()
     local before = #server.requests()
     local result = stream.run{ stream.from_string("a small object"), client:sink("backups/small") }
