@@ -459,6 +459,22 @@ describe("bkr.s3 against s3rver", function()
     assert.is_truthy(gets[2].headers["if-match"])
   end)
 
+  it("the source gives up on a connection silent for `timeout` seconds and resumes it with a Range request",
+    function()
+    local path = random_file(3 * MiB)
+    assert(stream.run{ assert(stream.from_file(path)), client:sink("backups/stalled") })
+    local impatient = client_for(server, { timeout = 1 })
+    local before = #server.requests()
+    server.fault("stall 1 GET 1000000")
+    local t0 = os.time()
+    local back = stream.run{ impatient:source("backups/stalled"), hash.sha256(), stream.to_null() }
+    assert.are.equal(util.sha256sum(path), back.sha256)
+    assert.is_true(os.time() - t0 <= 6)
+    local gets = requests_like(server, "GET", "/backups/stalled$", before)
+    assert.are.equal(2, #gets)
+    assert.matches("^bytes=%d+%-$", gets[2].headers.range)
+  end)
+
   it("a missing object's source fails the run with kind missing", function()
     local ok, err = pcall(stream.run, { client:source("backups/none"), stream.to_null() })
     assert.is_false(ok)

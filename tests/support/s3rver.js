@@ -13,7 +13,7 @@
 //   - faults on demand: a file DIR/fault holding "STATUS COUNT METHOD" (e.g. "500 1 PUT") makes
 //     the next COUNT requests of METHOD get STATUS with an S3 error document instead of reaching
 //     s3rver; "drop COUNT GET BYTES" cuts the connection of the next COUNT GETs after BYTES
-//     bytes of the object;
+//     bytes of the object; "stall COUNT GET BYTES" sends BYTES and then nothing, connection open;
 //   - AbortMultipartUpload, which s3rver 3.7.1 does not implement (it answers 405): the upload's
 //     directory in s3rver's own store is removed and 204 answered, as S3 does (404 NoSuchUpload
 //     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
@@ -124,7 +124,7 @@ server.middleware.unshift(async (ctx, next) => {
     return;
   }
   await next();
-  if (fault && fault.what === 'drop' && ctx.body && typeof ctx.body.pipe === 'function') {
+  if (fault && (fault.what === 'drop' || fault.what === 'stall') && ctx.body && typeof ctx.body.pipe === 'function') {
     // The response keeps its Content-Length, as S3's does; the connection ends after BYTES.
     const length = ctx.length;
     let sent = 0;
@@ -137,7 +137,9 @@ server.middleware.unshift(async (ctx, next) => {
         }
         this.push(chunk.subarray(0, fault.bytes - sent));
         sent = fault.bytes;
-        setTimeout(() => socket.destroy(), 200); // and never calls back: the rest never comes
+        // and never calls back: the rest never comes; drop also hangs up, stall keeps the
+        // connection open and silent (until the client gives up)
+        if (fault.what === 'drop') setTimeout(() => socket.destroy(), 200);
       },
     }));
     ctx.length = length;
