@@ -602,20 +602,48 @@ describe("bkr.s3 over TLS", function()
   end)
 end)
 
+-- A TCP server on loopback that accepts connections and never says a word: its directory, with
+-- its port in dir/port. Stopped by the calling test's finally.
+local function silent_server()
+  local dir = util.scratch("silent")
+  util.sh("(python3 -c 'import socket,time,sys\ns=socket.socket()\ns.bind((\"127.0.0.1\",0))\ns.listen(8)\n"
+    .. "open(sys.argv[1]+\"/port\",\"w\").write(str(s.getsockname()[1]))\nc=[]\nwhile True:\n c.append(s.accept())\n' "
+    .. q(dir) .. " >/dev/null 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
+  finally(function() util.sh("kill " .. util.read(dir .. "/pid"):match("%d+")) end)
+  assert.is_true(R.wait_for(dir .. "/port", 10))
+  return dir
+end
+
 describe("bkr.s3 bounds", function()
   it("a server that accepts and never answers: kind timeout within the timeout, retried", function()
-    local dir = util.scratch("silent")
-    util.sh("(python3 -c 'import socket,time,sys\ns=socket.socket()\ns.bind((\"127.0.0.1\",0))\ns.listen(8)\n"
-      .. "open(sys.argv[1]+\"/port\",\"w\").write(str(s.getsockname()[1]))\nc=[]\nwhile True:\n c.append(s.accept())\n' "
-      .. q(dir) .. " >/dev/null 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
-    finally(function() util.sh("kill " .. util.read(dir .. "/pid"):match("%d+")) end)
-    assert.is_true(R.wait_for(dir .. "/port", 10))
+    local dir = silent_server()
     local c = client_for({ endpoint = "http://127.0.0.1:" .. util.read(dir .. "/port") }, { timeout = 1, retries = 1 })
     local t0 = os.time()
     local msg, kind = failed(c:get("k"))
     assert.are.equal("timeout", kind)
     assert.matches("after 2 attempts", msg)
     assert.is_true(os.time() - t0 <= 5)
+  end)
+
+  it("SIGTERM ends a request waiting on a silent server at once: kind interrupted, not after timeout", function()
+    local dir = silent_server()
+    util.write(dir .. "/get.lua", [[
+      local s3 = require "bkr.s3"
+      local c = s3.client{ endpoint = "http://127.0.0.1:]] .. util.read(dir .. "/port") .. [[", region = "r",
+        bucket = "bkt", access_key = "a", secret_key = "s", timeout = 60 }
+      io.stdout:write("waiting\n") io.stdout:flush()
+      local _, msg, kind = c:get("k")
+      print("kind=" .. tostring(kind), msg)
+    ]])
+    local bkr = R.start_bkr("run " .. q(dir .. "/get.lua"))
+    assert.is_true(R.wait_until(function() return bkr.output():find("waiting") ~= nil end, 10))
+    util.sh("sleep 0.5")
+    local t0 = os.time()
+    bkr.kill("TERM")
+    local rc = bkr.wait(10)
+    assert.is_true(os.time() - t0 <= 3, bkr.output())
+    assert.matches("kind=interrupted\ts3.get: key 'k': interrupted", bkr.output())
+    assert.are.equal(143, rc, bkr.output())
   end)
 
   it("misuse raises: no endpoint scheme, credentials in the endpoint, a bad bucket, unknown options", function()
