@@ -671,6 +671,10 @@ static int source_read_once(s3_source *s, unsigned char *out, size_t cap, size_t
             int rc = s->range_ignored
                          ? bkr_error_set(err, "s3.source: the server ignored a Range request")
                          : s3_request_outcome(&s->req, s->result, err, &retry);
+            if (rc != 0 && s->result != CURLE_OK && !s->range_ignored && s->total >= 0
+                && s->received == s->total)
+                rc = 0; /* the connection failed after the last byte: nothing is missing (a Range
+                         * from the end would only get 416) */
             if (rc == 0 && s->total >= 0 && s->received != s->total) {
                 rc = bkr_error_kind(err, BKR_KIND_TRUNCATED, "s3.source: key '%s': %lld of %lld bytes", s->key,
                                     (long long)s->received, (long long)s->total);
