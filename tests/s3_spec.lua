@@ -475,6 +475,14 @@ describe("bkr.s3 against s3rver", function()
     assert.matches("^bytes=%d+%-$", gets[2].headers.range)
   end)
 
+  it("one client as both source and sink of a run (a copy to another key): byte for byte", function()
+    local path = random_file(12 * MiB)
+    assert(stream.run{ assert(stream.from_file(path)), client:sink("copy/from", { part_size = 5 * MiB }) })
+    local result = stream.run{ client:source("copy/from"), client:sink("copy/to", { part_size = 5 * MiB }) }
+    assert.are.equal(3, result.s3.parts)
+    assert.are.equal(util.sha256sum(path), util.sha256sum(server.object_file("copy/to")))
+  end)
+
   it("a missing object's source fails the run with kind missing", function()
     local ok, err = pcall(stream.run, { client:source("backups/none"), stream.to_null() })
     assert.is_false(ok)
