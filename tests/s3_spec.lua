@@ -307,6 +307,19 @@ describe("bkr.s3 against s3rver", function()
     failed(client:head("objects/denied")) -- nothing was stored
   end)
 
+  it("a session token is sent signed (x-amz-security-token) and is in no message", function()
+    local token = "FwoGZXIvYXdzEBkaDSessionTokenSecret/+=="
+    local before = #server.requests()
+    local with_token = client_for(server, { session_token = token })
+    assert.is_true(with_token:put("objects/token", "with a token"))
+    local put = requests_like(server, "PUT", "/objects/token$", before)[1]
+    assert.are.equal(token, put.headers["x-amz-security-token"])
+    assert.matches("x%-amz%-security%-token", put.headers.authorization)
+    local msg = failed(client_for(server, { session_token = token, secret_key = "wrong" }):get("objects/token"))
+    assert.is_nil(msg:find(token, 1, true))
+    assert.is_nil(tostring(with_token):find(token, 1, true))
+  end)
+
   it("retries a 500 and a 503 SlowDown (seen in s3rver's log) and then succeeds", function()
     local before = #server.requests()
     server.fault("500 1 PUT")
