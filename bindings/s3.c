@@ -23,9 +23,10 @@
  * Every request returns nil, message, kind on failure. Kinds:
  *   missing (404: NoSuchKey, NoSuchBucket, NoSuchUpload), auth (403, SignatureDoesNotMatch,
  *   InvalidAccessKeyId), timeout, refused, unreachable, tls, rejected (any other 4xx or 3xx),
- *   server (5xx, 429 once the retries are spent), unsupported (501 NotImplemented), interrupted,
- *   io (anything else: a dropped connection once the retries are spent, a response that is not
- *   S3's). The message names the call, the key, the HTTP status and S3's <Code>.
+ *   server (5xx, 429 once the retries are spent), unsupported (501 NotImplemented), truncated
+ *   (client:source: the object ended early), interrupted, io (anything else: a dropped connection
+ *   once the retries are spent, a response that is not S3's). The message names the call, the
+ *   key, the HTTP status and S3's <Code>.
  *
  * Retries: on 5xx, 429, 503 SlowDown, 400 RequestTimeout, a timeout, a refused or dropped
  * connection: up to `retries` more attempts, each after an exponential backoff with jitter
