@@ -535,7 +535,7 @@ describe("bkr.s3 against s3rver", function()
       local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
         bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
         .. string.format("%q", SECRET_KEY) .. [[ }
-      local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 12000000 /dev/urandom; sleep 60" } })
+      local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 12000000 /dev/urandom; exec sleep 60" } })
       stream.run{ p:source(), c:sink("backups/sigterm.dump", { part_size = 5 * 1024 * 1024 }) }
     ]])
     local before = #server.requests()
@@ -549,6 +549,39 @@ describe("bkr.s3 against s3rver", function()
     assert.are.equal("missing", kind)
     R.wait_until(function() return #server.open_uploads() == 0 end, 5)
     assert.are.same({}, server.open_uploads())
+  end)
+
+  it("SIGKILL leaves an upload open (nothing can abort it); abort_upload(key, id) removes it", function()
+    local dir = util.scratch("sigkill")
+    util.write(dir .. "/upload.lua", [[
+      local s3 = require "bkr.s3"
+      local stream = require "bkr.stream"
+      local proc = require "bkr.proc"
+      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
+        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
+        .. string.format("%q", SECRET_KEY) .. [[ }
+      local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 6000000 /dev/urandom; exec sleep 60" } })
+      local f = assert(io.open(]] .. string.format("%q", dir .. "/child") .. [[, "w"))
+      f:write(p:pid()) f:close()
+      stream.run{ p:source(), c:sink("backups/killed.dump", { part_size = 5 * 1024 * 1024 }) }
+    ]])
+    local before = #server.requests()
+    local bkr = R.start_bkr("run " .. q(dir .. "/upload.lua"))
+    assert.is_true(R.wait_until(function()
+      return #requests_like(server, "PUT", "/backups/killed.dump%?partNumber=1", before) > 0 end, 30), bkr.output())
+    util.sh("sleep 0.5")
+    bkr.kill("KILL")
+    bkr.wait(10)
+    util.sh("kill -KILL " .. util.read(dir .. "/child"):match("%d+") .. " 2>/dev/null; true") -- orphaned by SIGKILL
+    local open = server.open_uploads()
+    assert.is_true(#open > 0)
+    local id = open[1]:match("_S3rver_uploads/(%x+)/")
+    assert.is_true(client:abort_upload("backups/killed.dump", id))
+    assert.are.same({}, server.open_uploads())
+    local _, kind = failed(client:abort_upload("backups/killed.dump", id))
+    assert.are.equal("missing", kind)
+    _, kind = failed(client:head("backups/killed.dump"))
+    assert.are.equal("missing", kind)
   end)
 
   it("a server stopped mid-upload: a clear error with a kind; restarted, the same upload succeeds", function()
