@@ -13,7 +13,7 @@
 //   - faults on demand: a file DIR/fault holding "STATUS COUNT METHOD" (e.g. "500 1 PUT") makes
 //     the next COUNT requests of METHOD get STATUS with an S3 error document instead of reaching
 //     s3rver; "drop COUNT GET BYTES" cuts the connection of the next COUNT GETs after BYTES
-//     bytes of the object;
+//     bytes of the object; "stall COUNT GET BYTES" sends BYTES and then nothing, connection open;
 //   - AbortMultipartUpload, which s3rver 3.7.1 does not implement (it answers 405): the upload's
 //     directory in s3rver's own store is removed and 204 answered, as S3 does (404 NoSuchUpload
 //     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
@@ -92,7 +92,8 @@ function signatureMatches(ctx) {
 }
 
 server.middleware.unshift(async (ctx, next) => {
-  fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers }) + '\n');
+  fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers,
+    port: ctx.req.socket.remotePort }) + '\n');
   if (ctx.headers.authorization && ctx.headers.authorization.includes(`Credential=${accessKey}/`) &&
       !signatureMatches(ctx)) {
     ctx.req.resume();
@@ -118,12 +119,12 @@ server.middleware.unshift(async (ctx, next) => {
     fs.rmSync(where, { recursive: true, force: true });
     // A part whose client went away mid-body is still written by s3rver (S3 would drop it): sweep
     // again once such a request has had time to end.
-    setTimeout(() => fs.rmSync(where, { recursive: true, force: true }), 1000);
+    for (const ms of [500, 2000]) setTimeout(() => fs.rmSync(where, { recursive: true, force: true }), ms);
     ctx.status = 204;
     return;
   }
   await next();
-  if (fault && fault.what === 'drop' && ctx.body && typeof ctx.body.pipe === 'function') {
+  if (fault && (fault.what === 'drop' || fault.what === 'stall') && ctx.body && typeof ctx.body.pipe === 'function') {
     // The response keeps its Content-Length, as S3's does; the connection ends after BYTES.
     const length = ctx.length;
     let sent = 0;
@@ -136,11 +137,25 @@ server.middleware.unshift(async (ctx, next) => {
         }
         this.push(chunk.subarray(0, fault.bytes - sent));
         sent = fault.bytes;
-        setTimeout(() => socket.destroy(), 200); // and never calls back: the rest never comes
+        // and never calls back: the rest never comes; drop also hangs up, stall keeps the
+        // connection open and silent (until the client gives up)
+        if (fault.what === 'drop') setTimeout(() => socket.destroy(), 200);
       },
     }));
     ctx.length = length;
   }
+});
+
+// s3rver writes a part to a file it opens after its directory was made: a part in flight when
+// its upload is aborted fails there, with an 'error' event nobody listens to. That part's failure
+// is what S3 does too; it must not bring the server down. Anything else still does.
+process.on('uncaughtException', err => {
+  if (err.code === 'ENOENT' && [...aborted].some(id => String(err.path).includes(`/${id}/`))) {
+    console.error(`s3rver.js: a part of an aborted upload was not written: ${err.path}`);
+    return;
+  }
+  console.error(err);
+  process.exit(70);
 });
 
 server.run().then(address => {
