@@ -11,59 +11,16 @@ local util = require "support.util"
 local R = require "support.restore_util"
 local q = util.quote
 
-local SOURCE = os.getenv("BKR_SOURCE_DIR") or "."
+local S3 = require "support.s3"
+local SOURCE = S3.SOURCE
 local NODE_MODULES = SOURCE .. "/tests/node/node_modules"
-local BUCKET = "bkr-test"
-local ACCESS_KEY = "AKIDBKRTEST"
-local SECRET_KEY = "bkrSecret/Key+Zq9X7w3T5vY2mN8pL4kJ6hG1"
-local REGION = "us-east-1"
+local BUCKET, ACCESS_KEY, SECRET_KEY, REGION = S3.BUCKET, S3.ACCESS_KEY, S3.SECRET_KEY, S3.REGION
 local MiB = 1024 * 1024
 
 -- ------------------------------------------------------------------ s3rver
 
--- Start s3rver in dir (a new scratch directory unless given: a restart keeps its objects), on
--- port (0: a free one).
-local function start_s3rver(dir, port, tls_dir)
-  dir = dir or util.scratch("s3rver")
-  os.remove(dir .. "/port")
-  util.sh("(S3RVER_PORT=" .. (port or 0) .. (tls_dir and " S3RVER_TLS=" .. q(tls_dir) or "")
-    .. " node --openssl-legacy-provider "
-    .. q(SOURCE .. "/tests/support/s3rver.js") .. " " .. q(dir) .. " " .. BUCKET .. " " .. ACCESS_KEY .. " "
-    .. q(SECRET_KEY) .. " " .. REGION .. " >>" .. q(dir .. "/server.log") .. " 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
-  assert(R.wait_for(dir .. "/port", 30), "s3rver did not start: " .. util.read(dir .. "/server.log"))
-  local server = { dir = dir, port = tonumber(util.read(dir .. "/port"):match("%d+")),
-    pid = util.read(dir .. "/pid"):match("%d+") }
-  server.endpoint = (tls_dir and "https" or "http") .. "://127.0.0.1:" .. server.port
-  function server.stop(signal)
-    util.sh("kill -" .. (signal or "TERM") .. " " .. server.pid .. " 2>/dev/null; for i in $(seq 50); do kill -0 "
-      .. server.pid .. " 2>/dev/null || break; sleep 0.1; done; kill -KILL " .. server.pid .. " 2>/dev/null")
-  end
-  -- Every request s3rver received so far: { method, url, headers }.
-  function server.requests()
-    local list = {}
-    local f = io.open(dir .. "/requests.log")
-    if not f then return list end
-    for line in f:lines() do list[#list + 1] = json.decode(line) end
-    f:close()
-    return list
-  end
-  function server.fault(spec)
-    util.write(dir .. "/fault", spec .. "\n")
-  end
-  -- Files of open multipart uploads in s3rver's store (its directory of uploads for the bucket).
-  function server.open_uploads()
-    local out = util.sh("find " .. q(dir .. "/data/" .. BUCKET) .. " -path '*_S3rver_uploads/*' -type f 2>/dev/null")
-    local files = {}
-    for line in out:gmatch("[^\n]+") do files[#files + 1] = line end
-    return files
-  end
-  -- The file s3rver stores an object's bytes in (checked with sha256sum).
-  function server.object_file(key)
-    local path = dir .. "/data/" .. BUCKET .. "/" .. key .. "._S3rver_object"
-    return io.open(path) and path or nil
-  end
-  return server
-end
+-- s3rver on loopback: tests/support/s3.lua (shared with sync_spec).
+local start_s3rver = S3.start
 
 local function client_for(server, extra)
   local opts = { endpoint = server.endpoint, region = REGION, bucket = BUCKET, access_key = ACCESS_KEY,
