@@ -287,22 +287,10 @@ function remote.scan(store, filter)
   return entries
 end
 
--- The digest the sidecar names, after the same checks as repo.check_sidecars: a sidecar naming
--- this file, a valid manifest, and the two agreeing. Or nil, message, kind.
+-- The digest the sidecar names, after repo.check_sidecars' checks: a sidecar naming this
+-- file, a valid manifest, and the two agreeing. Or nil, message, kind.
 function remote.check_sidecars(store, entry)
-  local text, err, kind = get_text(store, entry.sidecar_key, 4096)
-  if not text then
-    if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
-    return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, err), kind
-  end
-  local digest, name = repo.parse_sums_line(text:match("^[^\n]*"))
-  if not digest then return nil, "unreadable sidecar " .. entry.sidecar, "corrupt" end
-  if name ~= entry.file then return nil, "sidecar " .. entry.sidecar .. " names another file", "corrupt" end
-  if not entry.manifest then return nil, entry.manifest_error, "corrupt" end
-  if entry.manifest.sha256 ~= digest then
-    return nil, "manifest mismatch: sidecar and manifest disagree on the SHA-256", "corrupt"
-  end
-  return digest
+  return repo.check_sidecars(entry, function() return get_text(store, entry.sidecar_key, 4096) end)
 end
 
 function remote.source(store, entry)

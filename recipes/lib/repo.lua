@@ -440,13 +440,17 @@ end
 -- The checks every reader of a backup makes before trusting its bytes: a regular file, a
 -- readable sidecar naming it, a valid manifest, and the two agreeing on the SHA-256.
 -- Returns the expected SHA-256, or nil, the reason and its kind.
-function repo.check_sidecars(entry)
-  if not lfs.symlinkattributes(entry.path, "mode") then return nil, "missing: " .. entry.path, "missing" end
-  if not entry.regular then
-    return nil, "damaged: not a regular file (a symlink, FIFO, device or directory has the backup's name)",
-      "not_regular"
+-- read_sidecar: how to read the sidecar's text (for a repository in object storage,
+-- lib/remote.lua); by default the local file, which must then be a regular file.
+function repo.check_sidecars(entry, read_sidecar)
+  if not read_sidecar then
+    if not lfs.symlinkattributes(entry.path, "mode") then return nil, "missing: " .. entry.path, "missing" end
+    if not entry.regular then
+      return nil, "damaged: not a regular file (a symlink, FIFO, device or directory has the backup's name)",
+        "not_regular"
+    end
   end
-  local expected, err, kind = repo.read_sidecar(entry)
+  local expected, err, kind = repo.read_sidecar(entry, read_sidecar)
   if not expected then return nil, err, kind end
   if not entry.manifest then return nil, entry.manifest_error, "corrupt" end
   if entry.manifest.sha256 ~= expected then
@@ -679,9 +683,10 @@ end
 
 -- The digest a sidecar names; or nil, message, kind ("missing", "permission", "not_regular",
 -- "corrupt"...).
-function repo.read_sidecar(entry)
+function repo.read_sidecar(entry, read)
   -- (a renamed copy's sidecar still names the original file: entry.original_file)
-  local text, err, kind = fs.read_file(entry.sidecar, { max = 4096 })
+  local text, err, kind
+  if read then text, err, kind = read() else text, err, kind = fs.read_file(entry.sidecar, { max = 4096 }) end
   if not text then
     if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
     return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, cli.REASONS[kind] or err), kind
