@@ -307,6 +307,40 @@ describe("bkr configuration", function()
     assert.matches("missing.yaml: no such file", out)
   end)
 
+  it("refuses a secret pasted where an environment variable's name belongs, or in connection.host, without showing it", function()
+    local dir = util.scratch("cfg")
+    local repo = util.scratch("repo")
+    util.sh("mkdir -p " .. q(repo .. "/daily"))
+    local secret = "KR3ekDc5s3cr3tQ0p+/Zx1"
+    local name_expected = "expected the name of an environment variable (letters, digits, _), not a value: "
+      .. "the value is not shown"
+    local cases = {
+      { "encryption:\n  key_env: \"" .. secret .. "=\"\n", "configuration: encryption.key_env: " .. name_expected },
+      { "connection:\n  password_env: \"" .. secret .. "\"\n", "configuration: connection.password_env: " .. name_expected },
+      { "connection:\n  password_env: \"9" .. secret:gsub("[^%w]", "") .. "\"\n",
+        "configuration: connection.password_env: " .. name_expected },
+      { "notify:\n  channels:\n    - type: webhook\n      url_env: \"https://x:" .. secret .. "@h\"\n",
+        "configuration: notify.channels[1].url_env: " .. name_expected },
+      { "s3:\n  secret_access_key_env: \"" .. secret .. "\"\n", "configuration: s3.secret_access_key_env: " .. name_expected },
+      { "connection:\n  host: \"db.example.com password=" .. secret .. "\"\n", "configuration: connection.host: expected" },
+      { "connection:\n  host: \"postgresql://u:" .. secret .. "@db\"\n", "configuration: connection.host: expected" },
+      { "connection:\n  host: \"db'" .. secret .. "\"\n", "configuration: connection.host: expected" },
+    }
+    for _, case in ipairs(cases) do
+      util.write(dir .. "/bkr.yaml", case[1] .. "repository: " .. repo .. "\n")
+      local out, rc = run("backup --no-globals --config " .. q(dir .. "/bkr.yaml"), "BKR_SOME_KEY=x")
+      assert.are.equal(2, rc, out)
+      assert.matches(case[2], out, 1, true)
+      assert.is_falsy(out:find("s3cr3t", 1, true), out)
+      assert.are.equal("", util.sh("grep -rl s3cr3t " .. q(repo) .. " 2>&1"))
+    end
+    -- a name is still a name, and a socket directory is still a host
+    util.write(dir .. "/bkr.yaml", "connection:\n  host: /var/run/postgresql\n  password_env: PG_PASS_1\n"
+      .. "encryption:\n  key_env: _BKR_KEY\nrepository: " .. repo .. "\n")
+    local out, rc = run("list --config " .. q(dir .. "/bkr.yaml"))
+    assert.are.equal(0, rc, out)
+  end)
+
   it("says how to fix a configuration mistake: the key meant, spaces for a tab, the list form", function()
     local dir = util.scratch("cfg")
     local cases = {

@@ -165,6 +165,28 @@ local function section(fields)
   end
 end
 
+-- The NAME of an environment variable (password_env, key_env, url_env, ...). A secret pasted
+-- where its variable's name belongs is the likely mistake: it is refused without being shown,
+-- since the message lands on stderr, in bkr.log and in notifications.
+local function env_name(value, path)
+  if type(value) ~= "string" or not value:match("^[%a_][%w_]*$") then
+    fail(path, "expected the name of an environment variable (letters, digits, _), not a value: "
+      .. "the value is not shown")
+  end
+  return value
+end
+
+-- connection.host: a host name, an address or a socket directory, which libpq and pg_dump take
+-- as one word. A conninfo fragment ("db.example.com password=..."), a URI with user:password@ or
+-- quotes would be passed on and quoted back in connection errors: refused, without being shown.
+local function host_value(value, path)
+  if type(value) ~= "string" or value == "" or value:find("[=@%s'\"`]") then
+    fail(path, "expected a host name, an address or a socket directory (no '=', '@', spaces or quotes): "
+      .. "the value is not shown")
+  end
+  return value
+end
+
 -- A list whose every element passes `item` (a validator), named "a list of WHAT" in its
 -- message; at_least_one: an empty list is refused too.
 local function list_of(item, what, at_least_one)
@@ -191,6 +213,7 @@ config.validators = {
   integer_in = integer_in,
   list_of_strings = list_of_strings,
   list_of = list_of,
+  env_name = env_name,
 }
 
 -- A section validated by its owner module (required only when the key is present).
@@ -202,11 +225,11 @@ end
 
 config.schema = section{
   connection = section{
-    host = string_value,
+    host = host_value,
     port = integer_in(1, 65535),
     user = string_value,
     dbname = string_value,
-    password_env = string_value,
+    password_env = env_name,
     passfile = string_value,
     sslmode = string_value,
   },
@@ -227,7 +250,7 @@ config.schema = section{
   -- encrypted backups and configuration backups (docs/encryption.md)
   encryption = section{
     key_file = string_value,
-    key_env = string_value,
+    key_env = env_name,
   },
   config_backup = section{
     sensitive_keys = list_of_strings,
