@@ -260,7 +260,9 @@ local function backup_database(run, db, relative)
 end
 
 local function backup_globals(run)
-  if not postgres.can_read_globals(run.conn) then
+  local allowed, why = postgres.can_read_globals(run.conn)
+  if allowed == nil then return nil, "could not ask the server whether the user may read roles: " .. why end
+  if not allowed then
     warn("skipping roles and tablespaces: user may not read them (pg_dumpall needs a superuser)")
     logging.step("globals", { level = "warning", result = "skipped", reason = "the user may not read roles" })
     return true

@@ -243,6 +243,27 @@ describe("bkr backup", function()
     assert.are.equal(1, #backups_of(repo, db))
   end)
 
+  it("fails the globals step, exit 1, when the server is lost before it asks whether it may read roles", function()
+    local db = new_database("create table t (x int);")
+    local repo = util.scratch("repo")
+    -- pg_dump succeeds, then bkr's own connection is terminated: the next query fails
+    local bindir = util.fake_pg_dump('"$REAL_PG_DUMP" "$@" || exit $?\n'
+      .. "psql -X -q -d postgres -c \"select pg_terminate_backend(pid) from pg_stat_activity "
+      .. "where application_name = 'bkr' and pid <> pg_backend_pid()\" >/dev/null")
+    local out, rc = run("backup --repo " .. q(repo) .. " --db " .. db .. " --config " .. q(bindir .. "/bkr.lua"))
+    assert.are.equal(1, rc, out)
+    assert.not_matches("skipping roles and tablespaces", out)
+    assert.matches("globals failed: could not ask the server whether the user may read roles: .*terminat", out)
+    assert.are.equal(1, #backups_of(repo, db))
+    local logged
+    for line in util.read(repo .. "/bkr.log"):gmatch("[^\n]+") do
+      local entry = json.decode(line)
+      if entry.step == "globals" then logged = entry end
+    end
+    assert.are.equal("failed", logged.result)
+    assert.matches("terminat", logged.error)
+  end)
+
   it("refuses a pg_dump older than the server, naming the package to install", function()
     package.path = os.getenv("BKR_SOURCE_DIR") .. "/recipes/?.lua;" .. package.path
     local postgres = require "lib.postgres"
