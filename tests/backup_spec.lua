@@ -264,6 +264,50 @@ describe("bkr backup", function()
     assert.matches("terminat", logged.error)
   end)
 
+  it("gives up on a server that accepts and never answers after connection.connect_timeout_seconds, exit 1, lock released", function()
+    local dir = util.scratch("silent")
+    -- a listener that accepts every connection and never says a word (a stopped postmaster,
+    -- a firewall that swallows the answer)
+    util.write(dir .. "/silent.py", [[
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(s.getsockname()[1]))
+import os
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+s.settimeout(60)
+held = []
+try:
+    while True:
+        held.append(s.accept()[0])
+except Exception:
+    pass
+]])
+    local pid = util.sh("/usr/bin/python3 " .. q(dir .. "/silent.py") .. " " .. q(dir .. "/port")
+      .. " >/dev/null 2>&1 & echo $!"):match("%d+")
+    local port
+    for _ = 1, 100 do
+      port = io.open(dir .. "/port") and util.read(dir .. "/port")
+      if port then break end
+      util.sh("sleep 0.05")
+    end
+    assert.is_truthy(port, "the silent listener did not start")
+    local repo = util.scratch("repo")
+    util.write(dir .. "/bkr.yaml", "connection:\n  connect_timeout_seconds: 2\nrepository: " .. repo .. "\n")
+    local started = os.time()
+    local out, rc = run("backup --create-repo --config " .. q(dir .. "/bkr.yaml"),
+      "timeout 60 env PGHOST=127.0.0.1 PGPORT=" .. port)
+    local took = os.time() - started
+    util.sh("kill " .. pid)
+    assert.are.equal(1, rc, out)
+    assert.is_true(took <= 6, "took " .. took .. " s")
+    assert.matches("did not answer within 2 s: connection.connect_timeout_seconds", out, 1, true)
+    local _, frc = util.sh("flock -n " .. q(repo .. "/.lock") .. " true")
+    assert.are.equal(0, frc)
+  end)
+
   it("refuses a pg_dump older than the server, naming the package to install", function()
     package.path = os.getenv("BKR_SOURCE_DIR") .. "/recipes/?.lua;" .. package.path
     local postgres = require "lib.postgres"
@@ -285,6 +329,8 @@ describe("bkr backup", function()
     assert.are.equal(0, rc, out)
     assert.not_matches("s3cr3t", util.read(bindir .. "/argv"))
     assert.matches("PGPASSWORD=s3cr3t%-PaSS", util.read(bindir .. "/env"))
+    -- and a child never waits forever for a server that does not answer
+    assert.matches("\nPGCONNECT_TIMEOUT=10\n", "\n" .. util.read(bindir .. "/env"))
     assert.are.equal("", util.sh("grep -rl s3cr3t " .. q(repo)))
   end)
 end)
@@ -313,6 +359,8 @@ describe("bkr configuration", function()
       { "retention:\n  dayly: 3\n", "configuration: retention.dayly: unknown key" },
       { "compression_level: 12\n", "configuration: compression_level: expected an integer from 0 to 9" },
       { "connection:\n  port: '5432x'\n", "configuration: connection.port: expected an integer from 1 to 65535" },
+      { "connection:\n  connect_timeout_seconds: 0\n",
+        "configuration: connection.connect_timeout_seconds: expected an integer from 1 to 3600" },
       { "databases: [a, 3]\n", "configuration: databases%[2%]: expected a non%-empty string" },
       { "repository: [\n", "configuration: yaml: .*line" },
       { "- a\n- b\n", "configuration: %(top level%): expected a mapping of settings" },

@@ -9,7 +9,13 @@ local config = {}
 
 config.DEFAULT_FILES = { "./bkr.yaml", "/etc/bkr/bkr.yaml" }
 
+-- How long any connection bkr makes, or a child it starts makes, may take to be answered: a
+-- server that accepts and never answers (stopped, overloaded, a firewall) fails the run
+-- instead of holding the repository lock forever.
+config.CONNECT_TIMEOUT_SECONDS = 10
+
 local defaults = {
+  -- connection.connect_timeout_seconds: config.CONNECT_TIMEOUT_SECONDS when none is given
   connection = {},
   databases = "all",
   exclude = {},
@@ -232,6 +238,7 @@ config.schema = section{
     password_env = env_name,
     passfile = string_value,
     sslmode = string_value,
+    connect_timeout_seconds = integer_in(1, 3600),
   },
   databases = databases_value,
   exclude = names_value,
@@ -442,6 +449,11 @@ local function password(cfg)
   return value
 end
 
+-- Seconds a connection may take to be answered (connection.connect_timeout_seconds).
+function config.connect_timeout(cfg)
+  return (cfg.connection or {}).connect_timeout_seconds or config.CONNECT_TIMEOUT_SECONDS
+end
+
 -- libpq keywords for bkr's own connection to database `dbname` (default: the maintenance
 -- database). Unset keys fall back to the PG* environment inside libpq.
 function config.conninfo(cfg, dbname)
@@ -451,13 +463,14 @@ function config.conninfo(cfg, dbname)
     password = password(cfg),
     dbname = dbname or c.dbname or os.getenv("PGDATABASE") or "postgres",
     application_name = "bkr",
+    connect_timeout = config.connect_timeout(cfg),
   }
 end
 
 -- Environment for pg_dump/psql children: the password travels here, never in argv.
 function config.child_env(cfg, dbname)
   local c = cfg.connection
-  local env = { PGAPPNAME = "bkr" }
+  local env = { PGAPPNAME = "bkr", PGCONNECT_TIMEOUT = tostring(config.connect_timeout(cfg)) }
   if c.host then env.PGHOST = c.host end
   if c.port then env.PGPORT = tostring(c.port) end
   if c.user then env.PGUSER = c.user end

@@ -10,7 +10,12 @@ local postgres = {}
 
 function postgres.connect(cfg, dbname)
   local info = config.conninfo(cfg, dbname)
+  local started = bkr.monotonic()
   local conn, err = pg.connect(info)
+  if not conn and bkr.monotonic() - started >= info.connect_timeout then
+    err = string.format("%s\n  (the server did not answer within %d s: connection.connect_timeout_seconds)",
+      err, info.connect_timeout)
+  end
   if not conn then
     -- root with no role named anywhere connects as role "root", which peer authentication
     -- and most servers refuse: say what to do instead of leaving the admin to guess
