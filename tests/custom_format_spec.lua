@@ -239,8 +239,9 @@ describe("format: custom", function()
       .. " --db " .. db .. " & p=$!; while [ ! -s " .. q(bindir .. "/pid") .. " ]; do sleep 0.05; done; sleep 1;"
       .. " ls -A " .. q(repo .. "/daily") .. "; kill -TERM $p; wait $p) 2>&1")
     assert.are.equal(143, rc, out)
-    -- the temporary archive existed while pg_dump ran
-    assert.matches("%.bkr%-tmp%.backup_[^\n]*%.dump%.pg_dump", out)
+    -- the temporary archive existed while pg_dump ran, under a name no one could plant a
+    -- symlink at beforehand (a random suffix), with the prefix the next run's cleanup finds
+    assert.matches("%.bkr%-tmp%.backup_[^\n]*%.dump%.pg_dump%." .. ("%x"):rep(12) .. "\n", out)
     assert.are.same({}, files(repo, "."))
   end)
 
