@@ -61,14 +61,6 @@ local function boolean_value(v)
   end
 end
 
-local function env_name(v)
-  return function(value, path)
-    value = v.string_value(value, path)
-    if not value:match("^[%a_][%w_]*$") then v.fail(path, "expected the name of an environment variable") end
-    return value
-  end
-end
-
 local function absolute_path(v)
   return function(value, path)
     value = v.string_value(value, path)
@@ -101,10 +93,10 @@ function remote.validate(value, path, v)
     endpoint = endpoint_value(v),
     region = v.string_value,
     access_key_id = v.string_value,
-    access_key_id_env = env_name(v),
+    access_key_id_env = v.env_name,
     secret_access_key_file = absolute_path(v),
-    secret_access_key_env = env_name(v),
-    session_token_env = env_name(v),
+    secret_access_key_env = v.env_name,
+    session_token_env = v.env_name,
     path_style = boolean_value(v),
     ca_file = absolute_path(v),
     part_size_mib = v.integer_in(5, 5120),

@@ -588,10 +588,14 @@ end
 repo.TEMPORARY_PREFIX = ".bkr-tmp."
 
 -- A temporary name for `path` (REPO/<type>/NAME) that only this run uses: its directory,
--- the prefix, NAME (the run's stamp is in it) and `label`. Rotation and the next lock remove it.
+-- the prefix, NAME (the run's stamp is in it), `label` and 12 random hex digits, so that no
+-- one can plant a symlink or a directory at it beforehand. Rotation and the next lock remove it.
 function repo.temporary_path(path, label)
   local dir, name = path:match("^(.*)/([^/]+)$")
-  return dir .. "/" .. repo.TEMPORARY_PREFIX .. name .. "." .. label
+  local suffix = require("bkr.crypto").random_bytes(6):gsub(".", function(c)
+    return string.format("%02x", c:byte())
+  end)
+  return dir .. "/" .. repo.TEMPORARY_PREFIX .. name .. "." .. label .. "." .. suffix
 end
 
 function repo.is_temporary(file)
