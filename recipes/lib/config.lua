@@ -253,6 +253,12 @@ config.schema = section{
     weekly = integer_in(0),
     monthly = integer_in(0),
   },
+  -- the off-site copy's own (bkr rotate --repo s3://...); each count defaults to retention's
+  offsite_retention = section{
+    daily = integer_in(0),
+    weekly = integer_in(0),
+    monthly = integer_in(0),
+  },
   pg_bindir = string_value,
   -- encrypted backups and configuration backups (docs/encryption.md)
   encryption = section{
@@ -399,6 +405,10 @@ function config.load(options, how)
     end
   end
   local cfg = merge_defaults(config.schema(raw, ""))
+  local offsite_retention = {}
+  for key, count in pairs(cfg.retention) do offsite_retention[key] = count end
+  for key, count in pairs(cfg.offsite_retention or {}) do offsite_retention[key] = count end
+  cfg.offsite_retention = offsite_retention
   config.check_compression_level(cfg)
   if cfg.databases ~= "all" then config.check_smoke_query_databases(cfg, cfg.databases) end
   cfg.file = path
@@ -423,7 +433,7 @@ function config.check_repository_form(value, remote_allowed)
   if scheme == "s3" and remote_allowed then return end
   if scheme == "s3" then
     cli.usage_error("repository %s: this command works on a local repository; an s3:// repository is "
-      .. "read and written by bkr sync, bkr list and bkr check (docs/offsite.md)", cli.printable(value))
+      .. "read and written by bkr sync, list, rotate and check (docs/offsite.md)", cli.printable(value))
   end
   cli.usage_error("repository %s: bkr does not support %s:// repositories; give a local directory "
     .. "(an absolute path such as /var/backups/bkr) or s3://BUCKET/PREFIX", cli.printable(value),

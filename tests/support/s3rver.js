@@ -19,6 +19,10 @@
 //     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
 //     directory is swept again a second later: s3rver writes out the part of a request whose
 //     client hung up mid-body, which S3 drops. s3rver's ListMultipartUploads answers 501.
+//   - Object Lock retention, which s3rver ignores: the x-amz-object-lock-mode and
+//     -retain-until-date of a PutObject or CreateMultipartUpload are remembered per key (in
+//     DIR/locks.json), returned on HEAD as S3 returns them, and a DELETE of the key before that
+//     date gets 403 AccessDenied, as S3 answers it.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -91,6 +95,16 @@ function signatureMatches(ctx) {
   return signed.headers.Authorization.endsWith(`SignedHeaders=${m[1]}, Signature=${m[2]}`);
 }
 
+const locksFile = path.join(dir, 'locks.json');
+function locks() {
+  try { return JSON.parse(fs.readFileSync(locksFile, 'utf8')); } catch (e) { return {}; }
+}
+// The object's key, as S3 has it, from a path-style or virtual-host URL.
+function keyOf(ctx) {
+  const p = decodeURIComponent(new URL(ctx.url, 'http://x').pathname);
+  return ctx.headers.host.startsWith(bucket + '.') ? p.slice(1) : p.slice(bucket.length + 2);
+}
+
 server.middleware.unshift(async (ctx, next) => {
   fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers,
     port: ctx.req.socket.remotePort }) + '\n');
@@ -123,7 +137,23 @@ server.middleware.unshift(async (ctx, next) => {
     ctx.status = 204;
     return;
   }
+  const lockUntil = ctx.headers['x-amz-object-lock-retain-until-date'];
+  const creating = (ctx.method === 'PUT' && !url.searchParams.has('partNumber')) ||
+    (ctx.method === 'POST' && url.searchParams.has('uploads'));
+  const held = locks()[keyOf(ctx)];
+  if (ctx.method === 'DELETE' && uploadId === null && held && Date.parse(held.until) > Date.now()) {
+    return xmlError(ctx, 403, 'AccessDenied'); // S3: a locked version cannot be deleted before its date
+  }
   await next();
+  if (creating && lockUntil && ctx.status < 300) {
+    const all = locks();
+    all[keyOf(ctx)] = { mode: ctx.headers['x-amz-object-lock-mode'], until: lockUntil };
+    fs.writeFileSync(locksFile, JSON.stringify(all));
+  }
+  if (ctx.method === 'HEAD' && held && ctx.status < 300) {
+    ctx.set('x-amz-object-lock-mode', held.mode);
+    ctx.set('x-amz-object-lock-retain-until-date', held.until);
+  }
   if (fault && (fault.what === 'drop' || fault.what === 'stall') && ctx.body && typeof ctx.body.pipe === 'function') {
     // The response keeps its Content-Length, as S3's does; the connection ends after BYTES.
     const length = ctx.length;
