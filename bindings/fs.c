@@ -33,8 +33,10 @@
  *        write ("w") or enter ("x") path? how: any of "rwx"; else nil, msg, kind ("permission")
  *   fs.user([name])                     -> uid, gid, name  the user bkr runs as (effective uid,
  *        and its group), or the user called name: nil, msg, "missing" when there is none
- *   fs.temp_dir([prefix[, holder]])     -> path            new directory under $TMPDIR or /tmp;
- *        with a holder table, holder.path is set before returning (see fs_temp_dir)
+ *   fs.temp_dir([prefix[, holder]])     -> path            new private (0700) directory under
+ *        $TMPDIR or /tmp: PREFIX.PID.XXXXXX, with bkr's pid, so that a later run can tell the
+ *        leftover of a killed run (lib/tempdir.lua) from a live run's; with a holder table,
+ *        holder.path is set before returning (see fs_temp_dir)
  *   fs.remove_tree(path)                -> true            rm -r without following symlinks
  *
  * Modes are permission bits 0..0777, given as an octal string ("0600") or an
@@ -628,7 +630,7 @@ static int fs_temp_dir(lua_State *L)
     const char *base = getenv("TMPDIR");
     if (base == NULL || base[0] == '\0')
         base = "/tmp";
-    const char *tmpl = lua_pushfstring(L, "%s/%s.XXXXXX", base, prefix);
+    const char *tmpl = lua_pushfstring(L, "%s/%s.%d.XXXXXX", base, prefix, (int)getpid());
     char *buf = push_scratch(L, tmpl, strlen(tmpl));
     if (mkdtemp(buf) == NULL) {
         int err = errno;

@@ -7,13 +7,16 @@
  *   conn:digest_tables(copies[, opts]) -> results | nil, msg, kind
  *       copies: array of `COPY ... TO STDOUT` statements (text format)
  *       opts.jobs: connections and threads, an integer >= 1 (default: the number of online
- *           CPUs), never more than #copies nor 128
+ *           CPUs), never more than #copies nor 8 (a comparison must not take a server's
+ *           connections from its applications)
  *       opts.session: SQL run first on each connection (the session settings the digest needs)
  *       opts.sizes: array of numbers parallel to copies (e.g. row counts): biggest first
  *       results: array parallel to copies, each { rows = n, digest = hex } or
  *           { error = "pg.digest_tables: ERROR:  ...", sqlstate = "42P01" } (sqlstate when the
  *           server gave one): a table that cannot be read fails alone.
- *   nil, msg, "io" when a connection cannot be made or opts.session fails; raises an error
+ *   The workers that cannot connect (a role's or the server's connection limit) or whose
+ *   opts.session fails drop out; the others read every table. nil, msg, "io" when none
+ *   could (the first failure's message); raises an error
  *   object of kind "interrupted" on SIGINT/SIGTERM, after every COPY was cancelled, every
  *   thread joined and every connection closed.
  *
@@ -50,7 +53,7 @@
 #define BKR_PGDIGESTS "bkr.pg.Digests" /* internal: holds a job's C memory while Lua tables are built */
 
 #define DG_WHO "pg.digest_tables"
-#define DG_MAX_JOBS 128
+#define DG_MAX_JOBS 8
 
 /* ---------------------------------------------------------------------------------------------
  * The job: what the threads share
@@ -91,8 +94,9 @@ typedef struct dg_job {
     int nworkers;                   /* workers that will report whether they connected */
     int settled;                    /* workers that connected or failed to */
     size_t next;                    /* next position in order */
-    int failed;                     /* a connection or opts.session failed: the call fails */
-    char failmsg[PG_MSG];
+    int connected;                  /* workers connected, settings made: reading tables */
+    int failed;                     /* no worker could connect: the call fails */
+    char failmsg[PG_MSG];           /* the first worker's failure to connect */
     int interrupted;
 } dg_job;
 
@@ -283,8 +287,8 @@ static int dg_copy(PGconn *c, dg_table *t, rowsum *sum)
     }
 }
 
-/* Connect, run the session settings, wait for the others to connect (one failure fails the
- * call before any table is read), then take tables from the queue until it is empty. */
+/* Connect and run the session settings, then take tables from the queue until it is empty.
+ * A worker that cannot connect drops out: the others take its share. */
 static void *dg_worker(void *arg)
 {
     dg_job *job = arg;
@@ -305,26 +309,13 @@ static void *dg_worker(void *arg)
     }
 
     pthread_mutex_lock(&job->lock);
-    if (rc == -2) {
+    if (rc == -2)
         job->interrupted = 1;
-    } else if (rc != 0 && !job->failed) {
-        job->failed = 1;
+    else if (rc != 0 && job->failmsg[0] == '\0')
         snprintf(job->failmsg, sizeof job->failmsg, "%s", msg);
-    }
+    else if (rc == 0)
+        job->connected++;
     job->settled++;
-    pthread_cond_broadcast(&job->settled_cond);
-    while (job->settled < job->nworkers && !job->failed && !job->interrupted) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 250 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&job->settled_cond, &job->lock, &until);
-        if (bkr_interrupted())
-            job->interrupted = 1;
-    }
     pthread_mutex_unlock(&job->lock);
 
     while (rc == 0) {
@@ -539,6 +530,8 @@ int pgconn_digest_tables(lua_State *L)
     }
     for (int i = 0; i < job->nthreads; i++)
         pthread_join(job->threads[i], NULL);
+    if (n > 0 && job->connected == 0)
+        job->failed = 1;
 
     if (job->interrupted) {
         *holder = NULL;

@@ -25,7 +25,8 @@
  *                         reaps it, closes every pipe
  *
  * The child starts with default signal dispositions and an empty signal mask, and
- * inherits none of our pipes (all of them are O_CLOEXEC). Captured pipes are drained
+ * inherits none of our pipes (all of them are O_CLOEXEC). It dies with bkr: SIGKILL as its
+ * parent-death signal, so a bkr killed outright leaves no pg_dump or pg_restore running. Captured pipes are drained
  * whenever we wait for the child or do I/O on any of its pipes, so a child that writes
  * a lot of stderr never blocks against us.
  */

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -336,9 +337,19 @@ static void child_fail(int errfd, int stage, int err)
     _exit(127);
 }
 
-/* In the child, between fork and exec. Never returns. */
-static void child_exec(const spawn_plan *sp, int in, int out, int err, int errfd)
+/* In the child, between fork and exec. Never returns. parent: bkr's pid, taken before fork. */
+static void child_exec(const spawn_plan *sp, int in, int out, int err, int errfd, pid_t parent)
 {
+    /* A child dies with bkr: a SIGKILLed bkr must not leave a pg_dump writing its archive, nor
+     * a pg_restore or psql working on a database, with nobody to read or stop them. The signal
+     * comes when the forking thread ends, which for bkr is the main thread, the only one that
+     * spawns; it survives exec of the (not set-uid) client programs. A parent that died before
+     * prctl took effect is seen as a changed getppid(). */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        child_fail(errfd, FAIL_SETUP, errno);
+    if (getppid() != parent)
+        _exit(127);
+
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = SIG_DFL;
@@ -498,9 +509,10 @@ int proc_start(proc *p, const spawn_plan *sp, char *msg, size_t msgcap)
     sigset_t all, old;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0)
-        child_exec(sp, c_in, c_out, c_err, errpipe[1]);
+        child_exec(sp, c_in, c_out, c_err, errpipe[1], parent);
     e = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {

@@ -23,9 +23,10 @@
  * Every request returns nil, message, kind on failure. Kinds:
  *   missing (404: NoSuchKey, NoSuchBucket, NoSuchUpload), auth (403, SignatureDoesNotMatch,
  *   InvalidAccessKeyId), timeout, refused, unreachable, tls, rejected (any other 4xx or 3xx),
- *   server (5xx, 429 once the retries are spent), unsupported (501 NotImplemented), interrupted,
- *   io (anything else: a dropped connection once the retries are spent, a response that is not
- *   S3's). The message names the call, the key, the HTTP status and S3's <Code>.
+ *   server (5xx, 429 once the retries are spent), unsupported (501 NotImplemented), truncated
+ *   (client:source: the object ended early), interrupted, io (anything else: a dropped connection
+ *   once the retries are spent, a response that is not S3's). The message names the call, the
+ *   key, the HTTP status and S3's <Code>.
  *
  * Retries: on 5xx, 429, 503 SlowDown, 400 RequestTimeout, a timeout, a refused or dropped
  * connection: up to `retries` more attempts, each after an exponential backoff with jitter
@@ -105,6 +106,8 @@ void s3_config_unref(s3_config *c)
     wipe_free(c->secret_key);
     wipe_free(c->session_token);
     free(c->ca_file);
+    if (c->share != NULL)
+        curl_share_cleanup(c->share); /* every easy handle that used it is gone by now */
     free(c);
 }
 
@@ -144,6 +147,16 @@ static size_t read_body(char *buffer, size_t size, size_t nitems, void *userdata
         memcpy(buffer, req->body + req->body_pos, n);
     req->body_pos += n;
     return n;
+}
+
+/* libcurl rewinds an upload when a kept-alive connection turned out dead before the request. */
+static int seek_body(void *userdata, curl_off_t offset, int origin)
+{
+    s3_request *req = userdata;
+    if (origin != SEEK_SET || offset < 0 || (size_t)offset > req->body_len)
+        return CURL_SEEKFUNC_CANTSEEK;
+    req->body_pos = (size_t)offset;
+    return CURL_SEEKFUNC_OK;
 }
 
 static int status_ok(long status)
@@ -392,12 +405,16 @@ int s3_request_prepare(s3_request *req, bkr_error *err)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "bkr/" BKR_VERSION);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+    if (cfg->share != NULL)
+        curl_easy_setopt(e, CURLOPT_SHARE, cfg->share);
     if (strcmp(req->method, "HEAD") == 0) {
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else if (strcmp(req->method, "PUT") == 0) {
         curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(e, CURLOPT_READFUNCTION, read_body);
         curl_easy_setopt(e, CURLOPT_READDATA, req);
+        curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, seek_body);
+        curl_easy_setopt(e, CURLOPT_SEEKDATA, req);
         curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_len);
     } else if (strcmp(req->method, "POST") == 0) {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -456,6 +473,7 @@ static int transport_kind(s3_request *req, CURLcode rc, const char **kind)
         *kind = BKR_KIND_INTERRUPTED;
         return 0;
     case CURLE_SEND_ERROR:
+    case CURLE_SEND_FAIL_REWIND:
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
@@ -628,7 +646,8 @@ void s3_check_headers(lua_State *L, int opts, const char *fn, s3_pair *extra, si
 {
     static const char *const reserved[] = { "host", "authorization", "x-amz-date", "x-amz-content-sha256",
                                              "x-amz-security-token", "content-length", "content-md5", "expect",
-                                             "range", "if-match", "transfer-encoding", NULL };
+                                             "range", "if-match", "transfer-encoding",
+                                             "content-type" /* the content_type option */, NULL };
     if (lua_getfield(L, opts, "headers") == LUA_TNIL) {
         lua_pop(L, 1);
         return;
@@ -816,6 +835,7 @@ static int listing_gc(lua_State *L)
 }
 
 #define MAX_PAGES 100000
+#define MAX_ENTRIES 1000000 /* a listing's memory is bounded too */
 
 /* GET pages of a listing until the last one. uploads: ListMultipartUploads, else
  * ListObjectsV2. Pushes the array, or nil, message, kind. */
@@ -862,6 +882,9 @@ static int list_pages(lua_State *L, s3_config *cfg, const char *op, const char *
             return bkr_pushfail(L, BKR_KIND_IO, "%s: page %d: %s", op, page + 1, why);
         if (!l->truncated)
             break;
+        if (l->n > MAX_ENTRIES)
+            return bkr_pushfail(L, BKR_KIND_IO, "%s: more than %d entries: name a narrower prefix", op,
+                                MAX_ENTRIES);
         int progress = uploads ? l->next_key_marker != NULL : (l->next_token != NULL && l->next_token[0]);
         if (!progress || l->n == before)
             return bkr_pushfail(L, BKR_KIND_IO, "%s: page %d says more follow but gives no way to them", op,
@@ -1015,6 +1038,13 @@ static int l_client(lua_State *L)
         return luaL_error(L, "%s: out of memory", fn);
     cfg->refs = 1;
     c->cfg = cfg; /* from here the userdata owns it: raising frees it */
+    cfg->share = curl_share_init();
+    if (cfg->share == NULL)
+        return luaL_error(L, "%s: out of memory", fn);
+    /* one Lua state, one thread: no lock functions needed */
+    curl_share_setopt(cfg->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl_share_setopt(cfg->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt(cfg->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
 
     cfg->region = opt_dup(L, 1, fn, "region", 1);
     cfg->bucket = opt_dup(L, 1, fn, "bucket", 1);

@@ -142,6 +142,7 @@ typedef struct s3_config {
     int path_style;
     double timeout, connect_timeout;
     int retries;
+    CURLSH *share;                  /* connections, TLS sessions and DNS kept between requests */
 } s3_config;
 
 void s3_config_ref(s3_config *c);

@@ -25,6 +25,7 @@ local proc = require "bkr.proc"
 local fs = require "bkr.fs"
 local crypto = require "bkr.crypto"
 local logging = require "lib.logging"
+local tempdir = require "lib.tempdir"
 
 -- pg_dump ends with its completion marker, then (since 15.14) a \unrestrict line: keep
 -- enough of the end to find the marker whatever short trailer follows it.
@@ -63,7 +64,7 @@ local function warn(fmt, ...) cli.warn("backup", fmt, ...) end
 -- Refuse to start when the repository cannot hold the run: for each database, its last
 -- backup's stored size plus 20%, or, with no backup yet, its size in the cluster.
 local function check_free_space(run)
-  local needed, detail = 0, {}
+  local needed, largest, detail = 0, 0, {}
   for _, db in ipairs(run.databases) do
     local last = repo.scan(run.repo, { db = { db } })[1]
     local estimate
@@ -72,9 +73,16 @@ local function check_free_space(run)
     else
       estimate = run.conn:database_size(db) or 0
     end
-    -- a custom-format archive is written once as a temporary file, then copied to its name
-    if run.storage.dump_format == "custom" then estimate = estimate * 2 end
     needed = needed + estimate
+    -- a custom-format archive is written once as a temporary file, then copied to its name:
+    -- beside it, or, encrypted, in the private directory (one archive at a time)
+    if run.storage.dump_format == "custom" then
+      if run.private_dir then
+        largest = math.max(largest, estimate)
+      else
+        needed = needed + estimate
+      end
+    end
     detail[#detail + 1] = db
   end
   local available, err = fs.free_space(run.repo)
@@ -82,6 +90,15 @@ local function check_free_space(run)
   if available < needed then
     cli.fail(cli.EXIT_FAILED, "not enough free space in %s: %s available, about %s needed for %s",
       run.repo, cli.size(available), cli.size(needed), table.concat(detail, ", "))
+  end
+  if run.private_dir then
+    local room, rerr = fs.free_space(run.private_dir)
+    if not room then cli.fail(cli.EXIT_FAILED, "%s", rerr) end
+    if room < largest then
+      cli.fail(cli.EXIT_FAILED, "not enough free space in %s for the unencrypted archive of the largest "
+        .. "database: %s available, about %s needed (set TMPDIR to a private directory with more room)",
+        tempdir.base(), cli.size(room), cli.size(largest))
+    end
   end
   return available, needed
 end
@@ -149,20 +166,30 @@ local function run_child(what, spec)
     cli.printable((said:gsub("%s+$", ""):match("[^\n]*$"))))
 end
 
+-- Where pg_dump writes the archive of a custom-format backup: beside the backup (".bkr-tmp."
+-- prefix and a random suffix, 0600; the next run's lock removes it after a SIGKILL); or, when
+-- the backup is encrypted, in the run's private directory outside the repository, since the
+-- archive is plaintext until bkr encrypts it (a copy of the repository taken meanwhile must
+-- not hold it).
+local function archive_path(run, path)
+  if run.private_dir then return run.private_dir .. "/" .. path:match("[^/]+$"):gsub("%.enc$", "") end
+  return repo.temporary_path(path, "pg_dump")
+end
+
 -- pg_dump --format=custom of one database. pg_restore -j needs an archive it can seek in,
 -- with the data offsets pg_dump writes only into a file: so pg_dump writes a temporary file
--- beside the backup (".bkr-tmp." prefix, 0600, removed whatever happens, and by the next
--- run's lock after a SIGKILL). The archive must list (pg_restore -l); pg_restore --data-only
+-- (archive_path, removed whatever happens). The archive must list (pg_restore -l); pg_restore --data-only
 -- reads it back as SQL for the per-table digests (the same parser and the same digests as a
 -- plain dump's); then it is copied, encrypted when a key is set, with its SHA-256, into its
 -- final name atomically.
 local function dump_database_custom(run, db, path, size)
   local env = config.child_env(run.cfg, db)
   env.PGTZ = DUMP_TIMEZONE
-  local temporary = repo.temporary_path(path, "pg_dump")
+  local temporary = archive_path(run, path)
   local _ <close> = removed_on_close(temporary)
   -- created 0600 before pg_dump opens it (it truncates the file and keeps its mode)
-  local created, cerr = fs.write_file(temporary, "", repo.file_options(temporary, { mode = "0600" }))
+  local created, cerr = fs.write_file(temporary, "",
+    run.private_dir and { mode = "0600" } or repo.file_options(temporary, { mode = "0600" }))
   if not created then error(cerr, 0) end
   local started = bkr.monotonic()
   local ok, err = run_child("pg_dump", {
@@ -260,7 +287,9 @@ local function backup_database(run, db, relative)
 end
 
 local function backup_globals(run)
-  if not postgres.can_read_globals(run.conn) then
+  local allowed, why = postgres.can_read_globals(run.conn)
+  if allowed == nil then return nil, "could not ask the server whether the user may read roles: " .. why end
+  if not allowed then
     warn("skipping roles and tablespaces: user may not read them (pg_dumpall needs a superuser)")
     logging.step("globals", { level = "warning", result = "skipped", reason = "the user may not read roles" })
     return true
@@ -348,6 +377,10 @@ run.globals_storage = codec.for_config(run.cfg) -- plain SQL from pg_dumpall, co
 repo.ensure(run.repo)
 local lock <close> = repo.lock(run.repo)
 logging.step("lock", { level = "debug" })
+-- An encrypted custom-format backup's archive is plaintext until bkr encrypts it: it waits in
+-- a private directory (0700) under $TMPDIR, never in the repository, gone when the run ends.
+if run.storage.dump_format == "custom" and run.key then run.private_dir = tempdir.make("bkr-archive") end
+local private_dir <close> = run.private_dir and tempdir.removed(run.private_dir)
 
 run.conn = postgres.connect(run.cfg)
 local server_num, server_version = run.conn:server_version()

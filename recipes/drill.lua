@@ -70,7 +70,9 @@ local function run_step(name, db)
   local ok, passed, detail = pcall(steps[name], drill, db)
   local record = { name = name, seconds = math.floor((bkr.monotonic() - t0) * 1000 + 0.5) / 1000 }
   if not ok then
-    record.result, record.detail = "failed", cli.detail(passed)
+    -- a step stopped by SIGINT/SIGTERM did not fail: the drill was interrupted
+    record.result = (cli.kind(passed) == "interrupted" or bkr.interrupted()) and "interrupted" or "failed"
+    record.detail = cli.detail(passed)
   elseif passed then
     record.result, record.detail = "passed", detail
   else
@@ -95,14 +97,16 @@ local function drill_database(name)
   local _ <close> = setmetatable({}, { __close = function()
     if db.scratch_guard then db.scratch_guard:close() end
   end })
-  local failed = false
+  local failed, interrupted = false, false
   for _, step in ipairs(order) do
-    if failed or bkr.interrupted() then
+    interrupted = interrupted or bkr.interrupted() ~= nil
+    if failed or interrupted then
       db.steps[#db.steps + 1] = { name = step, result = "skipped" }
     else
       local record = run_step(step, db)
       db.steps[#db.steps + 1] = record
       failed = record.result ~= "passed"
+      interrupted = record.result == "interrupted"
       io.stdout:write(string.format("%-8s %-16s %-16s %s\n", record.result, name, step, record.detail or ""))
       io.stdout:flush()
     end
@@ -111,7 +115,13 @@ local function drill_database(name)
   db.steps[#db.steps + 1] = cleanup
   if cleanup.result ~= "passed" then failed = true end
   db.result = failed and "failed" or "passed"
-  if not failed then
+  if interrupted then
+    -- neither a failure of the backup nor a drill that proved too little: it was stopped
+    db.result = "interrupted"
+    io.stdout:write(string.format("%-8s %-16s %-16s %s\n", "interrupted", name, "(drill)",
+      "stopped by " .. (bkr.interrupted() or "a signal")))
+    io.stdout:flush()
+  elseif not failed then
     db.incomplete = unproven(db)
     if db.incomplete then
       db.result = "incomplete"
@@ -214,9 +224,10 @@ local report = {
   host = require("lib.logging").host_name() or "unknown",
   targets = drill.targets, steps = order, databases = {},
 }
-local integrity, failed, incomplete = false, false, false
+local integrity, failed, incomplete, interrupted = false, false, false, false
 for _, name in ipairs(names) do
   local db = drill_database(name)
+  interrupted = interrupted or db.result == "interrupted"
   failed = failed or db.result == "failed"
   incomplete = incomplete or db.result == "incomplete"
   integrity = integrity or db.integrity_failed
@@ -231,7 +242,7 @@ end
 report.seconds = os.time() - drill.started
 -- A drill passes only when every database was restored and compared: one that proved
 -- nothing is "incomplete", and does not exit 0.
-report.result = failed and "failed" or incomplete and "incomplete" or "passed"
+report.result = interrupted and "interrupted" or failed and "failed" or incomplete and "incomplete" or "passed"
 drill.run.conn:close()
 local base = write_report(report)
 repo.log(drill.repo, { step = "report", result = report.result, seconds = report.seconds, report = base .. ".json" })
@@ -249,4 +260,4 @@ for _, db in ipairs(report.databases) do
   end
 end
 if integrity then return cli.EXIT_INTEGRITY end
-return (failed or incomplete) and cli.EXIT_FAILED or cli.EXIT_OK
+return (failed or incomplete or interrupted) and cli.EXIT_FAILED or cli.EXIT_OK

@@ -8,13 +8,14 @@ local logging = require "lib.logging"
 
 local options = cli.parse({ ... }, {
   name = "rotate",
-  usage = "bkr rotate [--dry-run] [--repo DIR] [--config FILE]",
+  usage = "bkr rotate [--dry-run] [--repo DIR|s3://BUCKET/PREFIX] [--config FILE]",
   summary = "Remove backups beyond the retention counts (retention.daily/weekly/monthly), each with\n"
     .. "its sidecars. The newest backup of each database that passed verification is always kept.\n"
-    .. "The policy is lib/retention.lua; shadow it to change it (docs/rotation.md).",
+    .. "The policy is lib/retention.lua; shadow it to change it (docs/rotation.md). An off-site\n"
+    .. "copy (s3://) is rotated by offsite_retention, and a copy under Object Lock is kept until its date.",
   options = {
     { "--dry-run", nil, "print what would be removed, remove nothing" },
-    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--repo", "DIR", "repository directory or s3://BUCKET/PREFIX (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
   },
   exit_codes = "0 done, 1 a removal failed, the repository is busy or a file in it cannot be read\n"
@@ -23,8 +24,25 @@ local options = cli.parse({ ... }, {
 })
 if not options then return cli.EXIT_OK end
 
-local cfg = config.load(options)
-local dir = repo.open(config.repository(cfg))
+local cfg = config.load(options, { remote = true })
+local location = config.repository(cfg)
+
+-- An off-site copy in object storage: its own counts, no lock (docs/offsite.md).
+if require("lib.remote").is_url(location) then
+  local store = require("lib.remote").open(cfg, location)
+  logging.start()
+  local count, errors = rotation.run_remote(store, cfg.offsite_retention, { dry_run = options.dry_run })
+  logging.step("rotate", { repository = store.url, dry_run = options.dry_run, removed = count,
+    errors = errors[1] and errors, level = errors[1] and "error" or nil })
+  if count == 0 and #errors == 0 then cli.say("nothing to remove") end
+  if #errors > 0 then
+    io.stderr:write("bkr rotate: ", table.concat(errors, "; "), "\n")
+    return cli.EXIT_FAILED
+  end
+  return cli.EXIT_OK
+end
+
+local dir = repo.open(location)
 logging.start()
 local lock <close> = (not options.dry_run) and repo.lock(dir) or nil
 logging.step("lock", { level = "debug", dry_run = options.dry_run })

@@ -243,6 +243,71 @@ describe("bkr backup", function()
     assert.are.equal(1, #backups_of(repo, db))
   end)
 
+  it("fails the globals step, exit 1, when the server is lost before it asks whether it may read roles", function()
+    local db = new_database("create table t (x int);")
+    local repo = util.scratch("repo")
+    -- pg_dump succeeds, then bkr's own connection is terminated: the next query fails
+    local bindir = util.fake_pg_dump('"$REAL_PG_DUMP" "$@" || exit $?\n'
+      .. "psql -X -q -d postgres -c \"select pg_terminate_backend(pid) from pg_stat_activity "
+      .. "where application_name = 'bkr' and pid <> pg_backend_pid()\" >/dev/null")
+    local out, rc = run("backup --repo " .. q(repo) .. " --db " .. db .. " --config " .. q(bindir .. "/bkr.lua"))
+    assert.are.equal(1, rc, out)
+    assert.not_matches("skipping roles and tablespaces", out)
+    assert.matches("globals failed: could not ask the server whether the user may read roles: .*terminat", out)
+    assert.are.equal(1, #backups_of(repo, db))
+    local logged
+    for line in util.read(repo .. "/bkr.log"):gmatch("[^\n]+") do
+      local entry = json.decode(line)
+      if entry.step == "globals" then logged = entry end
+    end
+    assert.are.equal("failed", logged.result)
+    assert.matches("terminat", logged.error)
+  end)
+
+  it("gives up on a server that accepts and never answers after connection.connect_timeout_seconds, exit 1, lock released", function()
+    local dir = util.scratch("silent")
+    -- a listener that accepts every connection and never says a word (a stopped postmaster,
+    -- a firewall that swallows the answer)
+    util.write(dir .. "/silent.py", [[
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(s.getsockname()[1]))
+import os
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+s.settimeout(60)
+held = []
+try:
+    while True:
+        held.append(s.accept()[0])
+except Exception:
+    pass
+]])
+    local pid = util.sh("/usr/bin/python3 " .. q(dir .. "/silent.py") .. " " .. q(dir .. "/port")
+      .. " >/dev/null 2>&1 & echo $!"):match("%d+")
+    local port
+    for _ = 1, 100 do
+      port = io.open(dir .. "/port") and util.read(dir .. "/port")
+      if port then break end
+      util.sh("sleep 0.05")
+    end
+    assert.is_truthy(port, "the silent listener did not start")
+    local repo = util.scratch("repo")
+    util.write(dir .. "/bkr.yaml", "connection:\n  connect_timeout_seconds: 2\nrepository: " .. repo .. "\n")
+    local started = os.time()
+    local out, rc = run("backup --create-repo --config " .. q(dir .. "/bkr.yaml"),
+      "timeout 60 env PGHOST=127.0.0.1 PGPORT=" .. port)
+    local took = os.time() - started
+    util.sh("kill " .. pid)
+    assert.are.equal(1, rc, out)
+    assert.is_true(took <= 6, "took " .. took .. " s")
+    assert.matches("did not answer within 2 s: connection.connect_timeout_seconds", out, 1, true)
+    local _, frc = util.sh("flock -n " .. q(repo .. "/.lock") .. " true")
+    assert.are.equal(0, frc)
+  end)
+
   it("refuses a pg_dump older than the server, naming the package to install", function()
     package.path = os.getenv("BKR_SOURCE_DIR") .. "/recipes/?.lua;" .. package.path
     local postgres = require "lib.postgres"
@@ -264,6 +329,8 @@ describe("bkr backup", function()
     assert.are.equal(0, rc, out)
     assert.not_matches("s3cr3t", util.read(bindir .. "/argv"))
     assert.matches("PGPASSWORD=s3cr3t%-PaSS", util.read(bindir .. "/env"))
+    -- and a child never waits forever for a server that does not answer
+    assert.matches("\nPGCONNECT_TIMEOUT=10\n", "\n" .. util.read(bindir .. "/env"))
     assert.are.equal("", util.sh("grep -rl s3cr3t " .. q(repo)))
   end)
 end)
@@ -292,6 +359,8 @@ describe("bkr configuration", function()
       { "retention:\n  dayly: 3\n", "configuration: retention.dayly: unknown key" },
       { "compression_level: 12\n", "configuration: compression_level: expected an integer from 0 to 9" },
       { "connection:\n  port: '5432x'\n", "configuration: connection.port: expected an integer from 1 to 65535" },
+      { "connection:\n  connect_timeout_seconds: 0\n",
+        "configuration: connection.connect_timeout_seconds: expected an integer from 1 to 3600" },
       { "databases: [a, 3]\n", "configuration: databases%[2%]: expected a non%-empty string" },
       { "repository: [\n", "configuration: yaml: .*line" },
       { "- a\n- b\n", "configuration: %(top level%): expected a mapping of settings" },
@@ -305,6 +374,40 @@ describe("bkr configuration", function()
     local out, rc = run("list --config " .. q(dir .. "/missing.yaml"))
     assert.are.equal(2, rc)
     assert.matches("missing.yaml: no such file", out)
+  end)
+
+  it("refuses a secret pasted where an environment variable's name belongs, or in connection.host, without showing it", function()
+    local dir = util.scratch("cfg")
+    local repo = util.scratch("repo")
+    util.sh("mkdir -p " .. q(repo .. "/daily"))
+    local secret = "KR3ekDc5s3cr3tQ0p+/Zx1"
+    local name_expected = "expected the name of an environment variable (letters, digits, _), not a value: "
+      .. "the value is not shown"
+    local cases = {
+      { "encryption:\n  key_env: \"" .. secret .. "=\"\n", "configuration: encryption.key_env: " .. name_expected },
+      { "connection:\n  password_env: \"" .. secret .. "\"\n", "configuration: connection.password_env: " .. name_expected },
+      { "connection:\n  password_env: \"9" .. secret:gsub("[^%w]", "") .. "\"\n",
+        "configuration: connection.password_env: " .. name_expected },
+      { "notify:\n  channels:\n    - type: webhook\n      url_env: \"https://x:" .. secret .. "@h\"\n",
+        "configuration: notify.channels[1].url_env: " .. name_expected },
+      { "s3:\n  secret_access_key_env: \"" .. secret .. "\"\n", "configuration: s3.secret_access_key_env: " .. name_expected },
+      { "connection:\n  host: \"db.example.com password=" .. secret .. "\"\n", "configuration: connection.host: expected" },
+      { "connection:\n  host: \"postgresql://u:" .. secret .. "@db\"\n", "configuration: connection.host: expected" },
+      { "connection:\n  host: \"db'" .. secret .. "\"\n", "configuration: connection.host: expected" },
+    }
+    for _, case in ipairs(cases) do
+      util.write(dir .. "/bkr.yaml", case[1] .. "repository: " .. repo .. "\n")
+      local out, rc = run("backup --no-globals --config " .. q(dir .. "/bkr.yaml"), "BKR_SOME_KEY=x")
+      assert.are.equal(2, rc, out)
+      assert.matches(case[2], out, 1, true)
+      assert.is_falsy(out:find("s3cr3t", 1, true), out)
+      assert.are.equal("", util.sh("grep -rl s3cr3t " .. q(repo) .. " 2>&1"))
+    end
+    -- a name is still a name, and a socket directory is still a host
+    util.write(dir .. "/bkr.yaml", "connection:\n  host: /var/run/postgresql\n  password_env: PG_PASS_1\n"
+      .. "encryption:\n  key_env: _BKR_KEY\nrepository: " .. repo .. "\n")
+    local out, rc = run("list --config " .. q(dir .. "/bkr.yaml"))
+    assert.are.equal(0, rc, out)
   end)
 
   it("says how to fix a configuration mistake: the key meant, spaces for a tab, the list form", function()

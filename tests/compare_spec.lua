@@ -165,7 +165,19 @@ describe("conn:digest_tables", function()
     assert.are.same({ error = "pg.digest_tables: not read: every connection to the server was lost" }, found[2])
   end)
 
-  it("returns nil, message, 'io' when a connection cannot be made, naming no password", function()
+  it("reads every table on the connections it can make when a connection limit refuses the rest", function()
+    psql("drop role if exists cmp_two; create role cmp_two login connection limit 2")
+    psql("grant select on all tables in schema public to cmp_two", db)
+    local conn <close> = assert(pg.connect{ dbname = db, user = "cmp_two" })
+    local medium = "copy public.medium (k, v) to stdout"
+    local found = assert(conn:digest_tables({ medium, medium, medium, medium }, { jobs = 4 }))
+    for i = 1, 4 do assert.are.equal(3000, found[i].rows, tostring(found[i].error)) end
+    conn:close()
+    psql("revoke all on all tables in schema public from cmp_two", db)
+    psql("drop role cmp_two")
+  end)
+
+  it("returns nil, message, 'io' when no connection can be made, naming no password", function()
     psql("drop role if exists cmp_limited; create role cmp_limited login connection limit 1")
     psql("grant select on all tables in schema public to cmp_limited", db)
     local conn <close> = assert(pg.connect{ dbname = db, user = "cmp_limited", password = "pw-Sekr1t-xyz" })

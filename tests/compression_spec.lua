@@ -234,5 +234,12 @@ describe("compression: zstd", function()
     local out, rc = run("verify --latest --config " .. q(cfg))
     assert.are.equal(3, rc, out)
     assert.matches("the file name a zstd one", out)
+    -- and a plain .sql.zst whose manifest says custom format is named as such
+    manifest.compression = { algorithm = "zstd", level = 3 }
+    manifest.dump_format = "custom"
+    util.write(path .. ".json", json.encode(manifest))
+    out, rc = run("verify --latest --config " .. q(cfg))
+    assert.are.equal(3, rc, out)
+    assert.matches("the manifest describes a custom-format backup, the file name a zstd one", out, 1, true)
   end)
 end)

@@ -236,6 +236,73 @@ describe("format: custom", function()
     assert.are.equal("", util.sh("ls -A " .. q(tmp)))
   end)
 
+  it("encrypted: pg_dump's plaintext archive waits in a private directory under TMPDIR, never in the repository", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    local key = util.scratch("key") .. "/backup.key"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key))))
+    local tmp = util.scratch("tmpdir")
+    -- a pg_dump that reports where it wrote and what the repository held meanwhile
+    local bindir = util.fake_pg_dump('"$REAL_PG_DUMP" "$@" || exit $?\n'
+      .. 'for a in "$@"; do case "$a" in --file=*) f="${a#--file=}";; esac; done\n'
+      .. 'echo "$f" > "$FAKEBIN/file"\nstat -c %a "$(dirname "$f")" > "$FAKEBIN/dirmode"\n'
+      .. 'stat -c %a "$f" > "$FAKEBIN/filemode"\n'
+      .. 'ls -A ' .. q(repo .. "/daily") .. ' > "$FAKEBIN/repo"')
+    local cfg = custom_config(repo, "pg_bindir: " .. bindir .. "\n")
+    local out, rc = run("backup --no-globals --create-repo --config " .. q(cfg) .. " --db " .. db .. " --key-file "
+      .. q(key), "TMPDIR=" .. q(tmp))
+    assert.are.equal(0, rc, out)
+    local file = util.read(bindir .. "/file"):gsub("\n$", "")
+    assert.are.equal(tmp .. "/bkr-archive.", file:sub(1, #tmp + 13))
+    assert.matches("^bkr%-archive%.%d+%.%w+/backup_[^/]*%.dump$", file:sub(#tmp + 2))
+    assert.are.equal("700\n", util.read(bindir .. "/dirmode"))
+    assert.are.equal("600\n", util.read(bindir .. "/filemode"))
+    assert.are.equal("", util.read(bindir .. "/repo"))
+    -- gone with the run
+    assert.are.equal("", util.sh("ls -A " .. q(tmp)))
+    assert.are.equal(1, #files(repo, "^backup_.*%.dump%.enc$"))
+  end)
+
+  it("encrypted: after a SIGKILL of bkr, pg_dump dies too, and the next run removes the private directory it left", function()
+    local db = new_database()
+    local repo = util.scratch("repo")
+    util.sh("mkdir -p " .. q(repo))
+    local key = util.scratch("key") .. "/backup.key"
+    assert.are.equal(0, select(2, run("keygen --out " .. q(key))))
+    local tmp = util.scratch("tmpdir")
+    local bindir = util.fake_pg_dump('echo $$ > "$FAKEBIN/pid"\n"$REAL_PG_DUMP" "$@"\nexec sleep 60')
+    local cfg = custom_config(repo, "pg_bindir: " .. bindir .. "\n")
+    local out, rc = util.sh("(TMPDIR=" .. q(tmp) .. " " .. q(util.bkr_bin()) .. " backup --no-globals --config " .. q(cfg)
+      .. " --db " .. db .. " --key-file " .. q(key) .. " & p=$!; while [ ! -s " .. q(bindir .. "/pid")
+      .. " ]; do sleep 0.05; done; sleep 1; kill -KILL $p; wait $p) 2>&1")
+    assert.are.equal(137, rc, out)
+    -- pg_dump (here the sleep it became) went with bkr
+    local pid = util.read(bindir .. "/pid"):match("%d+")
+    local state
+    for _ = 1, 20 do
+      state = util.sh("ps -o stat= -p " .. pid):match("%S+")
+      if not state or state:sub(1, 1) == "Z" then break end
+      util.sh("sleep 0.05")
+    end
+    assert.is_true(not state or state:sub(1, 1) == "Z", "pg_dump still runs: " .. tostring(state))
+    -- the private directory of the killed run, with the plaintext archive in it
+    local left = util.sh("ls -A " .. q(tmp)):gsub("\n$", "")
+    assert.matches("^bkr%-archive%.%d+%.%w+$", left)
+    -- a live process's (a fresh one), or someone else's name: never touched
+    util.sh("mkdir " .. q(tmp .. "/bkr-archive.1.alive") .. " " .. q(tmp .. "/bkr-archive-other")
+      .. " " .. q(tmp .. "/bkr-archive." .. util.pid() .. ".live"))
+    util.write(bindir .. "/pid", "")
+    util.write(bindir .. "/pg_dump", util.read(bindir .. "/pg_dump"):gsub("exec sleep 60", "true"))
+    out, rc = util.sh("TMPDIR=" .. q(tmp) .. " " .. q(util.bkr_bin()) .. " backup --no-globals --config " .. q(cfg)
+      .. " --db " .. db .. " --key-file " .. q(key) .. " 2>&1")
+    assert.are.equal(0, rc, out)
+    assert.matches("bkr: removed " .. (tmp .. "/" .. left):gsub("%p", "%%%0") .. ", left by an interrupted run", out)
+    local kept = { "bkr-archive-other", "bkr-archive.1.alive", "bkr-archive." .. util.pid() .. ".live" }
+    table.sort(kept)
+    assert.are.same(kept, util.listdir(tmp))
+    assert.are.equal(1, #files(repo, "^backup_.*%.dump%.enc$"))
+  end)
+
   it("verify records nothing when the environment stops it (temp dir missing, not a directory, "
     .. "relative; pg_restore killed): exit 1, the verdict kept", function()
     local db = new_database()
@@ -344,8 +411,9 @@ describe("format: custom", function()
       .. " --db " .. db .. " & p=$!; while [ ! -s " .. q(bindir .. "/pid") .. " ]; do sleep 0.05; done; sleep 1;"
       .. " ls -A " .. q(repo .. "/daily") .. "; kill -TERM $p; wait $p) 2>&1")
     assert.are.equal(143, rc, out)
-    -- the temporary archive existed while pg_dump ran
-    assert.matches("%.bkr%-tmp%.backup_[^\n]*%.dump%.pg_dump", out)
+    -- the temporary archive existed while pg_dump ran, under a name no one could plant a
+    -- symlink at beforehand (a random suffix), with the prefix the next run's cleanup finds
+    assert.matches("%.bkr%-tmp%.backup_[^\n]*%.dump%.pg_dump%." .. ("%x"):rep(12) .. "\n", out)
     assert.are.same({}, files(repo, "."))
   end)
 

@@ -615,3 +615,29 @@ describe("interrupts", function()
         assert.is_true(ms < 5000, "took " .. ms .. " ms")
     end)
 end)
+
+describe("a killed bkr", function()
+    it("takes its children with it: SIGKILL of bkr ends a long-running child within a second", function()
+        write(dir .. "/script.lua", [[
+            local proc = require "bkr.proc"
+            local p = assert(proc.spawn { argv = { "sleep", "300" } })
+            local f = assert(io.open("killed-pid", "w")); f:write(p:pid()); f:close()
+            p:wait()
+        ]])
+        os.remove(dir .. "/killed-pid")
+        local result = sh(("cd %s && (%s run script.lua >/dev/null 2>&1 & b=$!; i=0; "
+            .. "while [ ! -s killed-pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+            .. "kill -KILL $b; wait $b; echo $?)"):format(q(dir), q(BKR)))
+        assert.equal("137", result)
+        local pid = tonumber(read(dir .. "/killed-pid"))
+        assert.is_number(pid)
+        -- gone, or a zombie waiting for whoever adopted it: not running, in any case
+        local state
+        for _ = 1, 20 do
+            state = proc_state(pid)
+            if state == nil or state == "Z" then break end
+            os.execute("sleep 0.05")
+        end
+        assert.is_true(state == nil or state == "Z", "the child still runs: state " .. tostring(state))
+    end)
+end)

@@ -463,7 +463,6 @@ describe("a repository given as a URL", function()
       { "init --repo S3://bkr/site1", "S3://bkr/site1", "s3" },
       { "list --repo sftp://host/backups", "sftp://host/backups", "sftp" },
       { "verify --latest --repo file:///var/backups/bkr", "file:///var/backups/bkr", "file" },
-      { "rotate --repo s3://bkr/site1", "s3://bkr/site1", "s3" },
       { "restore --repo s3://bkr/site1 --db x --into y", "s3://bkr/site1", "s3" },
       { "drill --repo s3://bkr/site1", "s3://bkr/site1", "s3" },
       { "backup --config " .. q(cfg) .. " --db postgres", "s3://bkr/from-config", "s3" },

@@ -11,59 +11,16 @@ local util = require "support.util"
 local R = require "support.restore_util"
 local q = util.quote
 
-local SOURCE = os.getenv("BKR_SOURCE_DIR") or "."
+local S3 = require "support.s3"
+local SOURCE = S3.SOURCE
 local NODE_MODULES = SOURCE .. "/tests/node/node_modules"
-local BUCKET = "bkr-test"
-local ACCESS_KEY = "AKIDBKRTEST"
-local SECRET_KEY = "bkrSecret/Key+Zq9X7w3T5vY2mN8pL4kJ6hG1"
-local REGION = "us-east-1"
+local BUCKET, ACCESS_KEY, SECRET_KEY, REGION = S3.BUCKET, S3.ACCESS_KEY, S3.SECRET_KEY, S3.REGION
 local MiB = 1024 * 1024
 
 -- ------------------------------------------------------------------ s3rver
 
--- Start s3rver in dir (a new scratch directory unless given: a restart keeps its objects), on
--- port (0: a free one).
-local function start_s3rver(dir, port, tls_dir)
-  dir = dir or util.scratch("s3rver")
-  os.remove(dir .. "/port")
-  util.sh("(S3RVER_PORT=" .. (port or 0) .. (tls_dir and " S3RVER_TLS=" .. q(tls_dir) or "")
-    .. " node --openssl-legacy-provider "
-    .. q(SOURCE .. "/tests/support/s3rver.js") .. " " .. q(dir) .. " " .. BUCKET .. " " .. ACCESS_KEY .. " "
-    .. q(SECRET_KEY) .. " " .. REGION .. " >>" .. q(dir .. "/server.log") .. " 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
-  assert(R.wait_for(dir .. "/port", 30), "s3rver did not start: " .. util.read(dir .. "/server.log"))
-  local server = { dir = dir, port = tonumber(util.read(dir .. "/port"):match("%d+")),
-    pid = util.read(dir .. "/pid"):match("%d+") }
-  server.endpoint = (tls_dir and "https" or "http") .. "://127.0.0.1:" .. server.port
-  function server.stop(signal)
-    util.sh("kill -" .. (signal or "TERM") .. " " .. server.pid .. " 2>/dev/null; for i in $(seq 50); do kill -0 "
-      .. server.pid .. " 2>/dev/null || break; sleep 0.1; done; kill -KILL " .. server.pid .. " 2>/dev/null")
-  end
-  -- Every request s3rver received so far: { method, url, headers }.
-  function server.requests()
-    local list = {}
-    local f = io.open(dir .. "/requests.log")
-    if not f then return list end
-    for line in f:lines() do list[#list + 1] = json.decode(line) end
-    f:close()
-    return list
-  end
-  function server.fault(spec)
-    util.write(dir .. "/fault", spec .. "\n")
-  end
-  -- Files of open multipart uploads in s3rver's store (its directory of uploads for the bucket).
-  function server.open_uploads()
-    local out = util.sh("find " .. q(dir .. "/data/" .. BUCKET) .. " -path '*_S3rver_uploads/*' -type f 2>/dev/null")
-    local files = {}
-    for line in out:gmatch("[^\n]+") do files[#files + 1] = line end
-    return files
-  end
-  -- The file s3rver stores an object's bytes in (checked with sha256sum).
-  function server.object_file(key)
-    local path = dir .. "/data/" .. BUCKET .. "/" .. key .. "._S3rver_object"
-    return io.open(path) and path or nil
-  end
-  return server
-end
+-- s3rver on loopback: tests/support/s3.lua (shared with sync_spec).
+local start_s3rver = S3.start
 
 local function client_for(server, extra)
   local opts = { endpoint = server.endpoint, region = REGION, bucket = BUCKET, access_key = ACCESS_KEY,
@@ -262,7 +219,11 @@ describe("bkr.s3 against s3rver", function()
     assert(client:put("other/1", "not in the prefix"))
     local before = #server.requests()
     local list = assert(client:list("paged/", { page_size = 2 }))
-    assert.are.equal(4, #requests_like(server, "GET", "list%-type=2", before))
+    local pages = requests_like(server, "GET", "list%-type=2", before)
+    assert.are.equal(4, #pages)
+    for _, page in ipairs(pages) do -- one kept-alive connection, not one per request
+      assert.are.equal(pages[1].port, page.port)
+    end
     assert.are.equal(7, #list)
     table.sort(list, function(a, b) return a.key < b.key end)
     for i, o in ipairs(list) do
@@ -301,6 +262,19 @@ describe("bkr.s3 against s3rver", function()
     assert.are.equal("auth", kind)
     assert.matches("HTTP 403 InvalidAccessKeyId", msg)
     failed(client:head("objects/denied")) -- nothing was stored
+  end)
+
+  it("a session token is sent signed (x-amz-security-token) and is in no message", function()
+    local token = "FwoGZXIvYXdzEBkaDSessionTokenSecret/+=="
+    local before = #server.requests()
+    local with_token = client_for(server, { session_token = token })
+    assert.is_true(with_token:put("objects/token", "with a token"))
+    local put = requests_like(server, "PUT", "/objects/token$", before)[1]
+    assert.are.equal(token, put.headers["x-amz-security-token"])
+    assert.matches("x%-amz%-security%-token", put.headers.authorization)
+    local msg = failed(client_for(server, { session_token = token, secret_key = "wrong" }):get("objects/token"))
+    assert.is_nil(msg:find(token, 1, true))
+    assert.is_nil(tostring(with_token):find(token, 1, true))
   end)
 
   it("retries a 500 and a 503 SlowDown (seen in s3rver's log) and then succeeds", function()
@@ -381,6 +355,43 @@ describe("bkr.s3 against s3rver", function()
     assert.are.equal(2, #requests_like(server, "PUT", "/backups/paused.dump%?partNumber=", before))
   end)
 
+  it("memory stays bounded: a 64 MiB upload in 5 MiB parts, 2 in flight, and its download, in a bkr "
+    .. "measured by /usr/bin/time", function()
+    if util.bkr_bin():find("asan") then
+      pending("ASan's quarantine of freed memory makes peak RSS meaningless: measured on the release build")
+      return
+    end
+    local path = random_file(64 * MiB)
+    local dir = util.scratch("memory")
+    util.write(dir .. "/idle.lua", "print('idle')\n")
+    util.write(dir .. "/copy.lua", [[
+      local s3 = require "bkr.s3"
+      local stream = require "bkr.stream"
+      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
+        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
+        .. string.format("%q", SECRET_KEY) .. [[ }
+      if arg[1] == "up" then
+        stream.run{ assert(stream.from_file(]] .. string.format("%q", path) .. [[)),
+          c:sink("backups/memory.dump", { part_size = 5 * 1024 * 1024, parts_in_flight = 2 }) }
+      else
+        stream.run{ c:source("backups/memory.dump"), stream.to_null() }
+      end
+    ]])
+    local function peak_kib(args)
+      local out, rc = util.sh("/usr/bin/time -f 'peak=%M' " .. q(util.bkr_bin()) .. " run " .. args .. " 2>&1")
+      assert.are.equal(0, rc, out)
+      return tonumber(out:match("peak=(%d+)"))
+    end
+    local idle = peak_kib(q(dir .. "/idle.lua"))
+    local up = peak_kib(q(dir .. "/copy.lua") .. " up")
+    local down = peak_kib(q(dir .. "/copy.lua") .. " down")
+    assert.are.equal(util.sha256sum(path), util.sha256sum(server.object_file("backups/memory.dump")))
+    -- (2 in flight + 1 filling) x 5 MiB, and room for libcurl and OpenSSL: not the 64 MiB
+    assert.is_true(up - idle < 28 * 1024, ("upload: %d KiB over an idle bkr"):format(up - idle))
+    -- the 1 MiB buffer, and room for libcurl
+    assert.is_true(down - idle < 12 * 1024, ("download: %d KiB over an idle bkr"):format(down - idle))
+  end)
+
   it("an object smaller than one part is one PutObject", function()
     local before = #server.requests()
     local result = stream.run{ stream.from_string("a small object"), client:sink("backups/small") }
@@ -416,6 +427,30 @@ describe("bkr.s3 against s3rver", function()
     assert.matches("^bytes=%d+%-$", gets[2].headers.range)
     assert.is_true(tonumber(gets[2].headers.range:match("%d+")) > 0)
     assert.is_truthy(gets[2].headers["if-match"])
+  end)
+
+  it("the source gives up on a connection silent for `timeout` seconds and resumes it with a Range request",
+    function()
+    local path = random_file(3 * MiB)
+    assert(stream.run{ assert(stream.from_file(path)), client:sink("backups/stalled") })
+    local impatient = client_for(server, { timeout = 1 })
+    local before = #server.requests()
+    server.fault("stall 1 GET 1000000")
+    local t0 = os.time()
+    local back = stream.run{ impatient:source("backups/stalled"), hash.sha256(), stream.to_null() }
+    assert.are.equal(util.sha256sum(path), back.sha256)
+    assert.is_true(os.time() - t0 <= 6)
+    local gets = requests_like(server, "GET", "/backups/stalled$", before)
+    assert.are.equal(2, #gets)
+    assert.matches("^bytes=%d+%-$", gets[2].headers.range)
+  end)
+
+  it("one client as both source and sink of a run (a copy to another key): byte for byte", function()
+    local path = random_file(12 * MiB)
+    assert(stream.run{ assert(stream.from_file(path)), client:sink("copy/from", { part_size = 5 * MiB }) })
+    local result = stream.run{ client:source("copy/from"), client:sink("copy/to", { part_size = 5 * MiB }) }
+    assert.are.equal(3, result.s3.parts)
+    assert.are.equal(util.sha256sum(path), util.sha256sum(server.object_file("copy/to")))
   end)
 
   it("a missing object's source fails the run with kind missing", function()
@@ -457,7 +492,7 @@ describe("bkr.s3 against s3rver", function()
       local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
         bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
         .. string.format("%q", SECRET_KEY) .. [[ }
-      local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 12000000 /dev/urandom; sleep 60" } })
+      local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 12000000 /dev/urandom; exec sleep 60" } })
       stream.run{ p:source(), c:sink("backups/sigterm.dump", { part_size = 5 * 1024 * 1024 }) }
     ]])
     local before = #server.requests()
@@ -471,6 +506,39 @@ describe("bkr.s3 against s3rver", function()
     assert.are.equal("missing", kind)
     R.wait_until(function() return #server.open_uploads() == 0 end, 5)
     assert.are.same({}, server.open_uploads())
+  end)
+
+  it("SIGKILL leaves an upload open (nothing can abort it); abort_upload(key, id) removes it", function()
+    local dir = util.scratch("sigkill")
+    util.write(dir .. "/upload.lua", [[
+      local s3 = require "bkr.s3"
+      local stream = require "bkr.stream"
+      local proc = require "bkr.proc"
+      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
+        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
+        .. string.format("%q", SECRET_KEY) .. [[ }
+      local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 6000000 /dev/urandom; exec sleep 60" } })
+      local f = assert(io.open(]] .. string.format("%q", dir .. "/child") .. [[, "w"))
+      f:write(p:pid()) f:close()
+      stream.run{ p:source(), c:sink("backups/killed.dump", { part_size = 5 * 1024 * 1024 }) }
+    ]])
+    local before = #server.requests()
+    local bkr = R.start_bkr("run " .. q(dir .. "/upload.lua"))
+    assert.is_true(R.wait_until(function()
+      return #requests_like(server, "PUT", "/backups/killed.dump%?partNumber=1", before) > 0 end, 30), bkr.output())
+    util.sh("sleep 0.5")
+    bkr.kill("KILL")
+    bkr.wait(10)
+    util.sh("kill -KILL " .. util.read(dir .. "/child"):match("%d+") .. " 2>/dev/null; true") -- orphaned by SIGKILL
+    local open = server.open_uploads()
+    assert.is_true(#open > 0)
+    local id = open[1]:match("_S3rver_uploads/(%x+)/")
+    assert.is_true(client:abort_upload("backups/killed.dump", id))
+    assert.are.same({}, server.open_uploads())
+    local _, kind = failed(client:abort_upload("backups/killed.dump", id))
+    assert.are.equal("missing", kind)
+    _, kind = failed(client:head("backups/killed.dump"))
+    assert.are.equal("missing", kind)
   end)
 
   it("a server stopped mid-upload: a clear error with a kind; restarted, the same upload succeeds", function()
@@ -545,20 +613,48 @@ describe("bkr.s3 over TLS", function()
   end)
 end)
 
+-- A TCP server on loopback that accepts connections and never says a word: its directory, with
+-- its port in dir/port. Stopped by the calling test's finally.
+local function silent_server()
+  local dir = util.scratch("silent")
+  util.sh("(python3 -c 'import socket,time,sys\ns=socket.socket()\ns.bind((\"127.0.0.1\",0))\ns.listen(8)\n"
+    .. "open(sys.argv[1]+\"/port\",\"w\").write(str(s.getsockname()[1]))\nc=[]\nwhile True:\n c.append(s.accept())\n' "
+    .. q(dir) .. " >/dev/null 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
+  finally(function() util.sh("kill " .. util.read(dir .. "/pid"):match("%d+")) end)
+  assert.is_true(R.wait_for(dir .. "/port", 10))
+  return dir
+end
+
 describe("bkr.s3 bounds", function()
   it("a server that accepts and never answers: kind timeout within the timeout, retried", function()
-    local dir = util.scratch("silent")
-    util.sh("(python3 -c 'import socket,time,sys\ns=socket.socket()\ns.bind((\"127.0.0.1\",0))\ns.listen(8)\n"
-      .. "open(sys.argv[1]+\"/port\",\"w\").write(str(s.getsockname()[1]))\nc=[]\nwhile True:\n c.append(s.accept())\n' "
-      .. q(dir) .. " >/dev/null 2>&1 & echo $! >" .. q(dir .. "/pid") .. ")")
-    finally(function() util.sh("kill " .. util.read(dir .. "/pid"):match("%d+")) end)
-    assert.is_true(R.wait_for(dir .. "/port", 10))
+    local dir = silent_server()
     local c = client_for({ endpoint = "http://127.0.0.1:" .. util.read(dir .. "/port") }, { timeout = 1, retries = 1 })
     local t0 = os.time()
     local msg, kind = failed(c:get("k"))
     assert.are.equal("timeout", kind)
     assert.matches("after 2 attempts", msg)
     assert.is_true(os.time() - t0 <= 5)
+  end)
+
+  it("SIGTERM ends a request waiting on a silent server at once: kind interrupted, not after timeout", function()
+    local dir = silent_server()
+    util.write(dir .. "/get.lua", [[
+      local s3 = require "bkr.s3"
+      local c = s3.client{ endpoint = "http://127.0.0.1:]] .. util.read(dir .. "/port") .. [[", region = "r",
+        bucket = "bkt", access_key = "a", secret_key = "s", timeout = 60 }
+      io.stdout:write("waiting\n") io.stdout:flush()
+      local _, msg, kind = c:get("k")
+      print("kind=" .. tostring(kind), msg)
+    ]])
+    local bkr = R.start_bkr("run " .. q(dir .. "/get.lua"))
+    assert.is_true(R.wait_until(function() return bkr.output():find("waiting") ~= nil end, 10))
+    util.sh("sleep 0.5")
+    local t0 = os.time()
+    bkr.kill("TERM")
+    local rc = bkr.wait(10)
+    assert.is_true(os.time() - t0 <= 3, bkr.output())
+    assert.matches("kind=interrupted\ts3.get: key 'k': interrupted", bkr.output())
+    assert.are.equal(143, rc, bkr.output())
   end)
 
   it("misuse raises: no endpoint scheme, credentials in the endpoint, a bad bucket, unknown options", function()
@@ -580,6 +676,7 @@ describe("bkr.s3 bounds", function()
     assert.are.equal("bkr.s3 client https://s3.example.com bucket my-bucket", tostring(c))
     assert.has_error(function() c:sink("k", { part_size = 1024 }) end)
     assert.has_error(function() c:put("k", "v", { headers = { Authorization = "x" } }) end)
+    assert.has_error(function() c:put("k", "v", { headers = { ["Content-Type"] = "x" } }) end)
     assert.has_error(function() c:put("k", "v", { headers = { ["x-amz-meta-a"] = "1\r\nX: y" } }) end)
     assert.has_error(function() c:put("", "v") end)
     c:close()

@@ -260,3 +260,74 @@ describe("the off-site configuration", function()
     end
   end)
 end)
+
+describe("bkr rotate on an off-site copy", function()
+  setup(function() server = S3.start() end)
+  teardown(function() server.stop() end)
+
+  it("applies offsite_retention: the older backups go, manifest first; --dry-run removes nothing", function()
+    local db = db_with_rows(100)
+    local repo = util.scratch("rotate-remote")
+    for _ = 1, 3 do
+      local out, rc = run("backup --no-globals --create-repo --no-rotate --repo " .. q(repo) .. " --db " .. db)
+      assert.are.equal(0, rc, out)
+    end
+    local cfg = offsite_config("site8", "retention: { daily: 7 }\noffsite_retention: { daily: 1 }")
+    assert.are.equal(0, select(2, run("sync --from " .. q(repo) .. " --config " .. q(cfg))))
+    local names = {}
+    for file in util.sh("ls " .. q(repo .. "/daily") .. " | grep 'sql.gz$'"):gmatch("[^\n]+") do names[#names + 1] = file end
+    -- oldest first, as bkr orders them: by second, then by the -N of runs in the same second
+    local function order(name)
+      local second, n = name:match("^backup_(%d+_%d+)%-?(%d*)_")
+      return second .. string.format("%04d", tonumber(n) or 1)
+    end
+    table.sort(names, function(a, b) return order(a) < order(b) end)
+    assert.are.equal(3, #names)
+    local url = "s3://" .. S3.BUCKET .. "/site8"
+    local out, rc = run("rotate --dry-run --repo " .. url .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("would remove daily/" .. names[1]:gsub("%p", "%%%0"), out)
+    for _, name in ipairs(names) do assert.is_truthy(server.object_file("site8/daily/" .. name .. ".json")) end
+    local before = #server.requests()
+    out, rc = run("rotate --repo " .. url .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    for i = 1, 2 do
+      for _, suffix in ipairs({ "", ".sha256", ".json" }) do
+        assert.is_nil(server.object_file("site8/daily/" .. names[i] .. suffix), names[i] .. suffix)
+      end
+    end
+    for _, suffix in ipairs({ "", ".sha256", ".json" }) do
+      assert.is_truthy(server.object_file("site8/daily/" .. names[3] .. suffix))
+    end
+    -- the manifest is deleted before the data it describes
+    local deletes = {}
+    for i, r in ipairs(server.requests()) do
+      if i > before and r.method == "DELETE" then deletes[#deletes + 1] = r.url end
+    end
+    assert.matches("%.json$", deletes[1])
+    -- the local repository keeps its own (retention.daily 7)
+    assert.are.equal(3, #util.sh("ls " .. q(repo .. "/daily") .. " | grep 'sql.gz$'"):gsub("[^\n]", ""))
+  end)
+end)
+
+describe("bkr rotate and Object Lock", function()
+  setup(function() server = S3.start() end)
+  teardown(function() server.stop() end)
+
+  it("keeps a locked copy until its date instead of failing to delete it", function()
+    local db = db_with_rows(100)
+    local repo = util.scratch("rotate-lock")
+    for _ = 1, 2 do
+      assert.are.equal(0, select(2, run("backup --no-globals --create-repo --no-rotate --repo " .. q(repo) .. " --db " .. db)))
+    end
+    -- (offsite_config appends after the s3 section: an indented line is one of its keys)
+    local cfg = offsite_config("site9", "  object_lock: { mode: governance, days: 2 }\noffsite_retention: { daily: 1 }")
+    assert.are.equal(0, select(2, run("sync --from " .. q(repo) .. " --config " .. q(cfg))))
+    local out, rc = run("rotate --repo s3://" .. S3.BUCKET .. "/site9 --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("kept daily/backup_.*: under Object Lock until 20%d%d%-", out)
+    assert.is_nil(out:match("removed"), out)
+    local objects = util.sh("find " .. q(server.dir .. "/data") .. " -name '*._S3rver_object' | grep -c site9")
+    assert.are.equal("6", objects:match("%d+")) -- both backups, each with its sidecar and manifest
+  end)
+end)

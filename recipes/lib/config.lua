@@ -9,7 +9,13 @@ local config = {}
 
 config.DEFAULT_FILES = { "./bkr.yaml", "/etc/bkr/bkr.yaml" }
 
+-- How long any connection bkr makes, or a child it starts makes, may take to be answered: a
+-- server that accepts and never answers (stopped, overloaded, a firewall) fails the run
+-- instead of holding the repository lock forever.
+config.CONNECT_TIMEOUT_SECONDS = 10
+
 local defaults = {
+  -- connection.connect_timeout_seconds: config.CONNECT_TIMEOUT_SECONDS when none is given
   connection = {},
   databases = "all",
   exclude = {},
@@ -165,6 +171,28 @@ local function section(fields)
   end
 end
 
+-- The NAME of an environment variable (password_env, key_env, url_env, ...). A secret pasted
+-- where its variable's name belongs is the likely mistake: it is refused without being shown,
+-- since the message lands on stderr, in bkr.log and in notifications.
+local function env_name(value, path)
+  if type(value) ~= "string" or not value:match("^[%a_][%w_]*$") then
+    fail(path, "expected the name of an environment variable (letters, digits, _), not a value: "
+      .. "the value is not shown")
+  end
+  return value
+end
+
+-- connection.host: a host name, an address or a socket directory, which libpq and pg_dump take
+-- as one word. A conninfo fragment ("db.example.com password=..."), a URI with user:password@ or
+-- quotes would be passed on and quoted back in connection errors: refused, without being shown.
+local function host_value(value, path)
+  if type(value) ~= "string" or value == "" or value:find("[=@%s'\"`]") then
+    fail(path, "expected a host name, an address or a socket directory (no '=', '@', spaces or quotes): "
+      .. "the value is not shown")
+  end
+  return value
+end
+
 -- A list whose every element passes `item` (a validator), named "a list of WHAT" in its
 -- message; at_least_one: an empty list is refused too.
 local function list_of(item, what, at_least_one)
@@ -191,6 +219,7 @@ config.validators = {
   integer_in = integer_in,
   list_of_strings = list_of_strings,
   list_of = list_of,
+  env_name = env_name,
 }
 
 -- A section validated by its owner module (required only when the key is present).
@@ -202,13 +231,14 @@ end
 
 config.schema = section{
   connection = section{
-    host = string_value,
+    host = host_value,
     port = integer_in(1, 65535),
     user = string_value,
     dbname = string_value,
-    password_env = string_value,
+    password_env = env_name,
     passfile = string_value,
     sslmode = string_value,
+    connect_timeout_seconds = integer_in(1, 3600),
   },
   databases = databases_value,
   exclude = names_value,
@@ -223,11 +253,17 @@ config.schema = section{
     weekly = integer_in(0),
     monthly = integer_in(0),
   },
+  -- the off-site copy's own (bkr rotate --repo s3://...); each count defaults to retention's
+  offsite_retention = section{
+    daily = integer_in(0),
+    weekly = integer_in(0),
+    monthly = integer_in(0),
+  },
   pg_bindir = string_value,
   -- encrypted backups and configuration backups (docs/encryption.md)
   encryption = section{
     key_file = string_value,
-    key_env = string_value,
+    key_env = env_name,
   },
   config_backup = section{
     sensitive_keys = list_of_strings,
@@ -369,6 +405,10 @@ function config.load(options, how)
     end
   end
   local cfg = merge_defaults(config.schema(raw, ""))
+  local offsite_retention = {}
+  for key, count in pairs(cfg.retention) do offsite_retention[key] = count end
+  for key, count in pairs(cfg.offsite_retention or {}) do offsite_retention[key] = count end
+  cfg.offsite_retention = offsite_retention
   config.check_compression_level(cfg)
   if cfg.databases ~= "all" then config.check_smoke_query_databases(cfg, cfg.databases) end
   cfg.file = path
@@ -393,7 +433,7 @@ function config.check_repository_form(value, remote_allowed)
   if scheme == "s3" and remote_allowed then return end
   if scheme == "s3" then
     cli.usage_error("repository %s: this command works on a local repository; an s3:// repository is "
-      .. "read and written by bkr sync, bkr list and bkr check (docs/offsite.md)", cli.printable(value))
+      .. "read and written by bkr sync, list, rotate and check (docs/offsite.md)", cli.printable(value))
   end
   cli.usage_error("repository %s: bkr does not support %s:// repositories; give a local directory "
     .. "(an absolute path such as /var/backups/bkr) or s3://BUCKET/PREFIX", cli.printable(value),
@@ -419,6 +459,11 @@ local function password(cfg)
   return value
 end
 
+-- Seconds a connection may take to be answered (connection.connect_timeout_seconds).
+function config.connect_timeout(cfg)
+  return (cfg.connection or {}).connect_timeout_seconds or config.CONNECT_TIMEOUT_SECONDS
+end
+
 -- libpq keywords for bkr's own connection to database `dbname` (default: the maintenance
 -- database). Unset keys fall back to the PG* environment inside libpq.
 function config.conninfo(cfg, dbname)
@@ -428,13 +473,14 @@ function config.conninfo(cfg, dbname)
     password = password(cfg),
     dbname = dbname or c.dbname or os.getenv("PGDATABASE") or "postgres",
     application_name = "bkr",
+    connect_timeout = config.connect_timeout(cfg),
   }
 end
 
 -- Environment for pg_dump/psql children: the password travels here, never in argv.
 function config.child_env(cfg, dbname)
   local c = cfg.connection
-  local env = { PGAPPNAME = "bkr" }
+  local env = { PGAPPNAME = "bkr", PGCONNECT_TIMEOUT = tostring(config.connect_timeout(cfg)) }
   if c.host then env.PGHOST = c.host end
   if c.port then env.PGPORT = tostring(c.port) end
   if c.user then env.PGUSER = c.user end

@@ -39,14 +39,6 @@ local FAILED = { failed = true, interrupted = true }
 
 -- ------------------------------------------------------------------ validation
 
-local function env_name(v)
-  return function(value, path)
-    v.string_value(value, path)
-    if not value:match("^[%a_][%w_]*$") then v.fail(path, "expected the name of an environment variable") end
-    return value
-  end
-end
-
 local function host_value(v)
   return function(value, path)
     v.string_value(value, path)
@@ -146,7 +138,7 @@ local function channel_kinds(v)
         security = one_of(v, { "starttls", "tls", "none" }),
         user = v.string_value,
         password_file = absolute_path(v),
-        password_env = env_name(v),
+        password_env = v.env_name,
         ca_file = v.string_value,
       },
       from = address_value(v),
@@ -154,9 +146,9 @@ local function channel_kinds(v)
     }),
     webhook = channel_fields(v, {
       url = url_value(v),
-      url_env = env_name(v),
+      url_env = v.env_name,
       headers = headers_value(v, plain_header(v)),
-      headers_env = headers_value(v, env_name(v)),
+      headers_env = headers_value(v, v.env_name),
       ca_file = v.string_value,
     }),
     command = channel_fields(v, {

@@ -10,7 +10,12 @@ local postgres = {}
 
 function postgres.connect(cfg, dbname)
   local info = config.conninfo(cfg, dbname)
+  local started = bkr.monotonic()
   local conn, err = pg.connect(info)
+  if not conn and bkr.monotonic() - started >= info.connect_timeout then
+    err = string.format("%s\n  (the server did not answer within %d s: connection.connect_timeout_seconds)",
+      err, info.connect_timeout)
+  end
   if not conn then
     -- root with no role named anywhere connects as role "root", which peer authentication
     -- and most servers refuse: say what to do instead of leaving the admin to guess
@@ -167,9 +172,13 @@ function postgres.database_properties(conn, dbname)
 end
 
 -- May this user read the cluster's globals (pg_dumpall --globals-only reads pg_authid)?
+-- true or false when the server answered; nil, message, sqlstate when it could not be asked
+-- (the connection is gone, the server is shutting down): that is no "not allowed", and the
+-- caller must not skip the globals quietly on it.
 function postgres.can_read_globals(conn)
-  local rows = conn:query("select rolsuper from pg_roles where rolname = current_user")
-  return rows and rows[1] and rows[1].rolsuper == true
+  local rows, err, sqlstate = conn:query("select rolsuper from pg_roles where rolname = current_user")
+  if not rows then return nil, err, sqlstate end
+  return rows[1] ~= nil and rows[1].rolsuper == true
 end
 
 return postgres

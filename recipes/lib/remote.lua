@@ -61,14 +61,6 @@ local function boolean_value(v)
   end
 end
 
-local function env_name(v)
-  return function(value, path)
-    value = v.string_value(value, path)
-    if not value:match("^[%a_][%w_]*$") then v.fail(path, "expected the name of an environment variable") end
-    return value
-  end
-end
-
 local function absolute_path(v)
   return function(value, path)
     value = v.string_value(value, path)
@@ -101,10 +93,10 @@ function remote.validate(value, path, v)
     endpoint = endpoint_value(v),
     region = v.string_value,
     access_key_id = v.string_value,
-    access_key_id_env = env_name(v),
+    access_key_id_env = v.env_name,
     secret_access_key_file = absolute_path(v),
-    secret_access_key_env = env_name(v),
-    session_token_env = env_name(v),
+    secret_access_key_env = v.env_name,
+    session_token_env = v.env_name,
     path_style = boolean_value(v),
     ca_file = absolute_path(v),
     part_size_mib = v.integer_in(5, 5120),
@@ -287,22 +279,10 @@ function remote.scan(store, filter)
   return entries
 end
 
--- The digest the sidecar names, after the same checks as repo.check_sidecars: a sidecar naming
--- this file, a valid manifest, and the two agreeing. Or nil, message, kind.
+-- The digest the sidecar names, after repo.check_sidecars' checks: a sidecar naming this
+-- file, a valid manifest, and the two agreeing. Or nil, message, kind.
 function remote.check_sidecars(store, entry)
-  local text, err, kind = get_text(store, entry.sidecar_key, 4096)
-  if not text then
-    if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
-    return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, err), kind
-  end
-  local digest, name = repo.parse_sums_line(text:match("^[^\n]*"))
-  if not digest then return nil, "unreadable sidecar " .. entry.sidecar, "corrupt" end
-  if name ~= entry.file then return nil, "sidecar " .. entry.sidecar .. " names another file", "corrupt" end
-  if not entry.manifest then return nil, entry.manifest_error, "corrupt" end
-  if entry.manifest.sha256 ~= digest then
-    return nil, "manifest mismatch: sidecar and manifest disagree on the SHA-256", "corrupt"
-  end
-  return digest
+  return repo.check_sidecars(entry, function() return get_text(store, entry.sidecar_key, 4096) end)
 end
 
 function remote.source(store, entry)

@@ -344,8 +344,9 @@ function repo.manifest_matches(entry, m)
   local algorithm = type(m.compression) == "table" and m.compression.algorithm or "gzip"
   if storage and not entry.original_file and ((storage.algorithm and storage.algorithm ~= algorithm)
       or storage.dump_format ~= (m.dump_format or "plain")) then
+    local described = (m.dump_format or "plain") == "custom" and "custom-format" or cli.printable(algorithm)
     return nil, string.format("%s: the manifest describes a %s backup, the file name a %s one", entry.manifest_path,
-      cli.printable(algorithm), storage.name), "corrupt"
+      described, storage.name == "custom" and "custom-format" or storage.name), "corrupt"
   end
   -- In a repository the manifest names its own file and type; a copy elsewhere keeps the
   -- original's (entry.original_file), so only there may they differ.
@@ -453,13 +454,17 @@ end
 -- The checks every reader of a backup makes before trusting its bytes: a regular file, a
 -- readable sidecar naming it, a valid manifest, and the two agreeing on the SHA-256.
 -- Returns the expected SHA-256, or nil, the reason and its kind.
-function repo.check_sidecars(entry)
-  if not lfs.symlinkattributes(entry.path, "mode") then return nil, "missing: " .. entry.path, "missing" end
-  if not entry.regular then
-    return nil, "damaged: not a regular file (a symlink, FIFO, device or directory has the backup's name)",
-      "not_regular"
+-- read_sidecar: how to read the sidecar's text (for a repository in object storage,
+-- lib/remote.lua); by default the local file, which must then be a regular file.
+function repo.check_sidecars(entry, read_sidecar)
+  if not read_sidecar then
+    if not lfs.symlinkattributes(entry.path, "mode") then return nil, "missing: " .. entry.path, "missing" end
+    if not entry.regular then
+      return nil, "damaged: not a regular file (a symlink, FIFO, device or directory has the backup's name)",
+        "not_regular"
+    end
   end
-  local expected, err, kind = repo.read_sidecar(entry)
+  local expected, err, kind = repo.read_sidecar(entry, read_sidecar)
   if not expected then return nil, err, kind end
   if not entry.manifest then return nil, entry.manifest_error, "corrupt" end
   if entry.manifest.sha256 ~= expected then
@@ -597,10 +602,14 @@ end
 repo.TEMPORARY_PREFIX = ".bkr-tmp."
 
 -- A temporary name for `path` (REPO/<type>/NAME) that only this run uses: its directory,
--- the prefix, NAME (the run's stamp is in it) and `label`. Rotation and the next lock remove it.
+-- the prefix, NAME (the run's stamp is in it), `label` and 12 random hex digits, so that no
+-- one can plant a symlink or a directory at it beforehand. Rotation and the next lock remove it.
 function repo.temporary_path(path, label)
   local dir, name = path:match("^(.*)/([^/]+)$")
-  return dir .. "/" .. repo.TEMPORARY_PREFIX .. name .. "." .. label
+  local suffix = require("bkr.crypto").random_bytes(6):gsub(".", function(c)
+    return string.format("%02x", c:byte())
+  end)
+  return dir .. "/" .. repo.TEMPORARY_PREFIX .. name .. "." .. label .. "." .. suffix
 end
 
 function repo.is_temporary(file)
@@ -692,9 +701,10 @@ end
 
 -- The digest a sidecar names; or nil, message, kind ("missing", "permission", "not_regular",
 -- "corrupt"...).
-function repo.read_sidecar(entry)
+function repo.read_sidecar(entry, read)
   -- (a renamed copy's sidecar still names the original file: entry.original_file)
-  local text, err, kind = fs.read_file(entry.sidecar, { max = 4096 })
+  local text, err, kind
+  if read then text, err, kind = read() else text, err, kind = fs.read_file(entry.sidecar, { max = 4096 }) end
   if not text then
     if kind == "missing" then return nil, "missing sidecar " .. entry.sidecar, kind end
     return nil, string.format("unreadable sidecar %s: %s", entry.sidecar, cli.REASONS[kind] or err), kind

@@ -370,6 +370,7 @@ function restore.with_archive(run, entry, fn)
   -- its guard, or inside the guard's __close before it removes anything. So the path goes
   -- into the holder from C (fs.temp_dir), the guard exists before the directory, and an
   -- at-exit function (where nothing is interrupted) removes what the guard could not.
+  require("lib.tempdir").sweep("bkr-archive") -- what killed runs left (lib/tempdir.lua)
   local holder = {}
   bkr.at_exit(function()
     if holder.path then fs.remove_tree(holder.path) end

@@ -100,4 +100,55 @@ function rotation.run(dir, cfg, opts)
   return #remove + #orphans + #stale, errors
 end
 
+-- The same policy on a repository in object storage (lib/remote.lua), with its own counts
+-- (offsite_retention). Only backups with a valid manifest are counted and removed; anything
+-- else under the prefix is left alone and said. A backup under Object Lock retention is kept
+-- until its date (S3 would refuse the delete). The manifest goes first, so a removal cut
+-- short leaves an incomplete backup, never one that looks whole. No lock: one host rotates
+-- a prefix (docs/offsite.md). Returns the number removed (or that would be) and errors.
+function rotation.run_remote(store, counts, opts)
+  opts = opts or {}
+  local say = opts.say or function(line) cli.say("%s", line) end
+  local remote = require "lib.remote"
+  local entries, err, kind = remote.scan(store, { globals = true })
+  if not entries then return 0, { string.format("cannot list %s: %s (%s)", store.url, err, kind) } end
+  local backups = {}
+  for _, backup in ipairs(entries) do
+    if backup.manifest then
+      backup.verified = repo.verified(backup)
+      backups[#backups + 1] = backup
+    else
+      cli.report("left alone %s/%s: %s", backup.type, backup.file, backup.manifest_error)
+    end
+  end
+  local now = os.time()
+  local remove = retention.plan(backups, counts, now)
+  local verb = opts.dry_run and "would remove" or "removed"
+  local errors, removed = {}, 0
+  for _, item in ipairs(remove) do
+    local backup = item.backup
+    local facts = store.client:head(backup.key)
+    if facts and facts.retain_until and facts.retain_until > now then
+      say(string.format("kept %s/%s: under Object Lock until %s", backup.type, backup.file,
+        repo.iso_time(facts.retain_until)))
+    elseif opts.dry_run then
+      removed = removed + 1
+      say(string.format("%s %s/%s (%s)", verb, backup.type, backup.file, item.reason))
+    else
+      local ok, derr
+      for _, key in ipairs({ backup.manifest_key, backup.key, backup.sidecar_key }) do
+        ok, derr = store.client:delete(key)
+        if not ok then break end
+      end
+      if ok then
+        removed = removed + 1
+        say(string.format("%s %s/%s (%s)", verb, backup.type, backup.file, item.reason))
+      else
+        errors[#errors + 1] = string.format("%s: %s", backup.path, derr)
+      end
+    end
+  end
+  return removed, errors
+end
+
 return rotation

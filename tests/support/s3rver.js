@@ -13,12 +13,16 @@
 //   - faults on demand: a file DIR/fault holding "STATUS COUNT METHOD" (e.g. "500 1 PUT") makes
 //     the next COUNT requests of METHOD get STATUS with an S3 error document instead of reaching
 //     s3rver; "drop COUNT GET BYTES" cuts the connection of the next COUNT GETs after BYTES
-//     bytes of the object;
+//     bytes of the object; "stall COUNT GET BYTES" sends BYTES and then nothing, connection open;
 //   - AbortMultipartUpload, which s3rver 3.7.1 does not implement (it answers 405): the upload's
 //     directory in s3rver's own store is removed and 204 answered, as S3 does (404 NoSuchUpload
 //     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
 //     directory is swept again a second later: s3rver writes out the part of a request whose
 //     client hung up mid-body, which S3 drops. s3rver's ListMultipartUploads answers 501.
+//   - Object Lock retention, which s3rver ignores: the x-amz-object-lock-mode and
+//     -retain-until-date of a PutObject or CreateMultipartUpload are remembered per key (in
+//     DIR/locks.json), returned on HEAD as S3 returns them, and a DELETE of the key before that
+//     date gets 403 AccessDenied, as S3 answers it.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -91,8 +95,19 @@ function signatureMatches(ctx) {
   return signed.headers.Authorization.endsWith(`SignedHeaders=${m[1]}, Signature=${m[2]}`);
 }
 
+const locksFile = path.join(dir, 'locks.json');
+function locks() {
+  try { return JSON.parse(fs.readFileSync(locksFile, 'utf8')); } catch (e) { return {}; }
+}
+// The object's key, as S3 has it, from a path-style or virtual-host URL.
+function keyOf(ctx) {
+  const p = decodeURIComponent(new URL(ctx.url, 'http://x').pathname);
+  return ctx.headers.host.startsWith(bucket + '.') ? p.slice(1) : p.slice(bucket.length + 2);
+}
+
 server.middleware.unshift(async (ctx, next) => {
-  fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers }) + '\n');
+  fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers,
+    port: ctx.req.socket.remotePort }) + '\n');
   if (ctx.headers.authorization && ctx.headers.authorization.includes(`Credential=${accessKey}/`) &&
       !signatureMatches(ctx)) {
     ctx.req.resume();
@@ -118,12 +133,28 @@ server.middleware.unshift(async (ctx, next) => {
     fs.rmSync(where, { recursive: true, force: true });
     // A part whose client went away mid-body is still written by s3rver (S3 would drop it): sweep
     // again once such a request has had time to end.
-    setTimeout(() => fs.rmSync(where, { recursive: true, force: true }), 1000);
+    for (const ms of [500, 2000]) setTimeout(() => fs.rmSync(where, { recursive: true, force: true }), ms);
     ctx.status = 204;
     return;
   }
+  const lockUntil = ctx.headers['x-amz-object-lock-retain-until-date'];
+  const creating = (ctx.method === 'PUT' && !url.searchParams.has('partNumber')) ||
+    (ctx.method === 'POST' && url.searchParams.has('uploads'));
+  const held = locks()[keyOf(ctx)];
+  if (ctx.method === 'DELETE' && uploadId === null && held && Date.parse(held.until) > Date.now()) {
+    return xmlError(ctx, 403, 'AccessDenied'); // S3: a locked version cannot be deleted before its date
+  }
   await next();
-  if (fault && fault.what === 'drop' && ctx.body && typeof ctx.body.pipe === 'function') {
+  if (creating && lockUntil && ctx.status < 300) {
+    const all = locks();
+    all[keyOf(ctx)] = { mode: ctx.headers['x-amz-object-lock-mode'], until: lockUntil };
+    fs.writeFileSync(locksFile, JSON.stringify(all));
+  }
+  if (ctx.method === 'HEAD' && held && ctx.status < 300) {
+    ctx.set('x-amz-object-lock-mode', held.mode);
+    ctx.set('x-amz-object-lock-retain-until-date', held.until);
+  }
+  if (fault && (fault.what === 'drop' || fault.what === 'stall') && ctx.body && typeof ctx.body.pipe === 'function') {
     // The response keeps its Content-Length, as S3's does; the connection ends after BYTES.
     const length = ctx.length;
     let sent = 0;
@@ -136,11 +167,25 @@ server.middleware.unshift(async (ctx, next) => {
         }
         this.push(chunk.subarray(0, fault.bytes - sent));
         sent = fault.bytes;
-        setTimeout(() => socket.destroy(), 200); // and never calls back: the rest never comes
+        // and never calls back: the rest never comes; drop also hangs up, stall keeps the
+        // connection open and silent (until the client gives up)
+        if (fault.what === 'drop') setTimeout(() => socket.destroy(), 200);
       },
     }));
     ctx.length = length;
   }
+});
+
+// s3rver writes a part to a file it opens after its directory was made: a part in flight when
+// its upload is aborted fails there, with an 'error' event nobody listens to. That part's failure
+// is what S3 does too; it must not bring the server down. Anything else still does.
+process.on('uncaughtException', err => {
+  if (err.code === 'ENOENT' && [...aborted].some(id => String(err.path).includes(`/${id}/`))) {
+    console.error(`s3rver.js: a part of an aborted upload was not written: ${err.path}`);
+    return;
+  }
+  console.error(err);
+  process.exit(70);
 });
 
 server.run().then(address => {
