@@ -379,8 +379,9 @@ local lock <close> = repo.lock(run.repo)
 logging.step("lock", { level = "debug" })
 -- An encrypted custom-format backup's archive is plaintext until bkr encrypts it: it waits in
 -- a private directory (0700) under $TMPDIR, never in the repository, gone when the run ends.
-if run.storage.dump_format == "custom" and run.key then run.private_dir = tempdir.make("bkr-archive") end
-local private_dir <close> = run.private_dir and tempdir.removed(run.private_dir)
+local private_guard
+if run.storage.dump_format == "custom" and run.key then run.private_dir, private_guard = tempdir.private("bkr-archive") end
+local _ <close> = private_guard
 
 run.conn = postgres.connect(run.cfg)
 local server_num, server_version = run.conn:server_version()

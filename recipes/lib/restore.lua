@@ -361,28 +361,14 @@ end
 -- a 0600 file in a private 0700 directory under $TMPDIR (else /tmp), made by mkdtemp.
 -- pg_restore cannot read our encrypted format, and -j needs a seekable file, not a pipe.
 -- The directory and the file are removed when fn returns, fails or is interrupted (only a
--- SIGKILL can leave them: bkr-archive.XXXXXX). Returns what fn returns; raises what the
+-- SIGKILL can leave them: bkr-archive.PID.XXXXXX). Returns what fn returns; raises what the
 -- decryption raises (kinds: auth, key, truncated, corrupt, interrupted).
 function restore.with_archive(run, entry, fn)
   if not entry.encrypted then return fn(entry.path, lfs.symlinkattributes(entry.path, "size")) end
   local key = require_key(run, entry)
-  -- An interrupt raises once, wherever Lua code runs: between the directory's creation and
-  -- its guard, or inside the guard's __close before it removes anything. So the path goes
-  -- into the holder from C (fs.temp_dir), the guard exists before the directory, and an
-  -- at-exit function (where nothing is interrupted) removes what the guard could not.
-  require("lib.tempdir").sweep("bkr-archive") -- what killed runs left (lib/tempdir.lua)
-  local holder = {}
-  bkr.at_exit(function()
-    if holder.path then fs.remove_tree(holder.path) end
-  end)
-  local _ <close> = setmetatable(holder, { __close = function(h)
-    if h.path then
-      fs.remove_tree(h.path)
-      h.path = nil
-    end
-  end })
-  local dir, err = fs.temp_dir("bkr-archive", holder)
-  if not dir then error(err, 0) end
+  -- (lib/tempdir.lua: removed whatever ends the scope, even an interrupt at any point)
+  local dir, guard = require("lib.tempdir").private("bkr-archive")
+  local _ <close> = guard
   local path = dir .. "/" .. entry.file:gsub("%.enc$", "")
   local sink, serr = stream.to_file(path, { mode = "0600" })
   if not sink then error(serr, 0) end

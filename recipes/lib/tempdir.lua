@@ -3,8 +3,8 @@
 -- archive for pg_restore). fs.temp_dir makes them: PREFIX.PID.XXXXXX, mode 0700, under
 -- $TMPDIR (else /tmp).
 --
---   local dir = tempdir.make("bkr-archive")   -- or a failure of the environment, raised
---   local _ <close> = tempdir.removed(dir)    -- gone when the scope ends: return, error, SIGTERM
+--   local dir, guard = tempdir.private("bkr-archive")  -- or a failure of the environment, raised
+--   local _ <close> = guard                  -- gone when the scope ends: return, error, SIGTERM
 --
 -- Only a SIGKILL (or a power cut) can leave one behind. The next run that makes a directory
 -- with the same prefix removes those leftovers first, and says so on stderr: directories of
@@ -63,17 +63,26 @@ function tempdir.sweep(prefix)
   return removed
 end
 
--- A new private directory, after the sweep of earlier runs' leftovers.
-function tempdir.make(prefix)
+-- A new private directory, after the sweep of earlier runs' leftovers, and its guard: a
+-- to-be-closed value that removes it (and what is in it) when the caller's scope ends. An
+-- interrupt raises once, wherever Lua code runs: between the directory's creation and the
+-- caller's guard, or inside the guard's __close before it removes anything. So fs.temp_dir
+-- writes the path into the guard from C before it returns, and an at-exit function (where
+-- nothing is interrupted) removes what the guard could not.
+function tempdir.private(prefix)
   tempdir.sweep(prefix)
-  local dir, err = fs.temp_dir(prefix)
+  local guard = setmetatable({}, { __close = function(g)
+    if g.path then
+      fs.remove_tree(g.path)
+      g.path = nil
+    end
+  end })
+  bkr.at_exit(function()
+    if guard.path then fs.remove_tree(guard.path) end
+  end)
+  local dir, err = fs.temp_dir(prefix, guard)
   if not dir then error(err, 0) end
-  return dir
-end
-
--- A to-be-closed value that removes dir (and what is in it) when it goes out of scope.
-function tempdir.removed(dir)
-  return setmetatable({}, { __close = function() fs.remove_tree(dir) end })
+  return dir, guard
 end
 
 return tempdir
