@@ -53,7 +53,8 @@ local options = cli.parse({ ... }, {
     { "--config", "FILE", "configuration file" },
     { "--key-file", "FILE", "key for encrypted backups (overrides encryption.key_file)" },
   },
-  exit_codes = "0 restored and checked, 1 the restore failed (nothing committed), 2 usage,\n"
+  exit_codes = "0 restored and checked, 1 the restore failed (nothing committed), or it was committed\n"
+    .. "            but its tables could not be compared (it says so), 2 usage,\n"
     .. "            3 the backup failed verification (target untouched) or the restored tables differ",
   see = "docs/restore.md, docs/RECOVERY_GUIDE.md",
 })
@@ -256,7 +257,19 @@ end
 local function compare_tables(job)
   if job.options.no_compare then return end
   local differences = 0
-  local results = restore.compare_tables(job.run, job.into, job.entry.manifest)
+  local results, err = restore.compare_tables(job.run, job.into, job.entry.manifest)
+  if not results then
+    -- The data is committed; only its check could not run. --replace leaves TARGET as it was
+    -- (an unchecked database is not swapped in); otherwise the restored database stays, and
+    -- the message says it is there, unchecked.
+    logging.step("compare_tables", { result = "failed", error = err })
+    if job.into ~= job.target then
+      abandon(job, cli.EXIT_FAILED, "restore: %s; %s left as it was", err, job.target)
+    end
+    if job.created then job.created:keep() end
+    cli.fail(cli.EXIT_FAILED, "restore: %s was restored and committed, but its tables could not be compared "
+      .. "with the backup (%s); compare again with: bkr drill, or restore once more", job.into, err)
+  end
   for _, item in ipairs(results) do
     if not item.ok then
       differences = differences + 1

@@ -300,3 +300,27 @@ describe("restore.compare_tables", function()
     assert.are.equal(4, ok)
   end)
 end)
+
+describe("bkr restore when the comparison cannot connect", function()
+  it("says the data was committed and keeps it, exit 1; --create keeps the database", function()
+    util.psql("drop role if exists cmp_one; create role cmp_one login createdb")
+    -- owned by the role that restores it, so that its ALTER ... OWNER TO works
+    local src = util.new_database("cq", "create table t (x int); insert into t select generate_series(1, 50); "
+      .. "alter table t owner to cmp_one;")
+    local repo = util.scratch("cmp-repo")
+    local out, rc = util.bkr("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. src)
+    assert.are.equal(0, rc, out)
+    -- a role that may hold two connections: the restore's own and psql's (then the comparison's
+    -- first), none left for the comparison's readers
+    util.psql("alter role cmp_one connection limit 2")
+    local target = src .. "_r"
+    out, rc = util.bkr("restore --repo " .. q(repo) .. " --db " .. src .. " --latest --into " .. target
+      .. " --create", "PGUSER=cmp_one")
+    assert.are.equal(1, rc, out)
+    assert.matches(target .. " was restored and committed, but its tables could not be compared", out, 1, true)
+    assert.are.equal("50", util.psql("select count(*) from t", target):match("%d+"))
+    util.psql("drop database " .. target)
+    util.psql("drop database " .. src)
+    util.psql("drop role cmp_one")
+  end)
+end)

@@ -70,7 +70,8 @@ end
 
 -- Every table's row count and digest against the manifest.
 function steps.compare_tables(drill, db)
-  local results = restore.compare_tables(drill.run, db.scratch, db.backup.manifest)
+  local results, err = restore.compare_tables(drill.run, db.scratch, db.backup.manifest)
+  if not results then return false, err end
   db.tables = results
   local bad = {}
   for _, item in ipairs(results) do

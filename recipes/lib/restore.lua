@@ -642,8 +642,8 @@ end
 -- Every table of the manifest, read back with COPY and digested in C on `run.cfg.threads`
 -- connections and threads at once (default: one per online CPU), biggest tables first.
 -- Returns a list, in manifest order, of { table = "schema.name", rows =, digest =, ok =,
--- reason =, expected_rows = }. A table that cannot be read is a difference with its reason;
--- a connection that cannot be made fails the run.
+-- reason =, expected_rows = }. A table that cannot be read is a difference with its reason.
+-- When no connection can be made: nil, message (the caller says what that means for it).
 function restore.compare_tables(run, target, manifest)
   local conn <close> = postgres.connect(run.cfg, target)
   local tables = manifest.tables or {}
@@ -654,7 +654,7 @@ function restore.compare_tables(run, target, manifest)
   local found, err = conn:digest_tables(copies, {
     jobs = run.cfg and run.cfg.threads, session = dump_session(conn, manifest), sizes = sizes,
   })
-  if not found then cli.fail(cli.EXIT_FAILED, "compare: %s", err) end
+  if not found then return nil, "compare: " .. err end
   local results = {}
   for i, t in ipairs(tables) do results[i] = judge_table(t, found[i]) end
   return results
