@@ -241,42 +241,20 @@ local function describe(store, objects, type_, file, stamp, db, kind, encrypted,
 end
 
 function remote.scan(store, filter)
-  filter = filter or {}
-  local wanted_db
-  if filter.db then
-    wanted_db = {}
-    for _, name in ipairs(filter.db) do wanted_db[name] = true end
-  end
   local base = store.prefix == "" and "" or (store.prefix .. "/")
   local listed, err, kind = store.client:list(base)
   if not listed then return nil, err, kind end
   local objects = {}
   for _, object in ipairs(listed) do objects[object.key] = object end
-  local entries, now = {}, os.time()
+  local collect = repo.collector(filter, function(type_, file, stamp, db, kind, encrypted, storage)
+    local size = objects[remote.key(store, type_ .. "/" .. file)].size
+    return describe(store, objects, type_, file, stamp, db, kind, encrypted, storage, size)
+  end)
   for _, object in ipairs(listed) do
     local type_, file = object.key:sub(#base + 1):match("^([^/]+)/([^/]+)$")
-    if type_ and repo.valid_type(type_) and (not filter.type or filter.type == type_) then
-      local entry
-      local stamp, escaped, encrypted, storage = repo.match_backup(file)
-      if stamp then
-        local db = repo.unescape_name(escaped)
-        if not wanted_db or wanted_db[db] then
-          entry = describe(store, objects, type_, file, stamp, db, "database", encrypted, storage, object.size)
-        end
-      elseif filter.globals then
-        stamp, encrypted, storage = repo.match_globals(file)
-        if stamp then
-          entry = describe(store, objects, type_, file, stamp, nil, "globals", encrypted, storage, object.size)
-        end
-      end
-      if entry then
-        entry.future = repo.is_future(entry, now)
-        if filter.future or not entry.future then entries[#entries + 1] = entry end
-      end
-    end
+    if type_ and repo.valid_type(type_) then collect.add(type_, file) end
   end
-  table.sort(entries, repo.newer)
-  return entries
+  return collect.result()
 end
 
 -- The digest the sidecar names, after repo.check_sidecars' checks: a sidecar naming this

@@ -488,10 +488,12 @@ function repo.is_future(entry, now)
   return taken ~= nil and taken > limit
 end
 
--- Every backup in the repository, newest first (repo.newer). Future-dated ones are left out
--- unless filter.future (list and verify show them, flagged). filter: { db = {names} | nil, type = t | nil,
--- globals = true to include globals files }.
-function repo.scan(dir, filter)
+-- A scan's selection, one owner for a directory and a bucket (lib/remote.lua): a collector
+-- that takes (type, file) names, makes an entry of each backup (and globals) file `filter`
+-- asks for with describe(type_, file, stamp, db, kind, encrypted, storage), flags it future
+-- or not, and keeps it unless it is future-dated and filter.future is not set. Its result
+-- is the entries, newest first (repo.newer).
+function repo.collector(filter, describe_entry)
   filter = filter or {}
   local wanted_db
   if filter.db then
@@ -499,30 +501,44 @@ function repo.scan(dir, filter)
     for _, name in ipairs(filter.db) do wanted_db[name] = true end
   end
   local entries, now = {}, os.time()
-  for _, type_ in ipairs(repo.TYPES) do
-    local subdir = (not filter.type or filter.type == type_) and repo.type_dir(dir, type_)
-    if subdir then
-      for file in lfs.dir(subdir) do
-        local stamp, escaped, encrypted, storage = repo.match_backup(file)
-        local entry
-        if stamp then
-          local db = repo.unescape_name(escaped)
-          if not wanted_db or wanted_db[db] then
-            entry = describe(dir, type_, file, stamp, db, "database", encrypted, storage)
-          end
-        elseif filter.globals then
-          stamp, encrypted, storage = repo.match_globals(file)
-          if stamp then entry = describe(dir, type_, file, stamp, nil, "globals", encrypted, storage) end
-        end
-        if entry then
-          entry.future = repo.is_future(entry, now)
-          if filter.future or not entry.future then entries[#entries + 1] = entry end
-        end
+  local collector = {}
+  function collector.add(type_, file)
+    if filter.type and filter.type ~= type_ then return end
+    local stamp, escaped, encrypted, storage = repo.match_backup(file)
+    local entry
+    if stamp then
+      local db = repo.unescape_name(escaped)
+      if not wanted_db or wanted_db[db] then
+        entry = describe_entry(type_, file, stamp, db, "database", encrypted, storage)
       end
+    elseif filter.globals then
+      stamp, encrypted, storage = repo.match_globals(file)
+      if stamp then entry = describe_entry(type_, file, stamp, nil, "globals", encrypted, storage) end
+    end
+    if entry then
+      entry.future = repo.is_future(entry, now)
+      if filter.future or not entry.future then entries[#entries + 1] = entry end
     end
   end
-  table.sort(entries, repo.newer)
-  return entries
+  function collector.result()
+    table.sort(entries, repo.newer)
+    return entries
+  end
+  return collector
+end
+
+-- Every backup in the repository, newest first (repo.newer). Future-dated ones are left out
+-- unless filter.future (list and verify show them, flagged). filter: { db = {names} | nil, type = t | nil,
+-- globals = true to include globals files }.
+function repo.scan(dir, filter)
+  local collect = repo.collector(filter, function(...) return describe(dir, ...) end)
+  for _, type_ in ipairs(repo.TYPES) do
+    local subdir = (not (filter and filter.type) or filter.type == type_) and repo.type_dir(dir, type_)
+    if subdir then
+      for file in lfs.dir(subdir) do collect.add(type_, file) end
+    end
+  end
+  return collect.result()
 end
 
 -- The databases that have at least one backup in the repository (any type; future-dated
