@@ -20,16 +20,7 @@ local function zstd_config(repo, extra)
   return path
 end
 
--- The files in REPO/<type> whose names match `pattern`, sorted.
-local function files(repo, pattern, type_)
-  local out = util.sh("ls " .. q(repo .. "/" .. (type_ or "daily")) .. " 2>/dev/null")
-  local list = {}
-  for name in out:gmatch("[^\n]+") do
-    if name:match(pattern) then list[#list + 1] = name end
-  end
-  table.sort(list)
-  return list
-end
+local files = util.files
 
 local function table_summary(db)
   return util.psql("select count(*) || ':' || md5(string_agg(x, ',' order by id)) from t", db)
@@ -84,18 +75,13 @@ describe("compression: zstd", function()
     assert.are.equal(3, rc, out)
     assert.matches("FAILED +daily/.*checksum mismatch", out)
     -- the same damage with a sidecar and manifest that match it: zstd itself notices
-    util.sh("cd " .. q(repo .. "/daily") .. " && sha256sum " .. q(path:match("[^/]+$")) .. " > " .. q(path .. ".sha256"))
-    local manifest = json.decode(util.read(path .. ".json"))
-    manifest.sha256 = util.sha256sum(path)
-    util.write(path .. ".json", json.encode(manifest))
+    util.resign(path)
     out, rc = run("verify " .. q(path))
     assert.are.equal(3, rc, out)
     assert.matches("FAILED +[^:]+: corrupt: ", out)
     -- a file cut short, with a sidecar and manifest that match it: truncated
     util.sh("head -c " .. (size - 200) .. " " .. q(original) .. " > " .. q(path))
-    util.sh("cd " .. q(repo .. "/daily") .. " && sha256sum " .. q(path:match("[^/]+$")) .. " > " .. q(path .. ".sha256"))
-    manifest.sha256 = util.sha256sum(path)
-    util.write(path .. ".json", json.encode(manifest))
+    util.resign(path)
     out, rc = run("verify " .. q(path))
     assert.are.equal(3, rc, out)
     assert.matches("FAILED +[^:]+: truncated: ", out)

@@ -23,15 +23,7 @@ local function custom_config(repo, extra)
   return path
 end
 
-local function files(repo, pattern)
-  local out = util.sh("ls -A " .. q(repo .. "/daily") .. " 2>/dev/null")
-  local list = {}
-  for name in out:gmatch("[^\n]+") do
-    if name:match(pattern) then list[#list + 1] = name end
-  end
-  table.sort(list)
-  return list
-end
+local files = util.files
 
 local function summary(db)
   return util.psql("select count(*) || ':' || md5(string_agg(x, ',' order by id)) from t", db)
@@ -106,10 +98,7 @@ describe("format: custom", function()
     assert.are.equal(3, rc, out)
     assert.matches("FAILED +daily/.*checksum mismatch", out)
     -- the same damage with a sidecar and manifest that match it: pg_restore notices
-    util.sh("cd " .. q(repo .. "/daily") .. " && sha256sum " .. q(path:match("[^/]+$")) .. " > " .. q(path .. ".sha256"))
-    local manifest = json.decode(util.read(path .. ".json"))
-    manifest.sha256 = util.sha256sum(path)
-    util.write(path .. ".json", json.encode(manifest))
+    util.resign(path)
     out, rc = run("verify " .. q(path))
     assert.are.equal(3, rc, out)
     assert.matches("FAILED +[^\n]*corrupt", out)
@@ -180,11 +169,7 @@ describe("format: custom", function()
     local path = repo .. "/daily/" .. files(repo, "%.dump$")[1]
     -- bytes appended, then re-signed: the sidecar, sha256 and stored_bytes recomputed
     util.sh("printf 'CREATE TABLE public.injected(x int);\\n' >> " .. q(path))
-    util.sh("cd " .. q(repo .. "/daily") .. " && sha256sum " .. q(path:match("[^/]+$")) .. " > " .. q(path .. ".sha256"))
-    local manifest = json.decode(util.read(path .. ".json"))
-    manifest.sha256 = util.sha256sum(path)
-    manifest.stored_bytes = manifest.raw_bytes + 37
-    util.write(path .. ".json", json.encode(manifest))
+    util.resign(path)
     local target = util.new_database("cf_size")
     local out, rc = run("restore --config " .. q(cfg) .. " --db " .. db .. " --latest --into " .. target .. " --jobs 2")
     assert.are.equal(3, rc, out)

@@ -48,13 +48,7 @@ end
 
 -- Point the sidecar and the manifest at the file's current bytes, so that only the
 -- decryption itself can notice the damage.
-local function reseal(path)
-  local name = path:match("[^/]+$")
-  util.write(path .. ".sha256", util.sha256sum(path) .. "  " .. name .. "\n")
-  local manifest = json.decode(util.read(path .. ".json"))
-  manifest.sha256 = util.sha256sum(path)
-  util.write(path .. ".json", json.encode(manifest))
-end
+local reseal = util.resign
 
 local ROWS_SQL = "create table t (id int primary key, x text); "
   .. "insert into t select i, md5(i::text) || repeat('z', i % 40) from generate_series(1, 40000) i;"

@@ -320,14 +320,7 @@ end)
 describe("bkr restore checks what verify checks, before psql commits", function()
   -- The file changed, then "re-signed": the sidecar and the manifest's sha256 and stored_bytes
   -- recomputed, so only the size after decompression and the completion marker give it away.
-  local function resign(path)
-    local dir, file = path:match("^(.*)/([^/]+)$")
-    util.sh("cd " .. q(dir) .. " && sha256sum " .. q(file) .. " > " .. q(file .. ".sha256"))
-    local manifest = json.decode(util.read(path .. ".json"))
-    manifest.sha256 = util.sha256sum(path)
-    manifest.stored_bytes = tonumber(util.sh("stat -c %s " .. q(path)):match("%d+"))
-    util.write(path .. ".json", json.encode(manifest))
-  end
+  local resign = util.resign
 
   local function config_with(repo, compression)
     local path = util.scratch("cfg") .. "/bkr.yaml"

@@ -42,6 +42,32 @@ end
 
 -- Damage a file for a test: invert every bit of the byte at `offset` (0-based), so the byte
 -- always changes (writing a fixed value would leave it as it was once in 256 files).
+-- Point a backup's sidecar and manifest at the file's current bytes, as an attacker with
+-- write access to the repository would: the sidecar, the manifest's sha256 and stored_bytes
+-- recomputed; edit(manifest), when given, changes more first. Returns the manifest written.
+function util.resign(path, edit)
+  local json = require "dkjson"
+  local dir, file = path:match("^(.*)/([^/]+)$")
+  util.sh("cd " .. quote(dir) .. " && sha256sum " .. quote(file) .. " > " .. quote(file .. ".sha256"))
+  local manifest = json.decode(util.read(path .. ".json"))
+  manifest.sha256 = util.sha256sum(path)
+  manifest.stored_bytes = tonumber(util.sh("stat -c %s " .. quote(path)):match("%d+"))
+  if edit then edit(manifest) end
+  util.write(path .. ".json", json.encode(manifest))
+  return manifest
+end
+
+-- The names in REPO/<type> (default daily), hidden ones too, that match a Lua pattern, sorted.
+function util.files(repo, pattern, type_)
+  local out = util.sh("ls -A " .. quote(repo .. "/" .. (type_ or "daily")) .. " 2>/dev/null")
+  local list = {}
+  for name in out:gmatch("[^\n]+") do
+    if name:match(pattern) then list[#list + 1] = name end
+  end
+  table.sort(list)
+  return list
+end
+
 function util.flip_byte(path, offset)
   local f = assert(io.open(path, "r+b"))
   assert(f:seek("set", offset))
