@@ -31,6 +31,19 @@ describe("bkr.zstd", function()
     end
   end)
 
+  it("writes the same content whatever the number of threads, over several of zstd's jobs", function()
+    local data = string.rep(sample(200000), 16) -- about 20 MB: several of zstd's jobs (8 MiB at level 3)
+    local dir = util.scratch("zstd-threads")
+    util.write(dir .. "/data", data)
+    for _, threads in ipairs({ 1, 2, 4 }) do
+      local path = dir .. "/t" .. threads .. ".zst"
+      local r = stream.run{ stream.from_string(data), zstd.compress{ level = 3, threads = threads }, stream.to_file(path) }
+      assert.are.equal(#data, r.bytes_in)
+      assert.are.equal(0, select(2, util.sh("zstd -q -t " .. q(path))))
+      assert.are.equal(util.sha256sum(dir .. "/data"), util.sh("zstd -q -dc " .. q(path) .. " | sha256sum"):match("^%x+"))
+    end
+  end)
+
   it("decompresses what zstd made, concatenated frames too", function()
     local dir = util.scratch("zstd")
     util.write(dir .. "/a", sample(50000))
