@@ -1,5 +1,5 @@
--- Copy backups between repositories: a local one and an off-site one in S3-compatible object
--- storage (either way), or two of a kind. The runbook:
+-- Copy backups between repositories, local or in S3-compatible storage, checked as they stream
+-- (a local repository and its off-site copy, either way, or two of a kind). The runbook:
 --   1. the two repositories: --from (default: the configured repository) and --to (default:
 --      `offsite:` from the configuration); a local one must exist, and is locked while written
 --   2. what the source holds: every complete backup (data, sidecar, valid manifest) and its
