@@ -66,7 +66,21 @@ local function local_side(dir, write)
   function side.read_manifest(relative) return repo.read_manifest(dir .. "/" .. relative .. ".json") end
   function side.sink(relative)
     local path = dir .. "/" .. relative
-    return stream.to_file(path, repo.file_options(path, { overwrite = true }))
+    return stream.to_file(path, repo.file_options(path))
+  end
+  -- What already has the backup's name (there is no manifest yet): nothing (nil); the same
+  -- bytes, from a copy cut short before its manifest ("same": only the sidecar and manifest
+  -- are written); or why it is left alone. bkr replaces nothing it cannot prove its own.
+  function side.occupied(relative, expected)
+    local path = dir .. "/" .. relative
+    local sidecar = lfs.symlinkattributes(path .. ".sha256", "mode")
+    if sidecar and sidecar ~= "file" then return "its sidecar's name is taken by something else (a symlink?)" end
+    local mode = lfs.symlinkattributes(path, "mode")
+    if mode == nil then return nil end
+    if mode ~= "file" then return "its name is taken by something that is not a regular file (a symlink?)" end
+    local digest = hash.sha256_file(path)
+    if digest == expected then return "same" end
+    return "its name is taken by another file (a different SHA-256)"
   end
   function side.finish(relative, digest, manifest)
     local path = dir .. "/" .. relative
@@ -200,6 +214,18 @@ for _, entry in ipairs(entries) do
     elseif options.dry_run then
       cli.say("would copy %s (%s)", shown, cli.size(entry.stored_bytes or 0))
       copied = copied + 1
+    elseif target.occupied and target.occupied(relative, expected) == "same" then
+      local ok, ferr = target.finish(relative, expected, entry.manifest)
+      if ok then
+        copied = copied + 1
+        cli.report("completed %s in %s (its data was there; sidecar and manifest written)", shown, target.name)
+      else
+        failed = failed + 1
+        io.stderr:write("bkr: sync: completing ", shown, " in ", target.name, " failed: ", cli.printable(ferr), "\n")
+      end
+    elseif target.occupied and target.occupied(relative, expected) then
+      failed = failed + 1
+      io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown, ": ", target.occupied(relative, expected), "\n")
     else
       local result, cerr, ckind = copy(entry, relative, expected)
       if result then
