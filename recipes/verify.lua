@@ -18,6 +18,8 @@
 -- Only a finding about the backup's bytes is "failed" (judge and DAMAGE_KINDS below); a check
 -- the environment stopped (no temporary directory, a full disk, pg_restore killed) records
 -- nothing and exits 1, an interrupt exits 130/143.
+-- An off-site copy in object storage (--repo s3://...) is checked the same way, streamed from
+-- the bucket (a custom-format archive there needs a file for pg_restore: bkr sync it back).
 -- Exit 0 when every file passes, 3 when any fails.
 local cli = require "lib.cli"
 local config = require "lib.config"
@@ -34,6 +36,8 @@ local lfs = require "lfs"
 local proc = require "bkr.proc"
 local restore = require "lib.restore"
 local postgres = require "lib.postgres"
+local remote = require "lib.remote"
+local json = require "lib.json"
 
 -- The configuration, for finding pg_restore (set once loaded).
 local cfg_for_restore
@@ -61,7 +65,7 @@ local function parse_arguments(args)
       { "--latest", nil, "the newest backup of each database and its run's globals (default)" },
       { "--all", nil, "every backup in the repository, globals included" },
       { "--db", "NAME", "only backups of this database (repeatable)", repeatable = true },
-      { "--repo", "DIR", "repository directory (overrides the configuration)" },
+      { "--repo", "DIR", "repository directory or s3://BUCKET/PREFIX (overrides the configuration)" },
       { "--config", "FILE", "configuration file" },
       { "--key-file", "FILE", "key of encrypted backups (overrides encryption.key_file)" },
       { "--no-record", nil, "do not write the verdict into the manifests" },
@@ -122,14 +126,28 @@ local function select_backups(options, cfg)
     for _, path in ipairs(options.args) do list[#list + 1] = describe_path(path) end
     return list
   end
-  local dir = repo.open(config.repository(cfg))
-  repo.require_backups_of(dir, options.db)
+  local dir, scan = config.repository(cfg), repo.scan
+  if remote.is_url(dir) then
+    local store = remote.open(cfg, dir)
+    dir = nil -- no lock and no log there: the bucket is read, and its manifests rewritten
+    scan = function(_, filter)
+      local entries, err, kind = remote.scan(store, filter)
+      if not entries then cli.fail(cli.EXIT_FAILED, "verify: cannot list %s: %s (%s)", store.url, err, kind) end
+      return entries
+    end
+    if options.db and #scan(nil, { db = options.db }) == 0 then
+      cli.usage_error("no backups of %s in %s", cli.printable(table.concat(options.db, ", ")), store.url)
+    end
+  else
+    dir = repo.open(dir)
+    repo.require_backups_of(dir, options.db)
+  end
   if options.all then
-    return repo.scan(dir, { db = options.db, globals = not options.db, future = true }), dir
+    return scan(dir, { db = options.db, globals = not options.db, future = true }), dir
   end
   -- The newest backup of each database, then the globals of the same run(s): rotation keeps
   -- the newest verified globals, so they must be verified with the databases.
-  local all = repo.scan(dir, { db = options.db, globals = true })
+  local all = scan(dir, { db = options.db, globals = true })
   local newest, seen, runs = {}, {}, {}
   for _, entry in ipairs(all) do
     if entry.kind == "database" and not seen[entry.database] then
@@ -229,9 +247,18 @@ local function unreadable(message, kind)
   return unverified(tostring(message))
 end
 
+-- The SHA-256 of the stored bytes: of the file, or streamed from the bucket.
+local function stored_sha256(entry)
+  if not entry.remote then return hash.sha256_file(entry.path) end
+  local ok, result = pcall(stream.run, { remote.source(entry.store, entry), hash.sha256{ name = "sha256" },
+    stream.to_null() })
+  if not ok then return nil, cli.detail(result), cli.kind(result) end
+  return result.sha256
+end
+
 -- Only the SHA-256 of the stored bytes: an encrypted backup when no key was given.
 local function check_checksum_only(entry, expected)
-  local digest, err, kind = hash.sha256_file(entry.path)
+  local digest, err, kind = stored_sha256(entry)
   if not digest then return unreadable(err, kind) end
   if digest ~= expected then
     return failed(string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected))
@@ -291,15 +318,34 @@ end
 
 -- The outcome of checking one backup (see above).
 local function check(entry, key)
-  local expected, err = repo.check_sidecars(entry)
+  local expected, err, kind
+  if entry.remote then
+    expected, err, kind = remote.check_sidecars(entry.store, entry)
+    -- a bucket that refuses or cannot be reached says nothing about the backup (its "auth" is
+    -- a refused key, not a forged chunk): only a missing or wrong sidecar or manifest is damage
+    if not expected and kind ~= "corrupt" and kind ~= "missing" then return unverified(err) end
+  else
+    expected, err = repo.check_sidecars(entry)
+  end
   if not expected then return failed(err) end
   local manifest = entry.manifest
 
   if entry.encrypted and not key then return check_checksum_only(entry, expected) end
   local storage = codec.for_entry(entry)
-  if storage and storage.dump_format == "custom" then return check_custom(entry, key, expected) end
+  if storage and storage.dump_format == "custom" then
+    if entry.remote then
+      return unverified("a custom-format archive is read back by pg_restore from a file: bring it back "
+        .. "with bkr sync --from " .. entry.repo .. " --to DIR and verify it there")
+    end
+    return check_custom(entry, key, expected)
+  end
 
-  local source, open_err, open_kind = stream.from_file(entry.path)
+  local source, open_err, open_kind
+  if entry.remote then
+    source = remote.source(entry.store, entry)
+  else
+    source, open_err, open_kind = stream.from_file(entry.path)
+  end
   if not source then return unreadable(open_err, open_kind) end
   local stages = { source, hash.sha256{ name = "stored" } }
   if entry.encrypted then stages[#stages + 1] = crypto.decrypt{ key = key } end
@@ -312,11 +358,16 @@ local function check(entry, key)
   -- The checksum is judged first: a flipped byte is a checksum mismatch even when gunzip
   -- notices it too, and a file cut short is "truncated".
   local ok, result = pcall(stream.run, stages)
+  if not ok and entry.remote and type(result) == "table" and result.stage == "s3" then
+    -- the bucket's side of the transfer failed (network, access): not a finding about the bytes
+    if cli.kind(result) == "interrupted" or bkr.interrupted() then return judge(result) end
+    return unverified(cli.detail(result))
+  end
   if not ok then
     local outcome = judge(result)
     if outcome.result ~= "failed" and outcome.result ~= "unverified" then return outcome end
     if cli.kind(result) ~= "truncated" then
-      local digest = hash.sha256_file(entry.path)
+      local digest = stored_sha256(entry)
       if digest and digest ~= expected then return failed("checksum mismatch: " .. explain(result)) end
     end
     return outcome
@@ -366,7 +417,12 @@ local function record(entry, outcome)
   local recorded = verdict_to_record(entry.manifest.verification, outcome, repo.iso_time(os.time()))
   entry.manifest.verification = recorded
   -- An unrecorded "passed" would leave the backup unprotected from rotation: say so.
-  local ok, err = repo.write_manifest(entry.path, entry.manifest)
+  local ok, err
+  if entry.remote then
+    ok, err = remote.put(entry.store, entry.relative .. ".json", json.encode(entry.manifest, true) .. "\n")
+  else
+    ok, err = repo.write_manifest(entry.path, entry.manifest)
+  end
   if not ok then return nil, err end
   return recorded
 end
@@ -377,7 +433,7 @@ local options = parse_arguments({ ... })
 if not options then return cli.EXIT_OK end
 if options.latest and options.all then cli.usage_error("verify: --latest and --all exclude each other") end
 
-local cfg = config.load(options)
+local cfg = config.load(options, { remote = true })
 cfg_for_restore = cfg
 logging.start()
 local backups, dir = select_backups(options, cfg)
@@ -391,7 +447,7 @@ if not options.no_record then
   local repos, sorted = {}, {}
   if dir then repos[dir] = true end
   for _, entry in ipairs(backups) do
-    if entry.repo then repos[entry.repo] = true end
+    if entry.repo and not entry.remote then repos[entry.repo] = true end
   end
   for name in pairs(repos) do sorted[#sorted + 1] = name end
   table.sort(sorted)
@@ -401,7 +457,9 @@ end
 
 -- A file bkr may not read stops the run before any verdict (exit 1, with the fix): it says
 -- nothing about the backup.
-for _, entry in ipairs(backups) do repo.require_readable(entry) end
+for _, entry in ipairs(backups) do
+  if not entry.remote then repo.require_readable(entry) end
+end
 
 -- The key, read once, and only when an encrypted backup is to be checked.
 local key

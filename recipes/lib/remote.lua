@@ -221,7 +221,7 @@ local function describe(store, objects, type_, file, stamp, db, kind, encrypted,
     database = db, kind = kind, encrypted = encrypted, storage = storage, repo = store.url,
     sidecar = path .. ".sha256", manifest_path = path .. ".json",
     key = key, sidecar_key = key .. ".sha256", manifest_key = key .. ".json", relative = relative,
-    regular = true, stored_bytes = size, remote = true,
+    regular = true, stored_bytes = size, remote = true, store = store,
   }
   entry.has_sidecar = objects[entry.sidecar_key] ~= nil
   if not objects[entry.manifest_key] then

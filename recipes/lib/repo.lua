@@ -466,7 +466,14 @@ function repo.check_sidecars(entry, read_sidecar)
   end
   local expected, err, kind = repo.read_sidecar(entry, read_sidecar)
   if not expected then return nil, err, kind end
-  if not entry.manifest then return nil, entry.manifest_error, "corrupt" end
+  if not entry.manifest then
+    -- a manifest that is missing or invalid is damage; one that could not be read (a bucket
+    -- that dropped the connection) keeps the reader's kind: the environment's
+    local manifest_kind = entry.manifest_kind
+    local damage = manifest_kind == nil or manifest_kind == "missing" or manifest_kind == "corrupt"
+      or manifest_kind == "not_regular" or manifest_kind == "too_large"
+    return nil, entry.manifest_error, damage and "corrupt" or manifest_kind
+  end
   if entry.manifest.sha256 ~= expected then
     return nil, "manifest mismatch: sidecar and manifest disagree on the SHA-256", "corrupt"
   end
