@@ -14,12 +14,10 @@
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
-local remote = require "lib.remote"
+local store = require "lib.store"
 local logging = require "lib.logging"
-local json = require "lib.json"
 local stream = require "bkr.stream"
 local hash = require "bkr.hash"
-local lfs = require "lfs"
 
 local options = cli.parse({ ... }, {
   name = "sync",
@@ -53,98 +51,11 @@ if not to then cli.usage_error("sync: no target: give --to REPO or set offsite i
 config.check_repository_form(from, true)
 config.check_repository_form(to, true)
 
--- ------------------------------------------------------------------ the two sides
-
--- A side: where backups are read or written, local or remote, with the same few steps.
-local function local_side(dir, write)
-  dir = repo.open(dir)
-  local side = { name = dir, dir = dir }
-  function side.scan(filter) return repo.scan(dir, filter) end
-  function side.expected(entry) return repo.check_sidecars(entry) end
-  function side.source(entry) return assert(stream.from_file(entry.path)) end
-  function side.has(relative) return lfs.symlinkattributes(dir .. "/" .. relative .. ".json", "mode") ~= nil end
-  function side.read_manifest(relative) return repo.read_manifest(dir .. "/" .. relative .. ".json") end
-  function side.sink(relative)
-    local path = dir .. "/" .. relative
-    return stream.to_file(path, repo.file_options(path))
-  end
-  -- What already has the backup's name (there is no manifest yet): nothing (nil); the same
-  -- bytes, from a copy cut short before its manifest ("same": only the sidecar and manifest
-  -- are written); or why it is left alone. bkr replaces nothing it cannot prove its own.
-  function side.occupied(relative, expected)
-    local path = dir .. "/" .. relative
-    local sidecar = lfs.symlinkattributes(path .. ".sha256", "mode")
-    if sidecar and sidecar ~= "file" then return "its sidecar's name is taken by something else (a symlink?)" end
-    local mode = lfs.symlinkattributes(path, "mode")
-    if mode == nil then return nil end
-    if mode ~= "file" then return "its name is taken by something that is not a regular file (a symlink?)" end
-    local digest = hash.sha256_file(path)
-    if digest == expected then return "same" end
-    return "its name is taken by another file (a different SHA-256)"
-  end
-  function side.finish(relative, digest, manifest)
-    local path = dir .. "/" .. relative
-    local ok, err, kind = repo.write_sidecar(path, digest)
-    if ok then ok, err, kind = repo.write_manifest(path, manifest) end
-    return ok, err, kind
-  end
-  function side.discard(relative)
-    for _, suffix in ipairs({ "", ".sha256" }) do os.remove(dir .. "/" .. relative .. suffix) end
-  end
-  if write then
-    side.lock = repo.lock(dir)
-    repo.ensure(dir)
-  end
-  return side
-end
-
-local function remote_side(url)
-  local store = remote.open(cfg, url)
-  local side = { name = store.url, store = store }
-  local present -- the keys of the target, listed once
-  function side.scan(filter)
-    local entries, err, kind = remote.scan(store, filter)
-    if not entries then cli.fail(cli.EXIT_FAILED, "sync: cannot list %s: %s (%s)", store.url, err, kind) end
-    return entries
-  end
-  function side.expected(entry) return remote.check_sidecars(store, entry) end
-  function side.source(entry) return remote.source(store, entry) end
-  function side.has(relative)
-    if not present then
-      present = {}
-      local listed, err = store.client:list(store.prefix == "" and "" or (store.prefix .. "/"))
-      if not listed then cli.fail(cli.EXIT_FAILED, "sync: cannot list %s: %s", store.url, err) end
-      for _, object in ipairs(listed) do present[object.key] = true end
-    end
-    return present[remote.key(store, relative .. ".json")] == true
-  end
-  function side.read_manifest(relative)
-    local text, err, kind = store.client:get(remote.key(store, relative .. ".json"), { max = 4 * 1024 * 1024 })
-    if not text then return nil, err, kind end
-    return require("lib.manifest").parse(text, remote.display(store, relative .. ".json"))
-  end
-  function side.sink(relative) return remote.sink(store, relative) end
-  function side.finish(relative, digest, manifest)
-    local ok, err, kind = remote.put(store, relative .. ".sha256", repo.sums_line(digest, relative:match("[^/]+$")))
-    if ok then ok, err, kind = remote.put(store, relative .. ".json", json.encode(manifest, true) .. "\n") end
-    return ok, err, kind
-  end
-  function side.discard(relative)
-    remote.delete(store, relative)
-    remote.delete(store, relative .. ".sha256")
-  end
-  return side
-end
-
-local function side_for(location, write)
-  if remote.is_url(location) then return remote_side(location) end
-  return local_side(location, write)
-end
-
 -- ------------------------------------------------------------------ the copy
 
-local source = side_for(from, false)
-local target = side_for(to, not options.dry_run)
+-- The two repositories (lib/store.lua); the target is locked while this run writes to it.
+local source = store.open(cfg, from)
+local target = store.open(cfg, to, { write = not options.dry_run })
 if source.name == target.name then cli.usage_error("sync: --from and --to are the same repository (%s)", source.name) end
 logging.use_repository(source.dir or target.dir)
 logging.start()
@@ -165,14 +76,10 @@ local function copy(entry, relative, expected)
   local ok, result = pcall(stream.run, { source.source(entry), hash.sha256{ expect = expected },
     stream.progress{ label = relative, total = entry.stored_bytes }, target.sink(relative) })
   if not ok then
+    -- (after SIGTERM, a remote target removes the partial copy again at exit: lib/store.lua)
     target.discard(relative)
-    -- SIGTERM ends the sync as it ends every run (exit 143). The partial copy goes again from
-    -- an at-exit function: there, requests are no longer refused as interrupted (an upload
-    -- whose completion crossed the signal may have landed under its key without a manifest).
-    if cli.kind(result) == "interrupted" then
-      bkr.at_exit(function() target.discard(relative) end)
-      error(result, 0)
-    end
+    -- SIGTERM ends the sync as it ends every run (exit 143)
+    if cli.kind(result) == "interrupted" then error(result, 0) end
     return nil, cli.reason(result), cli.kind(result)
   end
   local fok, err, kind = target.finish(relative, expected, entry.manifest)

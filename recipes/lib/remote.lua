@@ -19,6 +19,9 @@
 --                                 aborted if the run fails: nothing appears under the key)
 --   remote.put(store, relative, bytes)  a small object (sidecar, manifest)
 --   remote.delete(store, relative)
+--   remote.lock(store)            this host's lock on the prefix, held while bkr writes to it
+--   remote.abort_stale_uploads(store)  uploads of backups that a killed run left open, aborted
+--   remote.names(store, subdir)   the file names under PREFIX/subdir/, or nil, message, kind
 local cli = require "lib.cli"
 local repo = require "lib.repo"
 local manifest_schema = require "lib.manifest"
@@ -298,6 +301,76 @@ end
 
 function remote.display(store, relative)
   return display(store, relative)
+end
+
+-- The names of the objects directly under PREFIX/subdir/ (for the stamp of a new backup).
+function remote.names(store, subdir)
+  local base = remote.key(store, subdir) .. "/"
+  local listed, err, kind = store.client:list(base)
+  if not listed then return nil, err, kind end
+  local names = {}
+  for _, object in ipairs(listed) do
+    local name = object.key:sub(#base + 1)
+    if not name:find("/") then names[#names + 1] = name end
+  end
+  return names
+end
+
+-- ------------------------------------------------------------------ one writer per prefix
+
+-- Object storage has no lock bkr can rely on everywhere, so a prefix is written by one host
+-- (docs/offsite.md), and on that host by one run at a time: this lock, a file named after the
+-- endpoint and URL in /run/lock (shared by every systemd unit, which each get their own /tmp:
+-- PrivateTmp), else in $TMPDIR. Held while the run writes; released when the run ends.
+local function lock_dir()
+  local lfs = require "lfs"
+  if lfs.symlinkattributes("/run/lock", "mode") == "directory" and require("bkr.fs").access("/run/lock", "wx") then
+    return "/run/lock"
+  end
+  return require("lib.tempdir").base()
+end
+
+function remote.lock_path(store)
+  local id = require("bkr.hash").sha256_string(store.endpoint .. " " .. store.url):sub(1, 16)
+  return lock_dir() .. "/bkr-s3-" .. id .. ".lock"
+end
+
+function remote.lock(store)
+  local path = remote.lock_path(store)
+  local lock, err, kind = require("bkr.fs").lock(path)
+  if not lock then
+    if kind == "locked" then cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", store.url, err) end
+    cli.fail(cli.EXIT_FAILED, "repository %s cannot be locked (%s): %s", store.url, path, err)
+  end
+  return lock
+end
+
+-- A run killed with SIGKILL, or one whose abort could not reach the server, leaves its
+-- multipart upload open: invisible, but billed. Under the lock no other run of this host is
+-- uploading, so every open upload of a backup's name under the prefix is a leftover: abort
+-- it. Only bkr's names (PREFIX/<type>/backup_... or globals_...); anything else is left
+-- alone. A server without ListMultipartUploads is no error (its lifecycle rule is the
+-- backstop). Returns the keys aborted, and the failures as messages.
+function remote.abort_stale_uploads(store)
+  local base = store.prefix == "" and "" or (store.prefix .. "/")
+  local open, err, kind = store.client:uploads(base)
+  if not open then
+    if kind == "unsupported" then return {}, {} end
+    return {}, { string.format("cannot list the open uploads of %s: %s", store.url, err) }
+  end
+  local aborted, failures = {}, {}
+  for _, upload in ipairs(open) do
+    local type_, file = upload.key:sub(#base + 1):match("^([^/]+)/([^/]+)$")
+    if type_ and repo.valid_type(type_) and (repo.match_backup(file) or repo.match_globals(file)) then
+      local ok, aerr = store.client:abort_upload(upload.key, upload.upload_id)
+      if ok then
+        aborted[#aborted + 1] = upload.key
+      else
+        failures[#failures + 1] = string.format("cannot abort the open upload of %s: %s", display(store, type_ .. "/" .. file), aerr)
+      end
+    end
+  end
+  return aborted, failures
 end
 
 return remote

@@ -140,15 +140,12 @@ function repo.new_stamp(epoch, highest)
   return second .. "-" .. (used + 1)
 end
 
--- The highest sequence of `second` among the names in `dir` that start with one of the
+-- The highest sequence of `second` among `names` (a list) that start with one of the
 -- prefixes ("backup_", "globals_", "config_backup_", "drill_"): 1 for a plain stamp, N for
 -- "-N", 0 when no name has that second.
-function repo.highest_sequence(dir, prefixes, second)
+function repo.highest_sequence_in(names, prefixes, second)
   local highest = 0
-  if lfs.symlinkattributes(dir, "mode") ~= "directory" then return highest end
-  local ok, _, kind = fs.access(dir, "rx")
-  if not ok and kind == "permission" then repo.permission_failure(dir) end
-  for file in lfs.dir(dir) do
+  for _, file in ipairs(names) do
     for _, prefix in ipairs(prefixes) do
       local head = prefix .. second
       if file:sub(1, #head) == head then
@@ -159,6 +156,16 @@ function repo.highest_sequence(dir, prefixes, second)
     end
   end
   return highest
+end
+
+-- The same among the names in the directory `dir`.
+function repo.highest_sequence(dir, prefixes, second)
+  if lfs.symlinkattributes(dir, "mode") ~= "directory" then return 0 end
+  local ok, _, kind = fs.access(dir, "rx")
+  if not ok and kind == "permission" then repo.permission_failure(dir) end
+  local names = {}
+  for file in lfs.dir(dir) do names[#names + 1] = file end
+  return repo.highest_sequence_in(names, prefixes, second)
 end
 
 local DAYS_IN_MONTH = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }

@@ -18,7 +18,10 @@
 //     directory in s3rver's own store is removed and 204 answered, as S3 does (404 NoSuchUpload
 //     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
 //     directory is swept again a second later: s3rver writes out the part of a request whose
-//     client hung up mid-body, which S3 drops. s3rver's ListMultipartUploads answers 501.
+//     client hung up mid-body, which S3 drops.
+//   - ListMultipartUploads (GET ?uploads), which s3rver 3.7.1 answers 501: the open uploads in
+//     s3rver's store (each upload's directory keeps its key), filtered by prefix, one page, as S3
+//     lists them (key order); Initiated is the time the upload's directory was made.
 //   - Object Lock retention, which s3rver ignores: the x-amz-object-lock-mode and
 //     -retain-until-date of a PutObject or CreateMultipartUpload are remembered per key (in
 //     DIR/locks.json), returned on HEAD as S3 returns them, and a DELETE of the key before that
@@ -105,6 +108,32 @@ function keyOf(ctx) {
   return ctx.headers.host.startsWith(bucket + '.') ? p.slice(1) : p.slice(bucket.length + 2);
 }
 
+function xmlText(text) {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+function listUploads(ctx, prefix) {
+  const uploads = server.store.getResourcePath(bucket, undefined, 'uploads');
+  const open = [];
+  for (const id of fs.existsSync(uploads) ? fs.readdirSync(uploads) : []) {
+    if (aborted.has(id)) continue;
+    let key;
+    try { key = fs.readFileSync(path.join(uploads, id, 'key'), 'utf8'); } catch (e) { continue; }
+    if (!key.startsWith(prefix)) continue;
+    open.push({ key, id, initiated: fs.statSync(path.join(uploads, id)).birthtime || fs.statSync(path.join(uploads, id)).mtime });
+  }
+  open.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  ctx.status = 200;
+  ctx.type = 'application/xml';
+  ctx.body = '<?xml version="1.0" encoding="UTF-8"?>\n' +
+    '<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">' +
+    `<Bucket>${bucket}</Bucket><Prefix>${xmlText(prefix)}</Prefix><MaxUploads>1000</MaxUploads>` +
+    '<IsTruncated>false</IsTruncated>' +
+    open.map(u => `<Upload><Key>${xmlText(u.key)}</Key><UploadId>${u.id}</UploadId>` +
+      `<Initiated>${u.initiated.toISOString()}</Initiated></Upload>`).join('') +
+    '</ListMultipartUploadsResult>';
+}
+
 server.middleware.unshift(async (ctx, next) => {
   fs.writeSync(log, JSON.stringify({ method: ctx.method, url: ctx.url, headers: ctx.headers,
     port: ctx.req.socket.remotePort }) + '\n');
@@ -136,6 +165,9 @@ server.middleware.unshift(async (ctx, next) => {
     for (const ms of [500, 2000]) setTimeout(() => fs.rmSync(where, { recursive: true, force: true }), ms);
     ctx.status = 204;
     return;
+  }
+  if (ctx.method === 'GET' && url.searchParams.has('uploads') && keyOf(ctx) === '') {
+    return listUploads(ctx, url.searchParams.get('prefix') || '');
   }
   const lockUntil = ctx.headers['x-amz-object-lock-retain-until-date'];
   const creating = (ctx.method === 'PUT' && !url.searchParams.has('partNumber')) ||
