@@ -2,18 +2,21 @@
 --
 -- The runbook, step by step:
 --   1. read the configuration and the command line
---   2. lock the repository, connect, choose the pg_dump that matches the server
---   3. check there is room for the backups before starting any
+--   2. lock the repository (a directory, or an s3:// prefix: lib/store.lua), connect, choose
+--      the pg_dump that matches the server
+--   3. check there is room for the backups before starting any (a local repository)
 --   4. per database: dump it in one pass through the per-table digests, compression (gzip or
 --      zstd: lib/codec.lua), encryption
---      (when a key is configured: docs/encryption.md) and SHA-256 into the repository, then
---      write its .sha256 sidecar and .json manifest
+--      (when a key is configured: docs/encryption.md) and SHA-256 into the repository (in
+--      object storage: a multipart upload while the dump goes on, no local copy), then write
+--      its .sha256 sidecar and .json manifest, last: a backup counts once its manifest is there
 --   5. dump the cluster's globals (roles, tablespaces) when allowed
 --   6. rotate, when every backup succeeded
 -- A failed database is reported and the others still run; the exit status says so.
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
+local store = require "lib.store"
 local postgres = require "lib.postgres"
 local rotation = require "lib.rotation"
 local keys = require "lib.keys"
@@ -34,7 +37,7 @@ local TAIL_BYTES = 1024
 local function parse_arguments(args)
   return cli.parse(args, {
     name = "backup",
-    usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR] [--key-file FILE]\n"
+    usage = "bkr backup [--config FILE] [--db NAME]... [--type daily|weekly|monthly] [--repo DIR|s3://B/P] [--key-file FILE]\n"
       .. "                  [--no-rotate] [--no-globals] [--create-repo]",
     summary = "Dump each database with pg_dump into REPO/<type>/backup_<UTC time>_<db>.sql.gz\n"
       .. "(.sql.zst with compression: zstd) with a .sha256 sidecar and a .json manifest, in one pass;\n"
@@ -44,7 +47,7 @@ local function parse_arguments(args)
       { "--config", "FILE", "configuration file (default ./bkr.yaml, then /etc/bkr/bkr.yaml)" },
       { "--db", "NAME", "database to back up (repeatable; default: from the configuration, else all)", repeatable = true },
       { "--type", "TYPE", "daily (default), weekly or monthly" },
-      { "--repo", "DIR", "repository directory (overrides the configuration); it must exist" },
+      { "--repo", "DIR", "repository directory or s3://BUCKET/PREFIX (overrides the configuration); a directory must exist" },
       { "--create-repo", nil, "create the repository directory when it does not exist (else: bkr init)" },
       { "--no-rotate", nil, "do not apply the retention policy afterwards" },
       { "--no-globals", nil, "do not dump roles and tablespaces" },
@@ -64,6 +67,7 @@ local function warn(fmt, ...) cli.warn("backup", fmt, ...) end
 -- Refuse to start when the repository cannot hold the run: for each database, its last
 -- backup's stored size plus 20%, or, with no backup yet, its size in the cluster.
 local function check_free_space(run)
+  if run.store.remote then return nil, nil end -- object storage has no free space to check
   local needed, largest, detail = 0, 0, {}
   for _, db in ipairs(run.databases) do
     local last = repo.scan(run.repo, { db = { db } })[1]
@@ -120,7 +124,7 @@ end
 local DUMP_TIMEZONE = "UTC"
 
 -- pg_dump of one database, streamed through digests, gzip and encryption into the repository.
-local function dump_database(run, db, path, size)
+local function dump_database(run, db, relative, size)
   local env = config.child_env(run.cfg, db)
   env.PGTZ = DUMP_TIMEZONE
   local child, err = proc.spawn{
@@ -141,7 +145,7 @@ local function dump_database(run, db, path, size)
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
-  stages[#stages + 1] = stream.to_file(path, repo.file_options(path))
+  stages[#stages + 1] = run.store.sink(relative)
   local result = stream.run(stages)
   child:close()
   return result
@@ -168,12 +172,12 @@ end
 
 -- Where pg_dump writes the archive of a custom-format backup: beside the backup (".bkr-tmp."
 -- prefix and a random suffix, 0600; the next run's lock removes it after a SIGKILL); or, when
--- the backup is encrypted, in the run's private directory outside the repository, since the
--- archive is plaintext until bkr encrypts it (a copy of the repository taken meanwhile must
--- not hold it).
-local function archive_path(run, path)
-  if run.private_dir then return run.private_dir .. "/" .. path:match("[^/]+$"):gsub("%.enc$", "") end
-  return repo.temporary_path(path, "pg_dump")
+-- the backup is encrypted or goes to object storage, in the run's private directory outside
+-- the repository, since the archive is plaintext until bkr encrypts it (a copy of the
+-- repository taken meanwhile must not hold it).
+local function archive_path(run, relative)
+  if run.private_dir then return run.private_dir .. "/" .. relative:match("[^/]+$"):gsub("%.enc$", "") end
+  return repo.temporary_path(run.store.path(relative), "pg_dump")
 end
 
 -- pg_dump --format=custom of one database. pg_restore -j needs an archive it can seek in,
@@ -182,10 +186,10 @@ end
 -- reads it back as SQL for the per-table digests (the same parser and the same digests as a
 -- plain dump's); then it is copied, encrypted when a key is set, with its SHA-256, into its
 -- final name atomically.
-local function dump_database_custom(run, db, path, size)
+local function dump_database_custom(run, db, relative, size)
   local env = config.child_env(run.cfg, db)
   env.PGTZ = DUMP_TIMEZONE
-  local temporary = archive_path(run, path)
+  local temporary = archive_path(run, relative)
   local _ <close> = removed_on_close(temporary)
   -- created 0600 before pg_dump opens it (it truncates the file and keeps its mode)
   local created, cerr = fs.write_file(temporary, "",
@@ -218,7 +222,7 @@ local function dump_database_custom(run, db, path, size)
   local stages = { source, stream.progress{ label = db, total = size } }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
-  stages[#stages + 1] = stream.to_file(path, repo.file_options(path))
+  stages[#stages + 1] = run.store.sink(relative)
   local result = stream.run(stages)
   -- raw_bytes: the archive's own size (what decryption gives back); the tables and the
   -- completion marker from pg_restore's reading of it
@@ -227,30 +231,23 @@ local function dump_database_custom(run, db, path, size)
   return result
 end
 
-local function write_sidecars(path, manifest)
-  local ok, err = repo.write_sidecar(path, manifest.sha256)
-  if ok then ok, err = repo.write_manifest(path, manifest) end
-  return ok, err
-end
-
 -- What a failed or interrupted database leaves is removed: the file and whichever sidecars
 -- were written (the run's stamp is its own, so these names are this run's). A backup is
 -- kept only whole, or reported as failed and gone.
-local function remove_partial(path)
-  for _, p in ipairs({ path, path .. ".sha256", path .. ".json" }) do os.remove(p) end
+local function remove_partial(run, relative)
+  run.store.discard(relative)
 end
 
 local function backup_database(run, db, relative)
   local started = os.time()
-  local path = run.repo .. "/" .. relative
   local properties, err = postgres.database_properties(run.conn, db)
   if not properties then error(err, 0) end
   local size = run.conn:database_size(db)
 
   local dump_into = run.storage.dump_format == "custom" and dump_database_custom or dump_database
-  local result = dump_into(run, db, path, size)
+  local result = dump_into(run, db, relative, size)
   if not result.tail:find(repo.COMPLETION_MARKERS.database) then
-    remove_partial(path)
+    remove_partial(run, relative)
     error("pg_dump output lacks its completion marker (truncated dump)", 0)
   end
 
@@ -278,9 +275,9 @@ local function backup_database(run, db, relative)
     dump_timezone = DUMP_TIMEZONE,
     tables = result.tables,
   }
-  local ok, werr = write_sidecars(path, manifest)
+  local ok, werr = run.store.finish(relative, manifest.sha256, manifest)
   if not ok then
-    remove_partial(path)
+    remove_partial(run, relative)
     error(werr, 0)
   end
   return manifest
@@ -295,7 +292,6 @@ local function backup_globals(run)
     return true
   end
   local relative = repo.globals_file(run.type, run.stamp, run.key ~= nil, run.globals_storage)
-  local path = run.repo .. "/" .. relative
   local started = os.time()
   local child, err = proc.spawn{
     argv = { run.pg_dumpall, "--globals-only", "--no-password" },
@@ -309,12 +305,12 @@ local function backup_globals(run)
   }
   add_encryption(run, stages)
   stages[#stages + 1] = hash.sha256{ name = "sha256" }
-  stages[#stages + 1] = stream.to_file(path, repo.file_options(path))
+  stages[#stages + 1] = run.store.sink(relative)
   local ok, result = pcall(stream.run, stages)
   child:close()
   if not ok then return nil, result end
   if not result.tail:find(repo.COMPLETION_MARKERS.globals) then
-    remove_partial(path)
+    remove_partial(run, relative)
     return nil, "pg_dumpall output lacks its completion marker"
   end
   local manifest = {
@@ -325,12 +321,12 @@ local function backup_globals(run)
     compression = codec.facts(run.globals_storage, run.cfg), dump_format = "plain",
   }
   manifest.encrypted, manifest.encryption = encryption_facts(run)
-  local wok, werr = write_sidecars(path, manifest)
+  local wok, werr = run.store.finish(relative, manifest.sha256, manifest)
   if not wok then
-    remove_partial(path)
+    remove_partial(run, relative)
     return nil, werr
   end
-  run.written[#run.written + 1] = path
+  run.written[#run.written + 1] = run.store.path(relative)
   logging.step("globals", { result = "ok", file = relative, bytes = result.bytes_out, seconds = result.elapsed })
   say("backed up globals: %s", relative)
   return true
@@ -363,24 +359,30 @@ end
 local options = parse_arguments({ ... })
 if not options then return cli.EXIT_OK end
 
-local run = { cfg = config.load(options), written = {} }
+local run = { cfg = config.load(options, { remote = true }), written = {} }
 run.type = options.type or "daily"
 if not repo.valid_type(run.type) then
   cli.usage_error("backup: --type must be daily, weekly or monthly, not '%s'", run.type)
 end
-run.repo = repo.open(config.repository(run.cfg), { create = options.create_repo })
+local location = config.repository(run.cfg)
 logging.start()
 run.key, run.key_id = keys.load(run.cfg, options)
 run.chunk_size = 65536
 run.storage = codec.for_backup(run.cfg)        -- the databases'
 run.globals_storage = codec.for_config(run.cfg) -- plain SQL from pg_dumpall, compressed by bkr
-repo.ensure(run.repo)
-local lock <close> = repo.lock(run.repo)
+-- Locked for this run (lib/store.lua): a directory's lock file, or this host's lock on an
+-- s3:// prefix (and the uploads a killed run left open there are aborted).
+run.store = store.open(run.cfg, location, { write = true, create = options.create_repo })
+run.repo = run.store.name
+local lock <close> = run.store.lock
 logging.step("lock", { level = "debug" })
 -- An encrypted custom-format backup's archive is plaintext until bkr encrypts it: it waits in
--- a private directory (0700) under $TMPDIR, never in the repository, gone when the run ends.
+-- a private directory (0700) under $TMPDIR, never in the repository, gone when the run ends;
+-- so does any archive bound for object storage (pg_dump writes it to a file first).
 local private_guard
-if run.storage.dump_format == "custom" and run.key then run.private_dir, private_guard = tempdir.private("bkr-archive") end
+if run.storage.dump_format == "custom" and (run.key or run.store.remote) then
+  run.private_dir, private_guard = tempdir.private("bkr-archive")
+end
 local _ <close> = private_guard
 
 run.conn = postgres.connect(run.cfg)
@@ -404,7 +406,7 @@ local available, needed = check_free_space(run)
 logging.step("free_space", { available_bytes = available, needed_bytes = needed })
 -- One stamp for every file of this run; a run in the same second as the last one gets "-2".
 run.stamp = repo.new_stamp(os.time(), function(second)
-  return repo.highest_sequence(run.repo .. "/" .. run.type, { "backup_", "globals_" }, second)
+  return run.store.highest_sequence(run.type, { "backup_", "globals_" }, second)
 end)
 
 if (run.cfg.retention[run.type] or 0) == 0 and not options.no_rotate then
@@ -423,7 +425,7 @@ for _, db in ipairs(run.databases) do
   if ok and bkr.interrupted() then ok, manifest = false, "interrupted" end
   done = done + 1
   if ok then
-    run.written[#run.written + 1] = run.repo .. "/" .. relative
+    run.written[#run.written + 1] = run.store.path(relative)
     say("backed up %s: %s, %s raw -> %s stored (%.1fx) in %.1f s", cli.printable(db), relative,
       cli.size(manifest.raw_bytes), cli.size(manifest.stored_bytes),
       manifest.raw_bytes / math.max(manifest.stored_bytes, 1), manifest.seconds)
@@ -431,7 +433,7 @@ for _, db in ipairs(run.databases) do
       bytes = manifest.stored_bytes, raw_bytes = manifest.raw_bytes, seconds = manifest.seconds })
   else
     failed = failed + 1
-    remove_partial(run.repo .. "/" .. relative)
+    remove_partial(run, relative)
     local message = cli.detail(manifest)
     warn('database "%s" failed: %s', cli.printable(db), cli.printable(message))
     repo.log(run.repo, { step = "dump", database = db, type = run.type,
@@ -444,7 +446,7 @@ if not options.no_globals and not bkr.interrupted() then
   local called, ok, err = pcall(backup_globals, run)
   if not called or bkr.interrupted() then ok, err = nil, called and "interrupted" or ok end
   if not ok then
-    remove_partial(run.repo .. "/" .. repo.globals_file(run.type, run.stamp, run.key ~= nil, run.globals_storage))
+    remove_partial(run, repo.globals_file(run.type, run.stamp, run.key ~= nil, run.globals_storage))
     failed = failed + 1
     warn("globals failed: %s", cli.detail(err))
     repo.log(run.repo, { step = "globals", database = "(globals)", type = run.type, result = "failed",
@@ -462,7 +464,12 @@ if failed > 0 then
   return cli.EXIT_FAILED
 end
 if not options.no_rotate then
-  local removed, errors = rotation.run(run.repo, run.cfg, { protect = run.written })
+  local removed, errors
+  if run.store.remote then
+    removed, errors = rotation.run_remote(run.store.s3, run.cfg.retention, { protect = run.written })
+  else
+    removed, errors = rotation.run(run.repo, run.cfg, { protect = run.written })
+  end
   logging.step("rotate", { removed = removed, errors = errors[1] and errors, level = errors[1] and "error" or nil })
   if #errors > 0 then
     warn("rotation: %s", table.concat(errors, "; "))

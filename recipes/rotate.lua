@@ -11,8 +11,8 @@ local options = cli.parse({ ... }, {
   usage = "bkr rotate [--dry-run] [--repo DIR|s3://BUCKET/PREFIX] [--config FILE]",
   summary = "Remove backups beyond the retention counts (retention.daily/weekly/monthly), each with\n"
     .. "its sidecars. The newest backup of each database that passed verification is always kept.\n"
-    .. "The policy is lib/retention.lua; shadow it to change it (docs/rotation.md). An off-site\n"
-    .. "copy (s3://) is rotated by offsite_retention, and a copy under Object Lock is kept until its date.",
+    .. "The policy is lib/retention.lua; shadow it to change it (docs/rotation.md). The off-site\n"
+    .. "copy (offsite:) is rotated by offsite_retention, and a copy under Object Lock is kept until its date.",
   options = {
     { "--dry-run", nil, "print what would be removed, remove nothing" },
     { "--repo", "DIR", "repository directory or s3://BUCKET/PREFIX (overrides the configuration)" },
@@ -27,11 +27,18 @@ if not options then return cli.EXIT_OK end
 local cfg = config.load(options, { remote = true })
 local location = config.repository(cfg)
 
--- An off-site copy in object storage: its own counts, no lock (docs/offsite.md).
-if require("lib.remote").is_url(location) then
-  local store = require("lib.remote").open(cfg, location)
+-- A repository in object storage: the off-site copy (offsite:) keeps offsite_retention's
+-- counts, a backup repository (repository: s3://...) retention's. Locked on this host while
+-- it is rotated (lib/store.lua), as a backup to it is.
+local remote = require "lib.remote"
+if remote.is_url(location) then
+  local st = require("lib.store").open(cfg, location, { write = not options.dry_run })
+  local lock <close> = st.lock
+  local store = st.s3
+  local offsite = cfg.offsite and remote.same(cfg.offsite, store.url)
   logging.start()
-  local count, errors = rotation.run_remote(store, cfg.offsite_retention, { dry_run = options.dry_run })
+  local count, errors = rotation.run_remote(store, offsite and cfg.offsite_retention or cfg.retention,
+    { dry_run = options.dry_run })
   logging.step("rotate", { repository = store.url, dry_run = options.dry_run, removed = count,
     errors = errors[1] and errors, level = errors[1] and "error" or nil })
   if count == 0 and #errors == 0 then cli.say("nothing to remove") end

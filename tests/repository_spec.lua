@@ -458,14 +458,15 @@ describe("a repository given as a URL", function()
     local cfg = cwd .. "/bkr.yaml"
     util.write(cfg, "repository: s3://bkr/from-config\n")
     for _, case in ipairs({
-      { "backup --repo s3://bkr/site1 --db postgres", "s3://bkr/site1", "s3" },
-      { "backup --create-repo --repo s3://bkr/site1 --db postgres", "s3://bkr/site1", "s3" },
+      { "backup --repo sftp://bkr/site1 --db postgres", "sftp://bkr/site1", "sftp" },
+      { "backup --create-repo --repo file:///bkr/site1 --db postgres", "file:///bkr/site1", "file" },
       { "init --repo S3://bkr/site1", "S3://bkr/site1", "s3" },
+      { "config backup --repo s3://bkr/site1", "s3://bkr/site1", "s3" },
       { "list --repo sftp://host/backups", "sftp://host/backups", "sftp" },
       { "verify --latest --repo file:///var/backups/bkr", "file:///var/backups/bkr", "file" },
       { "restore --repo s3://bkr/site1 --db x --into y", "s3://bkr/site1", "s3" },
       { "drill --repo s3://bkr/site1", "s3://bkr/site1", "s3" },
-      { "backup --config " .. q(cfg) .. " --db postgres", "s3://bkr/from-config", "s3" },
+      { "init --config " .. q(cfg), "s3://bkr/from-config", "s3" },
     }) do
       local out, rc = util.sh("cd " .. q(cwd) .. " && " .. q(util.bkr_bin()) .. " " .. case[1] .. " 2>&1")
       assert.are.equal(2, rc, case[1] .. ": " .. out)

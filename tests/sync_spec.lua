@@ -220,7 +220,7 @@ describe("bkr sync to and from object storage", function()
     out = try("sync --from " .. q(repo) .. " --config " .. q(bare), 2, "AWS_ACCESS_KEY_ID= AWS_SECRET_ACCESS_KEY=")
     assert.matches("no access key: .*AWS_ACCESS_KEY_ID", out)
     -- the commands that work on a local repository say where s3:// is used
-    out = try("backup --repo s3://" .. S3.BUCKET .. "/site6 --config " .. q(cfg), 2)
+    out = try("init --repo s3://" .. S3.BUCKET .. "/site6 --config " .. q(cfg), 2)
     assert.matches("bkr sync", out)
     try("sync --from " .. q(repo) .. " --to s3://Bad_Bucket/x --config " .. q(cfg), 2)
     try("sync --from " .. q(repo) .. " --to s3://" .. S3.BUCKET .. "/a/../b --config " .. q(cfg), 2)

@@ -7,6 +7,7 @@
 --
 --   remote.is_url(value)          "s3://..." (any case of the scheme)
 --   remote.parse(url)             bucket, prefix ("" or "a/b"); or nil, why
+--   remote.same(a, b)             two URLs of one bucket and prefix
 --   remote.validate(...)          the `s3:` configuration section (config.lua's owned_by)
 --   remote.check_url(value, path) the `offsite:` key: an s3:// URL bkr can use
 --   remote.open(cfg, url)         a store: { url, bucket, prefix, client, cfg }; exit 2 when the
@@ -53,6 +54,13 @@ function remote.parse(url)
     end
   end
   return bucket, prefix
+end
+
+-- Whether two s3:// URLs name the same bucket and prefix ("s3://b/p/" is "s3://b/p").
+function remote.same(a, b)
+  local bucket_a, prefix_a = remote.parse(a)
+  local bucket_b, prefix_b = remote.parse(b)
+  return bucket_a ~= nil and bucket_a == bucket_b and prefix_a == prefix_b
 end
 
 -- ------------------------------------------------------------------ configuration

@@ -100,12 +100,13 @@ function rotation.run(dir, cfg, opts)
   return #remove + #orphans + #stale, errors
 end
 
--- The same policy on a repository in object storage (lib/remote.lua), with its own counts
--- (offsite_retention). Only backups with a valid manifest are counted and removed; anything
+-- The same policy on a repository in object storage (lib/remote.lua), with the counts the
+-- caller gives (retention for a backup repository, offsite_retention for an off-site copy;
+-- opts.protect: what the running backup just wrote). Only backups with a valid manifest are counted and removed; anything
 -- else under the prefix is left alone and said. A backup under Object Lock retention is kept
 -- until its date (S3 would refuse the delete). The manifest goes first, so a removal cut
--- short leaves an incomplete backup, never one that looks whole. No lock: one host rotates
--- a prefix (docs/offsite.md). Returns the number removed (or that would be) and errors.
+-- short leaves an incomplete backup, never one that looks whole. The caller holds this host's
+-- lock on the prefix (remote.lock); one host writes a prefix (docs/offsite.md). Returns the number removed (or that would be) and errors.
 function rotation.run_remote(store, counts, opts)
   opts = opts or {}
   local say = opts.say or function(line) cli.say("%s", line) end
@@ -122,7 +123,7 @@ function rotation.run_remote(store, counts, opts)
     end
   end
   local now = os.time()
-  local remove = retention.plan(backups, counts, now)
+  local remove = retention.plan(backups, counts, now, opts.protect)
   local verb = opts.dry_run and "would remove" or "removed"
   local errors, removed = {}, 0
   for _, item in ipairs(remove) do
