@@ -37,7 +37,7 @@ if #options.args ~= 1 then cli.usage_error("decrypt: give exactly one FILE (see 
 local file = options.args[1]
 local to_stdout = options.out == nil or options.out == "-"
 
-local cfg = config.load(options)
+local cfg = config.load(options, { remote = true }) -- (it reads no repository: an s3:// one is fine)
 local key, key_id = keys.require(cfg, options)
 
 -- How FILE is stored: by its name, else by its manifest beside it (a renamed copy), else gzip

@@ -52,7 +52,7 @@ if (testing or contacts) == (options.unit ~= nil) then
 end
 if options.job and not options.unit then cli.usage_error("notify: --job goes with --unit") end
 
-local cfg = config.load(options)
+local cfg = config.load(options, { remote = true }) -- (it reads no repository: an s3:// one is fine)
 if not cfg.notify then
   cli.usage_error("notify: the configuration%s has no notify: section (docs/notify.md)",
     cfg.file and (" " .. cfg.file) or "")

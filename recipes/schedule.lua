@@ -110,7 +110,8 @@ local function make_plan(name, options)
   if options.windows_dir and platform.name ~= "windows" then
     cli.usage_error("%s: --windows-dir goes with --windows", what)
   end
-  local cfg = config.load(options, { notify = false })
+  -- (the jobs' recipes read the repository, local or s3://; scheduling them reads none)
+  local cfg = config.load(options, { notify = false, remote = true })
   local plan = {
     platform = platform,
     cfg = cfg,

@@ -207,6 +207,25 @@ describe("bkr schedule show", function()
     assert.matches('ExecStart="' .. BKR_REAL .. '" "config" "backup" "--config" "' .. cfg .. '"', service, 1, true)
   end)
 
+  it("adds the off-site sync at 05:30 and its rotation at 06:00 when offsite is set; the repository may be "
+    .. "a bucket", function()
+    local dir = util.scratch("sched")
+    local cfg = yaml_config(dir, "repository: s3://bkr-test/site1\noffsite: s3://bkr-test/site1-offsite\n")
+    local out, rc = run("schedule show --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("sync%-daily%s+daily at 05:30%s+sync\n", out)
+    assert.matches("rotate%-offsite%s+daily at 06:00%s+rotate %-%-repo s3://bkr%-test/site1%-offsite", out)
+    local sections = show_sections(out)
+    local service = sections["/etc/systemd/system/bkr-rotate-offsite.service"]
+    assert.matches('ExecStart="' .. BKR_REAL .. '" "rotate" "--repo" "s3://bkr-test/site1-offsite" "--config" "'
+      .. cfg .. '"', service, 1, true)
+    -- without offsite, neither
+    cfg = yaml_config(util.scratch("sched"), "repository: " .. dir .. "/repo\n")
+    out = run("schedule show --config " .. q(cfg))
+    assert.is_nil(out:find("sync-daily", 1, true))
+    assert.is_nil(out:find("rotate-offsite", 1, true))
+  end)
+
   it("prints exactly the files install writes, under the names it writes them", function()
     local dir = util.scratch("sched")
     local cfg = lua_config(dir, { schedule = nasty_schedule() })

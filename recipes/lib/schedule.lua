@@ -203,8 +203,8 @@ end
 
 -- With no schedule.jobs: a daily backup Monday to Saturday (backup rotates by itself), the
 -- weekly one on Sunday at a later hour, a drill on Monday morning, a verify of the newest
--- backups every morning after them, and, when the configuration lists files to save, a daily
--- config backup before the database backup.
+-- backups every morning after them; when the configuration lists files to save, a daily
+-- config backup before the database backup; with an off-site copy, its sync and rotation.
 function schedule.default_jobs(cfg)
   local jobs = {}
   local files = cfg.config_backup and cfg.config_backup.files
@@ -218,6 +218,12 @@ function schedule.default_jobs(cfg)
   -- Every newest backup read back and checked once it is written: rotation keeps only what
   -- verify passed, and bkr check counts only verified backups as fresh.
   jobs[#jobs + 1] = job("verify-daily", { "verify", "--latest" }, 5, 0, "daily")
+  -- With an off-site copy (offsite:), the day's backups go there once verified, and the copy
+  -- keeps its own retention (offsite_retention): without the rotation the bucket only grows.
+  if cfg.offsite then
+    jobs[#jobs + 1] = job("sync-daily", { "sync" }, 5, 30, "daily")
+    jobs[#jobs + 1] = job("rotate-offsite", { "rotate", "--repo", cfg.offsite }, 6, 0, "daily")
+  end
   return jobs
 end
 
