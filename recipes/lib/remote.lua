@@ -140,34 +140,33 @@ end
 
 -- ------------------------------------------------------------------ credentials
 
--- Where each credential comes from: the configuration, the variable it names, else the
--- standard AWS variables. A secret is read from a private file or the environment, never
--- from the configuration itself, and never appears in a message.
+-- Where each credential comes from: the configuration (a value, or for the secret a private
+-- file), else the variable it names, else the standard AWS variable; else a usage error that
+-- names where it looked. A secret is read from a private file or the environment, never from
+-- the configuration itself, and never appears in a message.
+local function credential(what, given, env_key, default_env, s3)
+  if given.value then return given.value end
+  if given.file then
+    local value, err = secrets.from_file(given.file, "configuration: s3." .. given.file_key)
+    if not value then cli.usage_error("%s", err) end
+    return value
+  end
+  local name = s3[env_key] or default_env
+  local value = os.getenv(name)
+  if not value or value == "" then
+    cli.usage_error("s3: no %s: set %s in the configuration, or the environment variable %s", what,
+      given.hint, name)
+  end
+  return value
+end
+
 local function credentials(s3)
-  local access_key, secret_key, token, err
-  if s3.access_key_id then
-    access_key = s3.access_key_id
-  else
-    local name = s3.access_key_id_env or "AWS_ACCESS_KEY_ID"
-    access_key = os.getenv(name)
-    if not access_key or access_key == "" then
-      cli.usage_error("s3: no access key: set s3.access_key_id (or s3.access_key_id_env) in the "
-        .. "configuration, or the environment variable %s", name)
-    end
-  end
-  if s3.secret_access_key_file then
-    secret_key, err = secrets.from_file(s3.secret_access_key_file, "configuration: s3.secret_access_key_file")
-    if not secret_key then cli.usage_error("%s", err) end
-  else
-    local name = s3.secret_access_key_env or "AWS_SECRET_ACCESS_KEY"
-    secret_key = os.getenv(name)
-    if not secret_key or secret_key == "" then
-      cli.usage_error("s3: no secret key: set s3.secret_access_key_file (or s3.secret_access_key_env) in "
-        .. "the configuration, or the environment variable %s", name)
-    end
-  end
-  local token_name = s3.session_token_env or "AWS_SESSION_TOKEN"
-  token = os.getenv(token_name)
+  local access_key = credential("access key", { value = s3.access_key_id,
+    hint = "s3.access_key_id (or s3.access_key_id_env)" }, "access_key_id_env", "AWS_ACCESS_KEY_ID", s3)
+  local secret_key = credential("secret key", { file = s3.secret_access_key_file, file_key = "secret_access_key_file",
+    hint = "s3.secret_access_key_file (or s3.secret_access_key_env)" }, "secret_access_key_env",
+    "AWS_SECRET_ACCESS_KEY", s3)
+  local token = os.getenv(s3.session_token_env or "AWS_SESSION_TOKEN")
   if token == "" then token = nil end
   return access_key, secret_key, token
 end
