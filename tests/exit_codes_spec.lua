@@ -25,6 +25,7 @@ local DOCS = {
   { doc = "rotation.md", command = "rotate" },
   { doc = "drill.md", command = "drill" },
   { doc = "config-backup.md", command = "config" },
+  { doc = "offsite.md", command = "sync" },
   { doc = "encryption.md", command = "keygen", column = "`bkr keygen`" },
   { doc = "encryption.md", command = "decrypt", column = "`bkr decrypt`" },
 }
@@ -70,6 +71,13 @@ local CASES = {
     row = "an unknown step name" },
   { "drill.md", "drill", 3, "drill --repo {bad_repo} --db {db} --report {fresh}/d", "checksum mismatch",
     row = "a backup failed `verify_backup`" },
+
+  { "offsite.md", "sync", 0, "sync --from {repo} --to {fresh}", "1 backup copied" },
+  { "offsite.md", "sync", 1, "sync --from {repo} --to {fresh}", "is busy", as = "locked", row = "a copy failed" },
+  { "offsite.md", "sync", 2, "sync --from {repo} --to sftp://host/x", "bkr does not support sftp:// repositories",
+    row = "a URL bkr cannot use" },
+  { "offsite.md", "sync", 3, "sync --from {bad_repo} --to {fresh}", "not copied, damaged",
+    row = "failed its checksum" },
 
   { "config-backup.md", "config", 0, "config backup {app_yaml} --repo {fresh} --key-file {key}",
     "config backup [^\n]+: 1 file, 1 encrypted field" },
