@@ -65,12 +65,14 @@ local say = cli.say
 local function warn(fmt, ...) cli.warn("backup", fmt, ...) end
 
 -- Refuse to start when the repository cannot hold the run: for each database, its last
--- backup's stored size plus 20%, or, with no backup yet, its size in the cluster.
+-- backup's stored size plus 20%, or, with no backup yet, its size in the cluster. (Object
+-- storage has no free space to check; only the private directory a custom-format archive
+-- waits in before its upload.)
 local function check_free_space(run)
-  if run.store.remote then return nil, nil end -- object storage has no free space to check
+  if run.store.remote and not run.private_dir then return nil, nil end
   local needed, largest, detail = 0, 0, {}
   for _, db in ipairs(run.databases) do
-    local last = repo.scan(run.repo, { db = { db } })[1]
+    local last = run.store.scan({ db = { db } })[1]
     local estimate
     if last and last.stored_bytes then
       estimate = math.ceil(last.stored_bytes * 1.2)
@@ -89,9 +91,10 @@ local function check_free_space(run)
     end
     detail[#detail + 1] = db
   end
-  local available, err = fs.free_space(run.repo)
-  if not available then cli.fail(cli.EXIT_FAILED, "%s", err) end
-  if available < needed then
+  local available, err
+  if not run.store.remote then available, err = fs.free_space(run.repo) end
+  if not run.store.remote and not available then cli.fail(cli.EXIT_FAILED, "%s", err) end
+  if available and available < needed then
     cli.fail(cli.EXIT_FAILED, "not enough free space in %s: %s available, about %s needed for %s",
       run.repo, cli.size(available), cli.size(needed), table.concat(detail, ", "))
   end
@@ -99,9 +102,9 @@ local function check_free_space(run)
     local room, rerr = fs.free_space(run.private_dir)
     if not room then cli.fail(cli.EXIT_FAILED, "%s", rerr) end
     if room < largest then
-      cli.fail(cli.EXIT_FAILED, "not enough free space in %s for the unencrypted archive of the largest "
+      cli.fail(cli.EXIT_FAILED, "not enough free space in %s for the %s archive of the largest "
         .. "database: %s available, about %s needed (set TMPDIR to a private directory with more room)",
-        tempdir.base(), cli.size(room), cli.size(largest))
+        tempdir.base(), run.key and "unencrypted" or "pg_dump", cli.size(room), cli.size(largest))
     end
   end
   return available, needed

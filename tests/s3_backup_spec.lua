@@ -245,6 +245,33 @@ describe("bkr backup into object storage", function()
     assert.are.equal("", util.sh("ls -A " .. q(tmp)))
   end)
 
+  it("format: custom: a $TMPDIR too small for the archive is refused before anything is uploaded; "
+    .. "a disk that fills up mid-dump leaves nothing in the bucket", function()
+    local db = util.new_database("s3tmp", "create table t (id int primary key, x text); "
+      .. "insert into t select i, md5(random()::text) from generate_series(1, 100000) i;")
+    local tmp = util.scratch("s3b-smalltmp")
+    util.sh("mount -t tmpfs -o size=1m tmpfs " .. q(tmp))
+    finally(function() util.sh("umount " .. q(tmp)) end)
+    local cfg = s3_config("site11", "format: custom")
+    local before = #server.requests()
+    local out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. db, "TMPDIR=" .. q(tmp))
+    assert.are.equal(1, rc, out)
+    assert.matches("not enough free space in " .. tmp:gsub("%p", "%%%0") .. " for the pg_dump archive", out)
+    for i, r in ipairs(server.requests()) do
+      assert.is_true(i <= before or r.method == "GET", r.method .. " " .. r.url)
+    end
+    -- with room for the estimate (a first backup of a tiny table) but not for what the table grew to
+    local small = util.new_database("s3tmp2", "create table t (id int primary key, x text);")
+    out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. small)
+    assert.are.equal(0, rc, out)
+    util.psql("insert into t select i, md5(random()::text) from generate_series(1, 100000) i", small)
+    out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. small, "TMPDIR=" .. q(tmp))
+    assert.are.equal(1, rc, out)
+    assert.matches("pg_dump failed", out)
+    assert.are.equal(3, #stored("site11", "daily")) -- the first backup, alone
+    assert.are.equal("", util.sh("ls -A " .. q(tmp)))
+  end)
+
   it("a second run on the same prefix from this host is refused while the first holds it", function()
     local db = db_with_rows(10)
     local cfg = s3_config("site9")
