@@ -164,7 +164,10 @@ function postgres.database_properties(conn, dbname)
     ctype = value(row.ctype), acl = value(row.acl), connection_limit = value(row.connection_limit),
     settings = split_lines(value(row.settings)), role_settings = {},
   }
-  local role_rows = conn:query(ROLE_SETTINGS_SQL, dbname) or {}
+  -- (every role may read pg_db_role_setting: a failure here is the connection's, and a
+  -- manifest without the settings would restore a database that quietly lacks them)
+  local role_rows, rerr = conn:query(ROLE_SETTINGS_SQL, dbname)
+  if not role_rows then return nil, "cannot read the database's role settings: " .. tostring(rerr) end
   for _, r in ipairs(role_rows) do
     props.role_settings[#props.role_settings + 1] = { role = r.role, settings = split_lines(value(r.settings)) }
   end
