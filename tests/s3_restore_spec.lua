@@ -81,10 +81,12 @@ local function report_stamp(out, prefix)
 end
 
 -- Run bkr in the background while the bucket stalls after 100000 bytes of the backup's
--- object (smaller objects, the manifests and sidecars, come whole), and kill s3rver once
--- that object is being read: the server gone mid-restore. s3rver is started again, on its
--- port, with its objects. Returns bkr's exit code and output.
-local function stop_server_mid_object(file, args, env)
+-- object (smaller objects, the manifests and sidecars, come whole), then:
+-- how = "stop": kill s3rver once that object is being read (the server gone mid-restore),
+-- then start it again, on its port, with its objects. how = "refuse": the stalled request
+-- times out, and the next one (a resume of the object) is refused with 403 (a key revoked, a
+-- token expired mid-restore). Returns bkr's exit code and output.
+local function fail_mid_object(how, file, args, env)
   server.fault("stall 50 GET 100000")
   local log_before = #server.requests()
   local bg = R.start_bkr(args, env)
@@ -98,10 +100,14 @@ local function stop_server_mid_object(file, args, env)
     return false
   end, 30)
   util.sh("sleep 0.3")
-  server.stop("KILL")
+  if how == "stop" then
+    server.stop("KILL")
+  else
+    server.fault("403 50 GET")
+  end
   local code = bg.wait(60)
   util.sh("rm -f " .. q(server.dir .. "/fault"))
-  server = S3.start(server.dir, server.port)
+  if how == "stop" then server = S3.start(server.dir, server.port) end
   assert.is_true(reading, bg.output())
   return code, bg.output()
 end
@@ -295,7 +301,7 @@ describe("bkr restore from object storage, when the object or the bucket fails",
     assert.matches("cannot list s3://", out, 1, true)
     assert.is_false(R.exists(db .. "_c"))
     -- the server gone while the object streams in: --create leaves no database
-    local code, output = stop_server_mid_object(file, "restore --repo " .. url("n1") .. " --db " .. db .. " --into "
+    local code, output = fail_mid_object("stop", file, "restore --repo " .. url("n1") .. " --db " .. db .. " --into "
       .. db .. "_c --create --config " .. q(cfg))
     assert.are.equal(1, code, output)
     assert.matches("failed, nothing was committed", output)
@@ -303,11 +309,20 @@ describe("bkr restore from object storage, when the object or the bucket fails",
     -- the same into an existing target with --replace: its rows as they were
     local target = util.new_database("s3r", string.format(SETUP, 5))
     local before = contents(target)
-    code, output = stop_server_mid_object(file, "restore --repo " .. url("n1") .. " --db " .. db .. " --into " .. target
+    code, output = fail_mid_object("stop", file, "restore --repo " .. url("n1") .. " --db " .. db .. " --into " .. target
       .. " --replace --config " .. q(cfg))
     assert.are.equal(1, code, output)
     assert.are.equal(before, contents(target))
     assert.are.equal("", R.databases_like(target .. "_bkr_restore_%"))
+    -- the bucket refuses the rest of the object: its "auth" is S3's 403, the bucket's failure,
+    -- not a chunk that failed to authenticate: exit 1, nothing committed
+    local quick = util.scratch("s3r-quick") .. "/bkr.yaml"
+    util.write(quick, util.read(cfg):gsub("timeout_seconds: 10", "timeout_seconds: 2"))
+    code, output = fail_mid_object("refuse", file, "restore --repo " .. url("n1") .. " --db " .. db .. " --into "
+      .. db .. "_c --create --config " .. q(quick))
+    assert.are.equal(1, code, output)
+    assert.matches("failed, nothing was committed", output)
+    assert.is_false(R.exists(db .. "_c"))
     -- and a positional FILE stays local: an s3:// one is a usage error that says what to do
     out, rc = run("restore " .. url("n1") .. "/daily/" .. file .. " --into x --config " .. q(cfg))
     assert.are.equal(2, rc, out)
@@ -320,7 +335,7 @@ describe("bkr restore from object storage, when the object or the bucket fails",
     local cfg = s3_config("n2", "format: custom\n")
     local _, file = backup_to_bucket(db, "n2", cfg)
     local _, tmp = clean_dirs()
-    local code, output = stop_server_mid_object(file, "restore --repo " .. url("n2") .. " --db " .. db .. " --into "
+    local code, output = fail_mid_object("stop", file, "restore --repo " .. url("n2") .. " --db " .. db .. " --into "
       .. db .. "_c --create --config " .. q(cfg), "TMPDIR=" .. q(tmp))
     assert.are.equal(1, code, output)
     assert.is_false(R.exists(db .. "_c"))
@@ -353,6 +368,8 @@ describe("bkr drill on object storage", function()
     local cwd, tmp = clean_dirs()
     local out, rc = run("drill --config " .. q(cfg), in_dirs(cwd, tmp))
     assert.are.equal(0, rc, out)
+    -- nothing under the working directory: above all no "s3:" taken for a directory
+    assert.are.equal("", empty(cwd))
     local stamp = report_stamp(out, "dr1")
     assert.is_truthy(stamp, out)
     local stored = server.object_file("dr1/drills/drill_" .. stamp .. ".json")
@@ -365,7 +382,6 @@ describe("bkr drill on object storage", function()
     assert.are.equal("daily/" .. file, report.databases[1].backup)
     assert.matches("**Result: PASSED.**", util.read(server.object_file("dr1/drills/drill_" .. stamp .. ".md")), 1, true)
     assert.are.equal("", R.databases_like("bkr_drill_%"))
-    assert.are.equal("", empty(cwd))
     assert.are.equal("", empty(tmp))
     -- a second drill keeps the first one's report
     out, rc = run("drill --config " .. q(cfg), in_dirs(cwd, tmp))
