@@ -6,6 +6,9 @@
 -- interrupt), and a report in JSON (for machines) and Markdown (for the admin and auditors).
 -- Exit 0 only when every database was restored and compared, passed every step and met its
 -- RTO and RPO targets; a drill that restored or compared nothing is "incomplete" (exit 1).
+-- The repository may be a bucket (s3://BUCKET/PREFIX), drilled in place: the backups stream
+-- from it as `bkr restore` reads them (lib/restore.lua), and the reports go into it, under
+-- PREFIX/drills/, with the names and contents of a local drill's (bkr check reads them there).
 local cli = require "lib.cli"
 local config = require "lib.config"
 local repo = require "lib.repo"
@@ -15,10 +18,12 @@ local steps = require "lib.drill_steps"
 local json = require "lib.json"
 local fs = require "bkr.fs"
 local logging = require "lib.logging"
+local remote = require "lib.remote"
+local store = require "lib.store"
 
 local options = cli.parse({ ... }, {
   name = "drill",
-  usage = "bkr drill [--db NAME]... [--report PATH] [--repo DIR] [--config FILE] [--key-file K]",
+  usage = "bkr drill [--db NAME]... [--report PATH] [--repo DIR|s3://BUCKET/PREFIX] [--config FILE] [--key-file K]",
   summary = "Restore the newest backup of each database into a scratch database, compare every table\n"
     .. "with the manifest, run the smoke queries, measure RTO and RPO against the targets\n"
     .. "(drill.rto_seconds, default 3600; drill.rpo_seconds, default 86400), drop the scratch\n"
@@ -26,7 +31,7 @@ local options = cli.parse({ ... }, {
   options = {
     { "--db", "NAME", "database to drill (repeatable; default: the configured ones, else every database with backups)", repeatable = true },
     { "--report", "PATH", "report path without extension (.json and .md are written)" },
-    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--repo", "REPO", "DIR|s3://BUCKET/PREFIX: a directory, or object storage drilled in place (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
     { "--key-file", "FILE", "key for encrypted backups" },
   },
@@ -38,14 +43,18 @@ if not options then return cli.EXIT_OK end
 
 -- ------------------------------------------------------------------ set-up
 
-local cfg = config.load(options)
--- The repository must exist: a drill of a typo creates nothing and writes no report.
-local drill = { cfg = cfg, repo = repo.open(config.repository(cfg)), started = os.time() }
-repo.require_backups_of(drill.repo, options.db)
+local cfg = config.load(options, { remote = true })
+-- The repository must exist: a drill of a typo creates nothing and writes no report. A bucket
+-- must answer: one that cannot be listed stops the drill (exit 1) before anything is done.
+-- drill.repo is its name (the directory or the URL), drill.repository the way to read it.
+local repository = store.open(cfg, config.repository(cfg))
+local drill = { cfg = cfg, repo = repository.name, repository = repository, started = os.time() }
+repository.require_backups_of(options.db)
 logging.start()
+
 -- Two drills in one second keep two reports: the second takes the stamp "-2".
 drill.stamp = repo.new_stamp(drill.started, function(second)
-  return repo.highest_sequence(drill.repo .. "/drills", { "drill_" }, second)
+  return repository.highest_sequence("drills", { "drill_" }, second)
 end)
 local settings = cfg.drill or {}
 drill.targets = { rto_seconds = settings.rto_seconds or 3600, rpo_seconds = settings.rpo_seconds or 86400 }
@@ -60,7 +69,7 @@ end
 local function databases()
   if options.db then return options.db end
   if cfg.databases ~= "all" then return cfg.databases end
-  return repo.databases_with_backups(drill.repo, {})
+  return repository.databases_with_backups({})
 end
 
 -- ------------------------------------------------------------------ running the steps
@@ -185,7 +194,18 @@ local function report_markdown(report)
   return table.concat(lines, "\n")
 end
 
+-- Into the bucket: PREFIX/drills/drill_<stamp>.json and .md, as in a local repository.
+local function put_report(report)
+  local store = repository.s3
+  local relative = "drills/drill_" .. drill.stamp
+  local ok, err = remote.put(store, relative .. ".json", json.encode(report, true) .. "\n")
+  if ok then ok, err = remote.put(store, relative .. ".md", report_markdown(report)) end
+  if not ok then cli.fail(cli.EXIT_FAILED, "drill: cannot write the report: %s", err) end
+  return remote.display(store, relative)
+end
+
 local function write_report(report)
+  if repository.s3 and not options.report then return put_report(report) end
   local base = options.report and options.report:gsub("%.json$", ""):gsub("%.md$", "")
     or (drill.repo .. "/drills/drill_" .. drill.stamp)
   local dir = base:match("^(.*)/[^/]+$")
@@ -209,13 +229,13 @@ local names = databases()
 if #names == 0 then cli.fail(cli.EXIT_FAILED, "drill: no databases with backups in %s", drill.repo) end
 -- A backup bkr may not read stops the drill before it starts (exit 1, with the fix).
 for _, name in ipairs(names) do
-  local newest = repo.scan(drill.repo, { db = { name } })[1]
-  if newest then repo.require_readable(newest) end
+  local newest = repository.scan({ db = { name } })[1]
+  if newest and not newest.remote then repo.require_readable(newest) end
 end
 -- With `databases: all`, the smoke queries' database names are checked here, against the
 -- databases `all` drills (a configured list was checked when the configuration was loaded).
 if cfg.databases == "all" then
-  config.check_smoke_query_databases(cfg, options.db and repo.databases_with_backups(drill.repo, {}) or names)
+  config.check_smoke_query_databases(cfg, options.db and repository.databases_with_backups({}) or names)
 end
 drill.run = restore.prepare(cfg, (keys.load(cfg, options)))
 
@@ -245,6 +265,7 @@ report.seconds = os.time() - drill.started
 report.result = interrupted and "interrupted" or failed and "failed" or incomplete and "incomplete" or "passed"
 drill.run.conn:close()
 local base = write_report(report)
+-- (a bucket keeps no log: lib/logging.lua writes this to logging.file, if set, else nowhere)
 repo.log(drill.repo, { step = "report", result = report.result, seconds = report.seconds, report = base .. ".json" })
 print(string.format("drill %s: %s, report %s.json and %s.md", report.result, cli.plural(#names, "database", "databases"),
   base, base))

@@ -1,17 +1,20 @@
 -- Restore a database from a backup: choose, verify, stream into a transaction, compare tables
 --
 -- The runbook: the steps below, run in order by the last section of this file.
---   choose_backup         the newest, the one taken at a time, the newest before a time, or a file
---   verify_backup         sidecar, manifest, SHA-256, before anything touches the target
+--   choose_backup         the newest, the one taken at a time, the newest before a time, or a file;
+--                         from a directory or, read in place, a bucket (s3://BUCKET/PREFIX)
+--   verify_backup         sidecar, manifest, SHA-256, before anything touches the target (from a
+--                         bucket: sidecar and manifest here, the SHA-256 as the bytes stream in)
 --   connect, check_key, check_target
 --                         the server, the key of an encrypted backup, whether TARGET may be used
 --   restore_globals       with --globals, the roles of the same run first
 --   guard_new_database, create_database
 --                         --create, --replace: the database this run creates, dropped again
 --                         unless it ends up holding the checked restore
---   stream_into_database  file -> (decrypt) -> gunzip or zstd -> psql --single-transaction into
---                         (a custom-format archive: pg_restore -j N, decrypted first to a private
---                         temporary file when encrypted: lib/restore.lua's with_archive):
+--   stream_into_database  file (or object -> SHA-256) -> (decrypt) -> gunzip or zstd -> psql
+--                         --single-transaction into (a custom-format archive: pg_restore -j N,
+--                         downloaded or decrypted first to a private temporary file when it is
+--                         in a bucket or encrypted: lib/restore.lua's with_archive):
 --        --create   a new database TARGET (fails if it exists)
 --        --replace  a new temporary database, renamed over TARGET only once it is complete and
 --                   checked; the old one is kept as TARGET_before_<time>
@@ -27,12 +30,14 @@ local keys = require "lib.keys"
 local restore = require "lib.restore"
 local codec = require "lib.codec"
 local logging = require "lib.logging"
+local remote = require "lib.remote"
+local store = require "lib.store"
 
 local options = cli.parse({ ... }, {
   name = "restore",
   usage = "bkr restore --db NAME (--latest | --at TIME | --before TIME | FILE) --into TARGET\n"
     .. "                   [--create | --replace] [--globals] [--dry-run] [--force] [--no-compare] [--jobs N]\n"
-    .. "                   [--repo DIR] [--config FILE] [--key-file K]",
+    .. "                   [--repo DIR|s3://BUCKET/PREFIX] [--config FILE] [--key-file K]",
   summary = "Restore a backup into TARGET in one transaction, after verifying it, then compare every\n"
     .. "table with the backup's manifest. TIME is YYYYMMDD_HHMMSS or ISO 8601 (UTC unless an offset is given).",
   positional = "FILE",
@@ -49,7 +54,7 @@ local options = cli.parse({ ... }, {
     { "--force", nil, "restore even though TARGET has active connections (--replace)" },
     { "--no-compare", nil, "skip the table-by-table comparison afterwards" },
     { "--jobs", "N", "parallel pg_restore jobs for a custom-format backup (default: threads, else the online cores)" },
-    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--repo", "REPO", "DIR|s3://BUCKET/PREFIX: a directory, or object storage read in place (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
     { "--key-file", "FILE", "key for encrypted backups (overrides encryption.key_file)" },
   },
@@ -103,12 +108,13 @@ local function abandon(job, code, fmt, ...)
 end
 
 -- The backup: by --latest, --at, --before or FILE; a FILE must be a backup of --db, if given.
+-- The repository is a directory or a bucket (lib/store.lua); a FILE is local.
 local function choose_backup(job)
   local options, how = job.options, job.how
-  local dir = how.file and "." or repo.open(config.repository(job.cfg))
-  local entry = restore.choose(dir, options.db or "", how)
+  local repository = not how.file and store.open(job.cfg, config.repository(job.cfg))
+  local entry = restore.choose(repository, options.db or "", how)
   -- a file bkr may not read is a permission problem (exit 1, with the fix), not damage
-  repo.require_readable(entry)
+  if not entry.remote then repo.require_readable(entry) end
   if how.file and not options.db then options.db = entry.database end
   if entry.database ~= options.db then
     cli.usage_error("restore: %s is a backup of %s, not %s", entry.file, entry.database, options.db)
@@ -118,15 +124,26 @@ local function choose_backup(job)
   cli.say("backup:  %s", describe(entry))
 end
 
--- Its checksum against the sidecar and the manifest, before anything is touched.
+-- Its checksum against the sidecar and the manifest, before anything is touched. In a bucket
+-- the sidecar and the manifest must agree here, and the object's SHA-256 is checked against
+-- them as it streams in (before psql may commit, before pg_restore starts).
 local function verify_backup(job)
-  local problem = restore.check_backup(job.entry)
+  local problem, unchecked = restore.check_backup(job.entry)
+  if unchecked then
+    -- the bucket refused or could not be reached: nothing is known about the backup
+    cli.fail(cli.EXIT_FAILED, "restore: cannot check %s, %s left untouched: %s", job.entry.file, job.options.into,
+      problem)
+  end
   if problem then
     cli.fail(cli.EXIT_INTEGRITY, "restore: %s failed verification, %s left untouched: %s", job.entry.file,
       job.options.into, problem)
   end
   logging.step("verify_backup", { result = "passed" })
-  cli.say("verify:  checksum matches the sidecar and the manifest")
+  if job.entry.remote then
+    cli.say("verify:  sidecar and manifest agree; the SHA-256 is checked as the backup streams from the bucket")
+  else
+    cli.say("verify:  checksum matches the sidecar and the manifest")
+  end
 end
 
 -- The server, psql, and the key.
@@ -190,14 +207,14 @@ end
 -- Which database the stream goes into, and, when this run creates it, its guard: returned for
 -- the caller to hold as a to-be-closed variable, so that the database goes again on a failure,
 -- an error or an interrupt. A drop that fails is said (with the command that removes it) and
--- logged in the repository's bkr.log.
+-- logged in the repository's bkr.log (a bucket keeps none: logging.file, if set, gets it).
 local function guard_new_database(job)
   local options, entry = job.options, job.entry
   job.stamp = repo.stamp(job.started)
   job.into = job.target
   if options.replace and job.exists then job.into = restore.derived_name(job.target, "_bkr_restore_" .. job.stamp) end
   if not (options.create or options.replace) then return nil end
-  local repository = entry.path:match("^(.*)/[^/]+/[^/]+$")
+  local repository = entry.repo -- the directory, or the URL (never taken for a directory)
   job.created = restore.new_database(job.run.conn, job.into, {
     label = "restore",
     on_leftover = function(name, reason)
@@ -221,14 +238,16 @@ local function stream_into_database(job)
   if not ok then
     -- the backup's own bytes are bad (a size or completion marker that is not the manifest's,
     -- corrupt data): stopped before psql could commit, or before pg_restore started
-    if repo.DAMAGE_KINDS[cli.kind(result)] and not bkr.interrupted() then
+    -- (a bucket that failed its side of the transfer says nothing about the bytes)
+    local from_store = remote.transfer_failed(result)
+    if repo.DAMAGE_KINDS[cli.kind(result)] and not from_store and not bkr.interrupted() then
       abandon(job, cli.EXIT_INTEGRITY, "restore: %s failed verification while restoring, nothing was committed: %s",
         job.entry.file, cli.detail(result))
     end
     -- pg_restore with several jobs commits as it goes: only a database this run made (and
     -- drops again) is sure to hold nothing of it
     local parallel = codec.for_entry(job.entry).dump_format == "custom" and restore.jobs(job.run) > 1
-    if parallel and not job.created then
+    if parallel and not job.created and not from_store then
       abandon(job, cli.EXIT_FAILED, "restore: failed; pg_restore -j %d may have left part of the backup in %s: %s",
         restore.jobs(job.run), job.into, cli.detail(result))
     end
@@ -330,7 +349,7 @@ end
 -- ------------------------------------------------------------------ the run
 
 local job = { options = options, how = check_arguments() }
-job.cfg = config.load(options)
+job.cfg = config.load(options, { remote = true })
 logging.start()
 choose_backup(job)
 if options.dry_run then return cli.EXIT_OK end

@@ -19,7 +19,8 @@
 -- the environment stopped (no temporary directory, a full disk, pg_restore killed) records
 -- nothing and exits 1, an interrupt exits 130/143.
 -- An off-site copy in object storage (--repo s3://...) is checked the same way, streamed from
--- the bucket (a custom-format archive there needs a file for pg_restore: bkr sync it back).
+-- the bucket (a custom-format archive there is downloaded, checked as it comes, into a private
+-- temporary file for pg_restore: restore.with_archive).
 -- Exit 0 when every file passes, 3 when any fails.
 local cli = require "lib.cli"
 local config = require "lib.config"
@@ -299,10 +300,14 @@ end
 -- compare with the manifest as a plain dump's are. pg_restore must succeed and its output
 -- end with the completion marker.
 local function check_custom(entry, key, expected)
-  local digest, herr, hkind = hash.sha256_file(entry.path)
-  if not digest then return unreadable(herr, hkind) end
-  if digest ~= expected then
-    return failed(string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected))
+  -- (from a bucket, the download is checked against the manifest's SHA-256 as it streams:
+  -- restore.with_archive; the sidecar agrees with it, remote.check_sidecars)
+  if not entry.remote then
+    local digest, herr, hkind = hash.sha256_file(entry.path)
+    if not digest then return unreadable(herr, hkind) end
+    if digest ~= expected then
+      return failed(string.format("checksum mismatch: file has %s, sidecar says %s", digest, expected))
+    end
   end
   local run = { cfg = cfg_for_restore, key = key }
   local ok, outcome = pcall(restore.with_archive, run, entry, function(archive, bytes)
@@ -312,6 +317,9 @@ local function check_custom(entry, key, expected)
     end
     return read_back_archive(entry, archive)
   end)
+  if not ok and remote.transfer_failed(outcome) and cli.kind(outcome) ~= "interrupted" and not bkr.interrupted() then
+    return unverified(cli.detail(outcome)) -- the bucket's side failed: nothing about the bytes
+  end
   if not ok then return judge(outcome) end
   return outcome
 end
@@ -332,13 +340,7 @@ local function check(entry, key)
 
   if entry.encrypted and not key then return check_checksum_only(entry, expected) end
   local storage = codec.for_entry(entry)
-  if storage and storage.dump_format == "custom" then
-    if entry.remote then
-      return unverified("a custom-format archive is read back by pg_restore from a file: bring it back "
-        .. "with bkr sync --from " .. entry.repo .. " --to DIR and verify it there")
-    end
-    return check_custom(entry, key, expected)
-  end
+  if storage and storage.dump_format == "custom" then return check_custom(entry, key, expected) end
 
   local source, open_err, open_kind
   if entry.remote then
@@ -358,7 +360,7 @@ local function check(entry, key)
   -- The checksum is judged first: a flipped byte is a checksum mismatch even when gunzip
   -- notices it too, and a file cut short is "truncated".
   local ok, result = pcall(stream.run, stages)
-  if not ok and entry.remote and type(result) == "table" and result.stage == "s3" then
+  if not ok and entry.remote and remote.transfer_failed(result) then
     -- the bucket's side of the transfer failed (network, access): not a finding about the bytes
     if cli.kind(result) == "interrupted" or bkr.interrupted() then return judge(result) end
     return unverified(cli.detail(result))

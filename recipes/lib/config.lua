@@ -433,7 +433,8 @@ function config.check_repository_form(value, remote_allowed)
   if scheme == "s3" and remote_allowed then return end
   if scheme == "s3" then
     cli.usage_error("repository %s: this command works on a local repository; an s3:// repository is "
-      .. "read and written by bkr sync, list, verify, rotate and check (docs/offsite.md)", cli.printable(value))
+      .. "used by bkr backup, restore, drill, verify, list, rotate, check and sync (docs/offsite.md)",
+      cli.printable(value))
   end
   cli.usage_error("repository %s: bkr does not support %s:// repositories; give a local directory "
     .. "(an absolute path such as /var/backups/bkr) or s3://BUCKET/PREFIX", cli.printable(value),

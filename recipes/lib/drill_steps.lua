@@ -11,26 +11,31 @@
 local cli = require "lib.cli"
 local repo = require "lib.repo"
 local restore = require "lib.restore"
+local remote = require "lib.remote"
 
 local steps = {}
 
 steps.order = { "pick_backup", "verify_backup", "restore_scratch", "compare_tables", "smoke_queries", "measure" }
 
--- The newest backup of the database.
+-- The newest backup of the database (drill.repository: a directory or a bucket).
 function steps.pick_backup(drill, db)
-  local backups = repo.scan(drill.repo, { db = { db.name } })
+  local backups = drill.repository.scan({ db = { db.name } })
   if #backups == 0 then return nil, "no backup of " .. db.name .. " in " .. drill.repo end
   db.backup = backups[1]
   return true, db.backup.type .. "/" .. db.backup.file
 end
 
--- Checksum against the sidecar and the manifest, before anything is restored.
+-- Checksum against the sidecar and the manifest, before anything is restored. In a bucket,
+-- the sidecar and the manifest must agree here; the object's SHA-256 is checked as it streams
+-- into the scratch database (restore_scratch), before anything is committed.
 function steps.verify_backup(drill, db)
-  local problem = restore.check_backup(db.backup)
+  local problem, unchecked = restore.check_backup(db.backup)
   if problem then
-    db.integrity_failed = true
+    -- a bucket that could not be read says nothing about the backup
+    db.integrity_failed = not unchecked
     return nil, problem
   end
+  if db.backup.remote then return true, "the sidecar and the manifest agree; the SHA-256 is checked as it streams" end
   return true, "SHA-256 matches the sidecar and the manifest"
 end
 
@@ -58,6 +63,12 @@ function steps.restore_scratch(drill, db)
   end
   local done, result = pcall(restore.stream_into, drill.run, db.backup, db.scratch)
   if not done then
+    -- the backup's own bytes are bad (its SHA-256 as it streamed from a bucket, its size, its
+    -- completion marker, a chunk or the gzip or zstd stream): an integrity failure, as
+    -- verify_backup's; a bucket that failed its side of the transfer is not one
+    if repo.DAMAGE_KINDS[cli.kind(result)] and not remote.transfer_failed(result) and not bkr.interrupted() then
+      db.integrity_failed = true
+    end
     return nil, cli.detail(result)
   end
   local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)

@@ -16,6 +16,7 @@
 --                                 future), newest first; or nil, message, kind
 --   remote.check_sidecars(store, entry)  the expected SHA-256 (repo.check_sidecars' checks)
 --   remote.source(store, entry)   a stream source of the backup's bytes
+--   remote.transfer_failed(err)   whether a failed run's error came from the bucket's side
 --   remote.sink(store, relative)  a stream sink writing PREFIX/relative (a multipart upload,
 --                                 aborted if the run fails: nothing appears under the key)
 --   remote.put(store, relative, bytes)  a small object (sidecar, manifest)
@@ -275,6 +276,13 @@ end
 
 function remote.source(store, entry)
   return store.client:source(entry.key)
+end
+
+-- Did the bucket's side of a transfer fail (a refused key, a connection dropped again and
+-- again, an unreachable server)? That says nothing about the backup's bytes, whatever the
+-- error's kind ("auth" there is S3's 403, not a forged chunk): the source's stage is "s3".
+function remote.transfer_failed(err)
+  return type(err) == "table" and err.stage == "s3"
 end
 
 -- ------------------------------------------------------------------ writing

@@ -556,10 +556,11 @@ function repo.scan(dir, filter)
 end
 
 -- The databases that have at least one backup in the repository (any type; future-dated
--- too, unless `filter`, repo.scan's, says otherwise), sorted.
-function repo.databases_with_backups(dir, filter)
+-- too, unless `filter`, repo.scan's, says otherwise), sorted. scan(dir, filter): how to list
+-- it (default repo.scan; a repository in object storage gives its own).
+function repo.databases_with_backups(dir, filter, scan)
   local seen, names = {}, {}
-  for _, entry in ipairs(repo.scan(dir, filter or { future = true })) do
+  for _, entry in ipairs((scan or repo.scan)(dir, filter or { future = true })) do
     if not seen[entry.database] then
       seen[entry.database] = true
       names[#names + 1] = entry.database
@@ -570,10 +571,10 @@ function repo.databases_with_backups(dir, filter)
 end
 
 -- A --db that matches no backup is a usage error (exit 2) naming the databases that have
--- some: a typo must not look like "nothing to do".
-function repo.require_backups_of(dir, names)
+-- some: a typo must not look like "nothing to do". scan: as for databases_with_backups.
+function repo.require_backups_of(dir, names, scan)
   if not names then return end
-  local have = repo.databases_with_backups(dir)
+  local have = repo.databases_with_backups(dir, nil, scan)
   local present = {}
   for _, name in ipairs(have) do present[name] = true end
   local missing = {}

@@ -12,8 +12,25 @@ local proc = require "bkr.proc"
 local pg = require "bkr.pg"
 local lfs = require "lfs"
 local fs = require "bkr.fs"
+local remote = require "lib.remote"
+local tempdir = require "lib.tempdir"
 
 local restore = {}
+
+-- ------------------------------------------------------------------ reading backups
+
+-- The first stages of every read of a backup's stored bytes: the file, or the object streamed
+-- from the bucket through its SHA-256, which must be the manifest's (the sidecar agrees with
+-- it: restore.check_backup). A mismatch fails the run at the end of the object, before any
+-- sink finishes: psql never sees a clean end of its input, a file sink commits nothing.
+local function stored_stages(entry)
+  if entry.remote then
+    return { remote.source(entry.store, entry), hash.sha256{ name = "stored", expect = entry.manifest.sha256 } }
+  end
+  local source, err = stream.from_file(entry.path)
+  if not source then error(err, 0) end
+  return { source }
+end
 
 -- ------------------------------------------------------------------ restore points
 
@@ -110,10 +127,11 @@ local function real_directory(dir)
   return "/" .. table.concat(done, "/")
 end
 
--- The backup of `db` to restore, from the repository: how = { latest = true } |
--- { at = "TIME" } | { before = "TIME" } | { file = "PATH" } (PATH: REPO/<type>/FILE, relative
--- to the current directory or absolute). Times are read before anything else.
-function restore.choose(dir, db, how)
+-- The backup of `db` to restore, from the repository (restore.repository; not used for a
+-- file): how = { latest = true } | { at = "TIME" } | { before = "TIME" } | { file = "PATH" }
+-- (PATH: REPO/<type>/FILE, relative to the current directory or absolute: a local file only).
+-- Times are read before anything else.
+function restore.choose(repository, db, how)
   local at = how.at and parse_time_or_fail("--at", how.at)
   local before = how.before and parse_time_or_fail("--before", how.before)
   if how.file then
@@ -129,13 +147,17 @@ function restore.choose(dir, db, how)
         if entry.file == name then return entry end
       end
     end
+    if remote.is_url(how.file) then
+      cli.usage_error("restore: FILE is a local file; to restore from object storage give --repo %s with "
+        .. "--latest, --at or --before", cli.printable(how.file:match("^(.*)/[^/]+/[^/]+$") or how.file))
+    end
     cli.usage_error("restore: %s is not a backup in a bkr repository (REPO/daily|weekly|monthly/backup_*)",
       how.file)
   end
   -- a name without any backup is a usage error (exit 2) naming those that have some
-  repo.require_backups_of(dir, { db })
-  local backups = repo.scan(dir, { db = { db } })
-  if #backups == 0 then cli.fail(cli.EXIT_FAILED, "restore: no backups of %s in %s", db, dir) end
+  repository.require_backups_of({ db })
+  local backups = repository.scan({ db = { db } })
+  if #backups == 0 then cli.fail(cli.EXIT_FAILED, "restore: no backups of %s in %s", db, repository.name) end
   if at then
     local wanted = at
     for _, entry in ipairs(backups) do
@@ -161,8 +183,18 @@ end
 
 -- ------------------------------------------------------------------ checks before
 
--- The file is what the sidecar and the manifest say it is. Returns nil or the reason.
+-- The file is what the sidecar and the manifest say it is. Returns nil, or the reason and,
+-- when the check could not be made (a bucket that refuses or cannot be reached), "unchecked":
+-- that says nothing about the backup. In object storage the sidecar and the manifest must
+-- agree here; the object's bytes are checked against them as they stream (stored_stages),
+-- before anything is committed, so that a plain backup is read once and never stored locally.
 function restore.check_backup(entry)
+  if entry.remote then
+    local expected, err, kind = remote.check_sidecars(entry.store, entry)
+    if expected then return nil end
+    if kind ~= "corrupt" and kind ~= "missing" then return err, "unchecked" end
+    return err
+  end
   repo.require_readable(entry)
   local expected, err = repo.check_sidecars(entry)
   if not expected then return err end
@@ -356,23 +388,29 @@ local function require_key(run, entry)
   return run.key
 end
 
--- fn(path) with the path of a custom-format archive pg_restore can seek in: the backup file
--- itself, or, when it is encrypted, its plaintext decrypted (every chunk authenticated) into
--- a 0600 file in a private 0700 directory under $TMPDIR (else /tmp), made by mkdtemp.
--- pg_restore cannot read our encrypted format, and -j needs a seekable file, not a pipe.
--- The directory and the file are removed when fn returns, fails or is interrupted (only a
--- SIGKILL can leave them: bkr-archive.PID.XXXXXX). Returns what fn returns; raises what the
--- decryption raises (kinds: auth, key, truncated, corrupt, interrupted).
+-- fn(path, bytes) with the path of a custom-format archive pg_restore can seek in: the backup
+-- file itself; or, when it is encrypted or in object storage, a copy made for this run (an
+-- encrypted one decrypted, every chunk authenticated; one from the bucket checked against
+-- its SHA-256 as it downloads: stored_stages) into a 0600 file in a private 0700 directory
+-- under $TMPDIR (else /tmp), made by mkdtemp. pg_restore cannot read our encrypted format,
+-- and -j needs a seekable file, not a pipe or a bucket. The directory and the file are
+-- removed when fn returns, fails or is interrupted (only a SIGKILL can leave them:
+-- bkr-archive.PID.XXXXXX). Returns what fn returns; raises what the download or the
+-- decryption raises (kinds: auth, key, truncated, corrupt, interrupted; a failure of the
+-- bucket's side has the stage "s3": remote.transfer_failed).
 function restore.with_archive(run, entry, fn)
-  if not entry.encrypted then return fn(entry.path, lfs.symlinkattributes(entry.path, "size")) end
-  local key = require_key(run, entry)
+  if not entry.encrypted and not entry.remote then return fn(entry.path, lfs.symlinkattributes(entry.path, "size")) end
+  local key = entry.encrypted and require_key(run, entry)
   -- (lib/tempdir.lua: removed whatever ends the scope, even an interrupt at any point)
-  local dir, guard = require("lib.tempdir").private("bkr-archive")
+  local dir, guard = tempdir.private("bkr-archive")
   local _ <close> = guard
   local path = dir .. "/" .. entry.file:gsub("%.enc$", "")
+  local stages = stored_stages(entry)
+  if key then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = key } end
   local sink, serr = stream.to_file(path, { mode = "0600" })
   if not sink then error(serr, 0) end
-  local result = stream.run{ assert(stream.from_file(entry.path)), require("bkr.crypto").decrypt{ key = key }, sink }
+  stages[#stages + 1] = sink
+  local result = stream.run(stages)
   return fn(path, result.bytes_out)
 end
 
@@ -421,14 +459,14 @@ local function pg_restore_into(run, entry, target)
   end)
 end
 
--- One pass: file -> (decrypt) -> decompress (gzip or zstd, lib/codec.lua) -> psql. Raises on
--- any failure (nothing committed: psql's single transaction is rolled back when its input
--- stops short). A custom-format
--- archive goes to pg_restore -j instead (pg_restore_into).
+-- One pass: file (or object, through its SHA-256) -> (decrypt) -> decompress (gzip or zstd,
+-- lib/codec.lua) -> psql. Raises on any failure (nothing committed: psql's single transaction
+-- is rolled back when its input stops short, and a failed run ends psql before it sees a
+-- clean end of input). A custom-format archive goes to pg_restore -j instead (pg_restore_into).
 function restore.stream_into(run, entry, target)
   local storage = codec.for_entry(entry)
   if storage.dump_format == "custom" then return pg_restore_into(run, entry, target) end
-  local stages = { assert(stream.from_file(entry.path)) }
+  local stages = stored_stages(entry)
   if entry.encrypted then
     local crypto = require "bkr.crypto"
     if not run.key then
@@ -447,20 +485,70 @@ function restore.stream_into(run, entry, target)
   return result
 end
 
+-- The globals file of the run that made `entry`, beside it (in its directory or its bucket);
+-- or nil and what follows "globals file " in the message ("NAME failed verification: missing: WHERE").
+local function globals_of(entry)
+  if entry.remote then
+    local store = entry.store
+    local listed, err = remote.scan(store, { type = entry.type, globals = true })
+    if not listed then return nil, "of the same run could not be listed: " .. err end
+    for _, candidate in ipairs(listed) do
+      if candidate.kind == "globals" and candidate.stamp == entry.stamp and candidate.encrypted == entry.encrypted then
+        return candidate
+      end
+    end
+    local name = repo.globals_file(entry.type, entry.stamp, entry.encrypted):match("[^/]+$")
+    return nil, name .. " failed verification: missing: " .. remote.display(store, entry.type .. "/" .. name)
+  end
+  local dir = entry.path:match("^(.*)/[^/]+/[^/]+$") or "."
+  local globals, name = repo.globals_of(dir, entry.type, entry.stamp, entry.encrypted)
+  if not globals then
+    return nil, string.format("%s failed verification: missing: %s/%s/%s", name, dir, entry.type, name)
+  end
+  return globals
+end
+
+-- A globals file is applied statement by statement, not in one transaction, so all of it is
+-- checked before any is applied: from a bucket, its bytes are fetched whole (small: roles and
+-- tablespaces) through their SHA-256, and both passes read them from memory, never the bucket
+-- again (an object replaced between the two would be applied unchecked).
+restore.GLOBALS_MAX_BYTES = 64 * 1024 * 1024
+
+local function fetch_whole(globals)
+  local stages = stored_stages(globals)
+  stages[#stages + 1] = stream.to_string{ name = "bytes", max = restore.GLOBALS_MAX_BYTES }
+  return stream.run(stages).bytes
+end
+
 -- The globals file of the same run (roles first, so owners and grants resolve). Existing
 -- roles are reported, not an error.
 function restore.globals(run, entry)
-  local dir = entry.path:match("^(.*)/[^/]+/[^/]+$") or "."
-  local globals, globals_name = repo.globals_of(dir, entry.type, entry.stamp, entry.encrypted)
-  if not globals then
-    return nil, string.format("globals file %s failed verification: missing: %s/%s/%s", globals_name, dir,
-      entry.type, globals_name)
+  local globals, missing = globals_of(entry)
+  if not globals then return nil, "globals file " .. missing end
+  local problem, unchecked = restore.check_backup(globals)
+  if problem then
+    return nil, "globals file " .. globals.file .. (unchecked and " could not be read: " or " failed verification: ")
+      .. problem
   end
-  local problem = restore.check_backup(globals)
-  if problem then return nil, "globals file " .. globals.file .. " failed verification: " .. problem end
-  -- The file -> (decrypt) -> decompress stages, with the size and completion marker checks.
+  local stored
+  if globals.remote then
+    local fetched, bytes = pcall(fetch_whole, globals)
+    if not fetched then
+      local damaged = repo.DAMAGE_KINDS[cli.kind(bytes)] and not remote.transfer_failed(bytes)
+      return nil, "globals file " .. globals.file .. (damaged and " failed verification: " or " could not be read: ")
+        .. cli.detail(bytes)
+    end
+    stored = bytes
+  end
+  -- The file (or the bytes fetched) -> (decrypt) -> decompress stages, with the size and
+  -- completion marker checks.
   local function read_stages()
-    local source, err = stream.from_file(globals.path)
+    local source, err
+    if stored then
+      source = stream.from_string(stored)
+    else
+      source, err = stream.from_file(globals.path)
+    end
     if not source then return nil, "no globals file from the same run: " .. err end
     local stages = { source }
     if entry.encrypted then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = run.key } end

@@ -19,6 +19,12 @@
 --   s.discard(relative)               what this run wrote of a backup that failed: the data,
 --                                     the sidecar and the manifest
 --   s.highest_sequence(subdir, prefixes, second)   for repo.new_stamp
+--   s.require_backups_of(names)       a --db without backups there is exit 2
+--   s.databases_with_backups(filter)
+-- A missing local directory is exit 2 (repo.open), a bad URL or no credentials too
+-- (remote.open); a bucket that cannot be listed stops the run (exit 1: it says nothing about
+-- the backups). s.name is the directory or the URL: lib/logging.lua writes no log for a URL,
+-- so no command ever makes a local directory "s3:".
 local cli = require "lib.cli"
 local repo = require "lib.repo"
 local remote = require "lib.remote"
@@ -140,8 +146,12 @@ end
 
 function store.open(cfg, location, opts)
   opts = opts or {}
-  if remote.is_url(location) then return remote_store(cfg, location, opts) end
-  return local_store(location, opts)
+  local s
+  if remote.is_url(location) then s = remote_store(cfg, location, opts) else s = local_store(location, opts) end
+  local function scan(_, filter) return s.scan(filter) end
+  function s.require_backups_of(names) repo.require_backups_of(s.name, names, scan) end
+  function s.databases_with_backups(filter) return repo.databases_with_backups(s.name, filter, scan) end
+  return s
 end
 
 return store
