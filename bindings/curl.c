@@ -49,10 +49,10 @@
 #include <lauxlib.h>
 
 #include "bkr.h"
+#include "curl_global.h"
 #include "modules.h"
 
 #define BKR_CURL_REQUEST "bkr.curl.Request"
-#define BKR_CURL_GLOBAL "bkr.curl.global"
 #define torequest(L, i) ((curl_request *)luaL_checkudata(L, i, BKR_CURL_REQUEST))
 
 #define DEFAULT_TIMEOUT 30.0
@@ -531,31 +531,6 @@ static int l_version(lua_State *L)
 /* Module                                                                 */
 /* ===================================================================== */
 
-/* libcurl's global state: set up once per Lua state (bkr has one), torn down when the state
- * closes, through a sentinel in the registry: no C global of our own. */
-static int global_gc(lua_State *L)
-{
-    curl_global_cleanup();
-    return 0;
-}
-
-static void global_init(lua_State *L)
-{
-    if (lua_getfield(L, LUA_REGISTRYINDEX, BKR_CURL_GLOBAL) != LUA_TNIL) {
-        lua_pop(L, 1);
-        return;
-    }
-    lua_pop(L, 1);
-    lua_newuserdatauv(L, 1, 0);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, global_gc);
-    lua_setfield(L, -2, "__gc");
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        luaL_error(L, "curl: curl_global_init failed");
-    lua_setmetatable(L, -2); /* only once it succeeded: a failed init is not cleaned up */
-    lua_setfield(L, LUA_REGISTRYINDEX, BKR_CURL_GLOBAL);
-}
-
 static const luaL_Reg request_metamethods[] = {
     {"__gc", request_gc},
     {"__close", request_gc},
@@ -571,7 +546,7 @@ static const luaL_Reg curl_funcs[] = {
 
 int luaopen_bkr_curl(lua_State *L)
 {
-    global_init(L);
+    bkr_curl_global_init(L);
     bkr_createmeta(L, BKR_CURL_REQUEST, request_metamethods, NULL);
     luaL_newlib(L, curl_funcs);
     return 1;

@@ -53,11 +53,12 @@
 #include <openssl/evp.h>
 
 #include "bkr.h"
+#include "curl_global.h"
 #include "modules.h"
 #include "s3_internal.h"
 
 #define BKR_S3_REQUEST "bkr.s3.Request"
-#define BKR_S3_GLOBAL "bkr.s3.global"
+#define BKR_S3_XML_GLOBAL "bkr.s3.xml_global"
 
 #define DEFAULT_TIMEOUT 30.0
 #define DEFAULT_CONNECT_TIMEOUT 10.0
@@ -1227,29 +1228,29 @@ static int l_sign(lua_State *L)
 /* Module                                                                 */
 /* ===================================================================== */
 
-static int global_gc(lua_State *L)
+/* libxml2's global state, like libcurl's (curl_global.c): set up once per Lua state, torn
+ * down when the state closes, through a sentinel of its own in the registry. */
+static int xml_global_gc(lua_State *L)
 {
-    curl_global_cleanup();
     xmlCleanupParser();
     return 0;
 }
 
 static void global_init(lua_State *L)
 {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, BKR_S3_GLOBAL) != LUA_TNIL) {
+    bkr_curl_global_init(L);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, BKR_S3_XML_GLOBAL) != LUA_TNIL) {
         lua_pop(L, 1);
         return;
     }
     lua_pop(L, 1);
     lua_newuserdatauv(L, 1, 0);
     lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, global_gc);
+    lua_pushcfunction(L, xml_global_gc);
     lua_setfield(L, -2, "__gc");
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        luaL_error(L, "s3: curl_global_init failed");
     xmlInitParser();
     lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, BKR_S3_GLOBAL);
+    lua_setfield(L, LUA_REGISTRYINDEX, BKR_S3_XML_GLOBAL);
 }
 
 static const luaL_Reg client_methods[] = {

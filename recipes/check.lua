@@ -2,13 +2,14 @@
 --
 -- The runbook (docs/check.md):
 --   1. the options and the configuration            (anything wrong: UNKNOWN)
---   2. the repository: there and readable            (else UNKNOWN)
+--   2. the repository: there and readable            (else UNKNOWN); a directory, or
+--      s3://BUCKET/PREFIX (object storage: the same layout, read with lib/remote.lua)
 --   3. which databases: --db, the configured list; with `databases: all`, those with backups
 --      in the repository, and every database of the cluster when the server answers
 --   4. per database: the newest backup, the newest verified one, future-dated ones, damaged
 --      ones (a stat against the manifest: size, sidecar, file)
 --   5. per database: its last drill, from REPO/drills/drill_*.json
---   6. the repository's free space
+--   6. the repository's free space (a directory only: object storage has none to run out of)
 --   6b. with offsite: in the configuration, the off-site copy's newest backup of each database
 --   7. the verdict, by the rules of lib/check.lua
 --   8. one line of plugin output (or --json), --prometheus FILE for node_exporter
@@ -26,19 +27,20 @@ local remote = require "lib.remote"
 
 local SPEC = {
   name = "check",
-  usage = "bkr check [--db NAME]... [--json] [--prometheus FILE] [--repo DIR] [--config FILE]",
+  usage = "bkr check [--db NAME]... [--json] [--prometheus FILE] [--repo DIR|s3://BUCKET/PREFIX] [--config FILE]",
   summary = "Monitoring plugin: one line of output (BKR OK|WARNING|CRITICAL|UNKNOWN - ... | perfdata).\n"
     .. "CRITICAL: a database without a verified backup newer than drill.rpo_seconds, whose last\n"
     .. "drill failed, or with a backup that no longer matches its manifest. WARNING: the newest\n"
     .. "backup not verified yet, no drill within drill.interval_days, free space below\n"
     .. "check.min_free_percent or check.min_free_bytes; with offsite: set, an off-site copy older\n"
-    .. "than drill.rpo_seconds, missing, or that cannot be listed.\n"
+    .. "than drill.rpo_seconds, missing, or that cannot be listed. A repository in object storage\n"
+    .. "(s3://BUCKET/PREFIX) is judged the same way, free space apart.\n"
     .. "Reads only; no server needed (with databases: all it asks the server when it answers).",
   options = {
     { "--db", "NAME", "check this database (repeatable; default: the configured ones)", repeatable = true },
     { "--json", nil, "print the same facts as one JSON object instead of the plugin line" },
     { "--prometheus", "FILE", "also write them as metrics for node_exporter's textfile collector" },
-    { "--repo", "DIR", "repository directory (overrides the configuration)" },
+    { "--repo", "DIR", "repository directory or s3://BUCKET/PREFIX (overrides the configuration)" },
     { "--config", "FILE", "configuration file" },
   },
   exit_codes = "the monitoring plugin's, not bkr's usual ones:\n"
@@ -128,13 +130,13 @@ local function manifests_without_file(dir)
   return entries
 end
 
--- Every database's backups, from one scan: { [name] = { newest, newest_verified,
+-- Every database's backups, from one scan's entries (repo.scan's or remote.scan's) and the
+-- backups known only by their manifest: { [name] = { newest, newest_verified,
 -- future_backups, backups, damaged, damaged_backups } }. A file with a backup's name that is
 -- not a regular file with a valid manifest is no backup (it is counted as damaged); nor is one
 -- that differs from its manifest (damage(): listed in damaged_backups, CRITICAL). A
--- future-dated one is not fresh (repo.is_future): counted, never the newest. A backup file
--- bkr may not read stops the check: UNKNOWN, with the permission message.
-local function backups_by_database(dir, now)
+-- future-dated one is not fresh (repo.is_future): counted, never the newest.
+local function tally_backups(entries, without_file, now)
   local by_name = {}
   local function database(name)
     local db = by_name[name]
@@ -144,12 +146,10 @@ local function backups_by_database(dir, now)
     end
     return db
   end
-  for _, entry in ipairs(repo.scan(dir, { future = true })) do
+  for _, entry in ipairs(entries) do
     local db = database(entry.database)
     local damaged = entry.regular and entry.manifest and damage(entry)
-    if entry.unreadable then
-      permission_unknown(entry.unreadable, dir)
-    elseif not entry.regular or not entry.manifest then
+    if not entry.regular or not entry.manifest then
       db.damaged = db.damaged + 1
     elseif damaged then
       db.damaged = db.damaged + 1
@@ -163,12 +163,22 @@ local function backups_by_database(dir, now)
       if facts.verified == "passed" then db.newest_verified = db.newest_verified or facts end
     end
   end
-  for _, entry in ipairs(manifests_without_file(dir)) do
+  for _, entry in ipairs(without_file) do
     local db = database(entry.database)
     db.damaged = db.damaged + 1
     db.damaged_backups[#db.damaged_backups + 1] = damage(entry)
   end
   return by_name
+end
+
+-- The backups of a repository directory. A backup file bkr may not read stops the check:
+-- UNKNOWN, with the permission message.
+local function backups_by_database(dir, now)
+  local entries = repo.scan(dir, { future = true })
+  for _, entry in ipairs(entries) do
+    if entry.unreadable then permission_unknown(entry.unreadable, dir) end
+  end
+  return tally_backups(entries, manifests_without_file(dir), now)
 end
 
 -- The cluster's databases (as `bkr backup` with databases: all would take them), or nil and
@@ -211,6 +221,15 @@ end
 -- any real one, and keeps a huge file from taking the monitoring host's memory.
 local MAX_DRILL_REPORT_BYTES = 8 * 1024 * 1024
 
+-- A drill report's contents from its text, or nil and why not: not JSON (a decode failure of
+-- any kind, a stack overflow on deep nesting included) or not a drill report.
+local function decode_drill_report(text, where)
+  local decoded, value = pcall(json.decode, text, where)
+  if not decoded or value == nil then return nil, "not JSON" end
+  if type(value) ~= "table" or type(value.databases) ~= "table" then return nil, "not a drill report" end
+  return value
+end
+
 -- A drill report's contents, or nil and why not: a file that is too large, not JSON (a decode
 -- failure of any kind, a stack overflow on deep nesting included) or not a drill report. One
 -- bkr may not read stops the check (UNKNOWN, the permission message).
@@ -221,31 +240,14 @@ local function read_drill_report(path, dir)
     if kind == "too_large" then return nil, string.format("larger than %d MiB", MAX_DRILL_REPORT_BYTES // 1048576) end
     return nil, cli.REASONS[kind] or err
   end
-  local decoded, value = pcall(json.decode, text, path)
-  if not decoded or value == nil then return nil, "not JSON" end
-  if type(value) ~= "table" or type(value.databases) ~= "table" then return nil, "not a drill report" end
-  return value
+  return decode_drill_report(text, path)
 end
 
--- The newest drill report of each database in REPO/drills (drill_<stamp>.json, newest
--- first by its stamp), read until each database has one. A report that cannot be read is
--- named; one dated in the future is not fresh and is skipped.
-local function last_drills(dir, names, now)
-  local drills_dir = dir .. "/drills"
-  local reports = {}
-  local mode = lfs.symlinkattributes(drills_dir, "mode")
-  if mode == nil then
-    local _, _, kind = fs.owner(drills_dir)
-    if kind == "permission" then permission_unknown(drills_dir, dir) end
-  elseif mode == "directory" then
-    for _, file in ipairs(list_directory(drills_dir, dir)) do
-      local stamp = file:match("^drill_(.+)%.json$")
-      local time, sequence = repo.parse_stamp(stamp or "")
-      if time and lfs.symlinkattributes(drills_dir .. "/" .. file, "mode") == "file" then
-        reports[#reports + 1] = { path = drills_dir .. "/" .. file, time = time, sequence = sequence }
-      end
-    end
-  end
+-- The newest drill report of each database, from `reports` ({ path, time, sequence, read }:
+-- read() gives the report's contents, or nil and why not), newest first by the stamp in its
+-- name, read until each database has one. A report that cannot be read is named; one dated
+-- in the future is not fresh and is skipped.
+local function newest_drills(reports, names, now)
   table.sort(reports, repo.newer)
   local wanted, missing = {}, 0
   for _, name in ipairs(names) do
@@ -256,7 +258,7 @@ local function last_drills(dir, names, now)
   for _, report in ipairs(reports) do
     if missing == 0 then break end
     if report.time <= now + repo.FUTURE_TOLERANCE then
-      local value, why = read_drill_report(report.path, dir)
+      local value, why = report.read()
       if not value then
         unreadable[#unreadable + 1] = { path = report.path, reason = why }
       else
@@ -277,10 +279,100 @@ local function last_drills(dir, names, now)
   return found, unreadable
 end
 
+-- The drill reports of a repository directory: REPO/drills/drill_<stamp>.json, regular files.
+local function last_drills(dir, names, now)
+  local drills_dir = dir .. "/drills"
+  local reports = {}
+  local mode = lfs.symlinkattributes(drills_dir, "mode")
+  if mode == nil then
+    local _, _, kind = fs.owner(drills_dir)
+    if kind == "permission" then permission_unknown(drills_dir, dir) end
+  elseif mode == "directory" then
+    for _, file in ipairs(list_directory(drills_dir, dir)) do
+      local stamp = file:match("^drill_(.+)%.json$")
+      local time, sequence = repo.parse_stamp(stamp or "")
+      local path = drills_dir .. "/" .. file
+      if time and lfs.symlinkattributes(path, "mode") == "file" then
+        reports[#reports + 1] = { path = path, time = time, sequence = sequence,
+          read = function() return read_drill_report(path, dir) end }
+      end
+    end
+  end
+  return newest_drills(reports, names, now)
+end
+
 local function free_space(dir)
   local free, total = fs.free_space(dir)
   if not free then cli.fail(rules.UNKNOWN, "repository %s: %s", dir, tostring(total)) end
   return { free_bytes = free, total_bytes = total, free_percent = total > 0 and free * 100 / total or 0 }
+end
+
+-- ------------------------------------------------------------------ a repository in object storage
+
+-- A bucket that cannot be listed or read (an endpoint that does not answer, a refused key) is
+-- no verdict: UNKNOWN, naming the repository and the kind of failure, never "no backup".
+local function bucket_unknown(store, what, err, kind)
+  cli.fail(rules.UNKNOWN, "repository %s %s: %s (%s)", store.url, what, cli.printable(err), tostring(kind))
+end
+
+-- A manifest that could not be fetched says nothing about the backup (verify says the same):
+-- only a missing, invalid or oversized one ("rejected") makes it damaged.
+local MANIFEST_DAMAGE = { missing = true, corrupt = true, rejected = true }
+
+local function check_manifest_read(store, entry)
+  if entry.manifest_error and not MANIFEST_DAMAGE[entry.manifest_kind] then
+    bucket_unknown(store, "cannot be read", entry.manifest_error, entry.manifest_kind)
+  end
+end
+
+-- The backups in the bucket, as backups_by_database gives those of a directory: the sizes
+-- and sidecars from the listing, the manifests fetched (nothing else is read).
+local function bucket_backups(store, now)
+  local entries, err, kind = remote.scan(store, { future = true })
+  if not entries then bucket_unknown(store, "cannot be listed", err, kind) end
+  for _, entry in ipairs(entries) do check_manifest_read(store, entry) end
+  local orphans
+  orphans, err, kind = remote.manifests_without_data(store)
+  if not orphans then bucket_unknown(store, "cannot be listed", err, kind) end
+  local without_file = {}
+  for _, entry in ipairs(orphans) do
+    check_manifest_read(store, entry)
+    if entry.manifest then without_file[#without_file + 1] = entry end
+  end
+  return tally_backups(entries, without_file, now)
+end
+
+-- A drill report in the bucket, or nil and why not, as read_drill_report reads a local one:
+-- a refused key is the bucket's permission problem (UNKNOWN); any other failure to fetch it
+-- makes it an unreadable report, as an unreadable local file is.
+local function read_bucket_drill_report(store, object)
+  local relative = "drills/" .. object.name
+  if (object.size or 0) > MAX_DRILL_REPORT_BYTES then
+    return nil, string.format("larger than %d MiB", MAX_DRILL_REPORT_BYTES // 1048576)
+  end
+  local text, err, kind = remote.get(store, relative, MAX_DRILL_REPORT_BYTES)
+  if not text then
+    if kind == "auth" or kind == "interrupted" then bucket_unknown(store, "cannot be read", err, kind) end
+    if kind == "rejected" then return nil, string.format("larger than %d MiB", MAX_DRILL_REPORT_BYTES // 1048576) end
+    return nil, string.format("%s (%s)", cli.printable(err), tostring(kind))
+  end
+  return decode_drill_report(text, remote.display(store, relative))
+end
+
+-- The drill reports in the bucket: PREFIX/drills/drill_<stamp>.json, as bkr drill names them.
+local function bucket_drills(store, names, now)
+  local objects, err, kind = remote.objects(store, "drills")
+  if not objects then bucket_unknown(store, "cannot be listed", err, kind) end
+  local reports = {}
+  for _, object in ipairs(objects) do
+    local stamp = object.name:match("^drill_(.+)%.json$")
+    local time, sequence = repo.parse_stamp(stamp or "")
+    if time then
+      reports[#reports + 1] = { path = remote.display(store, "drills/" .. object.name), time = time,
+        sequence = sequence, read = function() return read_bucket_drill_report(store, object) end }
+    end
+  end
+  return newest_drills(reports, names, now)
 end
 
 -- ------------------------------------------------------------------ the check
@@ -311,22 +403,47 @@ local function offsite_facts(cfg, names, now)
   return facts
 end
 
-local function run_check(options)
-  local cfg = config.load(options, { notify = false })
+-- What the repository holds: its backups, and a reader of its drill reports; and, for a
+-- directory, its free space (object storage has no file system to fill: none).
+local function repository_facts(cfg, now)
   local dir = config.repository(cfg)
+  if remote.is_url(dir) then
+    local store = remote.open(cfg, dir)
+    known_repository = store.url
+    return { location = store.url, remote = true, backups = bucket_backups(store, now),
+      drills = function(names) return bucket_drills(store, names, now) end }
+  end
   known_repository = dir
   check_repository(dir)
+  return { location = dir, backups = backups_by_database(dir, now),
+    drills = function(names) return last_drills(dir, names, now) end,
+    space = function() return free_space(dir) end }
+end
+
+-- The thresholds as the output shows them: without the free-space ones where they do not apply.
+local function shown_targets(targets, facts)
+  if not facts.remote then return targets end
+  local shown = {}
+  for key, value in pairs(targets) do
+    if key ~= "min_free_percent" and key ~= "min_free_bytes" then shown[key] = value end
+  end
+  return shown
+end
+
+local function run_check(options)
+  local cfg = config.load(options, { notify = false, remote = true })
   local targets = rules.targets(cfg)
   local now = os.time()
+  local facts = repository_facts(cfg, now)
 
-  local backups = backups_by_database(dir, now)
+  local backups = facts.backups
   local names, source, server_error = databases_to_check(options, cfg, backups, targets)
-  local drills, unreadable = last_drills(dir, names, now)
+  local drills, unreadable = facts.drills(names)
 
   local result = {
-    time = repo.iso_time(now), timestamp = now, repository = dir, targets = targets,
+    time = repo.iso_time(now), timestamp = now, repository = facts.location, targets = shown_targets(targets, facts),
     databases_from = source, server_error = server_error, databases = {},
-    space = free_space(dir),
+    space = facts.space and facts.space() or nil,
   }
   local status = rules.OK
   for _, name in ipairs(names) do
@@ -413,8 +530,9 @@ local function summary(result)
       if db.drill and (not drill or db.drill.age_seconds > drill) then drill = db.drill.age_seconds end
     end
     lines[1] = string.format("%s: verified backups %s old at most (RPO %s), drills passed, "
-      .. "oldest %s ago; %d%% free", cli.plural(#result.databases, "database", "databases"), rules.duration(oldest),
-      rules.duration(result.targets.rpo_seconds), rules.duration(drill or 0), math.floor(result.space.free_percent))
+      .. "oldest %s ago", cli.plural(#result.databases, "database", "databases"), rules.duration(oldest),
+      rules.duration(result.targets.rpo_seconds), rules.duration(drill or 0))
+    if result.space then lines[1] = lines[1] .. string.format("; %d%% free", math.floor(result.space.free_percent)) end
     if result.offsite then lines[1] = lines[1] .. "; off-site copies within the RPO" end
   end
   if result.databases_from == "repository" and result.server_error then
@@ -439,10 +557,12 @@ local function plugin_line(result)
     data[#data + 1] = perf(db.database .. " offsite_age", db.age_seconds, "s", t.rpo_seconds, nil, 0)
   end
   local space = result.space
-  data[#data + 1] = perf("free", space.free_bytes, "B", t.min_free_bytes > 0 and (t.min_free_bytes .. ":") or nil,
-    nil, 0, space.total_bytes)
-  data[#data + 1] = perf("free_percent", math.floor(space.free_percent * 10) / 10, "%", t.min_free_percent .. ":", nil,
-    0, 100)
+  if space then -- a repository in object storage has no free space to watch
+    data[#data + 1] = perf("free", space.free_bytes, "B", t.min_free_bytes > 0 and (t.min_free_bytes .. ":") or nil,
+      nil, 0, space.total_bytes)
+    data[#data + 1] = perf("free_percent", math.floor(space.free_percent * 10) / 10, "%", t.min_free_percent .. ":",
+      nil, 0, 100)
+  end
   return string.format("BKR %s - %s | %s", rules.NAMES[result.status], summary(result), table.concat(data, " "))
 end
 

@@ -133,16 +133,17 @@ function check.judge_database(db, targets)
 end
 
 -- The repository as a whole: free space, databases to judge at all, unreadable drill
--- reports. facts: { space = {free_bytes, total_bytes, free_percent}, databases = n,
--- unreadable_drill_reports = { {path, reason} } }. Returns a list of { status, message }.
+-- reports. facts: { space = {free_bytes, total_bytes, free_percent} (nil for a repository in
+-- object storage: no file system to fill), databases = n, unreadable_drill_reports =
+-- { {path, reason} } }. Returns a list of { status, message }.
 function check.judge_repository(facts, targets)
   local problems = {}
   local space = facts.space
-  if space.free_percent < targets.min_free_percent then
+  if space and space.free_percent < targets.min_free_percent then
     problems[#problems + 1] = { status = check.WARNING, message = string.format(
       "%d%% free in the repository, below %d%%", math.floor(space.free_percent), targets.min_free_percent) }
   end
-  if targets.min_free_bytes > 0 and space.free_bytes < targets.min_free_bytes then
+  if space and targets.min_free_bytes > 0 and space.free_bytes < targets.min_free_bytes then
     problems[#problems + 1] = { status = check.WARNING, message = string.format(
       "%d bytes free in the repository, below %d", space.free_bytes, targets.min_free_bytes) }
   end

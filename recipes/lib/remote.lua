@@ -23,7 +23,9 @@
 --   remote.delete(store, relative)
 --   remote.lock(store)            this host's lock on the prefix, held while bkr writes to it
 --   remote.abort_stale_uploads(store)  uploads of backups that a killed run left open, aborted
---   remote.names(store, subdir)   the file names under PREFIX/subdir/, or nil, message, kind
+--   remote.objects(store, dir)    the objects directly under PREFIX/dir/ ({name, key, size, ...})
+--   remote.get(store, relative, max)  a small object's text
+--   remote.manifests_without_data(store)  backups whose manifest is there, their data gone
 local cli = require "lib.cli"
 local repo = require "lib.repo"
 local manifest_schema = require "lib.manifest"
@@ -222,33 +224,101 @@ local function get_text(store, key, max)
   return store.client:get(key, { max = max })
 end
 
-local function describe(store, objects, type_, file, stamp, db, kind, encrypted, storage, size)
+-- The text of PREFIX/relative, at most max bytes; or nil, message, kind.
+function remote.get(store, relative, max)
+  return get_text(store, remote.key(store, relative), max)
+end
+
+-- A manifest larger than this is not one bkr wrote.
+local MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+-- An entry of TYPE/FILE as repo.scan describes one (database, stamp, names), without its
+-- manifest yet.
+local function new_entry(store, type_, file, stamp, db, kind, encrypted, storage)
   local relative = type_ .. "/" .. file
   local key = remote.key(store, relative)
   local time, sequence = repo.parse_stamp(stamp)
   local path = display(store, relative)
-  local entry = {
+  return {
     path = path, file = file, type = type_, stamp = stamp, time = time, sequence = sequence,
     database = db, kind = kind, encrypted = encrypted, storage = storage, repo = store.url,
     sidecar = path .. ".sha256", manifest_path = path .. ".json",
     key = key, sidecar_key = key .. ".sha256", manifest_key = key .. ".json", relative = relative,
-    regular = true, stored_bytes = size, remote = true, store = store,
+    remote = true, store = store,
   }
+end
+
+-- The entry's manifest, read and checked against the entry (repo.manifest_matches); or why not
+-- in entry.manifest_error and entry.manifest_kind.
+local function read_manifest(store, entry)
+  local text, err, kind = get_text(store, entry.manifest_key, MAX_MANIFEST_BYTES)
+  if not text then
+    entry.manifest_error, entry.manifest_kind = string.format("unreadable manifest %s: %s", entry.manifest_path,
+      err), kind
+    return entry
+  end
+  local m, merr, mkind = manifest_schema.parse(text, entry.manifest_path)
+  if m then m, merr, mkind = repo.manifest_matches(entry, m) end
+  entry.manifest, entry.manifest_error, entry.manifest_kind = m, merr, mkind
+  return entry
+end
+
+local function describe(store, objects, type_, file, stamp, db, kind, encrypted, storage, size)
+  local entry = new_entry(store, type_, file, stamp, db, kind, encrypted, storage)
+  entry.regular, entry.stored_bytes = true, size
   entry.has_sidecar = objects[entry.sidecar_key] ~= nil
   if not objects[entry.manifest_key] then
     entry.manifest_error, entry.manifest_kind = "missing manifest " .. entry.manifest_path, "missing"
-  else
-    local text, err, kind = get_text(store, entry.manifest_key, 4 * 1024 * 1024)
-    if not text then
-      entry.manifest_error, entry.manifest_kind = string.format("unreadable manifest %s: %s", entry.manifest_path,
-        err), kind
-    else
-      local m, merr, mkind = manifest_schema.parse(text, entry.manifest_path)
-      if m then m, merr, mkind = repo.manifest_matches(entry, m) end
-      entry.manifest, entry.manifest_error, entry.manifest_kind = m, merr, mkind
+    return entry
+  end
+  return read_manifest(store, entry)
+end
+
+-- The key prefix of a directory of the repository: "PREFIX/dir/" (or "dir/" without a prefix,
+-- or "PREFIX/" for the repository itself).
+local function directory_key(store, relative_dir)
+  if relative_dir == "" then return store.prefix == "" and "" or (store.prefix .. "/") end
+  return remote.key(store, relative_dir) .. "/"
+end
+
+-- The objects directly under PREFIX/relative_dir/: { {name, key, size, last_modified}, ... };
+-- or nil, message, kind.
+function remote.objects(store, relative_dir)
+  local base = directory_key(store, relative_dir)
+  local listed, err, kind = store.client:list(base)
+  if not listed then return nil, err, kind end
+  local objects = {}
+  for _, object in ipairs(listed) do
+    local name = object.key:sub(#base + 1)
+    if name ~= "" and not name:find("/", 1, true) then
+      objects[#objects + 1] = { name = name, key = object.key, size = object.size, last_modified = object.last_modified }
     end
   end
-  return entry
+  return objects
+end
+
+-- The backups whose manifest is there without their data object (entries as remote.scan's,
+-- regular = false, as repo.scan describes a backup whose file is not a regular file), newest
+-- first; or nil, message, kind. bkr check reports them.
+function remote.manifests_without_data(store)
+  local base = directory_key(store, "")
+  local listed, err, kind = store.client:list(base)
+  if not listed then return nil, err, kind end
+  local present = {}
+  for _, object in ipairs(listed) do present[object.key:sub(#base + 1)] = true end
+  local entries = {}
+  for relative in pairs(present) do
+    local type_, stored = relative:match("^([^/]+)/([^/]+)%.json$")
+    local stamp, escaped, encrypted, storage
+    if type_ and repo.valid_type(type_) then stamp, escaped, encrypted, storage = repo.match_backup(stored) end
+    if stamp and not present[type_ .. "/" .. stored] then
+      local entry = new_entry(store, type_, stored, stamp, repo.unescape_name(escaped), "database", encrypted, storage)
+      entry.regular = false
+      entries[#entries + 1] = read_manifest(store, entry)
+    end
+  end
+  table.sort(entries, repo.newer)
+  return entries
 end
 
 function remote.scan(store, filter)
@@ -316,19 +386,6 @@ end
 
 function remote.display(store, relative)
   return display(store, relative)
-end
-
--- The names of the objects directly under PREFIX/subdir/ (for the stamp of a new backup).
-function remote.names(store, subdir)
-  local base = remote.key(store, subdir) .. "/"
-  local listed, err, kind = store.client:list(base)
-  if not listed then return nil, err, kind end
-  local names = {}
-  for _, object in ipairs(listed) do
-    local name = object.key:sub(#base + 1)
-    if not name:find("/") then names[#names + 1] = name end
-  end
-  return names
 end
 
 -- ------------------------------------------------------------------ one writer per prefix

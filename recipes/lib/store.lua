@@ -127,8 +127,10 @@ local function remote_store(cfg, url, opts)
     if bkr.interrupted() then bkr.at_exit(function() remove(relative) end) end
   end
   function s.highest_sequence(subdir, prefixes, second)
-    local names, err, kind = remote.names(r, subdir)
-    if not names then fail_listing(err, kind) end
+    local objects, err, kind = remote.objects(r, subdir)
+    if not objects then fail_listing(err, kind) end
+    local names = {}
+    for _, object in ipairs(objects) do names[#names + 1] = object.name end
     return repo.highest_sequence_in(names, prefixes, second)
   end
   if opts.write then
