@@ -350,6 +350,16 @@ static int fs_lock_new(lua_State *L)
 
     /* O_NOFOLLOW: the file is truncated below, so never through a symlink someone planted. */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    int read_only = 0;
+    if (fd < 0 && errno == EACCES) {
+        /* Another user's lock file (root ran first, 0644): flock works on a read-only
+         * descriptor just as well, so both users still exclude each other; only the PID that
+         * names the holder cannot be written. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        read_only = fd >= 0;
+        if (fd < 0)
+            errno = EACCES;
+    }
     if (fd < 0) {
         int err = errno;
         return bkr_pusherrno(L, err, "fs.lock: %s", path);
@@ -378,7 +388,7 @@ static int fs_lock_new(lua_State *L)
      * still get the lock. A PID that could not be written is left out, never half-written. */
     char line[32];
     int n = snprintf(line, sizeof line, "%ld\n", (long)lk->pid);
-    if (ftruncate(fd, 0) == 0 && (bkr_write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0))
+    if (!read_only && ftruncate(fd, 0) == 0 && (bkr_write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0))
         (void)!ftruncate(fd, 0);
     return 1;
 }

@@ -58,6 +58,11 @@ local function backups_of(prefix, type_, pattern)
   return found
 end
 
+-- This host's lock on an s3:// prefix (lib/remote.lua: named after the bucket and prefix).
+local function lock_path(url)
+  return "/run/lock/bkr-s3-" .. util.sh("printf '%s' " .. q(url) .. " | sha256sum"):sub(1, 16) .. ".lock"
+end
+
 describe("bkr backup into object storage", function()
   setup(function() server = S3.start() end)
   teardown(function() if server then server.stop() end end)
@@ -294,8 +299,7 @@ describe("bkr backup into object storage", function()
     local db = db_with_rows(10)
     local cfg = s3_config("site9")
     local url = "s3://" .. S3.BUCKET .. "/site9"
-    local id = util.sh("printf '%s' " .. q(server.endpoint .. " " .. url) .. " | sha256sum"):sub(1, 16)
-    local lock = "/run/lock/bkr-s3-" .. id .. ".lock"
+    local lock = lock_path(url)
     local holder = util.scratch("s3b-lock")
     util.sh("(flock -n " .. q(lock) .. " sh -c 'touch " .. q(holder .. "/held") .. "; sleep 5' >/dev/null 2>&1 &)")
     assert.is_true(R.wait_for(holder .. "/held", 5))
@@ -303,6 +307,32 @@ describe("bkr backup into object storage", function()
     assert.are.equal(1, rc, out)
     assert.matches("repository " .. url:gsub("%p", "%%%0") .. " is busy", out)
     assert.are.same({}, stored("site9", "daily"))
+  end)
+
+  it("the lock is the bucket's and prefix's: the endpoint spelled another way is still busy; a lock file "
+    .. "root left is taken by the postgres user's run", function()
+    local db = db_with_rows(10)
+    local cfg, dir = s3_config("site12")
+    local url = "s3://" .. S3.BUCKET .. "/site12"
+    local lock = lock_path(url)
+    local other = dir .. "/localhost.yaml"
+    util.write(other, (util.read(cfg):gsub("127%.0%.0%.1", "localhost")))
+    local holder = util.scratch("s3b-lock2")
+    util.sh("(flock -n " .. q(lock) .. " sh -c 'touch " .. q(holder .. "/held") .. "; sleep 5' >/dev/null 2>&1 &)")
+    assert.is_true(R.wait_for(holder .. "/held", 5))
+    local out, rc = run("backup --no-globals --config " .. q(other) .. " --db " .. db)
+    assert.are.equal(1, rc, out)
+    assert.matches("is busy", out)
+    util.sh("flock " .. q(lock) .. " true") -- (waits for the holder to end)
+    -- root's run leaves the file, 0644, root's; the postgres user's run locks it read-only
+    out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    assert.matches("^root 644", util.sh("stat -c '%U %a' " .. q(lock)))
+    util.sh("chown -R postgres " .. q(dir))
+    out, rc = util.sh("cd / && runuser -u postgres -- " .. q(util.bkr_bin()) .. " backup --no-globals --config "
+      .. q(cfg) .. " --db " .. db .. " 2>&1")
+    assert.are.equal(0, rc, out)
+    assert.are.equal(6, #stored("site12", "daily"))
   end)
 
   it("without credentials: exit 2 naming where it looked, before anything; no local s3: directory", function()

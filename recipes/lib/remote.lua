@@ -392,8 +392,10 @@ end
 
 -- Object storage has no lock bkr can rely on everywhere, so a prefix is written by one host
 -- (docs/offsite.md), and on that host by one run at a time: this lock, a file named after the
--- endpoint and URL in /run/lock (shared by every systemd unit, which each get their own /tmp:
--- PrivateTmp), else in $TMPDIR. Held while the run writes; released when the run ends.
+-- bucket and prefix in /run/lock (shared by every systemd unit, which each get their own
+-- /tmp: PrivateTmp), else in $TMPDIR. Not after the endpoint: one bucket reached as
+-- 127.0.0.1 and as localhost is one bucket. Any user's run takes it (a root run's file is
+-- locked read-only by the next user: fs.lock). Held while the run writes; released at its end.
 local function lock_dir()
   local lfs = require "lfs"
   if lfs.symlinkattributes("/run/lock", "mode") == "directory" and require("bkr.fs").access("/run/lock", "wx") then
@@ -403,7 +405,7 @@ local function lock_dir()
 end
 
 function remote.lock_path(store)
-  local id = require("bkr.hash").sha256_string(store.endpoint .. " " .. store.url):sub(1, 16)
+  local id = require("bkr.hash").sha256_string(store.url):sub(1, 16)
   return lock_dir() .. "/bkr-s3-" .. id .. ".lock"
 end
 
@@ -412,6 +414,11 @@ function remote.lock(store)
   local lock, err, kind = require("bkr.fs").lock(path)
   if not lock then
     if kind == "locked" then cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", store.url, err) end
+    local owner = require("bkr.fs").owner(path)
+    if kind == "permission" and owner and owner ~= require("bkr.fs").user() then
+      cli.fail(cli.EXIT_FAILED, "repository %s cannot be locked: its lock file %s belongs to user %d and may not "
+        .. "be read; remove it (it holds nothing but a process id)", store.url, path, owner)
+    end
     cli.fail(cli.EXIT_FAILED, "repository %s cannot be locked (%s): %s", store.url, path, err)
   end
   return lock
