@@ -61,7 +61,9 @@ logging.use_repository(source.dir or target.dir)
 logging.start()
 
 local wanted = options.db and { db = options.db } or {}
-local entries = source.scan({ db = wanted.db, type = options.type, globals = true })
+-- (future: a backup dated ahead of this host's clock, taken on a host whose clock ran fast, is
+-- a backup all the same; after a disaster it may be the newest there is)
+local entries = source.scan({ db = wanted.db, type = options.type, globals = true, future = true })
 
 -- The globals of a run go with its database backups: with --db, only the stamps those have.
 local stamps = {}
@@ -78,9 +80,7 @@ local function copy(entry, relative, expected)
   if not ok then
     -- (after SIGTERM, a remote target removes the partial copy again at exit: lib/store.lua)
     target.discard(relative)
-    -- SIGTERM ends the sync as it ends every run (exit 143)
-    if cli.kind(result) == "interrupted" then error(result, 0) end
-    return nil, cli.reason(result), cli.kind(result)
+    return nil, cli.reason(result), bkr.interrupted() and "interrupted" or cli.kind(result)
   end
   local fok, err, kind = target.finish(relative, expected, entry.manifest)
   if not fok then
@@ -90,7 +90,21 @@ local function copy(entry, relative, expected)
   return result
 end
 
+-- The backup in the target: nil (no manifest there), "whole" (this backup's manifest, data
+-- and sidecar), "partial" (this backup's manifest without its data or sidecar: copied again),
+-- or "other" (another backup's manifest under this name: left alone).
+local target_state -- the last answer of in_target
+local function in_target(entry, relative)
+  target_state = nil
+  if not target.has(relative) then return nil end
+  local theirs = target.read_manifest(relative)
+  target_state = (theirs and theirs.sha256 == entry.manifest.sha256)
+    and (target.complete(relative) and "whole" or "partial") or "other"
+  return target_state
+end
+
 for _, entry in ipairs(entries) do
+  if bkr.interrupted() then break end
   local relative = entry.type .. "/" .. entry.file
   local shown = cli.printable(relative)
   if entry.kind == "globals" and options.db and not stamps[entry.type .. "/" .. entry.stamp] then
@@ -99,16 +113,13 @@ for _, entry in ipairs(entries) do
     skipped = skipped + 1
     cli.say("passed by %s: %s", shown, entry.manifest_kind == "missing" and "incomplete (no manifest yet)"
       or cli.printable(tostring(entry.manifest_error)))
-  elseif target.has(relative) then
-    local theirs = target.read_manifest(relative)
-    if theirs and theirs.sha256 == entry.manifest.sha256 then
-      present = present + 1
-    else
-      failed = failed + 1
-      io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown,
-        " holds another backup under this name (a different SHA-256)\n")
-    end
-  else
+  elseif in_target(entry, relative) == "whole" then
+    present = present + 1
+  elseif target_state == "other" then
+    failed = failed + 1
+    io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown,
+      " holds another backup under this name (a different SHA-256)\n")
+  else -- not there, or its manifest without its data or sidecar (a removal cut short): copied
     local expected, err, kind = source.expected(entry)
     if not expected then
       if kind == "corrupt" or kind == "not_regular" or kind == "missing" then
@@ -139,6 +150,9 @@ for _, entry in ipairs(entries) do
         copied = copied + 1
         cli.report("copied %s to %s (%s in %.1f s)", shown, target.name, cli.size(result.bytes_in), result.elapsed)
         logging.step("copy", { file = relative, to = target.name, bytes = result.bytes_in, seconds = result.elapsed })
+      elseif ckind == "interrupted" then
+        failed = failed + 1
+        io.stderr:write("bkr: sync: copy of ", shown, " to ", target.name, " interrupted; nothing of it was left\n")
       elseif ckind == "corrupt" then
         damaged = damaged + 1
         io.stderr:write("bkr: sync: not copied, damaged: ", source.name, "/", shown, ": ", cli.printable(cerr), "\n")
@@ -152,7 +166,8 @@ for _, entry in ipairs(entries) do
   end
 end
 
-cli.report("sync %s -> %s: %s %s, %s already there%s%s%s", source.name, target.name,
+cli.report("sync %s -> %s%s: %s %s, %s already there%s%s%s", source.name, target.name,
+  bkr.interrupted() and " (interrupted)" or "",
   cli.plural(copied, "backup", "backups"), options.dry_run and "to copy" or "copied", present,
   damaged > 0 and (", " .. damaged .. " damaged") or "", failed > 0 and (", " .. failed .. " failed") or "",
   skipped > 0 and (", " .. skipped .. " incomplete") or "")

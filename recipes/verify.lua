@@ -121,6 +121,8 @@ local function describe_path(path)
   return entry
 end
 
+local remote_lock -- this host's lock on an s3:// prefix whose manifests get verdicts
+
 local function select_backups(options, cfg)
   if #options.args > 0 then
     local list = {}
@@ -130,7 +132,12 @@ local function select_backups(options, cfg)
   local dir, scan = config.repository(cfg), repo.scan
   if remote.is_url(dir) then
     local store = remote.open(cfg, dir)
-    dir = nil -- no lock and no log there: the bucket is read, and its manifests rewritten
+    -- Recording verdicts rewrites manifests in the bucket: not while this host's backup or
+    -- rotation changes the prefix (a verdict written for a backup rotation just removed would
+    -- leave a manifest without its data). The lock is taken before the listing, and released
+    -- when the run ends. No log there.
+    if not options.no_record then remote_lock = remote.lock(store) end
+    dir = nil
     scan = function(_, filter)
       local entries, err, kind = remote.scan(store, filter)
       if not entries then cli.fail(cli.EXIT_FAILED, "verify: cannot list %s: %s (%s)", store.url, err, kind) end

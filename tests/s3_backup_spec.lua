@@ -307,6 +307,18 @@ describe("bkr backup into object storage", function()
     assert.are.equal(1, rc, out)
     assert.matches("repository " .. url:gsub("%p", "%%%0") .. " is busy", out)
     assert.are.same({}, stored("site9", "daily"))
+    util.sh("flock " .. q(lock) .. " true") -- (waits for the holder to end)
+    -- verify records its verdicts in the bucket's manifests: under the same lock (a rotation
+    -- running meanwhile would leave a verdict for a backup it removed); --no-record takes none
+    out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    util.sh("(flock -n " .. q(lock) .. " sh -c 'touch " .. q(holder .. "/held2") .. "; sleep 5' >/dev/null 2>&1 &)")
+    assert.is_true(R.wait_for(holder .. "/held2", 5))
+    out, rc = run("verify --all --config " .. q(cfg))
+    assert.are.equal(1, rc, out)
+    assert.matches("is busy", out)
+    out, rc = run("verify --all --no-record --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
   end)
 
   it("the lock is the bucket's and prefix's: the endpoint spelled another way is still busy; a lock file "

@@ -3,6 +3,7 @@
 -- files and by bringing it back to a local repository that bkr verify and bkr restore use.
 local util = require "support.util"
 local S3 = require "support.s3"
+local R = require "support.restore_util"
 local json = require "dkjson"
 local q = util.quote
 local run = util.bkr
@@ -411,5 +412,64 @@ describe("bkr verify on an off-site copy", function()
     assert.matches("FAILED +daily/.*checksum mismatch", out)
     manifest = json.decode(util.read(server.object_file("site11/daily/" .. daily .. ".json")))
     assert.are.equal("failed", manifest.verification.result)
+  end)
+end)
+
+describe("bkr sync: what the target lacks, whatever the clock says", function()
+  setup(function() server = S3.start() end)
+  teardown(function() if server then server.stop() end end)
+
+  it("copies a backup dated ahead of this host's clock, and copies again one whose data went missing "
+    .. "in the target while its manifest stayed", function()
+    local db = db_with_rows(200)
+    local repo = util.scratch("sync-future")
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. db)))
+    local name = util.files(repo, "%.sql%.gz$")[1]
+    local ahead = name:gsub("^backup_%d+_%d+", "backup_" .. os.date("!%Y%m%d_%H%M%S", os.time() + 7200))
+    for _, suffix in ipairs({ "", ".json" }) do
+      os.rename(repo .. "/daily/" .. name .. suffix, repo .. "/daily/" .. ahead .. suffix)
+    end
+    os.remove(repo .. "/daily/" .. name .. ".sha256")
+    util.resign(repo .. "/daily/" .. ahead, function(m) m.file = ahead end)
+    local cfg = offsite_config("site20")
+    local out, rc = run("sync --from " .. q(repo) .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("copied daily/" .. ahead:gsub("%p", "%%%0"), out)
+    local object = server.object_file("site20/daily/" .. ahead)
+    assert.are.equal(util.sha256sum(repo .. "/daily/" .. ahead), util.sha256sum(object))
+    -- the data object and its sidecar gone from the bucket, the manifest left: copied again
+    util.sh("rm -f " .. q(object) .. "* " .. q(server.object_file("site20/daily/" .. ahead .. ".sha256")) .. "*")
+    out, rc = run("sync --from " .. q(repo) .. " --config " .. q(cfg))
+    assert.are.equal(0, rc, out)
+    assert.matches("1 backup copied, 0 already there", out)
+    assert.are.equal(util.sha256sum(repo .. "/daily/" .. ahead),
+      util.sha256sum(server.object_file("site20/daily/" .. ahead)))
+    assert.is_truthy(server.object_file("site20/daily/" .. ahead .. ".sha256"))
+    out, rc = run("sync --from " .. q(repo) .. " --config " .. q(cfg))
+    assert.matches("0 backups copied, 1 already there", out)
+  end)
+
+  it("SIGTERM mid-copy: exit 143 with the summary, nothing of the copy left, no open upload", function()
+    local db = util.new_database("sy", "create table t (id int primary key, x text); "
+      .. "insert into t select i, md5(random()::text) || md5(random()::text) from generate_series(1, 600000) i;")
+    local repo = util.scratch("sync-term")
+    assert.are.equal(0, select(2, run("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. db)))
+    local cfg = offsite_config("site21", "  part_size_mib: 5")
+    local h = R.start_bkr("sync --from " .. q(repo) .. " --config " .. q(cfg))
+    assert.is_true(R.wait_until(function()
+      for _, r in ipairs(server.requests()) do
+        if r.url:find("site21/daily/", 1, true) and r.url:find("partNumber=1", 1, true) then return true end
+      end
+      return false
+    end, 60), "no part was sent")
+    h.kill("TERM")
+    assert.are.equal(143, h.wait(60), h.output())
+    local out = h.output()
+    assert.matches("interrupted; nothing of it was left", out)
+    assert.matches("sync [^\n]+ %(interrupted%): 0 backups copied", out)
+    assert.is_nil(out:find("stream.run", 1, true), out)
+    R.wait_until(function() return #server.open_uploads() == 0 end, 5)
+    assert.are.same({}, server.open_uploads())
+    assert.are.equal("", util.sh("ls " .. q(server.dir .. "/data/" .. S3.BUCKET .. "/site21/daily") .. " 2>/dev/null"))
   end)
 end)

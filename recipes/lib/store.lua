@@ -12,6 +12,7 @@
 --   s.expected(entry)                 the SHA-256 its sidecar and manifest agree on
 --   s.source(entry)                   a stream source of a backup's bytes
 --   s.has(relative)                   whether the backup's manifest is there
+--   s.complete(relative)              whether its data and sidecar are there too
 --   s.read_manifest(relative)
 --   s.sink(relative)                  a stream sink that lands under the name only whole
 --   s.occupied(relative, expected)    local only: what already has the name (lib/sync)
@@ -43,6 +44,10 @@ local function local_store(dir, opts)
   function s.expected(entry) return repo.check_sidecars(entry) end
   function s.source(entry) return assert(stream.from_file(entry.path)) end
   function s.has(relative) return lfs.symlinkattributes(dir .. "/" .. relative .. ".json", "mode") ~= nil end
+  function s.complete(relative)
+    return lfs.symlinkattributes(dir .. "/" .. relative, "mode") == "file"
+      and lfs.symlinkattributes(dir .. "/" .. relative .. ".sha256", "mode") == "file"
+  end
   function s.read_manifest(relative) return repo.read_manifest(dir .. "/" .. relative .. ".json") end
   function s.sink(relative)
     local path = dir .. "/" .. relative
@@ -96,14 +101,18 @@ local function remote_store(cfg, url, opts)
   end
   function s.expected(entry) return remote.check_sidecars(r, entry) end
   function s.source(entry) return remote.source(r, entry) end
-  function s.has(relative)
+  local function listed(key)
     if not present then
       present = {}
-      local listed, err, kind = r.client:list(r.prefix == "" and "" or (r.prefix .. "/"))
-      if not listed then fail_listing(err, kind) end
-      for _, object in ipairs(listed) do present[object.key] = true end
+      local objects, err, kind = r.client:list(r.prefix == "" and "" or (r.prefix .. "/"))
+      if not objects then fail_listing(err, kind) end
+      for _, object in ipairs(objects) do present[object.key] = true end
     end
-    return present[remote.key(r, relative .. ".json")] == true
+    return present[key] == true
+  end
+  function s.has(relative) return listed(remote.key(r, relative .. ".json")) end
+  function s.complete(relative)
+    return listed(remote.key(r, relative)) and listed(remote.key(r, relative .. ".sha256"))
   end
   function s.read_manifest(relative)
     local text, err, kind = r.client:get(remote.key(r, relative .. ".json"), { max = 4 * 1024 * 1024 })
