@@ -872,6 +872,8 @@ static int list_pages(lua_State *L, s3_config *cfg, const char *op, const char *
                 req->query[req->nquery++] = (s3_pair){ "max-keys", max_keys, 8, strlen(max_keys) };
         }
         req->query[req->nquery++] = (s3_pair){ "prefix", prefix, 6, prefix_len };
+        /* keys with bytes XML 1.0 cannot carry come back escaped (s3_xml_list decodes them) */
+        req->query[req->nquery++] = (s3_pair){ "encoding-type", "url", 13, 3 };
         if (request_run_or_fail(L, req) != 0)
             return 3;
         char why[200];

@@ -154,7 +154,7 @@ typedef struct s3_request {
     const char *op;             /* the Lua-visible name, "s3.put", for messages */
     const char *method;
     const char *key;            /* NULL for requests on the bucket */
-    s3_pair query[4];
+    s3_pair query[6]; /* the most a request sends: a listing's five */
     size_t nquery;
     s3_pair extra[16];          /* headers to send and sign besides the ones added here */
     size_t nextra;

@@ -207,6 +207,40 @@ static int add_item(s3_listing *l, xmlNodePtr n, int uploads)
     return 0;
 }
 
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* A key of a listing asked for with encoding-type=url, decoded in place: "%XX" is a byte and
+ * "+" a space (S3 encodes a "+" of the key as "%2B"). -1 for a broken escape, or a NUL (no key
+ * holds one, and it would cut the key short). */
+static int url_decode(char *s)
+{
+    char *w = s;
+    for (const char *r = s; *r; r++) {
+        if (*r == '+') {
+            *w++ = ' ';
+        } else if (*r == '%') {
+            int hi = hex_value(r[1]), lo = hi < 0 ? -1 : hex_value(r[2]);
+            if (lo < 0 || (hi == 0 && lo == 0))
+                return -1;
+            *w++ = (char)(hi * 16 + lo);
+            r += 2;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return 0;
+}
+
 int s3_xml_list(const char *xml, size_t len, s3_listing *out, char *err, size_t err_size)
 {
     xmlDocPtr doc = parse(xml, len, err, err_size);
@@ -225,6 +259,8 @@ int s3_xml_list(const char *xml, size_t len, s3_listing *out, char *err, size_t 
     free(out->next_upload_id_marker);
     out->next_token = out->next_key_marker = out->next_upload_id_marker = NULL;
     out->truncated = 0;
+    size_t first = out->n;
+    int url_encoded = 0;
     for (xmlNodePtr c = root->children; c != NULL && rc == 0; c = c->next) {
         if (named(c, uploads ? "Upload" : "Contents")) {
             int r = add_item(out, c, uploads);
@@ -244,7 +280,23 @@ int s3_xml_list(const char *xml, size_t len, s3_listing *out, char *err, size_t 
             out->next_key_marker = text_of(c);
         } else if (named(c, "NextUploadIdMarker") && out->next_upload_id_marker == NULL) {
             out->next_upload_id_marker = text_of(c);
+        } else if (named(c, "EncodingType")) {
+            char t[16];
+            url_encoded = child_text(root, "EncodingType", t, sizeof t) == 0 && strcmp(t, "url") == 0;
         }
+    }
+    /* Keys (and the marker that is a key) come URL-encoded when the server honoured
+     * encoding-type=url: a key holding a byte XML cannot carry (a control character) would
+     * otherwise make the whole page unreadable. A server that ignores it says no EncodingType. */
+    for (size_t i = first; rc == 0 && url_encoded && i < out->n; i++) {
+        if (url_decode(out->items[i].key) != 0) {
+            snprintf(err, err_size, "a key of the listing is not URL-encoded as asked");
+            rc = -1;
+        }
+    }
+    if (rc == 0 && url_encoded && out->next_key_marker != NULL && url_decode(out->next_key_marker) != 0) {
+        snprintf(err, err_size, "the listing's NextKeyMarker is not URL-encoded as asked");
+        rc = -1;
     }
     xmlFreeDoc(doc);
     return rc;

@@ -235,6 +235,21 @@ describe("bkr.s3 against s3rver", function()
     assert.are.equal(8, #assert(client:list("")) - #assert(client:list("objects/")))
   end)
 
+  it("list asks for URL-encoded keys: a key with a control character, spaces, '+', '%' and UTF-8 comes back "
+    .. "as it was put, and does not make the page unreadable", function()
+    local keys = { "odd/esc\27[31mred", "odd/a b+c%41%", "odd/été/ü", "odd/new\nline", "odd/&<>\"'" }
+    for _, key in ipairs(keys) do assert(client:put(key, "x")) end
+    local before = #server.requests()
+    local listed = assert(client:list("odd/"))
+    assert.matches("encoding%-type=url", requests_like(server, "GET", "list%-type=2", before)[1].url)
+    local got = {}
+    for _, o in ipairs(listed) do got[#got + 1] = o.key end
+    table.sort(got)
+    table.sort(keys)
+    assert.are.same(keys, got)
+    for _, key in ipairs(keys) do assert(client:delete(key)) end
+  end)
+
   it("virtual-host style (path_style = false) puts the bucket in the host name; signatures still hold", function()
     local vhost = client_for(server, { endpoint = "http://s3.localhost:" .. server.port, path_style = false })
     local before = #server.requests()

@@ -22,6 +22,9 @@
 //   - ListMultipartUploads (GET ?uploads), which s3rver 3.7.1 answers 501: the open uploads in
 //     s3rver's store (each upload's directory keeps its key), filtered by prefix, one page, as S3
 //     lists them (key order); Initiated is the time the upload's directory was made.
+//   - encoding-type=url on ListObjectsV2 and ListMultipartUploads, which s3rver ignores: the keys
+//     of the answer URL-encoded (a space as "+") and <EncodingType>url</EncodingType> added, as
+//     S3 answers; without it a key holding a control character makes the XML unreadable.
 //   - Object Lock retention, which s3rver ignores: the x-amz-object-lock-mode and
 //     -retain-until-date of a PutObject or CreateMultipartUpload are remembered per key (in
 //     DIR/locks.json), returned on HEAD as S3 returns them, and a DELETE of the key before that
@@ -40,6 +43,7 @@ const modules = path.join(__dirname, '..', 'node', 'node_modules');
 const S3rver = require(path.join(modules, 's3rver'));
 const { DUMMY_ACCOUNT } = require(path.join(modules, 's3rver', 'lib', 'models', 'account'));
 const aws4 = require(path.join(modules, 'aws4'));
+const he = require(path.join(modules, 'he'));
 
 DUMMY_ACCOUNT.createKeyPair(accessKey, secretKey);
 DUMMY_ACCOUNT.revokeAccessKey('S3RVER'); // only the test's keys sign
@@ -112,7 +116,18 @@ function xmlText(text) {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 }
 
-function listUploads(ctx, prefix) {
+// A key as S3 encodes it for encoding-type=url.
+function urlEncoded(key) {
+  return encodeURIComponent(key).replace(/%20/g, '+');
+}
+
+// A listing's XML with its keys URL-encoded and its EncodingType said.
+function encodeListing(xml, root) {
+  return xml.replace(new RegExp(`(<${root}[^>]*>)`), '$1<EncodingType>url</EncodingType>')
+    .replace(/<Key>([\s\S]*?)<\/Key>/g, (m, key) => `<Key>${urlEncoded(he.decode(key))}</Key>`);
+}
+
+function listUploads(ctx, prefix, encode) {
   const uploads = server.store.getResourcePath(bucket, undefined, 'uploads');
   const open = [];
   for (const id of fs.existsSync(uploads) ? fs.readdirSync(uploads) : []) {
@@ -129,7 +144,8 @@ function listUploads(ctx, prefix) {
     '<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">' +
     `<Bucket>${bucket}</Bucket><Prefix>${xmlText(prefix)}</Prefix><MaxUploads>1000</MaxUploads>` +
     '<IsTruncated>false</IsTruncated>' +
-    open.map(u => `<Upload><Key>${xmlText(u.key)}</Key><UploadId>${u.id}</UploadId>` +
+    (encode ? '<EncodingType>url</EncodingType>' : '') +
+    open.map(u => `<Upload><Key>${encode ? urlEncoded(u.key) : xmlText(u.key)}</Key><UploadId>${u.id}</UploadId>` +
       `<Initiated>${u.initiated.toISOString()}</Initiated></Upload>`).join('') +
     '</ListMultipartUploadsResult>';
 }
@@ -167,7 +183,7 @@ server.middleware.unshift(async (ctx, next) => {
     return;
   }
   if (ctx.method === 'GET' && url.searchParams.has('uploads') && keyOf(ctx) === '') {
-    return listUploads(ctx, url.searchParams.get('prefix') || '');
+    return listUploads(ctx, url.searchParams.get('prefix') || '', url.searchParams.get('encoding-type') === 'url');
   }
   const lockUntil = ctx.headers['x-amz-object-lock-retain-until-date'];
   const creating = (ctx.method === 'PUT' && !url.searchParams.has('partNumber')) ||
@@ -177,6 +193,10 @@ server.middleware.unshift(async (ctx, next) => {
     return xmlError(ctx, 403, 'AccessDenied'); // S3: a locked version cannot be deleted before its date
   }
   await next();
+  if (ctx.method === 'GET' && url.searchParams.get('encoding-type') === 'url' && typeof ctx.body === 'string' &&
+      ctx.body.includes('<ListBucketResult')) {
+    ctx.body = encodeListing(ctx.body, 'ListBucketResult');
+  }
   if (creating && lockUntil && ctx.status < 300) {
     const all = locks();
     all[keyOf(ctx)] = { mode: ctx.headers['x-amz-object-lock-mode'], until: lockUntil };
