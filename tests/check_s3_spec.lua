@@ -47,32 +47,8 @@ local function check(args)
   return out, rc
 end
 
--- Copy local files into the bucket: pairs of (local path, key), one signed PutObject each,
--- through bkr's own bkr.s3 (a script run by `bkr run`).
-local function put_objects(pairs_)
-  local script = util.scratch("check-s3-put") .. "/put.lua"
-  util.write(script, string.format([[
-local client = require("bkr.s3").client{ endpoint = %q, region = %q, bucket = %q, access_key = %q,
-  secret_key = %q, path_style = true }
-local args = { ... }
-for i = 1, #args, 2 do
-  local f = assert(io.open(args[i], "rb"))
-  local bytes = f:read("a")
-  f:close()
-  assert(client:put(args[i + 1], bytes))
-end
-]], server.endpoint, S3.REGION, S3.BUCKET, S3.ACCESS_KEY, S3.SECRET_KEY))
-  local list = {}
-  for _, item in ipairs(pairs_) do list[#list + 1] = q(item[1]) .. " " .. q(item[2]) end
-  local out, rc = run("run " .. q(script) .. " " .. table.concat(list, " "))
-  assert(rc == 0, out)
-end
-
-local function put_text(key, text)
-  local file = util.scratch("check-s3-obj") .. "/object"
-  util.write(file, text)
-  put_objects({ { file, key } })
-end
+local function put_objects(pairs_) server.put_objects(pairs_) end
+local function put_text(key, text) server.put_text(key, text) end
 
 local function stamp_ago(seconds)
   return os.date("!%Y%m%d_%H%M%S", os.time() - seconds)

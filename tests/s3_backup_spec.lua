@@ -197,15 +197,20 @@ describe("bkr backup into object storage", function()
       assert.are.equal(0, rc, out)
     end
     assert.are.equal(3, #backups_of("site5", "daily", "%.sql%.gz$"))
+    -- someone else's object with a backup's name and a newline in it: left alone, said on one line
+    local foreign = "site5/daily/backup_20261130_000000_x\nbkr: all backups verified\n.sql.gz"
+    server.put_text(foreign, "not a backup")
     local out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
     assert.are.equal(0, rc, out)
-    local left = backups_of("site5", "daily", "%.sql%.gz$")
+    local left = backups_of("site5", "daily", "^backup_.*%.sql%.gz$")
     -- the newest verified one stays beside the run's own (verify has not run: none is verified,
     -- so only the run's own)
     assert.are.equal(1, #left, table.concat(left, " "))
     assert.matches("removed daily/backup_", out)
     -- each removed backup went with its sidecar and manifest
-    assert.are.equal(3, #stored("site5", "daily"))
+    assert.are.equal(4, #stored("site5", "daily"))
+    assert.matches("left alone daily/backup_20261130_000000_x\\nbkr: all backups verified\\n.sql.gz: ", out, 1, true)
+    assert.is_nil(out:find("\nbkr: all backups verified", 1, true))
   end)
 
   it("two runs in the same second get different names (the stamp's sequence from the bucket)", function()
@@ -345,6 +350,21 @@ describe("bkr backup into object storage", function()
       .. q(cfg) .. " --db " .. db .. " 2>&1")
     assert.are.equal(0, rc, out)
     assert.are.equal(6, #stored("site12", "daily"))
+  end)
+
+  it("pg_dump is handed neither the S3 secret nor any variable the configuration names", function()
+    local db = db_with_rows(10)
+    local bindir = util.fake_pg_dump('env > "$FAKEBIN/env"\nexec "$REAL_PG_DUMP" "$@"')
+    local cfg = s3_config("site13", "pg_bindir: " .. bindir)
+    util.write(cfg, (util.read(cfg):gsub("  secret_access_key_file: [^\n]+\n", "  session_token_env: BKR_T_TOKEN\n")))
+    local out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. db,
+      "AWS_SECRET_ACCESS_KEY=" .. q(S3.SECRET_KEY) .. " BKR_T_TOKEN=tok-en-value")
+    assert.are.equal(0, rc, out)
+    local env = util.read(bindir .. "/env")
+    assert.matches("PGAPPNAME=bkr", env, 1, true)
+    assert.is_nil(env:find(S3.SECRET_KEY, 1, true))
+    assert.is_nil(env:find("tok-en-value", 1, true))
+    assert.is_nil(env:find("AWS_SECRET_ACCESS_KEY", 1, true))
   end)
 
   it("without credentials: exit 2 naming where it looked, before anything; no local s3: directory", function()

@@ -479,9 +479,25 @@ function config.conninfo(cfg, dbname)
 end
 
 -- Environment for pg_dump/psql children: the password travels here, never in argv.
+-- The variables that may hold bkr's secrets: every variable the configuration names (the
+-- values of its *_env keys, anywhere in it) and the AWS secret and session token. Children
+-- (pg_dump, psql...) do not get them: any process of the same user can read a process's
+-- environment, and they need none of them.
+local function secret_variables(value, key, into)
+  if type(value) == "table" then
+    for k, v in pairs(value) do
+      secret_variables(v, type(k) == "string" and k:match("_env$") and k or key, into)
+    end
+  elseif type(value) == "string" and key then
+    into[value] = false
+  end
+  return into
+end
+
 function config.child_env(cfg, dbname)
   local c = cfg.connection
-  local env = { PGAPPNAME = "bkr", PGCONNECT_TIMEOUT = tostring(config.connect_timeout(cfg)) }
+  local env = secret_variables(cfg, nil, { AWS_SECRET_ACCESS_KEY = false, AWS_SESSION_TOKEN = false })
+  env.PGAPPNAME, env.PGCONNECT_TIMEOUT = "bkr", tostring(config.connect_timeout(cfg))
   if c.host then env.PGHOST = c.host end
   if c.port then env.PGPORT = tostring(c.port) end
   if c.user then env.PGUSER = c.user end

@@ -60,7 +60,7 @@ function rotation.run(dir, cfg, opts)
     if backup.unreadable then repo.permission_failure(backup.unreadable) end
     local reason = stray_reason(backup)
     if reason then
-      cli.report("left alone %s/%s: %s", backup.type, backup.file, reason) -- a warning: always shown
+      cli.report("left alone %s/%s: %s", backup.type, cli.printable(backup.file), cli.printable(tostring(reason))) -- a warning: always shown
     else
       backup.verified = repo.verified(backup)
       backups[#backups + 1] = backup
@@ -119,7 +119,8 @@ function rotation.run_remote(store, counts, opts)
       backup.verified = repo.verified(backup)
       backups[#backups + 1] = backup
     else
-      cli.report("left alone %s/%s: %s", backup.type, backup.file, backup.manifest_error)
+      cli.report("left alone %s/%s: %s", backup.type, cli.printable(backup.file),
+        cli.printable(tostring(backup.manifest_error)))
     end
   end
   local now = os.time()

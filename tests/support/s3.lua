@@ -49,6 +49,32 @@ function M.start(dir, port, tls_dir)
     for line in out:gmatch("[^\n]+") do files[#files + 1] = line end
     return files
   end
+  -- Copy local files into the bucket: pairs of (local path, key), one signed PutObject each,
+  -- through bkr's own bkr.s3 (a script run by `bkr run`): what someone with write access to
+  -- the bucket, or another tool, would put there.
+  function server.put_objects(pairs_)
+    local script = util.scratch("s3-put") .. "/put.lua"
+    util.write(script, string.format([[
+local client = require("bkr.s3").client{ endpoint = %q, region = %q, bucket = %q, access_key = %q,
+  secret_key = %q, path_style = true }
+local args = { ... }
+for i = 1, #args, 2 do
+  local f = assert(io.open(args[i], "rb"))
+  local bytes = f:read("a")
+  f:close()
+  assert(client:put(args[i + 1], bytes))
+end
+]], server.endpoint, M.REGION, M.BUCKET, M.ACCESS_KEY, M.SECRET_KEY))
+    local list = {}
+    for _, item in ipairs(pairs_) do list[#list + 1] = q(item[1]) .. " " .. q(item[2]) end
+    local out, rc = util.bkr("run " .. q(script) .. " " .. table.concat(list, " "))
+    assert(rc == 0, out)
+  end
+  function server.put_text(key, text)
+    local file = util.scratch("s3-obj") .. "/object"
+    util.write(file, text)
+    server.put_objects({ { file, key } })
+  end
   -- The file s3rver stores an object's bytes in (checked with sha256sum), or nil.
   function server.object_file(key)
     local path = dir .. "/data/" .. M.BUCKET .. "/" .. key .. "._S3rver_object"
