@@ -245,6 +245,7 @@ local function backup_database(run, db, relative)
   local started = os.time()
   local properties, err = postgres.database_properties(run.conn, db)
   if not properties then error(err, 0) end
+  if run.key then properties = postgres.seal_settings(properties, run.key) end
   local size = run.conn:database_size(db)
 
   local dump_into = run.storage.dump_format == "custom" and dump_database_custom or dump_database

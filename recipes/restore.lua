@@ -266,7 +266,8 @@ end
 -- What a dump without --create leaves out: settings, owner, privileges. What cannot be
 -- applied is a warning.
 local function apply_properties(job)
-  for _, warning in ipairs(restore.apply_properties(job.run.conn, job.into, job.entry.manifest.database_properties)) do
+  for _, warning in ipairs(restore.apply_properties(job.run.conn, job.into, job.entry.manifest.database_properties,
+      job.run.key)) do
     cli.report("warning: %s", warning)
   end
 end

@@ -224,8 +224,11 @@ describe("bkr backup into object storage", function()
     assert.are.equal(3, #names)
   end)
 
-  it("an encrypted backup: only ciphertext in the bucket, and an independent decrypt gets the dump back", function()
+  it("an encrypted backup: only ciphertext in the bucket, and an independent decrypt gets the dump back; "
+    .. "the database's settings are sealed in the manifest and come back with the key", function()
     local db = db_with_rows(1000)
+    util.psql("alter database " .. db .. " set app.api_key = 'TOPSECRET123'")
+    util.psql("alter role postgres in database " .. db .. " set app.role_token = 'ROLETOKEN456'")
     local cfg, dir = s3_config("site7")
     local key = dir .. "/backup.key"
     local out, rc = run("keygen --out " .. q(key))
@@ -240,6 +243,33 @@ describe("bkr backup into object storage", function()
     util.sh("python3 " .. q(S3.SOURCE .. "/tests/decrypt_independent.py") .. " " .. q(key) .. " " .. q(object)
       .. " " .. q(plain))
     assert.matches("COPY public.t ", util.sh("gunzip -c " .. q(plain)))
+    -- nothing of the settings' values in the bucket, the names readable
+    local manifest = util.read(server.object_file("site7/daily/" .. name .. ".json"))
+    assert.is_nil(manifest:find("TOPSECRET123", 1, true))
+    assert.is_nil(manifest:find("ROLETOKEN456", 1, true))
+    assert.matches("app.api_key=ENCRYPTED:v2:", manifest, 1, true)
+    local found = util.sh("grep -rl TOPSECRET123 " .. q(server.dir .. "/data") .. " 2>/dev/null")
+    assert.are.equal("", found)
+    -- restored from the bucket with the key: the settings are back, as they were
+    local target = db .. "_back"
+    out, rc = run("restore --config " .. q(cfg) .. " --key-file " .. q(key) .. " --db " .. db .. " --latest --into "
+      .. target .. " --create")
+    assert.are.equal(0, rc, out)
+    local settings = util.psql("select string_agg(array_to_string(s.setconfig, ','), ';' order by s.setrole) "
+      .. "from pg_db_role_setting s join pg_database d on d.oid = s.setdatabase where d.datname = '" .. target .. "'")
+    assert.matches("app.api_key=TOPSECRET123", settings, 1, true)
+    assert.matches("app.role_token=ROLETOKEN456", settings, 1, true)
+    -- a sealed value moved to another setting does not open there: not applied, and said
+    local m = json.decode(manifest)
+    local api = m.database_properties.settings[1]:match("=(.*)$")
+    m.database_properties.role_settings[1].settings[1] = "app.role_token=" .. api
+    server.put_text("site7/daily/" .. name .. ".json", json.encode(m))
+    out, rc = run("restore --config " .. q(cfg) .. " --key-file " .. q(key) .. " --db " .. db .. " --latest --into "
+      .. target .. "2 --create")
+    assert.are.equal(0, rc, out)
+    assert.matches("database settings not re-applied: the sealed value of setting postgres/app.role_token does not "
+      .. "open with the key", out, 1, true)
+    assert.is_nil(out:find("TOPSECRET123", 1, true))
   end)
 
   it("format: custom: pg_dump's archive goes up from a private temporary file, gone afterwards", function()

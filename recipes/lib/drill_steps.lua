@@ -71,7 +71,8 @@ function steps.restore_scratch(drill, db)
     end
     return nil, cli.detail(result)
   end
-  local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties)
+  local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties,
+    drill.run.key)
   db.warnings = warnings
   db.restored = true
   -- a custom-format backup is restored by pg_restore from its archive, not as SQL

@@ -80,7 +80,7 @@ end
 
 local function check_properties(p)
   if not is_object(p) then return "database_properties: not an object" end
-  for _, key in ipairs({ "owner", "encoding", "collate", "ctype", "acl" }) do
+  for _, key in ipairs({ "owner", "encoding", "collate", "ctype", "acl", "sealed" }) do
     if p[key] ~= nil and type(p[key]) ~= "string" then return "database_properties." .. key .. ": not a string" end
   end
   if p.connection_limit ~= nil and not is_integer(p.connection_limit, -1) then

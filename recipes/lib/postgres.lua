@@ -174,6 +174,73 @@ function postgres.database_properties(conn, dbname)
   return props
 end
 
+-- An encrypted backup's manifest stays in the clear beside it (in a bucket too: lists and
+-- rotation read it without the key), and a database's settings may hold secrets (ALTER
+-- DATABASE shop SET app.api_key = '...'). So with a key, each setting's value is sealed with it
+-- (crypto.encrypt_value: AES-256-GCM, the setting's place as its authenticated context, so a
+-- value cannot be moved to another setting or role); the names stay readable. sealed says so.
+local SEALED = "AES-256-GCM"
+
+local function setting_context(role, name)
+  return "database_properties." .. (role and ("role_settings." .. role .. ".") or "settings.") .. name
+end
+
+local function map_settings(props, fn)
+  local out = {}
+  for k, v in pairs(props) do out[k] = v end
+  local function each(list, role)
+    local mapped = {}
+    for i, setting in ipairs(list or {}) do
+      local name, value = setting:match("^([^=]*)=(.*)$")
+      if not name then name, value = setting, "" end
+      local result, err = fn(role, name, value)
+      if not result then return nil, err end
+      mapped[i] = name .. "=" .. result
+    end
+    return mapped
+  end
+  local err
+  out.settings, err = each(props.settings)
+  if not out.settings then return nil, err end
+  out.role_settings = {}
+  for i, entry in ipairs(props.role_settings or {}) do
+    local settings, rerr = each(entry.settings, entry.role)
+    if not settings then return nil, rerr end
+    out.role_settings[i] = { role = entry.role, settings = settings }
+  end
+  return out
+end
+
+function postgres.seal_settings(props, key)
+  local crypto = require "bkr.crypto"
+  local sealed = assert(map_settings(props, function(role, name, value)
+    return crypto.encrypt_value(key, value, setting_context(role, name))
+  end))
+  sealed.sealed = SEALED
+  return sealed
+end
+
+-- The settings with their values, for a restore with the backup's key; or nil, message, kind
+-- ("auth": a value that does not authenticate, a manifest edited without the key).
+function postgres.unseal_settings(props, key)
+  if not props or props.sealed == nil then return props end
+  if props.sealed ~= SEALED then return nil, "database settings sealed as " .. tostring(props.sealed), "corrupt" end
+  local crypto = require "bkr.crypto"
+  local kind
+  local out, err = map_settings(props, function(role, name, value)
+    local plain, derr, code = crypto.decrypt_value(key, value, setting_context(role, name))
+    if not plain then
+      kind = code == "key" and "key" or "corrupt"
+      return nil, string.format("the sealed value of setting %s%s does not open with the key: %s",
+        role and (role .. "/") or "", name, derr)
+    end
+    return plain
+  end)
+  if not out then return nil, err, kind end
+  out.sealed = nil
+  return out
+end
+
 -- May this user read the cluster's globals (pg_dumpall --globals-only reads pg_authid)?
 -- true or false when the server answered; nil, message, sqlstate when it could not be asked
 -- (the connection is gone, the server is shutting down): that is no "not allowed", and the

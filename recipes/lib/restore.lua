@@ -634,9 +634,21 @@ local function set_clause(conn, setting)
 end
 
 -- Re-apply what a dump without --create leaves out: owner, ALTER DATABASE ... SET, per-role
--- settings in this database, and database privileges. Returns a list of warnings.
-function restore.apply_properties(conn, target, properties)
+-- settings in this database, and database privileges. Returns a list of warnings. The
+-- settings of an encrypted backup are sealed with its key (postgres.seal_settings): key opens
+-- them; sealed ones that do not open are not applied, and said.
+function restore.apply_properties(conn, target, properties, key)
   local warnings = {}
+  if properties and properties.sealed then
+    local opened, err
+    if key then opened, err = require("lib.postgres").unseal_settings(properties, key) end
+    if not opened then
+      warnings[#warnings + 1] = "database settings not re-applied: " .. (err or "they are sealed and no key was given")
+      properties = { owner = properties.owner, acl = properties.acl }
+    else
+      properties = opened
+    end
+  end
   local db = conn:escape_identifier(target)
   local function exec(sql)
     local ok, err = conn:exec(sql)
