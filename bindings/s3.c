@@ -1232,8 +1232,15 @@ static int l_sign(lua_State *L)
 
 /* libxml2's global state, like libcurl's (curl_global.c): set up once per Lua state, torn
  * down when the state closes, through a sentinel of its own in the registry. */
-static int xml_global_gc(lua_State *L)
+static int xml_setup(void)
 {
+    xmlInitParser();
+    return 0;
+}
+
+static int xml_cleanup(lua_State *L)
+{
+    (void)L;
     xmlCleanupParser();
     return 0;
 }
@@ -1241,18 +1248,7 @@ static int xml_global_gc(lua_State *L)
 static void global_init(lua_State *L)
 {
     bkr_curl_global_init(L);
-    if (lua_getfield(L, LUA_REGISTRYINDEX, BKR_S3_XML_GLOBAL) != LUA_TNIL) {
-        lua_pop(L, 1);
-        return;
-    }
-    lua_pop(L, 1);
-    lua_newuserdatauv(L, 1, 0);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, xml_global_gc);
-    lua_setfield(L, -2, "__gc");
-    xmlInitParser();
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, BKR_S3_XML_GLOBAL);
+    bkr_global_once(L, BKR_S3_XML_GLOBAL, xml_setup, xml_cleanup, "xmlInitParser");
 }
 
 static const luaL_Reg client_methods[] = {

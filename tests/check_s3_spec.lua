@@ -21,21 +21,7 @@ end
 
 -- The s3: section every configuration here has; extra YAML lines appended.
 local function s3_config(extra)
-  local dir = util.scratch("check-s3-cfg")
-  local secret = dir .. "/s3.secret"
-  util.write(secret, S3.SECRET_KEY .. "\n")
-  util.sh("chmod 600 " .. q(secret))
-  local path = dir .. "/bkr.yaml"
-  util.write(path, table.concat({
-    "s3:",
-    "  endpoint: " .. server.endpoint,
-    "  region: " .. S3.REGION,
-    "  access_key_id: " .. S3.ACCESS_KEY,
-    "  secret_access_key_file: " .. secret,
-    "  timeout_seconds: 10",
-    extra or "",
-  }, "\n") .. "\n")
-  return path
+  return (server.config_file(nil, extra))
 end
 
 -- bkr check run from a working directory of its own (where a URL taken for a path would

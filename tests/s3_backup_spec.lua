@@ -14,23 +14,7 @@ local MiB = 1024 * 1024
 
 -- A configuration whose repository is s3://bkr-test/PREFIX, with extra lines appended.
 local function s3_config(prefix, extra)
-  local dir = util.scratch("s3b-cfg")
-  local secret = dir .. "/s3.secret"
-  util.write(secret, S3.SECRET_KEY .. "\n")
-  util.sh("chmod 600 " .. q(secret))
-  local path = dir .. "/bkr.yaml"
-  util.write(path, table.concat({
-    "repository: s3://" .. S3.BUCKET .. "/" .. prefix,
-    "s3:",
-    "  endpoint: " .. server.endpoint,
-    "  region: " .. S3.REGION,
-    "  access_key_id: " .. S3.ACCESS_KEY,
-    "  secret_access_key_file: " .. secret,
-    "  timeout_seconds: 10",
-    "  part_size_mib: 5",
-    extra or "",
-  }, "\n") .. "\n")
-  return path, dir
+  return server.config_file("repository: s3://" .. S3.BUCKET .. "/" .. prefix, "  part_size_mib: 5\n" .. (extra or ""))
 end
 
 local function db_with_rows(n)
@@ -143,14 +127,7 @@ describe("bkr backup into object storage", function()
     local cfg = s3_config("site3", "connection:\n  connect_timeout_seconds: 5")
     local port = server.port
     local h = R.start_bkr("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
-    assert.is_true(R.wait_until(function()
-      for _, r in ipairs(server.requests()) do
-        if r.method == "PUT" and r.url:find("site3/daily/", 1, true) and r.url:find("partNumber=1", 1, true) then
-          return true
-        end
-      end
-      return false
-    end, 60), "no part was sent")
+    assert.is_true(server.wait_for_first_part("site3/daily/"), "no part was sent")
     server.stop("KILL")
     local rc = h.wait(180)
     assert.are.equal(1, rc, h.output())
@@ -176,12 +153,7 @@ describe("bkr backup into object storage", function()
       .. "insert into t select i, md5(random()::text) || md5(random()::text) from generate_series(1, 600000) i;")
     local cfg = s3_config("site4")
     local h = R.start_bkr("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
-    assert.is_true(R.wait_until(function()
-      for _, r in ipairs(server.requests()) do
-        if r.url:find("site4/daily/", 1, true) and r.url:find("partNumber=1", 1, true) then return true end
-      end
-      return false
-    end, 60), "no part was sent")
+    assert.is_true(server.wait_for_first_part("site4/daily/"), "no part was sent")
     h.kill("TERM")
     assert.are.equal(143, h.wait(60), h.output())
     R.wait_until(function() return #server.open_uploads() == 0 end, 5)

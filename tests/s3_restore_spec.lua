@@ -14,21 +14,7 @@ local server
 
 -- A configuration for s3://bkr-test/PREFIX (the repository), with top-level YAML lines first.
 local function s3_config(prefix, top)
-  local dir = util.scratch("s3r-cfg")
-  local secret = dir .. "/s3.secret"
-  util.write(secret, S3.SECRET_KEY .. "\n")
-  util.sh("chmod 600 " .. q(secret))
-  local path = dir .. "/bkr.yaml"
-  util.write(path, (top or "") .. table.concat({
-    "repository: s3://" .. S3.BUCKET .. "/" .. prefix,
-    "s3:",
-    "  endpoint: " .. server.endpoint,
-    "  region: " .. S3.REGION,
-    "  access_key_id: " .. S3.ACCESS_KEY,
-    "  secret_access_key_file: " .. secret,
-    "  timeout_seconds: 10",
-  }, "\n") .. "\n")
-  return path
+  return (server.config_file((top or "") .. "repository: s3://" .. S3.BUCKET .. "/" .. prefix))
 end
 
 local function url(prefix) return "s3://" .. S3.BUCKET .. "/" .. prefix end

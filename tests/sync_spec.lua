@@ -12,22 +12,7 @@ local server
 
 -- A configuration for the off-site copy at s3://bkr-test/PREFIX; extra YAML lines appended.
 local function offsite_config(prefix, extra)
-  local dir = util.scratch("sync-cfg")
-  local secret = dir .. "/s3.secret"
-  util.write(secret, S3.SECRET_KEY .. "\n")
-  util.sh("chmod 600 " .. q(secret))
-  local path = dir .. "/bkr.yaml"
-  util.write(path, table.concat({
-    "offsite: s3://" .. S3.BUCKET .. "/" .. prefix,
-    "s3:",
-    "  endpoint: " .. server.endpoint,
-    "  region: " .. S3.REGION,
-    "  access_key_id: " .. S3.ACCESS_KEY,
-    "  secret_access_key_file: " .. secret,
-    "  timeout_seconds: 10",
-    extra or "",
-  }, "\n") .. "\n")
-  return path
+  return (server.config_file("offsite: s3://" .. S3.BUCKET .. "/" .. prefix, extra))
 end
 
 -- A repository with a daily and a weekly backup of db, each with its run's globals.
@@ -456,12 +441,7 @@ describe("bkr sync: what the target lacks, whatever the clock says", function()
     assert.are.equal(0, select(2, run("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. db)))
     local cfg = offsite_config("site21", "  part_size_mib: 5")
     local h = R.start_bkr("sync --from " .. q(repo) .. " --config " .. q(cfg))
-    assert.is_true(R.wait_until(function()
-      for _, r in ipairs(server.requests()) do
-        if r.url:find("site21/daily/", 1, true) and r.url:find("partNumber=1", 1, true) then return true end
-      end
-      return false
-    end, 60), "no part was sent")
+    assert.is_true(server.wait_for_first_part("site21/daily/"), "no part was sent")
     h.kill("TERM")
     assert.are.equal(143, h.wait(60), h.output())
     local out = h.output()

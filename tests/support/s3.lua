@@ -39,6 +39,18 @@ function M.start(dir, port, tls_dir)
     f:close()
     return list
   end
+  -- Wait (at most 60 s) until the first part of a multipart upload under a key holding
+  -- `fragment` has been sent: an upload under way, for a test to interrupt.
+  function server.wait_for_first_part(fragment)
+    return R.wait_until(function()
+      for _, r in ipairs(server.requests()) do
+        if r.method == "PUT" and r.url:find(fragment, 1, true) and r.url:find("partNumber=1", 1, true) then
+          return true
+        end
+      end
+      return false
+    end, 60)
+  end
   function server.fault(spec)
     util.write(dir .. "/fault", spec .. "\n")
   end
@@ -48,6 +60,27 @@ function M.start(dir, port, tls_dir)
     local files = {}
     for line in out:gmatch("[^\n]+") do files[#files + 1] = line end
     return files
+  end
+  -- A bkr configuration for this server: the YAML lines of `top` first, then the s3 section
+  -- (endpoint, region, the access key, the secret in a 0600 file, a 10 s timeout), then the
+  -- lines of `after` (an indented line there is one more key of the s3 section). Returns its
+  -- path and its directory.
+  function server.config_file(top, after)
+    local dir = util.scratch("s3-cfg")
+    local secret = dir .. "/s3.secret"
+    util.write(secret, M.SECRET_KEY .. "\n")
+    util.sh("chmod 600 " .. q(secret))
+    local path = dir .. "/bkr.yaml"
+    util.write(path, ((top and top ~= "") and (top:gsub("\n?$", "\n")) or "") .. table.concat({
+      "s3:",
+      "  endpoint: " .. server.endpoint,
+      "  region: " .. M.REGION,
+      "  access_key_id: " .. M.ACCESS_KEY,
+      "  secret_access_key_file: " .. secret,
+      "  timeout_seconds: 10",
+      after or "",
+    }, "\n") .. "\n")
+    return path, dir
   end
   -- Copy local files into the bucket: pairs of (local path, key), one signed PutObject each,
   -- through bkr's own bkr.s3 (a script run by `bkr run`): what someone with write access to
