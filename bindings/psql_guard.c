@@ -17,7 +17,8 @@
  * line: `\! cmd` runs a shell, `\o |cmd` a pipe, `\i` reads a file, and backticks in the
  * arguments of an allowed command run a shell too. A dump someone else could write is an
  * attack on the machine restoring it. pg_dump writes only `\restrict KEY` / `\unrestrict KEY`
- * (since 13.22/14.19/15.14/16.10/17.6), `\connect DB` (--create) and the `\.` ending COPY data.
+ * (since 13.22/14.19/15.14/16.10/17.6), `\connect DB` (--create; `\encoding SQL_ASCII` before it
+ * when the name must be quoted) and the `\.` ending COPY data.
  *
  * How. A lexer that follows psql's own (src/fe_utils/psqlscan.l), one byte at a time so that
  * chunk boundaries change nothing, with a fixed amount of state: standard strings ('' the
@@ -387,7 +388,18 @@ static int meta_is(const guard *g, size_t wlen, const char *name)
 static int allowed_word(const guard *g, size_t wlen)
 {
     return meta_is(g, wlen, "restrict") || meta_is(g, wlen, "unrestrict") || meta_is(g, wlen, "connect")
-           || meta_is(g, wlen, "c");
+           || meta_is(g, wlen, "c") || meta_is(g, wlen, "encoding");
+}
+
+/* \encoding SQL_ASCII, which pg_dump writes before a \connect with a quoted connection string
+ * (dumputils.c: psql then passes the name's bytes on unconverted). SQL_ASCII is also one of
+ * the encodings in which psql reads every byte below 0x80 as ASCII, as this lexer does. */
+static int encoding_args(const unsigned char *s, size_t len)
+{
+    static const char arg[] = "SQL_ASCII";
+    size_t i = skip_blanks(s, 0, len);
+    return i > 0 && len - i >= strlen(arg) && memcmp(s + i, arg, strlen(arg)) == 0
+           && skip_blanks(s, i + strlen(arg), len) == len;
 }
 
 /* The whole line of a meta-command is read (or the input ended): allow it or refuse it. */
@@ -401,6 +413,7 @@ static int meta_line_done(guard *g, bkr_error *err)
     const unsigned char *args = g->meta + wlen;
     size_t alen = g->meta_len - wlen;
     int ok = meta_is(g, wlen, "restrict") || meta_is(g, wlen, "unrestrict") ? key_args(args, alen)
+             : meta_is(g, wlen, "encoding")                                  ? encoding_args(args, alen)
                                                                              : connect_args(args, alen);
     if (!ok)
         return refuse_meta(g, err, "arguments pg_dump never writes after the psql meta-command");
