@@ -154,7 +154,7 @@ describe("dump.refuse_meta_commands on legitimate text", function()
     at_every_boundary(text, function(padded, offset)
       local result, out = guard(padded)
       if not result or result.copy_sections ~= 1 or result.meta_commands ~= 1 or out ~= padded then
-        error("boundary at offset " .. offset .. ": " .. tostring(out))
+        error("boundary at offset " .. offset .. ": " .. (result and "wrong counts or bytes" or tostring(out)))
       end
     end)
   end)
