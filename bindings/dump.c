@@ -16,6 +16,8 @@
  *   dump.digest_rows(rows)        -> hex digest of an array of row strings (no newlines)
  *   dump.digest_add(hex, ...)     -> hex: the digest of the union (digests are additive, so
  *                                 sections of one table, or partitions, combine by adding)
+ *   dump.refuse_meta_commands([{name = ...}])  pass-through filter stage that fails the run at
+ *                                 any psql meta-command pg_dump never writes (psql_guard.c)
  *
  * The digest (docs/api/dump.md, part of the manifest format): every row's SHA-256, read as a
  * 256-bit big-endian unsigned integer, summed modulo 2^256, as 64 lowercase hex digits. A sum
@@ -43,6 +45,7 @@
 #include <openssl/evp.h>
 
 #include "bkr.h"
+#include "psql_guard.h"
 #include "row_digest.h"
 #include "stream.h"
 
@@ -618,5 +621,6 @@ static const luaL_Reg dump_functions[] = {
 int luaopen_bkr_dump(lua_State *L)
 {
     luaL_newlib(L, dump_functions);
+    luaL_setfuncs(L, bkr_dump_psql_guard, 0); /* refuse_meta_commands: psql_guard.c */
     return 1;
 }
