@@ -360,6 +360,9 @@ local function check(entry, key)
   if entry.encrypted then stages[#stages + 1] = crypto.decrypt{ key = key } end
   if not storage then return failed("damaged: neither its name nor its manifest says how it is stored") end
   stages[#stages + 1] = codec.decompress(storage)
+  -- a psql meta-command pg_dump never writes (\! runs a shell): a forged dump, refused by
+  -- restore too, so it fails here
+  stages[#stages + 1] = dump.refuse_meta_commands()
   if entry.kind == "database" then stages[#stages + 1] = dump.table_digests{ name = "tables" } end
   stages[#stages + 1] = stream.tail{ name = "tail", bytes = 1024 }
   stages[#stages + 1] = stream.to_null()

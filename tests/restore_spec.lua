@@ -387,6 +387,31 @@ describe("bkr restore checks what verify checks, before psql commits", function(
     end)
   end
 
+  it("a dump forged with a shell command, its size, marker and checksums recomputed, runs nothing: "
+    .. "restore and verify refuse it (exit 3)", function()
+    local db = new_database(SETUP)
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local path = repo .. "/daily/" .. util.files(repo, "%.sql%.gz$")[1]
+    local pwned = util.scratch("pwned") .. "/ran"
+    -- pg_dump's \restrict lines out (psql would refuse \! inside them), a \! line in
+    local sql = util.sh("gzip -dc " .. q(path)):gsub("\\restrict [^\n]*\n", ""):gsub("\\unrestrict [^\n]*\n", "")
+    sql = sql:gsub("\nCOPY public%.t ", "\n\\! touch " .. pwned .. "\nCOPY public.t ", 1)
+    local plain = util.scratch("forged") .. "/dump.sql"
+    util.write(plain, sql)
+    util.sh("gzip -c " .. q(plain) .. " > " .. q(path))
+    resign(path, function(m) m.raw_bytes = #sql end)
+    out, rc = run("verify --latest --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(3, rc, out)
+    assert.matches("a psql meta-command pg_dump never writes: ", out, 1, true)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_f --create")
+    assert.are.equal(3, rc, out)
+    assert.matches("a psql meta-command pg_dump never writes: ", out, 1, true)
+    assert.is_nil(io.open(pwned))
+    assert.is_false(exists(db .. "_f"))
+  end)
+
   it("a globals file with SQL appended is refused before any of it is applied", function()
     local db = new_database("create table t (x int);")
     local repo = util.scratch("repo")

@@ -477,6 +477,9 @@ function restore.stream_into(run, entry, target)
   stages[#stages + 1] = codec.decompress(codec.for_entry(entry))
   append(stages, restore.end_checks(entry, "database"))
   stages[#stages + 1] = stream.progress{ label = "restore " .. target, total = entry.manifest.raw_bytes }
+  -- psql runs its meta-commands (\! runs a shell): only those pg_dump writes may reach it, so
+  -- a dump forged with its checksums recomputed cannot run commands on this host
+  stages[#stages + 1] = require("bkr.dump").refuse_meta_commands()
   local psql, err = spawn_psql(run, target)
   if not psql then error(err, 0) end
   stages[#stages + 1] = psql:sink{ name = "psql" }
@@ -553,6 +556,7 @@ function restore.globals(run, entry)
     local stages = { source }
     if entry.encrypted then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = run.key } end
     stages[#stages + 1] = codec.decompress(globals.storage)
+    stages[#stages + 1] = require("bkr.dump").refuse_meta_commands() -- (as a database's: stream_into)
     return append(stages, restore.end_checks(globals, "globals"))
   end
   -- psql applies the globals statement by statement (a role that exists is an error that must
