@@ -18,6 +18,9 @@
  *                                 sections of one table, or partitions, combine by adding)
  *   dump.refuse_meta_commands([{name = ...}])  pass-through filter stage that fails the run at
  *                                 any psql meta-command pg_dump never writes (psql_guard.c)
+ *   dump.drop_restrict_lines([{name = ...}])  transforming filter: pg_dump's own \restrict and
+ *                                 \unrestrict lines out, for a psql bkr restricts itself
+ *                                 (psql_restrict.c)
  *
  * The digest (docs/api/dump.md, part of the manifest format): every row's SHA-256, read as a
  * 256-bit big-endian unsigned integer, summed modulo 2^256, as 64 lowercase hex digits. A sum
@@ -46,6 +49,7 @@
 
 #include "bkr.h"
 #include "psql_guard.h"
+#include "psql_restrict.h"
 #include "row_digest.h"
 #include "stream.h"
 
@@ -622,5 +626,6 @@ int luaopen_bkr_dump(lua_State *L)
 {
     luaL_newlib(L, dump_functions);
     luaL_setfuncs(L, bkr_dump_psql_guard, 0); /* refuse_meta_commands: psql_guard.c */
+    luaL_setfuncs(L, bkr_dump_psql_restrict, 0); /* drop_restrict_lines: psql_restrict.c */
     return 1;
 }

@@ -17,6 +17,7 @@
  *        stream.to_file's: both are atomic_file.c); overwrite = false never replaces a file;
  *        owner = {uid, gid} chowns the temporary file before it takes its final name
  *   fs.lock(path[, opts])               -> Lock            exclusive flock, "PID\n" written inside
+ *                                                          (opts.shared: another user's file locked read-only)
  *        (opts.owner = {uid, gid}: the lock file is given to that owner)
  *        held elsewhere: nil, "fs.lock: PATH is held by process N", "locked"
  *   lock:pid()                          -> integer         the pid written in the file (ours)
@@ -343,6 +344,13 @@ static int fs_lock_new(lua_State *L)
     uid_t uid = 0;
     gid_t gid = 0;
     int chown_to = atomic_file_checkowner(L, 2, "fs.lock", &uid, &gid);
+    /* opts.shared: a lock in a directory every user shares (/run/lock), whose file another
+     * user may have made first */
+    int shared = 0;
+    if (lua_istable(L, 2)) {
+        shared = lua_getfield(L, 2, "shared") != LUA_TNIL && lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
     fs_lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
     lk->fd = -1;
     lk->pid = 0;
@@ -351,10 +359,11 @@ static int fs_lock_new(lua_State *L)
     /* O_NOFOLLOW: the file is truncated below, so never through a symlink someone planted. */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     int read_only = 0;
-    if (fd < 0 && errno == EACCES) {
+    if (fd < 0 && errno == EACCES && shared) {
         /* Another user's lock file (root ran first, 0644): flock works on a read-only
          * descriptor just as well, so both users still exclude each other; only the PID that
-         * names the holder cannot be written. */
+         * names the holder cannot be written. (In a repository, such a file is a permission
+         * problem to report: bkr could write nothing else there either.) */
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         read_only = fd >= 0;
         if (fd < 0)

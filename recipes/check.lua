@@ -259,6 +259,14 @@ local function newest_drills(reports, names, now)
     if missing == 0 then break end
     if report.time <= now + repo.FUTURE_TOLERANCE then
       local value, why = report.read()
+      -- bkr drill writes its start time inside and in the name: a report whose two differ was
+      -- copied or edited (an old passed report under a newer name must not hide a failed drill)
+      if value and value.format ~= "bkr-drill-1" then
+        value, why = nil, "not a bkr-drill-1 report"
+      elseif value and value.time ~= repo.iso_time(report.time) then
+        value, why = nil, string.format("dated %s inside and %s by its name (copied or edited?)",
+          cli.printable(tostring(value.time)), repo.iso_time(report.time))
+      end
       if not value then
         unreadable[#unreadable + 1] = { path = report.path, reason = why }
       else

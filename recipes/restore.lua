@@ -267,7 +267,7 @@ end
 -- applied is a warning.
 local function apply_properties(job)
   for _, warning in ipairs(restore.apply_properties(job.run.conn, job.into, job.entry.manifest.database_properties,
-      job.run.key)) do
+      job.run.key, job.entry.encrypted)) do
     cli.report("warning: %s", warning)
   end
 end

@@ -49,8 +49,9 @@ local function drill_report(repo, age, databases)
   for db, result in pairs(databases) do
     list[#list + 1] = { database = db, result = result, rto_seconds = 12.5, rpo_seconds = 3600 }
   end
-  util.write(repo .. "/drills/drill_" .. stamp_ago(age) .. ".json", require("dkjson").encode({
-    format = "bkr-drill-1", time = iso_ago(age), databases = list, result = "passed",
+  local at = os.time() - age -- (one second for the name and the time inside, as bkr drill's)
+  util.write(repo .. "/drills/drill_" .. os.date("!%Y%m%d_%H%M%S", at) .. ".json", require("dkjson").encode({
+    format = "bkr-drill-1", time = os.date("!%Y-%m-%dT%H:%M:%SZ", at), databases = list, result = "passed",
   }))
 end
 
@@ -134,7 +135,12 @@ describe("bkr check", function()
     local other = util.scratch("repo")
     util.sh("cp -a " .. q(repo) .. "/. " .. q(other))
     local report = util.sh("ls " .. q(other .. "/drills") .. " | grep json$"):gsub("\n", "")
-    util.sh("mv " .. q(other .. "/drills/" .. report) .. " " .. q(other .. "/drills/drill_" .. stamp_ago(2 * DAY) .. ".json"))
+    -- (aged as a drill two days ago would be: its name and the time inside)
+    local aged = require("dkjson").decode(util.read(other .. "/drills/" .. report))
+    local at = os.time() - 2 * DAY
+    aged.time = os.date("!%Y-%m-%dT%H:%M:%SZ", at)
+    os.remove(other .. "/drills/" .. report)
+    util.write(other .. "/drills/drill_" .. os.date("!%Y%m%d_%H%M%S", at) .. ".json", require("dkjson").encode(aged))
     local out, rc = check("--config " .. q(late) .. " --repo " .. q(other))
     assert.are.equal(1, rc, out)
     assert.matches("last drill 2 d ago, interval 24 h", out, 1, true)
@@ -186,6 +192,25 @@ describe("bkr check", function()
     out, rc = check("--repo " .. q(failed) .. " --db shop")
     assert.are.equal(2, rc, out)
     assert.matches("shop: newest backup failed verification", out, 1, true)
+  end)
+
+  it("a passed report copied under a newer name does not hide a failed drill: its time inside is not its name's",
+    function()
+    local forged = util.scratch("repo")
+    aged_backup(forged, "shop", HOUR, "passed")
+    drill_report(forged, 3 * HOUR, { shop = "passed" })
+    drill_report(forged, 2 * HOUR, { shop = "failed" })
+    local out, rc = check("--repo " .. q(forged) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    -- the old passed report, copied to a name of an hour ago
+    local old = util.sh("ls " .. q(forged .. "/drills") .. " | sort | head -n 1"):gsub("\n", "")
+    local copy = forged .. "/drills/drill_" .. stamp_ago(HOUR) .. ".json"
+    util.sh("cp " .. q(forged .. "/drills/" .. old) .. " " .. q(copy))
+    out, rc = check("--repo " .. q(forged) .. " --db shop")
+    assert.are.equal(2, rc, out)
+    assert.matches("shop: last drill failed", out, 1, true)
+    assert.matches("unreadable drill report " .. copy .. " (dated ", out, 1, true)
+    assert.matches("by its name (copied or edited?)", out, 1, true)
   end)
 
   it("is CRITICAL when the last drill failed", function()

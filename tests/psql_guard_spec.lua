@@ -258,3 +258,71 @@ ma"."t\! ""x"""]], restored))
     assert_refused(forged, line, NEVER .. "\\!")
   end)
 end)
+
+-- dump.drop_restrict_lines: pg_dump's own \restrict (among the comments before the first
+-- statement) and \unrestrict (the last line) out, everything else unchanged, whatever the
+-- chunking; bkr's own restricted psql then refuses any other backslash command itself.
+describe("dump.drop_restrict_lines", function()
+  local function drop(text)
+    local r = stream.run{ stream.from_string(text), dump.drop_restrict_lines(), stream.to_string() }
+    return r.string, r.restrict_lines.dropped
+  end
+
+  local HEAD = "--\n-- PostgreSQL database dump\n--\n\n\\restrict Abc123xyz\n\n-- Dumped by pg_dump\n\n"
+  local BODY = "SET statement_timeout = 0;\nCOPY public.t (x) FROM stdin;\n\\\\restrict in data\n1\n\\.\n"
+  local TAIL = "--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict Abc123xyz\n\n"
+
+  it("takes out exactly pg_dump's two lines, with the 128 KiB chunk boundary at every offset", function()
+    local text = HEAD .. BODY .. TAIL
+    local want = (HEAD:gsub("\\restrict Abc123xyz\n", "")) .. BODY .. (TAIL:gsub("\\unrestrict Abc123xyz\n\n$", ""))
+    local out, dropped = drop(text)
+    assert.are.equal(want, out)
+    assert.are.equal(2, dropped)
+    at_every_boundary(text, function(padded, offset)
+      local pad = padded:sub(1, #padded - #text)
+      out, dropped = drop(padded)
+      assert.are.equal(pad .. want, out, "offset " .. offset)
+      assert.are.equal(2, dropped, "offset " .. offset)
+    end)
+  end)
+
+  it("leaves every other backslash line for psql to refuse: a \\restrict after the first statement, an "
+    .. "\\unrestrict with more after it, a \\! anywhere, a key line with a carriage return", function()
+    for _, text in ipairs({
+      "SET x = 1;\n\\restrict Abc\nselect 1;\n",
+      "select 1;\n\\unrestrict Abc\nselect 2;\n",
+      "select 1;\n\\unrestrict Abc\n\n\\! id\n",
+      "\\! id\nselect 1;\n",
+      "\\restrict Abc\r\nselect 1;\n",
+      "\\restrict Abc;id\nselect 1;\n",
+      "select 1;\n\\" .. string.rep("x", 300) .. "\n",
+    }) do
+      local out, dropped = drop(text)
+      assert.are.equal(text, out)
+      assert.are.equal(0, dropped)
+    end
+  end)
+
+  it("drops a last \\unrestrict line without a newline, and keeps a second one", function()
+    local out, dropped = drop("select 1;\n\\unrestrict K1\n\\unrestrict K2")
+    assert.are.equal("select 1;\n\\unrestrict K1\n", out)
+    assert.are.equal(1, dropped)
+  end)
+
+  it("passes a real dump through bkr's restricted psql: a forged \\! is refused by psql itself", function()
+    local psql = util.sh("ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1"):gsub("%s+$", "") .. "/psql"
+    local function through_psql(text)
+      local p = assert(proc.spawn{ argv = { psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+        "-c", "\\restrict bkrOwnKey42", "-f", "-" }, stdin = "pipe", stdout = "null", stderr = "capture" })
+      local ok, err = pcall(stream.run, { stream.from_string(text), dump.drop_restrict_lines(), p:sink() })
+      local said = p:stderr()
+      p:close()
+      return ok, said .. tostring(err)
+    end
+    local ok, said = through_psql(HEAD .. "select 1;\n" .. TAIL)
+    assert.is_true(ok, said)
+    ok, said = through_psql(HEAD .. "select 1;\n\\! echo ran\n" .. TAIL)
+    assert.is_false(ok)
+    assert.matches("backslash commands are restricted", said, 1, true)
+  end)
+end)

@@ -412,6 +412,30 @@ describe("bkr restore checks what verify checks, before psql commits", function(
     assert.is_false(exists(db .. "_f"))
   end)
 
+  it("a forged dump that switches psql to SJIS to hide a \\! from any text filter runs nothing either: psql "
+    .. "itself is restricted by bkr", function()
+    local db = new_database(SETUP)
+    local repo = util.scratch("repo")
+    local out, rc = run("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(0, rc, out)
+    local path = repo .. "/daily/" .. util.files(repo, "%.sql%.gz$")[1]
+    local pwned = util.scratch("pwned") .. "/ran"
+    local sql = util.sh("gzip -dc " .. q(path)):gsub("\\restrict [^\n]*\n", ""):gsub("\\unrestrict [^\n]*\n", "")
+    -- in SJIS, psql reads 0x83 and the backslash after it as one character: the string ends there
+    local trick = "SET client_encoding = 'SJIS';\nSELECT E'\x83\\'; \\! touch " .. pwned .. "\n-- ';\n"
+      .. "SET client_encoding = 'UTF8';\n"
+    sql = sql:gsub("\nCOPY public%.t ", "\n" .. trick:gsub("%%", "%%%%") .. "COPY public.t ", 1)
+    local plain = util.scratch("forged") .. "/dump.sql"
+    util.write(plain, sql)
+    util.sh("gzip -c " .. q(plain) .. " > " .. q(path))
+    resign(path, function(m) m.raw_bytes = #sql end)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_sj --create")
+    assert.are_not.equal(0, rc, out)
+    assert.matches("backslash commands are restricted", out, 1, true)
+    assert.is_nil(io.open(pwned))
+    assert.is_false(exists(db .. "_sj"))
+  end)
+
   it("a globals file with SQL appended is refused before any of it is applied", function()
     local db = new_database("create table t (x int);")
     local repo = util.scratch("repo")

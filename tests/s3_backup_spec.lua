@@ -239,9 +239,19 @@ describe("bkr backup into object storage", function()
     out, rc = run("restore --config " .. q(cfg) .. " --key-file " .. q(key) .. " --db " .. db .. " --latest --into "
       .. target .. "2 --create")
     assert.are.equal(0, rc, out)
-    assert.matches("database settings not re-applied: the sealed value of setting postgres/app.role_token does not "
-      .. "open with the key", out, 1, true)
+    assert.matches("the database's owner, privileges and settings were not re-applied: the sealed value of setting "
+      .. "postgres/app.role_token does not open with the key", out, 1, true)
     assert.is_nil(out:find("TOPSECRET123", 1, true))
+    -- the seal taken off and settings (and an owner) written in the clear: none of it applied
+    m = json.decode(manifest)
+    m.database_properties = { encoding = "UTF8", owner = "nobody_else", settings = { "search_path=evil" } }
+    server.put_text("site7/daily/" .. name .. ".json", json.encode(m))
+    out, rc = run("restore --config " .. q(cfg) .. " --key-file " .. q(key) .. " --db " .. db .. " --latest --into "
+      .. target .. "3 --create")
+    assert.are.equal(0, rc, out)
+    assert.matches("manifest does not seal them", out, 1, true)
+    assert.are.equal("", util.psql("select array_to_string(s.setconfig, ',') from pg_db_role_setting s join "
+      .. "pg_database d on d.oid = s.setdatabase where d.datname = '" .. target .. "3'"))
   end)
 
   it("format: custom: pg_dump's archive goes up from a private temporary file, gone afterwards", function()

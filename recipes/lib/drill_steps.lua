@@ -72,7 +72,7 @@ function steps.restore_scratch(drill, db)
     return nil, cli.detail(result)
   end
   local warnings = restore.apply_properties(drill.run.conn, db.scratch, db.backup.manifest.database_properties,
-    drill.run.key)
+    drill.run.key, db.backup.encrypted)
   db.warnings = warnings
   db.restored = true
   -- a custom-format backup is restored by pg_restore from its archive, not as SQL

@@ -83,8 +83,8 @@ end
 -- ------------------------------------------------------------------ client programs
 
 -- Major version of a PostgreSQL client program, from `prog --version`.
-function postgres.program_version(path)
-  local result = proc.run{ argv = { path, "--version" } }
+function postgres.program_version(path, env)
+  local result = proc.run{ argv = { path, "--version" }, env = env }
   if not result or not result.ok then return nil end
   local version = result.stdout:match("%(PostgreSQL%)%s+(%S+)")
   if not version then return nil end
@@ -110,8 +110,9 @@ end
 -- any work, naming the package to install.
 function postgres.find_program(name, server_major, cfg)
   local best, best_major, best_version, newest_old
+  local env = require("lib.config").child_env(cfg) -- (none of bkr's secrets, even for --version)
   for _, path in ipairs(candidates(name, cfg)) do
-    local major, version = postgres.program_version(path)
+    local major, version = postgres.program_version(path, env)
     if major then
       if major >= server_major and (not best_major or major < best_major) then
         best, best_major, best_version = path, major, version
@@ -178,7 +179,9 @@ end
 -- rotation read it without the key), and a database's settings may hold secrets (ALTER
 -- DATABASE shop SET app.api_key = '...'). So with a key, each setting's value is sealed with it
 -- (crypto.encrypt_value: AES-256-GCM, the setting's place as its authenticated context, so a
--- value cannot be moved to another setting or role); the names stay readable. sealed says so.
+-- value cannot be moved to another setting or role), and so are the owner and the ACL; the
+-- names stay readable. sealed says so. A restore of an encrypted backup applies only sealed
+-- ones: a manifest without the seal was edited (or written before bkr sealed them).
 local SEALED = "AES-256-GCM"
 
 local function setting_context(role, name)
@@ -211,11 +214,18 @@ local function map_settings(props, fn)
   return out
 end
 
+-- What a restore grants from the manifest, sealed too (a forged owner or ACL would hand the
+-- restored database to someone else): owner and acl, each with its place as its context.
+local GRANTS = { "owner", "acl" }
+
 function postgres.seal_settings(props, key)
   local crypto = require "bkr.crypto"
   local sealed = assert(map_settings(props, function(role, name, value)
     return crypto.encrypt_value(key, value, setting_context(role, name))
   end))
+  for _, field in ipairs(GRANTS) do
+    if props[field] then sealed[field] = crypto.encrypt_value(key, props[field], "database_properties." .. field) end
+  end
   sealed.sealed = SEALED
   return sealed
 end
@@ -237,6 +247,16 @@ function postgres.unseal_settings(props, key)
     return plain
   end)
   if not out then return nil, err, kind end
+  for _, field in ipairs(GRANTS) do
+    if props[field] then
+      local plain, derr, code = crypto.decrypt_value(key, props[field], "database_properties." .. field)
+      if not plain then
+        return nil, string.format("the sealed %s does not open with the key: %s", field, derr),
+          code == "key" and "key" or "corrupt"
+      end
+      out[field] = plain
+    end
+  end
   out.sealed = nil
   return out
 end

@@ -411,7 +411,7 @@ end
 
 function remote.lock(store)
   local path = remote.lock_path(store)
-  local lock, err, kind = require("bkr.fs").lock(path)
+  local lock, err, kind = require("bkr.fs").lock(path, { shared = true })
   if not lock then
     if kind == "locked" then cli.fail(cli.EXIT_FAILED, "repository %s is busy: %s", store.url, err) end
     local owner = require("bkr.fs").owner(path)

@@ -370,9 +370,50 @@ local function append(list, more)
 end
 
 -- psql reading the dump: one transaction, stop at the first error.
+-- psql in restricted mode (`\restrict KEY`, from psql 13.22, 14.19, 15.14, 16.10, 17.6 and 18
+-- on) refuses every backslash command by its own lexer, which no filter of the dump's text can
+-- match in every case (a dump may switch psql to a client encoding that hides a quote from
+-- any other reader). bkr restricts psql with a key of its own, before the dump's first line;
+-- the dump's own \restrict and \unrestrict lines are taken out (dump.drop_restrict_lines).
+local RESTRICT_SINCE = { [13] = 22, [14] = 19, [15] = 14, [16] = 10, [17] = 6 }
+
+function restore.psql_restricts(version)
+  local major, minor = tostring(version):match("^(%d+)%.(%d+)")
+  major, minor = tonumber(major), tonumber(minor)
+  if not major then
+    major = tonumber(tostring(version):match("^(%d+)"))
+    if not major then return false end
+    return major >= 18
+  end
+  if major >= 18 then return true end
+  return RESTRICT_SINCE[major] ~= nil and minor >= RESTRICT_SINCE[major]
+end
+
+-- psql's arguments: its options, then (when it can) bkr's own \restrict before the dump on
+-- standard input.
+local function psql_argv(run, options)
+  local argv = { run.psql, "-X", "-q" }
+  for _, option in ipairs(options) do argv[#argv + 1] = option end
+  if run.restrict_key then
+    for _, arg in ipairs({ "-c", "\\restrict " .. run.restrict_key, "-f", "-" }) do argv[#argv + 1] = arg end
+  end
+  return argv
+end
+
+-- The stages between a plain dump and psql: the guard, and, for a restricted psql, the
+-- dump's own \restrict lines out.
+local function psql_stages(run, stages)
+  local dump = require "bkr.dump"
+  -- psql runs its meta-commands (\! runs a shell): only those pg_dump writes may reach it, so
+  -- a dump forged with its checksums recomputed cannot run commands on this host
+  stages[#stages + 1] = dump.refuse_meta_commands()
+  if run.restrict_key then stages[#stages + 1] = dump.drop_restrict_lines() end
+  return stages
+end
+
 local function spawn_psql(run, target)
   return proc.spawn{
-    argv = { run.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password" },
+    argv = psql_argv(run, { "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password" }),
     env = config.child_env(run.cfg, target),
     stdin = "pipe", stdout = "null", stderr = "capture",
   }
@@ -477,9 +518,7 @@ function restore.stream_into(run, entry, target)
   stages[#stages + 1] = codec.decompress(codec.for_entry(entry))
   append(stages, restore.end_checks(entry, "database"))
   stages[#stages + 1] = stream.progress{ label = "restore " .. target, total = entry.manifest.raw_bytes }
-  -- psql runs its meta-commands (\! runs a shell): only those pg_dump writes may reach it, so
-  -- a dump forged with its checksums recomputed cannot run commands on this host
-  stages[#stages + 1] = require("bkr.dump").refuse_meta_commands()
+  psql_stages(run, stages)
   local psql, err = spawn_psql(run, target)
   if not psql then error(err, 0) end
   stages[#stages + 1] = psql:sink{ name = "psql" }
@@ -556,7 +595,6 @@ function restore.globals(run, entry)
     local stages = { source }
     if entry.encrypted then stages[#stages + 1] = require("bkr.crypto").decrypt{ key = run.key } end
     stages[#stages + 1] = codec.decompress(globals.storage)
-    stages[#stages + 1] = require("bkr.dump").refuse_meta_commands() -- (as a database's: stream_into)
     return append(stages, restore.end_checks(globals, "globals"))
   end
   -- psql applies the globals statement by statement (a role that exists is an error that must
@@ -565,6 +603,7 @@ function restore.globals(run, entry)
   -- The pass that applies it checks again.
   local stages, err = read_stages()
   if not stages then return nil, err end
+  stages[#stages + 1] = require("bkr.dump").refuse_meta_commands()
   stages[#stages + 1] = stream.to_null()
   local checked, failure = pcall(stream.run, stages)
   if not checked then
@@ -575,8 +614,9 @@ function restore.globals(run, entry)
   end
   stages, err = read_stages()
   if not stages then return nil, err end
+  psql_stages(run, stages) -- (as a database's: stream_into)
   local psql = assert(proc.spawn{
-    argv = { run.psql, "-X", "-q", "--no-password" },
+    argv = psql_argv(run, { "--no-password" }),
     env = config.child_env(run.cfg, run.cfg.connection.dbname or "postgres"),
     stdin = "pipe", stdout = "null", stderr = "capture",
   })
@@ -641,14 +681,22 @@ end
 -- settings in this database, and database privileges. Returns a list of warnings. The
 -- settings of an encrypted backup are sealed with its key (postgres.seal_settings): key opens
 -- them; sealed ones that do not open are not applied, and said.
-function restore.apply_properties(conn, target, properties, key)
+function restore.apply_properties(conn, target, properties, key, encrypted)
   local warnings = {}
+  if encrypted and properties and not properties.sealed then
+    -- an encrypted backup's manifest seals what it grants: one without the seal was edited by
+    -- someone without the key (or written before bkr sealed them): nothing of it is applied
+    warnings[#warnings + 1] = "the database's owner, privileges and settings were not re-applied: this encrypted "
+      .. "backup's manifest does not seal them (edited, or written by an older bkr); apply them by hand"
+    return warnings
+  end
   if properties and properties.sealed then
     local opened, err
     if key then opened, err = require("lib.postgres").unseal_settings(properties, key) end
     if not opened then
-      warnings[#warnings + 1] = "database settings not re-applied: " .. (err or "they are sealed and no key was given")
-      properties = { owner = properties.owner, acl = properties.acl }
+      warnings[#warnings + 1] = "the database's owner, privileges and settings were not re-applied: "
+        .. (err or "they are sealed and no key was given")
+      return warnings
     else
       properties = opened
     end
@@ -770,7 +818,11 @@ function restore.prepare(cfg, key)
   run.conn = postgres.connect(cfg)
   local server_num = run.conn:server_version()
   run.server_major = server_num // 10000
-  run.psql = postgres.find_program("psql", run.server_major, cfg)
+  local version
+  run.psql, version = postgres.find_program("psql", run.server_major, cfg)
+  if restore.psql_restricts(version) then
+    run.restrict_key = require("bkr.crypto").random_bytes(16):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+  end
   return run
 end
 

@@ -9,7 +9,7 @@
  *
  * dump.c is included whole so that its static callbacks can be called without the pipeline
  * core; the few core functions it uses are defined here, and the error helpers are linked.
- * fuzz-sources: runtime/error.c runtime/fail.c bindings/row_digest.c bindings/psql_guard.c */
+ * fuzz-sources: runtime/error.c runtime/fail.c bindings/row_digest.c bindings/psql_guard.c bindings/psql_restrict.c */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
