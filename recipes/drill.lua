@@ -116,7 +116,8 @@ local function drill_database(name)
       db.steps[#db.steps + 1] = record
       failed = record.result ~= "passed"
       interrupted = record.result == "interrupted"
-      io.stdout:write(string.format("%-8s %-16s %-16s %s\n", record.result, name, step, record.detail or ""))
+      io.stdout:write(string.format("%-8s %-16s %-16s %s\n", record.result, cli.printable(name), step,
+        cli.printable(record.detail or "")))
       io.stdout:flush()
     end
   end
@@ -127,14 +128,14 @@ local function drill_database(name)
   if interrupted then
     -- neither a failure of the backup nor a drill that proved too little: it was stopped
     db.result = "interrupted"
-    io.stdout:write(string.format("%-8s %-16s %-16s %s\n", "interrupted", name, "(drill)",
+    io.stdout:write(string.format("%-8s %-16s %-16s %s\n", "interrupted", cli.printable(name), "(drill)",
       "stopped by " .. (bkr.interrupted() or "a signal")))
     io.stdout:flush()
   elseif not failed then
     db.incomplete = unproven(db)
     if db.incomplete then
       db.result = "incomplete"
-      io.stdout:write(string.format("%-8s %-16s %-16s %s\n", "incomplete", name, "(drill)", db.incomplete))
+      io.stdout:write(string.format("%-8s %-16s %-16s %s\n", "incomplete", cli.printable(name), "(drill)", db.incomplete))
       io.stdout:flush()
     end
   end
@@ -198,8 +199,22 @@ end
 local function put_report(report)
   local store = repository.s3
   local relative = "drills/drill_" .. drill.stamp
-  local ok, err = remote.put(store, relative .. ".json", json.encode(report, true) .. "\n")
-  if ok then ok, err = remote.put(store, relative .. ".md", report_markdown(report)) end
+  local function put()
+    local ok, err = remote.put(store, relative .. ".json", json.encode(report, true) .. "\n")
+    if ok then ok, err = remote.put(store, relative .. ".md", report_markdown(report)) end
+    return ok, err
+  end
+  local ok, err = put()
+  if not ok and bkr.interrupted() then
+    -- the drill is over: its report is written all the same, as bkr exits (requests are no
+    -- longer refused as interrupted there), and what became of it is said
+    bkr.at_exit(function()
+      local done, again = put()
+      io.stderr:write("bkr: drill: ", done and "the report was written to " .. remote.display(store, relative)
+        or "the report could not be written: " .. cli.printable(tostring(again)), "\n")
+    end)
+    cli.fail(cli.EXIT_FAILED, "drill: interrupted while writing the report to the bucket; writing it as bkr exits")
+  end
   if not ok then cli.fail(cli.EXIT_FAILED, "drill: cannot write the report: %s", err) end
   return remote.display(store, relative)
 end

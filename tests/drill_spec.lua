@@ -57,7 +57,7 @@ describe("bkr drill", function()
 
   it("drills databases named dbname=... and host=..., never reading the names as connection strings", function()
     local repo = util.scratch("repo")
-    local names = { "dbname=x_r", "host=/nonexistent" }
+    local names = { "dbname=x_r", "host=/nonexistent", "two\nlines db" }
     for _, name in ipairs(names) do
       util.psql("drop database if exists " .. R.ident(name))
       util.psql("create database " .. R.ident(name))
@@ -67,7 +67,7 @@ describe("bkr drill", function()
     local report = util.scratch("report") .. "/drill"
     local cfg = config_file(repo, "  smoke_queries:\n    - select count(*) = 2 from t\n")
     local out, rc = run("drill --config " .. q(cfg) .. " --db " .. q(names[1]) .. " --db " .. q(names[2])
-      .. " --report " .. q(report))
+      .. " --db " .. q(names[3]) .. " --report " .. q(report))
     assert.are.equal(0, rc, out)
     local data = json.decode(util.read(report .. ".json"))
     for i, db in ipairs(data.databases) do
@@ -77,6 +77,11 @@ describe("bkr drill", function()
       assert.are.equal(2, db.tables[1].rows)
     end
     assert.are.equal("", scratch_databases())
+    -- a newline in a name cannot split a step's line of output in two
+    for line in out:gmatch("[^\n]+") do
+      assert.is_nil(line:match("^lines db"), "a line begins with the second half of a name: " .. out)
+    end
+    assert.matches("passed +two\\nlines db", out)
     for _, name in ipairs(names) do util.psql("drop database " .. R.ident(name)) end
   end)
 
