@@ -122,6 +122,14 @@ local function choose_backup(job)
   job.entry = entry
   logging.step("choose_backup", { database = entry.database, file = entry.type .. "/" .. entry.file })
   cli.say("backup:  %s", describe(entry))
+  -- bkr verify found this backup damaged (its bytes, not the environment: verify records only
+  -- that): it is not restored; an earlier one is chosen with --before (or verify it again)
+  if repo.verified(entry) == "failed" and not options.dry_run then
+    cli.fail(cli.EXIT_INTEGRITY, "restore: %s failed verification%s, %s left untouched; restore an earlier one "
+      .. "with --before %s, or run bkr verify on it again", entry.file,
+      entry.manifest.verification.time and (" at " .. entry.manifest.verification.time) or "",
+      options.into or "the target", entry.stamp)
+  end
 end
 
 -- Its checksum against the sidecar and the manifest, before anything is touched. In a bucket

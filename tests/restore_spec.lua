@@ -402,13 +402,21 @@ describe("bkr restore checks what verify checks, before psql commits", function(
     util.write(plain, sql)
     util.sh("gzip -c " .. q(plain) .. " > " .. q(path))
     resign(path, function(m) m.raw_bytes = #sql end)
-    out, rc = run("verify --latest --repo " .. q(repo) .. " --db " .. db)
+    out, rc = run("verify --no-record --latest --repo " .. q(repo) .. " --db " .. db)
     assert.are.equal(3, rc, out)
     assert.matches("a psql meta-command pg_dump never writes: ", out, 1, true)
     out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_f --create")
     assert.are.equal(3, rc, out)
     assert.matches("a psql meta-command pg_dump never writes: ", out, 1, true)
     assert.is_nil(io.open(pwned))
+    assert.is_false(exists(db .. "_f"))
+    -- once verify has recorded it as failed, restore refuses it before anything else
+    out, rc = run("verify --latest --repo " .. q(repo) .. " --db " .. db)
+    assert.are.equal(3, rc, out)
+    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_f --create")
+    assert.are.equal(3, rc, out)
+    assert.matches("failed verification at [^\n]*, " .. db .. "_f left untouched; restore an earlier one with "
+      .. "%-%-before ", out)
     assert.is_false(exists(db .. "_f"))
   end)
 
