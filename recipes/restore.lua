@@ -267,7 +267,7 @@ local function stream_into_database(job)
     cli.say("restore: %s archive into %s with pg_restore -j %d in %.1f s", cli.size(result.bytes_out), job.into,
       result.jobs, result.elapsed)
   else
-    cli.say("restore: %s of SQL into %s in %.1f s", cli.size(result.bytes_out), job.into, result.elapsed)
+    cli.say("restore: %s of SQL into %s in %.1f s", cli.size(result.sql_bytes), job.into, result.elapsed)
   end
 end
 

@@ -494,9 +494,15 @@ local function secret_variables(value, key, into)
   return into
 end
 
+-- An environment for a child that needs nothing of bkr's: its secrets removed (proc.spawn's
+-- env: false removes a variable).
+function config.without_secrets(cfg)
+  return secret_variables(cfg, nil, { AWS_SECRET_ACCESS_KEY = false, AWS_SESSION_TOKEN = false })
+end
+
 function config.child_env(cfg, dbname)
   local c = cfg.connection
-  local env = secret_variables(cfg, nil, { AWS_SECRET_ACCESS_KEY = false, AWS_SESSION_TOKEN = false })
+  local env = config.without_secrets(cfg)
   env.PGAPPNAME, env.PGCONNECT_TIMEOUT = "bkr", tostring(config.connect_timeout(cfg))
   if c.host then env.PGHOST = c.host end
   if c.port then env.PGPORT = tostring(c.port) end

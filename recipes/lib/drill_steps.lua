@@ -77,7 +77,8 @@ function steps.restore_scratch(drill, db)
   db.restored = true
   -- a custom-format backup is restored by pg_restore from its archive, not as SQL
   local what = result.jobs and "archive" or "of SQL"
-  return true, string.format("%s %s into %s in %.1f s", cli.size(result.bytes_out), what, db.scratch, result.elapsed)
+  return true, string.format("%s %s into %s in %.1f s", cli.size(result.sql_bytes or result.bytes_out), what, db.scratch,
+    result.elapsed)
 end
 
 -- Every table's row count and digest against the manifest.

@@ -110,7 +110,7 @@ end
 -- any work, naming the package to install.
 function postgres.find_program(name, server_major, cfg)
   local best, best_major, best_version, newest_old
-  local env = require("lib.config").child_env(cfg) -- (none of bkr's secrets, even for --version)
+  local env = require("lib.config").without_secrets(cfg) -- (none of bkr's secrets, even for --version)
   for _, path in ipairs(candidates(name, cfg)) do
     local major, version = postgres.program_version(path, env)
     if major then

@@ -524,6 +524,8 @@ function restore.stream_into(run, entry, target)
   stages[#stages + 1] = psql:sink{ name = "psql" }
   local result = stream.run(stages)
   psql:close()
+  -- the dump's size as it was decompressed (psql got it less pg_dump's own \restrict lines)
+  result.sql_bytes = result.size or result.bytes_out
   return result
 end
 
