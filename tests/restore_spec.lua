@@ -387,22 +387,29 @@ describe("bkr restore checks what verify checks, before psql commits", function(
     end)
   end
 
-  it("a dump forged with a shell command, its size, marker and checksums recomputed, runs nothing: "
-    .. "restore and verify refuse it (exit 3)", function()
+  -- A backup of a new database whose dump is forged as someone who can write the repository
+  -- would: pg_dump's \\restrict lines out (psql would refuse a backslash command inside them),
+  -- `lines` in before the table's data, size, checksum and sidecar recomputed.
+  local function forged_backup(lines)
     local db = new_database(SETUP)
     local repo = util.scratch("repo")
     local out, rc = run("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. db)
     assert.are.equal(0, rc, out)
     local path = repo .. "/daily/" .. util.files(repo, "%.sql%.gz$")[1]
-    local pwned = util.scratch("pwned") .. "/ran"
-    -- pg_dump's \restrict lines out (psql would refuse \! inside them), a \! line in
     local sql = util.sh("gzip -dc " .. q(path)):gsub("\\restrict [^\n]*\n", ""):gsub("\\unrestrict [^\n]*\n", "")
-    sql = sql:gsub("\nCOPY public%.t ", "\n\\! touch " .. pwned .. "\nCOPY public.t ", 1)
+    sql = sql:gsub("\nCOPY public%.t ", "\n" .. lines:gsub("%%", "%%%%") .. "COPY public.t ", 1)
     local plain = util.scratch("forged") .. "/dump.sql"
     util.write(plain, sql)
     util.sh("gzip -c " .. q(plain) .. " > " .. q(path))
     resign(path, function(m) m.raw_bytes = #sql end)
-    out, rc = run("verify --no-record --latest --repo " .. q(repo) .. " --db " .. db)
+    return db, repo
+  end
+
+  it("a dump forged with a shell command, its size, marker and checksums recomputed, runs nothing: "
+    .. "restore and verify refuse it (exit 3)", function()
+    local pwned = util.scratch("pwned") .. "/ran"
+    local db, repo = forged_backup("\\! touch " .. pwned .. "\n")
+    local out, rc = run("verify --no-record --latest --repo " .. q(repo) .. " --db " .. db)
     assert.are.equal(3, rc, out)
     assert.matches("a psql meta-command pg_dump never writes: ", out, 1, true)
     out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_f --create")
@@ -422,22 +429,11 @@ describe("bkr restore checks what verify checks, before psql commits", function(
 
   it("a forged dump that switches psql to SJIS to hide a \\! from any text filter runs nothing either: psql "
     .. "itself is restricted by bkr", function()
-    local db = new_database(SETUP)
-    local repo = util.scratch("repo")
-    local out, rc = run("backup --no-globals --create-repo --repo " .. q(repo) .. " --db " .. db)
-    assert.are.equal(0, rc, out)
-    local path = repo .. "/daily/" .. util.files(repo, "%.sql%.gz$")[1]
     local pwned = util.scratch("pwned") .. "/ran"
-    local sql = util.sh("gzip -dc " .. q(path)):gsub("\\restrict [^\n]*\n", ""):gsub("\\unrestrict [^\n]*\n", "")
     -- in SJIS, psql reads 0x83 and the backslash after it as one character: the string ends there
-    local trick = "SET client_encoding = 'SJIS';\nSELECT E'\x83\\'; \\! touch " .. pwned .. "\n-- ';\n"
-      .. "SET client_encoding = 'UTF8';\n"
-    sql = sql:gsub("\nCOPY public%.t ", "\n" .. trick:gsub("%%", "%%%%") .. "COPY public.t ", 1)
-    local plain = util.scratch("forged") .. "/dump.sql"
-    util.write(plain, sql)
-    util.sh("gzip -c " .. q(plain) .. " > " .. q(path))
-    resign(path, function(m) m.raw_bytes = #sql end)
-    out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_sj --create")
+    local db, repo = forged_backup("SET client_encoding = 'SJIS';\nSELECT E'\x83\\'; \\! touch " .. pwned
+      .. "\n-- ';\nSET client_encoding = 'UTF8';\n")
+    local out, rc = run("restore --repo " .. q(repo) .. " --db " .. db .. " --latest --into " .. db .. "_sj --create")
     assert.are_not.equal(0, rc, out)
     assert.matches("backslash commands are restricted", out, 1, true)
     assert.is_nil(io.open(pwned))

@@ -22,6 +22,13 @@ local function db_with_rows(n)
     .. "insert into t select i, md5(i::text) from generate_series(1, " .. n .. ") i;")
 end
 
+-- A database of `rows` rows of random text (about 80 bytes each in the dump, half of that
+-- once compressed): big enough that its backup goes up in several 5 MiB parts.
+local function big_database(prefix, rows)
+  return util.new_database(prefix, "create table t (id int primary key, x text); "
+    .. "insert into t select i, md5(random()::text) || md5(random()::text) from generate_series(1, " .. rows .. ") i;")
+end
+
 -- The keys under PREFIX/TYPE/ in s3rver's store, by file name (no directories).
 local function stored(prefix, type_)
   local dir = server.dir .. "/data/" .. S3.BUCKET .. "/" .. prefix .. "/" .. type_
@@ -96,8 +103,7 @@ describe("bkr backup into object storage", function()
 
   it("a backup bigger than a part goes up in parts while pg_dump runs; gunzip and psql restore it", function()
     -- random text: about 6x the 5 MiB part once compressed
-    local db = util.new_database("s3big", "create table t (id int primary key, x text); "
-      .. "insert into t select i, md5(random()::text) || md5(random()::text) from generate_series(1, 500000) i;")
+    local db = big_database("s3big", 500000)
     local cfg = s3_config("site2")
     local before = #server.requests()
     local out, rc = run("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
@@ -122,8 +128,7 @@ describe("bkr backup into object storage", function()
 
   it("the server gone mid-upload: exit 1, no backup in the bucket; the next run aborts the open upload "
     .. "and backs up", function()
-    local db = util.new_database("s3cut", "create table t (id int primary key, x text); "
-      .. "insert into t select i, md5(random()::text) || md5(random()::text) from generate_series(1, 600000) i;")
+    local db = big_database("s3cut", 600000)
     local cfg = s3_config("site3", "connection:\n  connect_timeout_seconds: 5")
     local port = server.port
     local h = R.start_bkr("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
@@ -149,8 +154,7 @@ describe("bkr backup into object storage", function()
   end)
 
   it("SIGTERM mid-upload: exit 143, the upload aborted, nothing under the backup's name", function()
-    local db = util.new_database("s3term", "create table t (id int primary key, x text); "
-      .. "insert into t select i, md5(random()::text) || md5(random()::text) from generate_series(1, 600000) i;")
+    local db = big_database("s3term", 600000)
     local cfg = s3_config("site4")
     local h = R.start_bkr("backup --no-globals --config " .. q(cfg) .. " --db " .. db)
     assert.is_true(server.wait_for_first_part("site4/daily/"), "no part was sent")
