@@ -52,7 +52,7 @@ local CASES = {
     "restore --db {db} --latest --into {fresh_db} --create --repo {enc_repo} --key-file {wrong_key}",
     "was encrypted with key %x+, the key given is %x+; [%w_]+ left untouched", row = "the wrong key (target untouched)" },
   { "restore.md", "restore", 3, "restore --db {db} --latest --into {fresh_db} --create --repo {bad_repo}",
-    "failed verification, [%w_]+ left untouched", row = "the backup failed its check (target untouched)" },
+    "failed verification[^,\n]*, [%w_]+ left untouched", row = "the backup failed its check (target untouched)" },
 
   { "list.md", "list", 0, "list --repo {repo}", "TIME %(UTC%)" },
   { "list.md", "list", 1, "list --repo {unreadable_repo}", "cannot read [^\n]*daily: owned by", as = "other user",
