@@ -55,7 +55,7 @@ end
 local function parse_arguments(args)
   return cli.parse(args, {
     name = "verify",
-    usage = "bkr verify [PATH | --latest | --all] [--db NAME]... [--repo DIR] [--config FILE] [--key-file FILE]",
+    usage = "bkr verify [PATH | --latest | --all] [--db NAME]... [--repo DIR|s3://B/P] [--config FILE] [--key-file FILE]",
     summary = "Check backups end to end and record the verdict in each manifest.\n"
       .. "PATH is a backup file; --latest (the default) checks the newest backup of each database\n"
       .. "and the globals file of the same run; --all checks every backup in the repository.\n"
