@@ -22,24 +22,12 @@
 /* A small cap on kept header lines, so that short inputs reach the overflow paths. */
 #define DUMP_HEADER_MAX 64
 #include "../../bindings/dump.c"
+#include "stage_harness.h"
 
-/* The host's (runtime/main.c); error.c names it, the fuzzer is never interrupted. */
-void bkr_interrupt_delivered(lua_State *L) { (void)L; }
 
-/* Not reached: the Lua-facing constructors are not called here. */
-bkr_stage *bkr_stage_new(lua_State *L, const bkr_stage_ops *ops) { abort(); }
-void bkr_stage_open(bkr_stage *st, void *self, const char *name) { abort(); }
-const char *bkr_stage_optname(lua_State *L, int opts) { abort(); }
 
 static lua_State *L;
 
-static uint64_t next_random(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
 
 /* Feed data in chunks (seed 0: one piece). Returns the filter, or NULL if it failed. */
 static tables *run_tables(const unsigned char *data, size_t len, uint64_t seed, int *failed)

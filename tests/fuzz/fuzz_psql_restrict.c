@@ -21,19 +21,9 @@
 #include <lauxlib.h>
 
 #include "../../bindings/psql_restrict.c"
+#include "stage_harness.h"
 
-void bkr_interrupt_delivered(lua_State *L) { (void)L; }
-bkr_stage *bkr_stage_new(lua_State *L, const bkr_stage_ops *ops) { abort(); }
-void bkr_stage_open(bkr_stage *st, void *self, const char *name) { abort(); }
-const char *bkr_stage_optname(lua_State *L, int opts) { abort(); }
 
-static uint64_t next_random(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
 
 /* mode 0: whole; 1: byte by byte; 2: random chunks and output sizes from seed. Returns the
  * output (malloc'd) and its length, and the count of dropped lines. */
