@@ -24,10 +24,7 @@
 #include "../../bindings/dump.c"
 #include "stage_harness.h"
 
-
-
 static lua_State *L;
-
 
 /* Feed data in chunks (seed 0: one piece). Returns the filter, or NULL if it failed. */
 static tables *run_tables(const unsigned char *data, size_t len, uint64_t seed, int *failed)

@@ -23,10 +23,7 @@
 #include "../../bindings/psql_guard.c"
 #include "stage_harness.h"
 
-
-
 static lua_State *L;
-
 
 typedef struct outcome {
     int failed;

@@ -23,8 +23,6 @@
 #include "../../bindings/psql_restrict.c"
 #include "stage_harness.h"
 
-
-
 /* mode 0: whole; 1: byte by byte; 2: random chunks and output sizes from seed. Returns the
  * output (malloc'd) and its length, and the count of dropped lines. */
 static unsigned char *run(const unsigned char *data, size_t len, int mode, uint64_t seed, size_t *out_len,
