@@ -385,4 +385,29 @@ describe("bkr drill on object storage", function()
     assert.are.equal("", R.databases_like("bkr_drill_%"))
     assert.are.equal("", empty(cwd))
   end)
+
+  it("SIGTERM while the report goes into the bucket: the report is written as bkr exits, and said", function()
+    local db = db_with_rows(100)
+    local cfg = s3_config("dr2", "databases: [" .. db .. "]\n")
+    backup_to_bucket(db, "dr2", cfg)
+    server.fault("stall 1 PUT") -- the drill's first PUT is its report: never answered
+    local before = #server.requests()
+    local bg = R.start_bkr("drill --config " .. q(cfg))
+    assert.is_true(R.wait_until(function()
+      for i, r in ipairs(server.requests()) do
+        if i > before and r.method == "PUT" and r.url:find("dr2/drills/drill_", 1, true) then return true end
+      end
+      return false
+    end, 60), "the report was never sent")
+    bg.kill("TERM")
+    assert.are.equal(143, bg.wait(60), bg.output())
+    local out = bg.output()
+    assert.matches("interrupted while writing the report to the bucket; writing it as bkr exits", out, 1, true)
+    local stamp = out:match("the report was written to " .. url("dr2"):gsub("%p", "%%%0") .. "/drills/drill_([%d_%-]+)")
+    assert.is_truthy(stamp, out)
+    local report = json.decode(util.read(server.object_file("dr2/drills/drill_" .. stamp .. ".json")))
+    assert.are.equal("passed", report.result)
+    assert.matches("**Result: PASSED.**", util.read(server.object_file("dr2/drills/drill_" .. stamp .. ".md")), 1, true)
+    assert.are.equal("", R.databases_like("bkr_drill_%"))
+  end)
 end)

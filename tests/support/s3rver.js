@@ -14,6 +14,8 @@
 //     the next COUNT requests of METHOD get STATUS with an S3 error document instead of reaching
 //     s3rver; "drop COUNT GET BYTES" cuts the connection of the next COUNT GETs after BYTES
 //     bytes of the object; "stall COUNT GET BYTES" sends BYTES and then nothing, connection open;
+//     "stall COUNT PUT" reads the next COUNT PUTs and never answers them (a request the client
+//     must give up on, or be interrupted in);
 //   - AbortMultipartUpload, which s3rver 3.7.1 does not implement (it answers 405): the upload's
 //     directory in s3rver's own store is removed and 204 answered, as S3 does (404 NoSuchUpload
 //     when there is no such upload), later requests for it get 404 NoSuchUpload, and the
@@ -159,6 +161,10 @@ server.middleware.unshift(async (ctx, next) => {
     return xmlError(ctx, 403, 'SignatureDoesNotMatch');
   }
   const fault = takeFault(ctx.method);
+  if (fault && fault.what === 'stall' && ctx.method === 'PUT') {
+    ctx.req.resume();
+    return new Promise(() => {}); // never answered; the client's timeout or an interrupt ends it
+  }
   if (fault && /^\d+$/.test(fault.what)) {
     const codes = { 500: 'InternalError', 503: 'SlowDown', 429: 'SlowDown', 400: 'BadRequest' };
     ctx.req.resume(); // read and drop the body
