@@ -93,14 +93,67 @@ end
 -- The backup in the target: nil (no manifest there), "whole" (this backup's manifest, data
 -- and sidecar), "partial" (this backup's manifest without its data or sidecar: copied again),
 -- or "other" (another backup's manifest under this name: left alone).
-local target_state -- the last answer of in_target
 local function in_target(entry, relative)
-  target_state = nil
   if not target.has(relative) then return nil end
   local theirs = target.read_manifest(relative)
-  target_state = (theirs and theirs.sha256 == entry.manifest.sha256)
-    and (target.complete(relative) and "whole" or "partial") or "other"
-  return target_state
+  if not (theirs and theirs.sha256 == entry.manifest.sha256) then return "other" end
+  return target.complete(relative) and "whole" or "partial"
+end
+
+-- A backup the target lacks (or holds only in part): checked at the source, then completed
+-- when its data is already there, left alone when something else has its name, else copied.
+local function bring(entry, relative, shown)
+  local expected, err, kind = source.expected(entry)
+  if not expected then
+    if kind == "corrupt" or kind == "not_regular" or kind == "missing" then
+      damaged = damaged + 1
+      io.stderr:write("bkr: sync: not copied, damaged: ", source.name, "/", shown, ": ", cli.printable(err), "\n")
+    else
+      failed = failed + 1
+      io.stderr:write("bkr: sync: cannot read ", source.name, "/", shown, ": ", cli.printable(err), "\n")
+    end
+    return
+  end
+  if options.dry_run then
+    cli.say("would copy %s (%s)", shown, cli.size(entry.stored_bytes or 0))
+    copied = copied + 1
+    return
+  end
+  -- (a local target hashes a file already under the name: once)
+  local occupied = target.occupied and target.occupied(relative, expected)
+  if occupied == "same" then
+    local ok, ferr = target.finish(relative, expected, entry.manifest)
+    if ok then
+      copied = copied + 1
+      cli.report("completed %s in %s (its data was there; sidecar and manifest written)", shown, target.name)
+    else
+      failed = failed + 1
+      io.stderr:write("bkr: sync: completing ", shown, " in ", target.name, " failed: ", cli.printable(ferr), "\n")
+    end
+    return
+  end
+  if occupied then
+    failed = failed + 1
+    io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown, ": ", occupied, "\n")
+    return
+  end
+  local result, cerr, ckind = copy(entry, relative, expected)
+  if result then
+    copied = copied + 1
+    cli.report("copied %s to %s (%s in %.1f s)", shown, target.name, cli.size(result.bytes_in), result.elapsed)
+    logging.step("copy", { file = relative, to = target.name, bytes = result.bytes_in, seconds = result.elapsed })
+  elseif ckind == "interrupted" then
+    failed = failed + 1
+    io.stderr:write("bkr: sync: copy of ", shown, " to ", target.name, " interrupted; nothing of it was left\n")
+  elseif ckind == "corrupt" then
+    damaged = damaged + 1
+    io.stderr:write("bkr: sync: not copied, damaged: ", source.name, "/", shown, ": ", cli.printable(cerr), "\n")
+    logging.step("copy", { file = relative, to = target.name, result = "failed", error = cerr, kind = ckind })
+  else
+    failed = failed + 1
+    io.stderr:write("bkr: sync: copy of ", shown, " to ", target.name, " failed: ", cli.printable(cerr), "\n")
+    logging.step("copy", { file = relative, to = target.name, result = "failed", error = cerr, kind = ckind })
+  end
 end
 
 for _, entry in ipairs(entries) do
@@ -113,55 +166,16 @@ for _, entry in ipairs(entries) do
     skipped = skipped + 1
     cli.say("passed by %s: %s", shown, entry.manifest_kind == "missing" and "incomplete (no manifest yet)"
       or cli.printable(tostring(entry.manifest_error)))
-  elseif in_target(entry, relative) == "whole" then
-    present = present + 1
-  elseif target_state == "other" then
-    failed = failed + 1
-    io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown,
-      " holds another backup under this name (a different SHA-256)\n")
-  else -- not there, or its manifest without its data or sidecar (a removal cut short): copied
-    local expected, err, kind = source.expected(entry)
-    if not expected then
-      if kind == "corrupt" or kind == "not_regular" or kind == "missing" then
-        damaged = damaged + 1
-        io.stderr:write("bkr: sync: not copied, damaged: ", source.name, "/", shown, ": ", cli.printable(err), "\n")
-      else
-        failed = failed + 1
-        io.stderr:write("bkr: sync: cannot read ", source.name, "/", shown, ": ", cli.printable(err), "\n")
-      end
-    elseif options.dry_run then
-      cli.say("would copy %s (%s)", shown, cli.size(entry.stored_bytes or 0))
-      copied = copied + 1
-    elseif target.occupied and target.occupied(relative, expected) == "same" then
-      local ok, ferr = target.finish(relative, expected, entry.manifest)
-      if ok then
-        copied = copied + 1
-        cli.report("completed %s in %s (its data was there; sidecar and manifest written)", shown, target.name)
-      else
-        failed = failed + 1
-        io.stderr:write("bkr: sync: completing ", shown, " in ", target.name, " failed: ", cli.printable(ferr), "\n")
-      end
-    elseif target.occupied and target.occupied(relative, expected) then
+  else
+    local state = in_target(entry, relative)
+    if state == "whole" then
+      present = present + 1
+    elseif state == "other" then
       failed = failed + 1
-      io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown, ": ", target.occupied(relative, expected), "\n")
-    else
-      local result, cerr, ckind = copy(entry, relative, expected)
-      if result then
-        copied = copied + 1
-        cli.report("copied %s to %s (%s in %.1f s)", shown, target.name, cli.size(result.bytes_in), result.elapsed)
-        logging.step("copy", { file = relative, to = target.name, bytes = result.bytes_in, seconds = result.elapsed })
-      elseif ckind == "interrupted" then
-        failed = failed + 1
-        io.stderr:write("bkr: sync: copy of ", shown, " to ", target.name, " interrupted; nothing of it was left\n")
-      elseif ckind == "corrupt" then
-        damaged = damaged + 1
-        io.stderr:write("bkr: sync: not copied, damaged: ", source.name, "/", shown, ": ", cli.printable(cerr), "\n")
-        logging.step("copy", { file = relative, to = target.name, result = "failed", error = cerr, kind = ckind })
-      else
-        failed = failed + 1
-        io.stderr:write("bkr: sync: copy of ", shown, " to ", target.name, " failed: ", cli.printable(cerr), "\n")
-        logging.step("copy", { file = relative, to = target.name, result = "failed", error = cerr, kind = ckind })
-      end
+      io.stderr:write("bkr: sync: left alone: ", target.name, "/", shown,
+        " holds another backup under this name (a different SHA-256)\n")
+    else -- not there, or its manifest without its data or sidecar (a removal cut short)
+      bring(entry, relative, shown)
     end
   end
 end
