@@ -396,12 +396,7 @@ describe("bkr.s3 against s3rver", function()
     local path = random_file(64 * MiB)
     local dir = util.scratch("memory")
     util.write(dir .. "/idle.lua", "print('idle')\n")
-    util.write(dir .. "/copy.lua", [[
-      local s3 = require "bkr.s3"
-      local stream = require "bkr.stream"
-      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
-        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
-        .. string.format("%q", SECRET_KEY) .. [[ }
+    util.write(dir .. "/copy.lua", server.client_script() .. [[
       if arg[1] == "up" then
         stream.run{ assert(stream.from_file(]] .. string.format("%q", path) .. [[)),
           c:sink("backups/memory.dump", { part_size = 5 * 1024 * 1024, parts_in_flight = 2 }) }
@@ -517,13 +512,7 @@ describe("bkr.s3 against s3rver", function()
 
   it("SIGTERM to a bkr uploading: exit 143, the upload is aborted, nothing under the key", function()
     local dir = util.scratch("sigterm")
-    util.write(dir .. "/upload.lua", [[
-      local s3 = require "bkr.s3"
-      local stream = require "bkr.stream"
-      local proc = require "bkr.proc"
-      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
-        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
-        .. string.format("%q", SECRET_KEY) .. [[ }
+    util.write(dir .. "/upload.lua", server.client_script() .. [[
       local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 12000000 /dev/urandom; exec sleep 60" } })
       stream.run{ p:source(), c:sink("backups/sigterm.dump", { part_size = 5 * 1024 * 1024 }) }
     ]])
@@ -542,13 +531,7 @@ describe("bkr.s3 against s3rver", function()
 
   it("SIGKILL leaves an upload open (nothing can abort it); abort_upload(key, id) removes it", function()
     local dir = util.scratch("sigkill")
-    util.write(dir .. "/upload.lua", [[
-      local s3 = require "bkr.s3"
-      local stream = require "bkr.stream"
-      local proc = require "bkr.proc"
-      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
-        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
-        .. string.format("%q", SECRET_KEY) .. [[ }
+    util.write(dir .. "/upload.lua", server.client_script() .. [[
       local p = assert(proc.spawn{ argv = { "sh", "-c", "head -c 6000000 /dev/urandom; exec sleep 60" } })
       local f = assert(io.open(]] .. string.format("%q", dir .. "/child") .. [[, "w"))
       f:write(p:pid()) f:close()
@@ -576,13 +559,7 @@ describe("bkr.s3 against s3rver", function()
   it("a server stopped mid-upload: a clear error with a kind; restarted, the same upload succeeds", function()
     local path = random_file(16 * MiB)
     local dir = util.scratch("stopped")
-    util.write(dir .. "/upload.lua", [[
-      local s3 = require "bkr.s3"
-      local stream = require "bkr.stream"
-      local proc = require "bkr.proc"
-      local c = s3.client{ endpoint = ]] .. string.format("%q", server.endpoint) .. [[, region = "us-east-1",
-        bucket = "]] .. BUCKET .. [[", access_key = "]] .. ACCESS_KEY .. [[", secret_key = ]]
-        .. string.format("%q", SECRET_KEY) .. [[, retries = 2, timeout = 5 }
+    util.write(dir .. "/upload.lua", server.client_script("retries = 2, timeout = 5") .. [[
       local slow = arg and arg[1] == "slow"
       local p = assert(proc.spawn{ argv = { "sh", "-c", slow and "head -c 6000000 ]] .. path
         .. [[; sleep 3; cat ]] .. path .. [[" or "cat ]] .. path .. [[" } })

@@ -82,22 +82,29 @@ function M.start(dir, port, tls_dir)
     }, "\n") .. "\n")
     return path, dir
   end
+  -- The start of a script for `bkr run` that talks to this server: bkr.s3, bkr.stream and
+  -- bkr.proc required, and `c` a client of the test bucket (`options`: more of s3.client's
+  -- options, as Lua source, e.g. "retries = 2, timeout = 5").
+  function server.client_script(options)
+    return string.format('local s3 = require "bkr.s3"\nlocal stream = require "bkr.stream"\n'
+      .. 'local proc = require "bkr.proc"\nlocal c = s3.client{ endpoint = %q, region = %q, bucket = %q, '
+      .. 'access_key = %q, secret_key = %q%s }\n', server.endpoint, M.REGION, M.BUCKET, M.ACCESS_KEY, M.SECRET_KEY,
+      options and (", " .. options) or "")
+  end
   -- Copy local files into the bucket: pairs of (local path, key), one signed PutObject each,
   -- through bkr's own bkr.s3 (a script run by `bkr run`): what someone with write access to
   -- the bucket, or another tool, would put there.
   function server.put_objects(pairs_)
     local script = util.scratch("s3-put") .. "/put.lua"
-    util.write(script, string.format([[
-local client = require("bkr.s3").client{ endpoint = %q, region = %q, bucket = %q, access_key = %q,
-  secret_key = %q, path_style = true }
+    util.write(script, server.client_script() .. [[
 local args = { ... }
 for i = 1, #args, 2 do
   local f = assert(io.open(args[i], "rb"))
   local bytes = f:read("a")
   f:close()
-  assert(client:put(args[i + 1], bytes))
+  assert(c:put(args[i + 1], bytes))
 end
-]], server.endpoint, M.REGION, M.BUCKET, M.ACCESS_KEY, M.SECRET_KEY))
+]])
     local list = {}
     for _, item in ipairs(pairs_) do list[#list + 1] = q(item[1]) .. " " .. q(item[2]) end
     local out, rc = util.bkr("run " .. q(script) .. " " .. table.concat(list, " "))
