@@ -4,7 +4,6 @@
 -- after lib/config_check.lua found the whole backup sound; docs/config-backup.md (restore).
 local lfs = require "lfs"
 local fs = require "bkr.fs"
-local crypto = require "bkr.crypto"
 local cli = require "lib.cli"
 local repo = require "lib.repo"
 local files = require "lib.config_files"
@@ -88,7 +87,7 @@ end
 -- message).
 function config_restore.apply(plan, dir, key, plain)
   local created, staged, placed = {}, {}, {}
-  local token = crypto.random_bytes(6):gsub(".", function(c) return string.format("%02x", c:byte()) end)
+  local token = require("lib.keys").random_hex(6)
   local ok, failure = pcall(function()
     for _, path in ipairs(plan.create) do
       -- lfs.mkdir, not fs.mkdirs: it fails on anything already there (a symlink that appeared

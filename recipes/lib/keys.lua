@@ -70,6 +70,12 @@ end
 
 -- The configured key: key (32 raw bytes), key id (hex), and where it came from (for messages);
 -- or nil when none is configured. A configured but unusable key is a usage error (exit 2).
+-- `bytes` random bytes from OpenSSL, as lowercase hex: names no one can guess beforehand, and
+-- one-time keys.
+function keys.random_hex(bytes)
+  return (crypto.random_bytes(bytes):gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
 function keys.load(cfg, options)
   options = options or {}
   local encryption = (cfg and cfg.encryption) or {}

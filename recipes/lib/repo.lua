@@ -637,9 +637,7 @@ repo.TEMPORARY_PREFIX = ".bkr-tmp."
 -- one can plant a symlink or a directory at it beforehand. Rotation and the next lock remove it.
 function repo.temporary_path(path, label)
   local dir, name = path:match("^(.*)/([^/]+)$")
-  local suffix = require("bkr.crypto").random_bytes(6):gsub(".", function(c)
-    return string.format("%02x", c:byte())
-  end)
+  local suffix = require("lib.keys").random_hex(6)
   return dir .. "/" .. repo.TEMPORARY_PREFIX .. name .. "." .. label .. "." .. suffix
 end
 

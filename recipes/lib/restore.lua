@@ -823,7 +823,7 @@ function restore.prepare(cfg, key)
   local version
   run.psql, version = postgres.find_program("psql", run.server_major, cfg)
   if restore.psql_restricts(version) then
-    run.restrict_key = require("bkr.crypto").random_bytes(16):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+    run.restrict_key = require("lib.keys").random_hex(16)
   end
   return run
 end
